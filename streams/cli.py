@@ -1,0 +1,201 @@
+"""The ``cdrflow`` command line: thin typer commands over the library, printed with rich."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from schemas.money import format_money
+from tariffs import TariffError, Tariffs, load_tariffs
+
+app = typer.Typer(
+    name="cdrflow",
+    help="Event-sourced billing and CDR rating for 400 numbers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plans_app = typer.Typer(help="Inspect and validate tariff plans.", no_args_is_help=True)
+app.add_typer(plans_app, name="plans")
+
+console = Console()
+errors = Console(stderr=True)
+
+PlansOption = Annotated[Path, typer.Option("--plans", help="Folder of plan .toml files.")]
+AccountsOption = Annotated[Path, typer.Option("--accounts", help="The accounts .toml file.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON for scripts.")]
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a message for a person (no traceback) and return the exit to raise."""
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def load_or_fail(plans: Path, accounts: Path) -> Tariffs:
+    try:
+        return load_tariffs(plans, accounts)
+    except TariffError as exc:
+        count = len(exc.problems)
+        lines = "\n".join(f"  - {p}" for p in exc.problems)
+        raise fail(f"{count} problem{'s' if count != 1 else ''} in the plan/account files:\n{lines}") from None
+
+
+@plans_app.command("check")
+def plans_check(plans: PlansOption, accounts: AccountsOption, json_: JsonOption = False) -> None:
+    """Validate plan and account files and summarise the plans.
+
+    Example: cdrflow plans check --plans tariffs/reference --accounts accounts.toml
+    """
+    tariffs = load_or_fail(plans, accounts)
+    if json_:
+        console.print_json(
+            data={
+                "ok": True,
+                "plans": {pid: plan.model_dump(mode="json", by_alias=True) for pid, plan in tariffs.plans.items()},
+                "accounts": len(tariffs.accounts),
+                "numbers": sum(len(a.numbers) for a in tariffs.accounts),
+            }
+        )
+        return
+    for plan in tariffs.plans.values():
+        users = sum(1 for a in tariffs.accounts if a.plan == plan.id)
+        table = Table(title=f"{plan.id}: {plan.name} ({plan.timezone}, {users} accounts)", title_justify="left")
+        for column in ("version", "rent", "package", "per-call min", "daily cap", "increment", "off-peak", "rates"):
+            table.add_column(column)
+        for version in plan.versions:
+            offpeak = version.offpeak
+            table.add_row(
+                version.effective_from.isoformat(),
+                format_money(version.monthly_rent),
+                f"{version.included_minutes} min",
+                _money_or_dash(version.per_call_minimum),
+                _money_or_dash(version.daily_cap),
+                f"{version.increment.first}/{version.increment.next} s",
+                "-" if offpeak is None else f"{offpeak.discount_percent}%",
+                "\n".join(
+                    f"{rate.segment} {rate.call_class}: "
+                    + ", ".join(
+                        f"{format_money(t.per_minute)}/min" + (f" to {t.up_to_minutes} min" if t.up_to_minutes else "")
+                        for t in rate.tiers
+                    )
+                    for rate in version.rates
+                ),
+            )
+        console.print(table)
+    console.print(
+        f"[green]ok[/]: {len(tariffs.plans)} plans, {len(tariffs.accounts)} accounts, "
+        f"{sum(len(a.numbers) for a in tariffs.accounts)} numbers"
+    )
+
+
+def _money_or_dash(units: int | None) -> str:
+    return "-" if units is None else format_money(units)
+
+
+@app.command()
+def rate(
+    cdrs: Annotated[Path, typer.Argument(help="Canonical CDR CSV file (spec 2.3).")],
+    plans: PlansOption,
+    accounts: AccountsOption,
+    out: Annotated[Path, typer.Option("--out", help="Folder for rated.csv, rejected.csv, alerts.csv.")],
+    json_: JsonOption = False,
+) -> None:
+    """Rate a CDR file offline into rated.csv, rejected.csv and alerts.csv.
+
+    Example: cdrflow rate cdrs.csv --plans plans/ --accounts accounts.toml --out out/
+    """
+    from rating import Catalog
+    from streams.rate_files import InputError, rate_file
+
+    catalog = Catalog.from_tariffs(load_or_fail(plans, accounts))
+    size = cdrs.stat().st_size if cdrs.is_file() else 0
+    with _progress(disable=json_) as bar:
+        task = bar.add_task(f"rating {cdrs.name}", total=size)
+        try:
+            summary = rate_file(cdrs, catalog, out, progress=lambda done: bar.update(task, completed=done))
+        except InputError as exc:
+            raise fail(str(exc)) from None
+    figures = {
+        "cdrs": summary.cdrs,
+        "rated": summary.rated,
+        "unbilled": summary.unbilled,
+        "rejected": dict(sorted(summary.rejected.items())),
+        "amount": format_money(summary.amount),
+        "alerts": dict(sorted(summary.alerts.items())),
+        "seconds": round(summary.seconds, 3),
+        "cdrs_per_second": round(summary.cdrs_per_second),
+        "out": str(out),
+    }
+    if json_:
+        console.print_json(data=figures)
+        return
+    table = Table(title=f"{cdrs} -> {out}", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("CDR lines", f"{summary.cdrs:,}")
+    table.add_row("rated", f"{summary.rated:,}")
+    table.add_row("unbilled", f"{summary.unbilled:,}")
+    for reason, count in sorted(summary.rejected.items()):
+        table.add_row(f"rejected: {reason}", f"{count:,}")
+    table.add_row("total amount (CNY)", format_money(summary.amount))
+    for kind, count in sorted(summary.alerts.items()):
+        table.add_row(f"alerts: {kind}", f"{count:,}")
+    table.add_row("CDRs per second", f"{summary.cdrs_per_second:,.0f} ({summary.seconds:.2f} s)")
+    console.print(table)
+
+
+@app.command()
+def generate(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write plans/, accounts.toml and cdrs.csv.")],
+    cdrs: Annotated[int, typer.Option("--cdrs", min=0, help="Number of CDR lines.")] = 200_000,
+    accounts: Annotated[int, typer.Option("--accounts", min=1, help="Number of accounts.")] = 2_000,
+    month: Annotated[str, typer.Option("--month", help="Month of traffic, YYYY-MM.")] = "2026-03",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same files.")] = 7,
+    json_: JsonOption = False,
+) -> None:
+    """Generate a month of realistic synthetic traffic in the layout of a vector set.
+
+    Example: cdrflow generate --out data/ --cdrs 200000 --accounts 2000 --month 2026-03 --seed 7
+    """
+    from streams.generate import generate_dataset
+
+    with _progress(disable=json_, bytes_=False) as bar:
+        task = bar.add_task("generating CDRs", total=cdrs)
+        try:
+            made = generate_dataset(
+                out, cdrs=cdrs, accounts=accounts, month=month, seed=seed,
+                progress=lambda done: bar.update(task, completed=done),
+            )
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(f"{out}: cannot write ({exc.strerror})") from None
+    figures = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(made).items()}
+    if json_:
+        console.print_json(data=figures)
+    else:
+        console.print(
+            "[green]wrote[/] " + ", ".join(f"{key} {value}" for key, value in figures.items())
+        )
+
+
+def _progress(*, disable: bool, bytes_: bool = True) -> Progress:
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns += [DownloadColumn(), TransferSpeedColumn()] if bytes_ else [TextColumn("{task.completed:,}/{task.total:,}")]
+    return Progress(*columns, TimeRemainingColumn(), console=errors, disable=disable, transient=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Plans and accounts as pydantic models: spec/rating.md 2.1 and 2.2 are their validators.
+
+Money fields hold integer units of 0.0001 CNY once validated; the files carry decimal
+strings (``"0.15"``). Models are frozen: a loaded catalogue never changes under the engine.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
+
+from schemas.money import parse_money
+
+CallClass = Literal["local", "long_distance", "international"]
+CALL_CLASSES: tuple[CallClass, ...] = ("local", "long_distance", "international")
+
+
+def _money(value: object) -> int:
+    # spec 1: decimal strings are the only external form; a TOML float is a bug waiting.
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f'money must be a decimal string like "0.15", got {value!r}')
+    return parse_money(str(value))
+
+
+def _signed_money(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f'money must be a decimal string like "-3.50", got {value!r}')
+    return parse_money(str(value), signed=True)
+
+
+#: Non-negative money, in units of 0.0001 CNY.
+Money = Annotated[int, BeforeValidator(_money)]
+#: Money that may be negative (an imported balance in arrears).
+SignedMoney = Annotated[int, BeforeValidator(_signed_money)]
+PositiveSeconds = Annotated[StrictInt, Field(gt=0)]
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _clock(value: object) -> int:
+    """``"HH:MM"`` -> seconds after local midnight."""
+    if not isinstance(value, str) or not _HHMM.match(value):
+        raise ValueError(f'a time must be "HH:MM" (00:00 to 23:59), got {value!r}')
+    parsed = time.fromisoformat(value)
+    return parsed.hour * 3600 + parsed.minute * 60
+
+
+ClockSeconds = Annotated[int, BeforeValidator(_clock)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Tier(_Model):
+    """One step of a graduated price: ``per_minute`` up to ``up_to_minutes`` of the month."""
+
+    up_to_minutes: Annotated[StrictInt, Field(gt=0)] | None = None
+    per_minute: Money
+
+
+class Rate(_Model):
+    """Price of one (segment, class) in a plan version (spec 2.1)."""
+
+    segment: Annotated[str, Field(pattern=r"^(\*|\d{1,10})$")]
+    call_class: CallClass = Field(alias="class")
+    tiers: Annotated[list[Tier], Field(min_length=1)]
+
+    @field_validator("tiers")
+    @classmethod
+    def _tiers_strictly_increasing(cls, tiers: list[Tier]) -> list[Tier]:
+        # spec 2.1: tiers strictly increasing, the last one without a bound.
+        *bounded, last = tiers
+        if last.up_to_minutes is not None:
+            raise ValueError(
+                f"the last tier must have no up_to_minutes (it has {last.up_to_minutes})"
+            )
+        previous = 0
+        for index, tier in enumerate(bounded):
+            if tier.up_to_minutes is None:
+                raise ValueError(f"tier {index} has no up_to_minutes but is not the last tier")
+            if tier.up_to_minutes <= previous:
+                raise ValueError(
+                    f"tiers must be strictly increasing: tier {index} has up_to_minutes "
+                    f"{tier.up_to_minutes} after {previous}"
+                )
+            previous = tier.up_to_minutes
+        return tiers
+
+    @property
+    def segment_length(self) -> int:
+        """Length used for longest-prefix matching (``*`` counts as 0)."""
+        return 0 if self.segment == "*" else len(self.segment)
+
+
+class Increment(_Model):
+    """Billing increments in seconds: ``first`` for the first block, ``next`` after it."""
+
+    first: PositiveSeconds
+    next: PositiveSeconds
+
+
+class OffPeak(_Model):
+    """When a version's discount applies (spec 2.1 ``[versions.offpeak]``)."""
+
+    discount_percent: Annotated[StrictInt, Field(ge=0, le=100)]
+    windows: list[tuple[ClockSeconds, ClockSeconds]] = []
+    weekends: bool = False
+    holidays: list[date] = []
+
+
+class Services(_Model):
+    """Monthly fees of value-added services (spec/ledger.md 1)."""
+
+    ivr: Money = 300_000
+    recording: Money = 500_000
+    blacklist: Money = 100_000
+    sms: Money = 200_000
+
+
+class PlanVersion(_Model):
+    """A plan's prices from ``effective_from`` until the next version takes effect."""
+
+    effective_from: AwareDatetime
+    monthly_rent: Money = 0
+    included_minutes: Annotated[StrictInt, Field(ge=0)] = 0
+    minimum_monthly_spend: Money | None = None
+    per_call_minimum: Money | None = None
+    daily_cap: Money | None = None
+    increment: Increment = Increment(first=60, next=60)
+    offpeak: OffPeak | None = None
+    rates: list[Rate] = []
+    # spec/ledger.md 1: fields the ledger reads; rating ignores them.
+    opening_fee: Money = 0
+    keep_number_fee: Money = 150_000
+    services: Services = Services()
+    sla_credit_after_minutes: Annotated[StrictInt, Field(gt=0)] = 120
+
+    @field_validator("rates")
+    @classmethod
+    def _one_rate_per_segment_and_class(cls, rates: list[Rate]) -> list[Rate]:
+        seen: dict[tuple[str, str], int] = {}
+        for index, rate in enumerate(rates):
+            key = (rate.segment, rate.call_class)
+            if key in seen:
+                raise ValueError(
+                    f"rates {seen[key]} and {index} share segment {rate.segment!r} and "
+                    f"class {rate.call_class!r}; each (segment, class) may appear once"
+                )
+            seen[key] = index
+        return rates
+
+
+class Plan(_Model):
+    """A tariff plan: one TOML file, one or more versions (spec 2.1)."""
+
+    id: Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
+    name: str = ""
+    currency: Literal["CNY"] = "CNY"
+    timezone: str = "Asia/Shanghai"
+    versions: Annotated[list[PlanVersion], Field(min_length=1)]
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA timezone {name!r} (e.g. 'Asia/Shanghai')") from exc
+        return name
+
+    @field_validator("versions")
+    @classmethod
+    def _distinct_effective_from(cls, versions: list[PlanVersion]) -> list[PlanVersion]:
+        seen: dict[datetime, int] = {}
+        for index, version in enumerate(versions):
+            if version.effective_from in seen:
+                raise ValueError(
+                    f"versions {seen[version.effective_from]} and {index} share "
+                    f"effective_from {version.effective_from.isoformat()}"
+                )
+            seen[version.effective_from] = index
+        return sorted(versions, key=lambda v: v.effective_from)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+FourHundredNumber = Annotated[str, Field(pattern=r"^400\d{7}$")]
+
+
+class Account(_Model):
+    """An enterprise that owns 400 numbers and pays for their calls (spec 2.2)."""
+
+    id: Annotated[str, Field(min_length=1, pattern=r"^\S+$")]
+    plan: str
+    numbers: list[FourHundredNumber] = []
+    opening_balance: SignedMoney = 0
+    low_balance_threshold: Money = 500_000
+    daily_cap: Money | None = None
+    opened_at: AwareDatetime | None = None
+
+    @field_validator("numbers")
+    @classmethod
+    def _numbers_once(cls, numbers: list[str]) -> list[str]:
+        if len(set(numbers)) != len(numbers):
+            doubled = sorted({n for n in numbers if numbers.count(n) > 1})
+            raise ValueError(f"number listed twice: {', '.join(doubled)}")
+        return numbers
+
+
+class AccountsFile(_Model):
+    """The accounts file: ``[[accounts]]`` tables."""
+
+    accounts: list[Account] = []
+
+    @model_validator(mode="after")
+    def _ids_and_numbers_unique(self) -> AccountsFile:
+        ids: dict[str, int] = {}
+        owners: dict[str, str] = {}
+        for index, account in enumerate(self.accounts):
+            if account.id in ids:
+                raise ValueError(f"account id {account.id!r} is used by accounts {ids[account.id]} and {index}")
+            ids[account.id] = index
+            for number in account.numbers:
+                # spec 2.2: a number belongs to at most one account.
+                if number in owners:
+                    raise ValueError(
+                        f"number {number} belongs to two accounts: {owners[number]!r} and {account.id!r}"
+                    )
+                owners[number] = account.id
+        return self
