@@ -18,6 +18,6 @@ def allowance_s() -> pl.Expr:
     room = (
         pl.col("included_s").fill_null(0)
         - pl.col("allowance_used_s")
-        - running_before(wanted, "account_id", "month_key")
+        - running_before(wanted, "k_month")
     )
     return seeded_take(room, wanted).alias("allowance_s")

@@ -1,7 +1,9 @@
-"""Plans and accounts compiled into polars tables the engine joins against.
+"""Plans and accounts compiled into lookup columns the engine gathers from.
 
 Built once per tariff load (a handful of plans, thousands of accounts), so plain Python
-here is fine: nothing in this module runs per CDR.
+here is fine: nothing in this module runs per CDR. The engine looks facts up by integer
+index (``account_idx``, ``version_idx``, ``rate_idx``) with ``gather``, which costs one
+column each, instead of joining tables into its wide batch frame.
 """
 
 from __future__ import annotations
@@ -11,15 +13,18 @@ from datetime import date, datetime, timedelta
 
 import polars as pl
 
-from tariffs import Plan, PlanVersion, Tariffs
+from tariffs import Plan, Tariffs
 
 #: Bound of the unbounded last tier, in seconds: far beyond any month of calls.
 UNBOUNDED_S = 1 << 50
+#: Rate keys pack (version, class, number prefix): prefixes have at most 10 digits.
+_PREFIX_SPAN = 10**10
+CLASS_CODES = {"local": 0, "long_distance": 1, "international": 2}
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """The tariff catalogue as tables, plus the plan models for calendar rules.
+    """The tariff catalogue as lookup columns, plus the plan models for calendar rules.
 
     Examples
     --------
@@ -27,74 +32,86 @@ class Catalog:
     >>> catalog = Catalog.from_tariffs(
     ...     load_tariffs("../shared/vectors/basic/plans", "../shared/vectors/basic/accounts.toml")
     ... )
-    >>> catalog.numbers.filter(pl.col("called") == "4008001234")["account_id"].item()
-    'A001'
+    >>> catalog.accounts.filter(pl.col("account_id") == "A001")["plan_id"].item()
+    'std-100'
     """
 
-    plans: dict[str, Plan]
-    numbers: pl.DataFrame  # called, account_id
-    accounts: pl.DataFrame  # account_id, plan_id, timezone, opening_balance, low_balance_threshold, account_daily_cap
-    versions: pl.DataFrame  # plan_id, version_no, effective_from, ... one row per plan version
-    rates: pl.DataFrame  # plan_id, version_no, class, segment, segment_length, tier_hi_k, tier_price_k
+    plans: tuple[Plan, ...]
+    #: called -> account_idx
+    numbers: pl.DataFrame
+    #: one row per account, row number = account_idx
+    accounts: pl.DataFrame
+    #: one row per plan version, row number = version_idx
+    versions: pl.DataFrame
+    #: one row per rate, row number = rate_idx; tier_hi_k / tier_price_k padded to tier_count
+    rates: pl.DataFrame
+    #: per segment length (longest first): rate key -> rate_idx
+    rate_keys: tuple[tuple[int, pl.Series, pl.Series], ...]
     tier_count: int
-    segment_lengths: tuple[int, ...]
-    timezones: tuple[str, ...]
-    _month_cache: dict[tuple[str, int], int | None] = field(default_factory=dict, compare=False)
-    _day_cache: dict[tuple[str, date], int | None] = field(default_factory=dict, compare=False)
+    _month_cache: dict[tuple[int, int], int | None] = field(default_factory=dict, compare=False)
+    _day_cache: dict[tuple[int, date], int | None] = field(default_factory=dict, compare=False)
 
     @classmethod
     def from_tariffs(cls, tariffs: Tariffs) -> Catalog:
-        """Compile validated tariffs (``tariffs.load_tariffs``) into engine tables."""
-        numbers = pl.DataFrame(
-            [(n, a.id) for a in tariffs.accounts for n in a.numbers],
-            schema={"called": pl.String, "account_id": pl.String},
-            orient="row",
-        )
+        """Compile validated tariffs (``tariffs.load_tariffs``) into lookup columns."""
+        plans = tuple(tariffs.plans.values())
+        plan_idx = {plan.id: index for index, plan in enumerate(plans)}
         accounts = pl.DataFrame(
-            [
-                (
-                    a.id,
-                    a.plan,
-                    tariffs.plans[a.plan].timezone,
-                    a.opening_balance,
-                    a.low_balance_threshold,
-                    a.daily_cap,
-                )
-                for a in tariffs.accounts
-            ],
+            {
+                "account_id": [a.id for a in tariffs.accounts],
+                "plan_idx": [plan_idx[a.plan] for a in tariffs.accounts],
+                "plan_id": [a.plan for a in tariffs.accounts],
+                "opening_balance": [a.opening_balance for a in tariffs.accounts],
+                "low_balance_threshold": [a.low_balance_threshold for a in tariffs.accounts],
+                "account_daily_cap": [a.daily_cap for a in tariffs.accounts],
+            },
             schema={
                 "account_id": pl.String,
+                "plan_idx": pl.Int32,
                 "plan_id": pl.String,
-                "timezone": pl.String,
                 "opening_balance": pl.Int64,
                 "low_balance_threshold": pl.Int64,
                 "account_daily_cap": pl.Int64,
             },
+        )
+        numbers = pl.DataFrame(
+            [(n, index) for index, a in enumerate(tariffs.accounts) for n in a.numbers],
+            schema={"called": pl.String, "account_idx": pl.Int64},
             orient="row",
         )
         tier_count = max(
-            (len(r.tiers) for p in tariffs.plans.values() for v in p.versions for r in v.rates),
-            default=1,
+            (len(r.tiers) for p in plans for v in p.versions for r in v.rates), default=1
         )
         version_rows = []
         rate_rows = []
-        for plan in tariffs.plans.values():
+        keys: dict[int, list[tuple[int, int]]] = {}
+        for plan in plans:
             for version_no, version in enumerate(plan.versions):
-                version_rows.append(_version_row(plan, version_no, version))
+                version_idx = len(version_rows)
+                version_rows.append(
+                    (
+                        plan_idx[plan.id],
+                        version_no,
+                        version.effective_from,
+                        version.effective_from.isoformat(),
+                        version.per_call_minimum,
+                        version.increment.first,
+                        version.increment.next,
+                        0 if version.offpeak is None else version.offpeak.discount_percent,
+                    )
+                )
                 for rate in version.rates:
-                    bounds = [
-                        UNBOUNDED_S if t.up_to_minutes is None else t.up_to_minutes * 60
-                        for t in rate.tiers
-                    ]
+                    bounds = [UNBOUNDED_S if t.up_to_minutes is None else t.up_to_minutes * 60 for t in rate.tiers]
                     bounds += [UNBOUNDED_S] * (tier_count - len(bounds))
                     prices = [t.per_minute for t in rate.tiers] + [0] * (tier_count - len(rate.tiers))
-                    rate_rows.append(
-                        (plan.id, version_no, rate.call_class, rate.segment, rate.segment_length, len(rate.tiers), *bounds, *prices)
-                    )
+                    prefix = 0 if rate.segment == "*" else int(rate.segment)
+                    key = rate_key(version_idx, CLASS_CODES[rate.call_class], prefix)
+                    keys.setdefault(rate.segment_length, []).append((key, len(rate_rows)))
+                    rate_rows.append((rate.segment, *bounds, *prices))
         versions = pl.DataFrame(
             version_rows,
             schema={
-                "plan_id": pl.String,
+                "plan_idx": pl.Int32,
                 "version_no": pl.Int32,
                 "effective_from": pl.Datetime("us", "UTC"),
                 "plan_version": pl.String,
@@ -104,95 +121,98 @@ class Catalog:
                 "offpeak_percent": pl.Int64,
             },
             orient="row",
-        ).sort("plan_id", "effective_from")
+        )
         rates = pl.DataFrame(
             rate_rows,
             schema={
-                "plan_id": pl.String,
-                "version_no": pl.Int32,
-                "class": pl.String,
                 "rate_segment": pl.String,
-                "segment_length": pl.Int32,
-                "tier_count": pl.Int32,
                 **{f"tier_hi_{k}": pl.Int64 for k in range(tier_count)},
                 **{f"tier_price_{k}": pl.Int64 for k in range(tier_count)},
             },
             orient="row",
         )
+        rate_keys = tuple(
+            (
+                length,
+                pl.Series([k for k, _ in pairs], dtype=pl.Int64),
+                pl.Series([i for _, i in pairs], dtype=pl.Int64),
+            )
+            for length, pairs in sorted(keys.items(), reverse=True)
+        )
         return cls(
-            plans=dict(tariffs.plans),
+            plans=plans,
             numbers=numbers,
             accounts=accounts,
             versions=versions,
             rates=rates,
+            rate_keys=rate_keys,
             tier_count=tier_count,
-            segment_lengths=tuple(sorted(set(rates["segment_length"].to_list()), reverse=True)),
-            timezones=tuple(sorted({p.timezone for p in tariffs.plans.values()})),
         )
 
-    def month_versions(self, keys: pl.DataFrame) -> pl.DataFrame:
-        """``plan_id, month_key`` -> ``month_version_no`` and the month's ``included_s``.
+    @property
+    def timezones(self) -> dict[str, list[int]]:
+        """Each timezone with the indices of the plans that use it."""
+        zones: dict[str, list[int]] = {}
+        for index, plan in enumerate(self.plans):
+            zones.setdefault(plan.timezone, []).append(index)
+        return zones
+
+    def month_included_s(self, keys: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """``plan_idx * 2**20 + month_key`` -> the month version's package in seconds.
 
         spec 4: monthly items come from the version in force at the start of the local
         month, or, if none was, the first version that took effect during that month.
         """
-        rows = []
-        for plan_id, month_key in keys.select("plan_id", "month_key").unique().iter_rows():
-            cache_key = (plan_id, month_key)
+        found = []
+        for key in keys.unique().drop_nulls().to_list():
+            plan_index, month_key = divmod(key, 1 << 20)
+            cache_key = (plan_index, month_key)
             if cache_key not in self._month_cache:
-                plan = self.plans[plan_id]
+                plan = self.plans[plan_index]
                 year, month0 = divmod(month_key, 12)
                 start = datetime(year, month0 + 1, 1, tzinfo=plan.zone)
-                nyear, nmonth0 = divmod(month_key + 1, 12)
-                end = datetime(nyear, nmonth0 + 1, 1, tzinfo=plan.zone)
+                next_year, next_month0 = divmod(month_key + 1, 12)
+                end = datetime(next_year, next_month0 + 1, 1, tzinfo=plan.zone)
                 self._month_cache[cache_key] = _version_for_period(plan, start, end)
             version_no = self._month_cache[cache_key]
-            included = None if version_no is None else self.plans[plan_id].versions[version_no].included_minutes * 60
-            rows.append((plan_id, month_key, included))
-        return pl.DataFrame(
-            rows,
-            schema={"plan_id": pl.String, "month_key": pl.Int32, "included_s": pl.Int64},
-            orient="row",
-        )
+            if version_no is not None:
+                found.append((key, self.plans[plan_index].versions[version_no].included_minutes * 60))
+        return _lookup(found)
 
-    def day_caps(self, keys: pl.DataFrame) -> pl.DataFrame:
-        """``plan_id, local_day`` -> the plan's ``daily_cap`` of that day's version (spec 4)."""
-        rows = []
-        for plan_id, day in keys.select("plan_id", "local_day").unique().iter_rows():
-            cache_key = (plan_id, day)
+    def day_caps(self, keys: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """``plan_idx * 2**20 + day number`` -> the plan's ``daily_cap`` that day (spec 4)."""
+        found = []
+        for key in keys.unique().drop_nulls().to_list():
+            plan_index, day_number = divmod(key, 1 << 20)
+            day = date(1970, 1, 1) + timedelta(days=day_number)
+            cache_key = (plan_index, day)
             if cache_key not in self._day_cache:
-                plan = self.plans[plan_id]
+                plan = self.plans[plan_index]
                 start = datetime(day.year, day.month, day.day, tzinfo=plan.zone)
                 following = day + timedelta(days=1)
                 end = datetime(following.year, following.month, following.day, tzinfo=plan.zone)
                 self._day_cache[cache_key] = _version_for_period(plan, start, end)
             version_no = self._day_cache[cache_key]
-            cap = None if version_no is None else self.plans[plan_id].versions[version_no].daily_cap
-            rows.append((plan_id, day, cap))
-        return pl.DataFrame(
-            rows,
-            schema={"plan_id": pl.String, "local_day": pl.Date, "plan_daily_cap": pl.Int64},
-            orient="row",
-        )
+            cap = None if version_no is None else self.plans[plan_index].versions[version_no].daily_cap
+            if cap is not None:
+                found.append((key, cap))
+        return _lookup(found)
 
 
-def _version_row(plan: Plan, version_no: int, version: PlanVersion) -> tuple:
-    offpeak = version.offpeak
+def rate_key(version_idx: int | pl.Expr, class_code: int | pl.Expr, prefix: int | pl.Expr) -> int | pl.Expr:
+    """One Int64 naming (version, class, number prefix) for the rate lookup."""
+    return (version_idx * 3 + class_code) * _PREFIX_SPAN + prefix
+
+
+def _lookup(pairs: list[tuple[int, int]]) -> tuple[pl.Series, pl.Series]:
     return (
-        plan.id,
-        version_no,
-        version.effective_from,
-        version.effective_from.isoformat(),
-        version.per_call_minimum,
-        version.increment.first,
-        version.increment.next,
-        0 if offpeak is None else offpeak.discount_percent,
+        pl.Series([k for k, _ in pairs], dtype=pl.Int64),
+        pl.Series([v for _, v in pairs], dtype=pl.Int64),
     )
 
 
 def _version_for_period(plan: Plan, start: datetime, end: datetime) -> int | None:
     """Index of the version in force at ``start``, else the first effective in [start, end)."""
-    # ZoneInfo datetimes compare as instants, so plan versions in any offset work.
     in_force = None
     for index, version in enumerate(plan.versions):
         if version.effective_from <= start:

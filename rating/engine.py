@@ -14,15 +14,19 @@ from dataclasses import dataclass
 import polars as pl
 
 from rating.allowance import allowance_s
+from rating.caps import cap_reached, capped_amount, day_running_totals, spent_after
+from rating.catalog import CLASS_CODES, Catalog, rate_key
 from rating.clock import calendar_keys, local_time, offpeak
-from rating.caps import cap_reached, capped_amount
-from rating.catalog import Catalog
-from rating.fields import malformed_detail, typed_fields
+from rating.fields import malformed_detail, malformed_flag, with_typed_fields
 from rating.state import RatingState
-from rating.tiers import round_half_up, tier_columns
+from rating.tiers import round_half_up, tier_columns, tier_seconds, tier_start
 from schemas.columns import ALERT_KINDS, CDR_COLUMNS
 
 _BATCH_COLUMNS = ("line", *CDR_COLUMNS, "framing")
+# Composite integer keys: a window or lookup over one Int64 column is far cheaper than
+# over several string columns. Month keys and day numbers stay below 2**20.
+_SHIFT = 1 << 20
+_DAY_NUMBER = pl.col("local_day").cast(pl.Int32).cast(pl.Int64)
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,9 @@ def rate(batch: pl.DataFrame, state: RatingState, catalog: Catalog) -> RatingRes
     (60, 3000)
     """
     extra = [c for c in batch.columns if c not in _BATCH_COLUMNS]
-    frame = _judge(batch.with_row_index("row"), state, catalog)
-    rejected = frame.filter(pl.col("reason").is_not_null())
-    accepted = frame.filter(pl.col("reason").is_null())
+    judged = _judge(batch.with_row_index("row"), state, catalog)
+    accepted = judged.filter(pl.col("reason").is_null())
     priced = _price(accepted, state, catalog)
-    alerts = _alerts(priced, extra)
     return RatingResult(
         rated=priced.select(
             "cdr_id",
@@ -99,65 +101,118 @@ def rate(batch: pl.DataFrame, state: RatingState, catalog: Catalog) -> RatingRes
             "called",
             pl.col("charge").alias("charge_time"),
             "local_day",
-            "plan_id",
-            "plan_version",
-            "rate_segment",
-            "tier_first",
-            "tier_last",
+            _from(catalog.accounts, "plan_id", "account_idx"),
+            *[
+                pl.when(pl.col("status") == "rated").then(expr).alias(expr.meta.output_name())
+                for expr in (
+                    _from(catalog.versions, "plan_version", "version_idx"),
+                    _from(catalog.rates, "rate_segment", "rate_idx"),
+                    pl.col("tier_first"),
+                    pl.col("tier_last"),
+                    pl.col("daily_cap"),
+                )
+            ],
             "offpeak_percent",
-            "daily_cap",
             *extra,
         ),
-        rejected=rejected.select(
-            "line", pl.col("cdr_id").fill_null(""), "reason", "detail", "account_id", *extra
-        ),
-        alerts=alerts,
-        state=_next_state(state, frame, priced),
+        rejected=_rejections(judged.filter(pl.col("reason").is_not_null()), catalog, extra),
+        alerts=_alerts(priced, extra),
+        state=_next_state(state, judged, priced, catalog),
     )
+
+
+def _from(table: pl.DataFrame, column: str, index: str) -> pl.Expr:
+    """``table[column]`` at the row named by the integer column ``index`` (null stays null)."""
+    return pl.lit(table.get_column(column)).gather(pl.col(index)).alias(column)
 
 
 def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.DataFrame:
     """Spec 4 steps 1-7: the first rejection wins; ``reason`` stays null for the rest."""
-    frame = (
-        frame.with_columns(typed_fields())
-        .with_columns(malformed=malformed_detail())
-        .join(catalog.numbers, on="called", how="left")
-    )
-    # Step 3: duplicates are judged within one account's log, among CDRs that passed 1-2.
-    passed = pl.col("malformed").is_null() & pl.col("account_id").is_not_null()
-    seen_before = state.seen.with_columns(seen_before=pl.lit(True))
-    frame = frame.join(seen_before, on=["account_id", "cdr_id"], how="left").with_columns(
-        passed_identity=passed,
-        duplicate=passed
-        & (
-            pl.col("seen_before").fill_null(False)
-            | ~pl.struct("account_id", "cdr_id", passed.alias("p")).is_first_distinct()
+    numbers = catalog.numbers
+    frame = with_typed_fields(frame).with_columns(
+        malformed=malformed_flag(),
+        account_idx=pl.col("called").replace_strict(
+            numbers.get_column("called"), numbers.get_column("account_idx"), default=None, return_dtype=pl.Int64
         ),
     )
-    answered_at = pl.col("answer")
-    invalid_time = (
-        pl.when(pl.col("end") < pl.col("start"))
-        .then(pl.lit("end_time is before start_time"))
-        .when(answered_at.is_not_null() & ((answered_at < pl.col("start")) | (answered_at > pl.col("end"))))
-        .then(pl.lit("answer_time is outside [start_time, end_time]"))
-        .when((pl.col("disposition") == "ANSWERED") & answered_at.is_null())
-        .then(pl.lit("disposition ANSWERED without answer_time"))
+    frame = frame.with_columns(
+        _from(catalog.accounts, "account_id", "account_idx"),
+        _from(catalog.accounts, "plan_idx", "account_idx"),
+        passed_identity=~pl.col("malformed") & pl.col("account_idx").is_not_null(),
     )
-    frame = frame.join(catalog.accounts, on="account_id", how="left").with_columns(
-        invalid_time=invalid_time,
+    frame = frame.with_columns(duplicate=pl.col("row").is_in(pl.lit(_duplicate_rows(frame, state)).implode()))
+    answered_at = pl.col("answer")
+    frame = frame.with_columns(
+        invalid_time=(pl.col("end") < pl.col("start"))
+        | (answered_at.is_not_null() & ((answered_at < pl.col("start")) | (answered_at > pl.col("end"))))
+        | ((pl.col("disposition") == "ANSWERED") & answered_at.is_null()),
         charge=pl.coalesce("answer", "start"),  # spec 4 step 5
         **{"class": _call_class()},
         unbilled=(pl.col("disposition") != "ANSWERED") | (pl.col("billsec_n") == 0),
     )
     frame = frame.with_columns(local_time(catalog.timezones)).with_columns(
-        calendar_keys(), version_no=_version_in_force(catalog)
+        calendar_keys(), version_idx=_version_in_force(catalog)
     )
-    frame = _with_rate(frame, catalog)
-    no_rate = (
-        pl.when(pl.col("version_no").is_null())
-        .then(pl.format("no version of plan {} is in force at {}", pl.col("plan_id"), pl.col("charge")))
-        .when(pl.col("rate_id").is_null())
+    frame = frame.with_columns(
+        class_code=pl.col("class").replace_strict(CLASS_CODES, return_dtype=pl.Int64),
+    ).with_columns(rate_idx=_rate_index(catalog))
+    reason = (
+        pl.when(pl.col("malformed"))
+        .then(pl.lit("malformed"))
+        .when(pl.col("account_idx").is_null())
+        .then(pl.lit("unknown_number"))
+        .when(pl.col("duplicate"))
+        .then(pl.lit("duplicate"))
+        .when(pl.col("invalid_time"))
+        .then(pl.lit("invalid_time"))
+        .when(~pl.col("unbilled") & pl.col("rate_idx").is_null())
+        .then(pl.lit("no_rate"))
+    )
+    return frame.with_columns(reason=reason)
+
+
+def _duplicate_rows(frame: pl.DataFrame, state: RatingState) -> pl.Series:
+    """Rows of CDRs whose (account, cdr_id) passed steps 1-2 earlier in the log (spec 4.3)."""
+    passed = frame.filter(pl.col("passed_identity")).select("row", "account_idx", "account_id", "cdr_id")
+    # A hash finds the few candidates cheaply; the exact ids then decide.
+    maybe = passed.filter(pl.struct("account_idx", "cdr_id").hash().is_duplicated())
+    repeated = maybe.filter(~pl.struct("account_idx", "cdr_id").is_first_distinct()).get_column("row")
+    if state.seen.height == 0:
+        return repeated
+    seen_before = passed.join(state.seen, on=["account_id", "cdr_id"], how="semi").get_column("row")
+    return pl.concat([repeated, seen_before])
+
+
+def _rejections(rejected: pl.DataFrame, catalog: Catalog, extra: list[str]) -> pl.DataFrame:
+    """The rejected rows with a sentence each saying what was wrong (few rows: cheap)."""
+    rejected = rejected.with_columns(
+        _from(catalog.accounts, "plan_id", "account_idx"),
+        _from(catalog.versions, "plan_version", "version_idx"),
+    )
+    answered_at = pl.col("answer")
+    reason = pl.col("reason")
+    detail = (
+        pl.when(reason == "malformed")
+        .then(malformed_detail())
+        .when(reason == "unknown_number")
+        .then(pl.format("called number {} belongs to no account", pl.col("called").fill_null("")))
+        .when(reason == "duplicate")
+        .then(pl.format("cdr_id {} was already seen for account {}", pl.col("cdr_id"), pl.col("account_id")))
+        .when((reason == "invalid_time") & (pl.col("end") < pl.col("start")))
+        .then(pl.lit("end_time is before start_time"))
+        .when((reason == "invalid_time") & answered_at.is_not_null())
+        .then(pl.lit("answer_time is outside [start_time, end_time]"))
+        .when(reason == "invalid_time")
+        .then(pl.lit("disposition ANSWERED without answer_time"))
+        .when(pl.col("version_idx").is_null())
         .then(
+            pl.format(
+                "no version of plan {} is in force at {}",
+                pl.col("plan_id"),
+                pl.col("charge").dt.to_string("%Y-%m-%dT%H:%M:%SZ"),
+            )
+        )
+        .otherwise(
             pl.format(
                 "plan {} (version {}) has no {} rate for {}",
                 pl.col("plan_id"),
@@ -167,30 +222,15 @@ def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
             )
         )
     )
-    reason = (
-        pl.when(pl.col("malformed").is_not_null())
-        .then(pl.lit("malformed"))
-        .when(pl.col("account_id").is_null())
-        .then(pl.lit("unknown_number"))
-        .when(pl.col("duplicate"))
-        .then(pl.lit("duplicate"))
-        .when(pl.col("invalid_time").is_not_null())
-        .then(pl.lit("invalid_time"))
-        .when(~pl.col("unbilled") & no_rate.is_not_null())
-        .then(pl.lit("no_rate"))
+    return rejected.select(
+        "line",
+        pl.col("cdr_id").fill_null(""),
+        "reason",
+        detail.alias("detail"),
+        # The fields of a malformed line are not trusted, its number included.
+        pl.when(reason != "malformed").then(pl.col("account_id")).alias("account_id"),
+        *extra,
     )
-    detail = (
-        pl.when(pl.col("malformed").is_not_null())
-        .then(pl.col("malformed"))
-        .when(pl.col("account_id").is_null())
-        .then(pl.format("called number {} belongs to no account", pl.col("called").fill_null("")))
-        .when(pl.col("duplicate"))
-        .then(pl.format("cdr_id {} was already seen for account {}", pl.col("cdr_id"), pl.col("account_id")))
-        .when(pl.col("invalid_time").is_not_null())
-        .then(pl.col("invalid_time"))
-        .otherwise(no_rate)
-    )
-    return frame.with_columns(reason=reason, detail=detail)
 
 
 def _call_class() -> pl.Expr:
@@ -207,74 +247,69 @@ def _call_class() -> pl.Expr:
 
 def _version_in_force(catalog: Catalog) -> pl.Expr:
     """The version with the latest ``effective_from <= charge`` (spec 2.1), else null."""
-    expr: pl.Expr = pl.lit(None, dtype=pl.Int32)
-    for plan_id, effective_from, version_no in catalog.versions.select(
-        "plan_id", "effective_from", "version_no"
-    ).iter_rows():
-        # Versions are sorted by effective_from, so later ones win.
-        in_force = (pl.col("plan_id") == plan_id) & (pl.col("charge") >= pl.lit(effective_from))
-        expr = pl.when(in_force).then(pl.lit(version_no, dtype=pl.Int32)).otherwise(expr)
+    expr: pl.Expr = pl.lit(None, dtype=pl.Int64)
+    rows = catalog.versions.select("plan_idx", "effective_from").iter_rows()
+    for version_idx, (plan_idx, effective_from) in enumerate(rows):
+        # A plan's versions are in effective_from order, so later ones win.
+        in_force = (pl.col("plan_idx") == plan_idx) & (pl.col("charge") >= pl.lit(effective_from))
+        expr = pl.when(in_force).then(pl.lit(version_idx, dtype=pl.Int64)).otherwise(expr)
     return expr
 
 
-def _with_rate(frame: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
-    """Join the version's facts and the longest matching rate segment (spec 2.1)."""
-    frame = frame.join(
-        catalog.versions.drop("effective_from"), on=["plan_id", "version_no"], how="left"
-    )
-    keys = catalog.rates.with_row_index("rate_id").select(
-        "rate_id", "plan_id", "version_no", "class", "rate_segment", "segment_length"
-    )
-    candidates = []
-    for length in catalog.segment_lengths:  # longest first
-        prefix = pl.lit("*") if length == 0 else pl.col("called").str.slice(0, length)
-        matched = frame.select("row", "plan_id", "version_no", "class", prefix.alias("rate_segment")).join(
-            keys.filter(pl.col("segment_length") == length).drop("segment_length"),
-            on=["plan_id", "version_no", "class", "rate_segment"],
-            how="inner",
-        )
-        candidates.append(matched.select("row", pl.col("rate_id").alias(f"rate_id_{length}")))
-    rate_ids = [f"rate_id_{length}" for length in catalog.segment_lengths]
-    for matched in candidates:
-        frame = frame.join(matched, on="row", how="left")
-    frame = frame.with_columns(
-        rate_id=pl.coalesce(rate_ids) if rate_ids else pl.lit(None, dtype=pl.UInt32)
-    ).drop(rate_ids)
-    tiers = catalog.rates.with_row_index("rate_id").drop("plan_id", "version_no", "class", "segment_length", "tier_count")
-    return frame.join(tiers, on="rate_id", how="left")
+def _rate_index(catalog: Catalog) -> pl.Expr:
+    """The rate of the longest segment that prefixes the called number (spec 2.1)."""
+    found: pl.Expr = pl.lit(None, dtype=pl.Int64)
+    for length, keys, indices in reversed(catalog.rate_keys):  # longest last: it wins
+        prefix = pl.lit(0, dtype=pl.Int64) if length == 0 else pl.col("called").str.slice(0, length).cast(pl.Int64, strict=False)
+        key = rate_key(pl.col("version_idx"), pl.col("class_code"), prefix)
+        match = key.replace_strict(keys, indices, default=None, return_dtype=pl.Int64)
+        found = pl.coalesce(match, found)
+    return found
 
 
 def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.DataFrame:
     """Spec 4 step 8 and spec 5 for the accepted rows (rated and unbilled), in log order."""
     rated = ~pl.col("unbilled")
-    first, step = pl.col("increment_first"), pl.col("increment_next")
-    billsec = pl.col("billsec_n")
-    billable = pl.when(billsec <= first).then(first).otherwise(first + (billsec - first + step - 1) // step * step)
+    versions = catalog.versions
     frame = frame.with_columns(
+        _from(versions, "increment_first", "version_idx"),
+        _from(versions, "increment_next", "version_idx"),
+        _from(versions, "per_call_minimum", "version_idx"),
+        _from(versions, "offpeak_percent", "version_idx"),
+        _from(catalog.accounts, "opening_balance", "account_idx"),
+        _from(catalog.accounts, "low_balance_threshold", "account_idx"),
+        _from(catalog.accounts, "account_daily_cap", "account_idx"),
+        *[_from(catalog.rates, f"tier_{part}_{k}", "rate_idx") for part in ("hi", "price") for k in range(catalog.tier_count)],
+        k_month=pl.col("account_idx") * _SHIFT + pl.col("month_key"),
+        k_day=pl.col("account_idx") * _SHIFT + _DAY_NUMBER,
+        plan_month=pl.col("plan_idx").cast(pl.Int64) * _SHIFT + pl.col("month_key"),
+        plan_day=pl.col("plan_idx").cast(pl.Int64) * _SHIFT + _DAY_NUMBER,
         status=pl.when(rated).then(pl.lit("rated")).otherwise(pl.lit("unbilled")),
+    )
+    first, step, billsec = pl.col("increment_first"), pl.col("increment_next"), pl.col("billsec_n")
+    billable = pl.when(billsec <= first).then(first).otherwise(first + (billsec - first + step - 1) // step * step)
+    included_keys, included = catalog.month_included_s(frame.get_column("plan_month"))
+    cap_keys, caps = catalog.day_caps(frame.get_column("plan_day"))
+    frame = frame.with_columns(
         billable_s=pl.when(rated).then(billable).otherwise(0),
         uses_allowance=rated & (pl.col("class") != "international"),
+        k_class=pl.col("k_month") * 4 + pl.col("class_code"),
+        included_s=pl.col("plan_month").replace_strict(included_keys, included, default=0, return_dtype=pl.Int64),
+        daily_cap=pl.coalesce(
+            "account_daily_cap",
+            pl.col("plan_day").replace_strict(cap_keys, caps, default=None, return_dtype=pl.Int64),
+        ),
     )
-    frame = (
-        frame.join(catalog.month_versions(frame), on=["plan_id", "month_key"], how="left")
-        .join(catalog.day_caps(frame), on=["plan_id", "local_day"], how="left")
-        .join(state.allowance, on=["account_id", "month_key"], how="left")
-        .join(state.charged, on=["account_id", "month_key", "class"], how="left")
-        .join(state.daily, on=["account_id", "local_day"], how="left")
-        .join(state.balances, on="account_id", how="left")
-        .with_columns(
-            pl.col("allowance_used_s").fill_null(0),
-            pl.col("charged_before_s").fill_null(0),
-            pl.col("spent_before").fill_null(0),
-            pl.col("cap_alerted").fill_null(False),
-            balance_before_batch=pl.coalesce("balance", "opening_balance"),
-        )
-        .drop("balance")
-    )
+    frame = _with_state(frame, state, catalog)
     frame = frame.with_columns(allowance_s()).with_columns(charged_s=pl.col("billable_s") - pl.col("allowance_s"))
-    frame = frame.with_columns(tier_columns(catalog.tier_count)).with_columns(
-        base=pl.when(rated).then(round_half_up(pl.col("raw"), 60)).otherwise(0),
-        offpeak=(rated & offpeak(catalog)).fill_null(False),
+    frame = (
+        frame.with_columns(tier_start())
+        .with_columns(tier_seconds(catalog.tier_count))
+        .with_columns(tier_columns(catalog.tier_count))
+        .with_columns(
+            base=pl.when(rated).then(round_half_up(pl.col("raw"), 60)).otherwise(0),
+            offpeak=(rated & offpeak(catalog)).fill_null(False),
+        )
     )
     pcm = pl.col("per_call_minimum")
     frame = (
@@ -287,24 +322,51 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
             minimum_uplift=pl.when((pl.col("charged_s") > 0) & pcm.is_not_null())
             .then(pl.max_horizontal(pcm - (pl.col("base") - pl.col("discount")), pl.lit(0)))
             .otherwise(0),
-            daily_cap=pl.coalesce("account_daily_cap", "plan_daily_cap"),
         )
         .with_columns(pre=pl.col("base") - pl.col("discount") + pl.col("minimum_uplift"))
-        .with_columns(capped_amount())
+        .with_columns(day_running_totals())
+        .with_columns(capped_amount(), spent_after())
         .with_columns(cap_waived=pl.col("pre") - pl.col("amount"), cap_reached=cap_reached())
     )
-    balance = pl.col("balance_before_batch") - pl.col("amount").cum_sum().over("account_id")
+    balance = pl.col("balance_before_batch") - pl.col("amount").cum_sum().over("account_idx")
     frame = frame.with_columns(balance=balance).with_columns(balance_before=pl.col("balance") + pl.col("amount"))
     threshold = pl.col("low_balance_threshold")
     return frame.with_columns(
         low_balance=rated & (pl.col("balance_before") >= threshold) & (pl.col("balance") < threshold),
         arrears=rated & (pl.col("balance_before") >= 0) & (pl.col("balance") < 0),
         offpeak_percent=pl.when(pl.col("offpeak")).then(pl.col("offpeak_percent")).otherwise(0),
-        # The explanation columns only mean something for a rated call.
-        **{
-            name: pl.when(rated).then(pl.col(name))
-            for name in ("plan_version", "rate_segment", "tier_first", "tier_last", "daily_cap")
-        },
+    )
+
+
+def _with_state(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.DataFrame:
+    """Seed the running totals with what earlier batches left (zeros for a fresh state)."""
+    index = catalog.accounts.select("account_id").with_row_index("account_idx").with_columns(
+        pl.col("account_idx").cast(pl.Int64)
+    )
+
+    def seeds(table: pl.DataFrame, key: pl.Expr, column: str, default: object) -> pl.Expr:
+        # The same key expression reads the state rows and the batch rows.
+        dtype = table.schema[column]
+        if table.height == 0:
+            return pl.lit(default, dtype=dtype).alias(column)
+        keyed = table.join(index, on="account_id").select(key.alias("key"), column)
+        return key.replace_strict(
+            keyed.get_column("key"), keyed.get_column(column), default=default, return_dtype=dtype
+        ).alias(column)
+
+    month = (pl.col("account_idx") * _SHIFT + pl.col("month_key")).alias("k_month")
+    day = (pl.col("account_idx") * _SHIFT + _DAY_NUMBER).alias("k_day")
+    klass = (
+        (pl.col("account_idx") * _SHIFT + pl.col("month_key")) * 4
+        + pl.col("class").replace_strict(CLASS_CODES, return_dtype=pl.Int64)
+    ).alias("k_class")
+    balance_seed = seeds(state.balances, pl.col("account_idx"), "balance", None)
+    return frame.with_columns(
+        seeds(state.allowance, month, "allowance_used_s", 0),
+        seeds(state.charged, klass, "charged_before_s", 0),
+        seeds(state.daily, day, "spent_before", 0),
+        seeds(state.daily, day, "cap_alerted", False),
+        balance_before_batch=pl.coalesce(balance_seed, pl.col("opening_balance")),
     )
 
 
@@ -328,35 +390,56 @@ def _alerts(priced: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
     return pl.concat(parts).sort("row", "kind_order").drop("row", "kind_order")
 
 
-def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame) -> RatingState:
+def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, catalog: Catalog) -> RatingState:
     """Fold the batch into the state: totals add up, the last balance wins."""
-    rated = priced.filter(pl.col("status") == "rated")
-    balances = priced.group_by("account_id").agg(pl.col("balance").last())
-    allowance = rated.filter(pl.col("allowance_s") > 0).group_by("account_id", "month_key").agg(
-        allowance_used_s=pl.col("allowance_s").sum()
+    account = _from(catalog.accounts, "account_id", "account_idx")
+    rated = priced.filter(pl.col("status") == "rated").select(
+        "account_idx", "month_key", "class", "local_day", "k_month", "k_class", "k_day",
+        "allowance_s", "charged_s", "amount", "cap_reached",
     )
-    charged = rated.filter(pl.col("charged_s") > 0).group_by("account_id", "month_key", "class").agg(
-        charged_before_s=pl.col("charged_s").sum()
+    balances = priced.group_by("account_idx").agg(pl.col("balance").last()).select(account, "balance")
+    allowance = (
+        rated.filter(pl.col("allowance_s") > 0)
+        .group_by("k_month")
+        .agg(pl.col("account_idx").first(), pl.col("month_key").first(), allowance_used_s=pl.col("allowance_s").sum())
+        .select(account, "month_key", "allowance_used_s")
     )
-    daily = rated.group_by("account_id", "local_day").agg(
-        spent_before=pl.col("amount").sum(), cap_alerted=pl.col("cap_reached").any()
+    charged = (
+        rated.filter(pl.col("charged_s") > 0)
+        .group_by("k_class")
+        .agg(
+            pl.col("account_idx").first(),
+            pl.col("month_key").first(),
+            pl.col("class").first(),
+            charged_before_s=pl.col("charged_s").sum(),
+        )
+        .select(account, "month_key", "class", "charged_before_s")
+    )
+    daily = (
+        rated.group_by("k_day")
+        .agg(
+            pl.col("account_idx").first(),
+            pl.col("local_day").first(),
+            spent_before=pl.col("amount").sum(),
+            cap_alerted=pl.col("cap_reached").any(),
+        )
+        .select(account, "local_day", "spent_before", "cap_alerted")
     )
     remembered = judged.filter(pl.col("passed_identity") & ~pl.col("duplicate")).select("account_id", "cdr_id")
     return RatingState(
         balances=pl.concat([state.balances.join(balances, on="account_id", how="anti"), balances]),
         allowance=_add(state.allowance, allowance, ["account_id", "month_key"]),
         charged=_add(state.charged, charged, ["account_id", "month_key", "class"]),
-        daily=pl.concat([state.daily, daily])
-        .group_by("account_id", "local_day", maintain_order=True)
-        .agg(pl.col("spent_before").sum(), pl.col("cap_alerted").any()),
+        daily=_add(state.daily, daily, ["account_id", "local_day"]),
         seen=pl.concat([state.seen, remembered]),
     )
 
 
 def _add(before: pl.DataFrame, delta: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
-    value = next(c for c in before.columns if c not in keys)
-    return (
-        pl.concat([before, delta.select(before.columns)])
-        .group_by(keys, maintain_order=True)
-        .agg(pl.col(value).sum())
-    )
+    """Totals per key after a batch: sums add up, flags stay raised."""
+    delta = delta.select(before.columns).cast(before.schema)
+    if before.height == 0:
+        return delta
+    values = [c for c in before.columns if c not in keys]
+    aggregations = [pl.col(c).any() if before.schema[c] == pl.Boolean else pl.col(c).sum() for c in values]
+    return pl.concat([before, delta]).group_by(keys, maintain_order=True).agg(aggregations)

@@ -7,26 +7,38 @@ import polars as pl
 from rating.running import running_before
 
 
-def tier_columns(tier_count: int) -> list[pl.Expr]:
-    """``raw`` (price units x seconds) and the first/last tier the call touched (1-based).
+def tier_start() -> pl.Expr:
+    """``C``: seconds charged before this call in its account, month and class.
 
-    The call occupies seconds ``[C, C + charged_s)`` of the month, with ``C`` the seconds
-    charged before it in its month and class (all the account's numbers together).
-    Needs ``charged_s``, ``charged_before_s`` and the rate's ``tier_hi_k``/``tier_price_k``.
+    The call then occupies seconds ``[C, C + charged_s)`` of the month's tiers (all the
+    account's numbers together). Needs ``charged_before_s`` (earlier batches), ``k_class``.
     """
-    start = pl.col("charged_before_s") + running_before(pl.col("charged_s"), "account_id", "month_key", "class")
+    return (pl.col("charged_before_s") + running_before(pl.col("charged_s"), "k_class")).alias("tier_start")
+
+
+def tier_seconds(tier_count: int) -> list[pl.Expr]:
+    """``tier_seconds_k``: how many of the call's charged seconds fall in tier k."""
+    start = pl.col("tier_start")
     end = start + pl.col("charged_s")
-    raw: pl.Expr = pl.lit(0, dtype=pl.Int64)
-    first: pl.Expr = pl.lit(None, dtype=pl.Int32)
-    last: pl.Expr = pl.lit(None, dtype=pl.Int32)
+    out = []
     for k in range(tier_count):
         low = pl.lit(0, dtype=pl.Int64) if k == 0 else pl.col(f"tier_hi_{k - 1}")
         high = pl.col(f"tier_hi_{k}")
-        seconds = pl.max_horizontal(pl.min_horizontal(end, high) - pl.max_horizontal(start, low), pl.lit(0))
-        raw = raw + seconds * pl.col(f"tier_price_{k}")
-        used = seconds > 0
-        first = pl.when(used & first.is_null()).then(pl.lit(k + 1, dtype=pl.Int32)).otherwise(first)
-        last = pl.when(used).then(pl.lit(k + 1, dtype=pl.Int32)).otherwise(last)
+        inside = pl.min_horizontal(end, high) - pl.max_horizontal(start, low)
+        out.append(pl.max_horizontal(inside, pl.lit(0)).fill_null(0).alias(f"tier_seconds_{k}"))
+    return out
+
+
+def tier_columns(tier_count: int) -> list[pl.Expr]:
+    """``raw`` (price units x seconds) and the first/last tier the call touched (1-based)."""
+    seconds = [pl.col(f"tier_seconds_{k}") for k in range(tier_count)]
+    raw = pl.sum_horizontal(s * pl.col(f"tier_price_{k}").fill_null(0) for k, s in enumerate(seconds))
+    first: pl.Expr = pl.lit(None, dtype=pl.Int32)
+    last: pl.Expr = pl.lit(None, dtype=pl.Int32)
+    for k in reversed(range(tier_count)):
+        first = pl.when(seconds[k] > 0).then(pl.lit(k + 1, dtype=pl.Int32)).otherwise(first)
+    for k in range(tier_count):
+        last = pl.when(seconds[k] > 0).then(pl.lit(k + 1, dtype=pl.Int32)).otherwise(last)
     return [raw.alias("raw"), first.alias("tier_first"), last.alias("tier_last")]
 
 

@@ -6,9 +6,9 @@ one row carrying its 1-based ``line`` number, the 12 CDR fields as strings and a
 cannot be read as a record (not UTF-8, a NUL byte, too long, wrong number of columns).
 Field contents (times, billsec, disposition) are judged by ``rating`` (spec 4 step 1).
 
-The common case, a clean file, is parsed by polars' CSV reader in one pass; only a chunk
-that holds suspect bytes takes the slower line-by-line path, and only its suspect lines
-are handled in Python.
+polars' CSV reader reads the chunk in one pass; the few lines it cannot have read as
+written (their length differs from the fields read, or they hold a NUL, a quote or bad
+UTF-8) are then re-read one by one from their bytes.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from schemas.columns import CDR_COLUMNS
 #: A CDR line is ~150 bytes; anything past this is garbage, not a call (issue: 100 kB line).
 MAX_LINE_BYTES = 4096
 
+_REPLACEMENT_CHARACTER = "\ufffd".encode()
 BATCH_SCHEMA: dict[str, pl.DataType] = {
     "line": pl.Int64(),
     **{name: pl.String() for name in CDR_COLUMNS},
     "framing": pl.String(),
 }
-_PLACEHOLDER = b"," * (len(CDR_COLUMNS) - 1)
 
 
 class HeaderError(ValueError):
@@ -102,29 +102,58 @@ def parse_chunk(
     columns = tuple(columns)
     if not data:
         return pl.DataFrame(schema=BATCH_SCHEMA)
-    line_count = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    frame = None
-    if not _suspect(data):
-        frame = _read_clean(data, columns)
-        # A short line comes back padded with empty fields, a blank line as all empty:
-        # both look like an empty last field, rare in real files, so check those carefully.
-        if frame is not None and (
-            frame.height != line_count or (frame.get_column(columns[-1]) == "").any()
-        ):
-            frame = None
-    if frame is None:
-        frame = _read_dirty(data, columns, line_count)
-    elif frame.height:
-        frame = frame.with_columns(framing=_long_line_check(columns))
-    line = pl.int_range(first_line, first_line + frame.height, dtype=pl.Int64).alias("line")
-    return frame.select(line, *CDR_COLUMNS, "framing")
+    # polars reads one row per physical line (blank lines included): short lines come back
+    # padded, long ones truncated, bad UTF-8 replaced. Those lines are then found by
+    # comparing each line's length with the fields read, and judged one by one.
+    header = ",".join(columns).encode() + b"\n"
+    frame = pl.read_csv(
+        header + data,
+        has_header=True,
+        infer_schema=False,
+        quote_char=None,
+        truncate_ragged_lines=True,
+        empty_string_is_null=False,
+        encoding="utf8-lossy",
+    )
+    starts, ends = _line_bounds(data)
+    if frame.height != len(starts):  # pragma: no cover - guards the reader's line model
+        raise ValueError(f"read {frame.height} rows from {len(starts)} lines")
+    read_bytes = pl.sum_horizontal(pl.col(c).str.len_bytes() for c in columns) + (len(columns) - 1)
+    lengths = ends - starts
+    odd = (frame.select(read_bytes.cast(pl.Int64)).to_series().to_numpy() != lengths) | (lengths > MAX_LINE_BYTES)
+    suspects = set(np.flatnonzero(odd).tolist())
+    suspects.update(_rows_with_bytes(data, ends, (0, ord('"'))))
+    if _has_bad_utf8(data) or _REPLACEMENT_CHARACTER in data:
+        replaced = pl.any_horizontal(pl.col(c).str.contains("\ufffd", literal=True) for c in columns)
+        suspects.update(np.flatnonzero(frame.select(replaced).to_series().to_numpy()).tolist())
+    framing = pl.Series("framing", [None] * frame.height, dtype=pl.String)
+    if suspects:
+        frame, framing = _judge_rows(frame, framing, data, starts, ends, sorted(suspects), columns)
+    line = pl.int_range(first_line, first_line + frame.height, dtype=pl.Int64, eager=True).alias("line")
+    return frame.with_columns(line, framing).select("line", *CDR_COLUMNS, "framing")
 
 
-def _suspect(data: bytes) -> bool:
-    # Bytes polars' reader would read differently from a person: NUL, quotes, invalid
-    # UTF-8. Each test is one C-speed pass over the chunk.
-    if b"\x00" in data or b'"' in data:
-        return True
+def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of each physical line, without its ``\\n`` or ``\\r\\n``."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(buffer == ord("\n"))
+    ends = newlines if data.endswith(b"\n") else np.append(newlines, len(data))
+    starts = np.concatenate(([0], newlines[: len(ends) - 1] + 1)) if len(ends) else ends
+    carriage = (ends > starts) & (buffer[np.maximum(ends - 1, 0)] == ord("\r"))
+    return starts, ends - carriage
+
+
+def _rows_with_bytes(data: bytes, ends: np.ndarray, values: tuple[int, ...]) -> list[int]:
+    """Lines holding any of these byte values (NUL and quotes are rare: test first)."""
+    present = [v for v in values if bytes([v]) in data]
+    if not present:
+        return []
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    hits = np.flatnonzero(np.isin(buffer, present))
+    return np.unique(np.searchsorted(ends, hits)).tolist()
+
+
+def _has_bad_utf8(data: bytes) -> bool:
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
@@ -132,106 +161,40 @@ def _suspect(data: bytes) -> bool:
     return False
 
 
-def _read_clean(data: bytes, columns: tuple[str, ...]) -> pl.DataFrame | None:
-    try:
-        return pl.read_csv(
-            data,
-            has_header=False,
-            new_columns=list(columns),
-            schema_overrides={name: pl.String for name in columns},
-            infer_schema=False,
-            quote_char=None,
-            empty_string_is_null=False,
-            raise_if_empty=False,
-        )
-    except pl.exceptions.PolarsError:
-        return None  # e.g. a line with too many columns
-
-
-def _long_line_check(columns: tuple[str, ...]) -> pl.Expr:
-    # A short line is padded with empty fields by the reader; a missing field is then an
-    # empty disposition, which rating rejects as malformed too (spec 4 step 1).
-    length = pl.sum_horizontal(pl.col(c).str.len_bytes() for c in columns) + (len(columns) - 1)
-    return (
-        pl.when(length > MAX_LINE_BYTES)
-        .then(pl.format("line longer than {} bytes ({} bytes)", pl.lit(MAX_LINE_BYTES), length))
-        .otherwise(pl.lit(None, dtype=pl.String))
-    )
-
-
-def _read_dirty(data: bytes, columns: tuple[str, ...], line_count: int) -> pl.DataFrame:
-    """Line by line for the suspect lines only; clean lines still go through polars."""
-    lines = data.split(b"\n")
-    if data.endswith(b"\n"):
-        lines.pop()
-    framing: dict[int, str] = {}
-    first_fields: dict[int, str] = {}
+def _judge_rows(
+    frame: pl.DataFrame,
+    framing: pl.Series,
+    data: bytes,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    rows: list[int],
+    columns: tuple[str, ...],
+) -> tuple[pl.DataFrame, pl.Series]:
+    """Re-read the suspect lines from their bytes; broken ones keep only their first field."""
+    broken: dict[int, str] = {}
     quoted: dict[int, list[str]] = {}
-    for index in _suspect_lines(data, lines):
-        raw = lines[index].removesuffix(b"\r")
-        problem, fields = _judge_line(raw, len(columns))
+    for row in rows:
+        problem, fields = _judge_line(data[starts[row] : ends[row]], len(columns))
         if problem is not None:
-            framing[index] = problem
-            # Keep the raw first field of a broken line: rejected.csv reports it (spec 6).
-            first_fields[index] = _first_field(raw)
-            lines[index] = _PLACEHOLDER
+            broken[row] = problem
         elif fields is not None:
-            quoted[index] = fields
-            lines[index] = _PLACEHOLDER
-    frame = _read_clean(b"\n".join(lines), columns)
-    assert frame is not None and frame.height == line_count, "suspect lines were not all replaced"
-    frame = frame.with_columns(framing=_long_line_check(columns))
-    if quoted:
-        patch = pl.DataFrame(
-            [[*fields, None] for fields in quoted.values()],
-            schema=[*columns, "framing"],
-            orient="row",
-        ).with_columns(_row=pl.Series(list(quoted), dtype=pl.UInt32))
-        frame = frame.with_row_index("_row").update(patch, on="_row").drop("_row")
-    if framing:
-        row = pl.col("_row")
-        broken = row.is_in(list(framing))
-        frame = (
-            frame.with_row_index("_row")
-            .with_columns(
-                pl.when(broken).then(pl.lit(None, dtype=pl.String)).otherwise(pl.col(c)).alias(c)
-                for c in columns
-            )
-            .with_columns(
-                framing=pl.coalesce(
-                    row.replace_strict(framing, default=None, return_dtype=pl.String),
-                    pl.col("framing"),
-                ),
-                cdr_id=pl.coalesce(
-                    row.replace_strict(first_fields, default=None, return_dtype=pl.String),
-                    pl.col("cdr_id"),
-                ),
-            )
-            .drop("_row")
-        )
-    return frame
-
-
-def _suspect_lines(data: bytes, lines: list[bytes]) -> list[int]:
-    """Indices of lines with a NUL, a quote, a non-UTF-8 byte or too many columns."""
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    ends = np.flatnonzero(buffer == ord("\n"))
-    suspects: set[int] = set()
-    for byte in (0, ord('"')):
-        positions = np.flatnonzero(buffer == byte)
-        suspects.update(np.searchsorted(ends, positions).tolist())
-    high = np.flatnonzero(buffer >= 0x80)
-    if high.size:
-        for index in np.unique(np.searchsorted(ends, high)).tolist():
-            try:
-                lines[index].decode("utf-8")
-            except UnicodeDecodeError:
-                suspects.add(index)
-    # More separators than columns makes polars' reader refuse the whole chunk.
-    commas = np.flatnonzero(buffer == ord(","))
-    per_line = np.bincount(np.searchsorted(ends, commas), minlength=len(lines) + 1)
-    suspects.update(np.flatnonzero(per_line[: len(lines)] != len(CDR_COLUMNS) - 1).tolist())
-    return sorted(i for i in suspects if i < len(lines))
+            quoted[row] = fields
+    # A broken line's other fields are never read (rating stops at its framing), so only
+    # its first field, which rejected.csv reports (spec 6), is rewritten.
+    values: dict[str, dict[int, str]] = {name: {} for name in columns}
+    for row, fields in quoted.items():
+        for name, value in zip(columns, fields, strict=True):
+            values[name][row] = value
+    for row in broken:
+        values[columns[0]][row] = _first_field(data[starts[row] : ends[row]])
+    frame = frame.with_columns(
+        frame.get_column(name).scatter(list(patch), pl.Series(list(patch.values()), dtype=pl.String))
+        for name, patch in values.items()
+        if patch
+    )
+    if broken:
+        framing = framing.scatter(list(broken), pl.Series(list(broken.values()), dtype=pl.String))
+    return frame, framing
 
 
 def _judge_line(raw: bytes, width: int) -> tuple[str | None, list[str] | None]:
@@ -242,6 +205,9 @@ def _judge_line(raw: bytes, width: int) -> tuple[str | None, list[str] | None]:
         return f"not UTF-8 (byte {exc.start + 1})", None
     if "\x00" in text:
         return "contains a NUL byte", None
+    if "\ufffd" in text:
+        # U+FFFD is what a lossy decoder leaves where bytes were lost before us.
+        return "holds U+FFFD, the mark of bytes lost before this file", None
     if len(raw) > MAX_LINE_BYTES:
         return f"line longer than {MAX_LINE_BYTES} bytes ({len(raw)} bytes)", None
     if '"' in text:

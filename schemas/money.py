@@ -13,6 +13,7 @@ import polars as pl
 
 UNITS_PER_CNY = 10_000
 _DECIMAL_STRING = re.compile(r"^-?\d+(\.\d+)?$")
+_ONE_UNIT = Decimal("0.0001")
 
 
 def parse_money(text: str, *, signed: bool = False) -> int:
@@ -65,21 +66,17 @@ def format_money(units: int) -> str:
 
 
 def money_expr(column: str | pl.Expr) -> pl.Expr:
-    """Polars expression formatting an Int64 units column like :func:`format_money`.
+    """Polars expression turning an Int64 units column into an exact Decimal(38, 4).
+
+    Written to CSV it reads like :func:`format_money` (``0.1500``): decimal arithmetic on
+    integers, no float on the way.
 
     Examples
     --------
-    >>> pl.DataFrame({"amount": [1500, -10000, 0]}).select(money_expr("amount"))["amount"].to_list()
+    >>> frame = pl.DataFrame({"amount": [1500, -10000, 0]}).select(money_expr("amount"))
+    >>> frame["amount"].cast(pl.String).to_list()
     ['0.1500', '-1.0000', '0.0000']
     """
     units = pl.col(column) if isinstance(column, str) else column
-    magnitude = units.abs()
-    text = pl.concat_str(
-        [
-            pl.when(units < 0).then(pl.lit("-")).otherwise(pl.lit("")),
-            (magnitude // UNITS_PER_CNY).cast(pl.Utf8),
-            pl.lit("."),
-            (magnitude % UNITS_PER_CNY).cast(pl.Utf8).str.zfill(4),
-        ]
-    )
-    return text.alias(column if isinstance(column, str) else "money")
+    money = units.cast(pl.Decimal(38, 0)) * pl.lit(_ONE_UNIT, dtype=pl.Decimal(38, 4))
+    return money.alias(column if isinstance(column, str) else "money")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -24,8 +24,9 @@ app = typer.Typer(
 plans_app = typer.Typer(help="Inspect and validate tariff plans.", no_args_is_help=True)
 app.add_typer(plans_app, name="plans")
 
-console = Console()
-errors = Console(stderr=True)
+# Piped into a file or a log, tables keep their width instead of folding at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 PlansOption = Annotated[Path, typer.Option("--plans", help="Folder of plan .toml files.")]
 AccountsOption = Annotated[Path, typer.Option("--accounts", help="The accounts .toml file.")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -21,7 +22,7 @@ from schemas.cdr_csv import HeaderError, parse_chunk, read_header
 from schemas.columns import ALERT_COLUMNS, MONEY_COLUMNS, RATED_COLUMNS, RATED_EXPLAIN_COLUMNS, REJECTED_COLUMNS
 from schemas.money import money_expr
 
-CHUNK_BYTES = 48 << 20
+CHUNK_BYTES = 16 << 20
 
 
 class InputError(Exception):
@@ -72,6 +73,28 @@ def iter_chunks(handle: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[b
         yield block[: cut + 1]
 
 
+def _parsed_chunks(
+    handle: IO[bytes], columns: tuple[str, ...], chunk_bytes: int, pool: ThreadPoolExecutor
+) -> Iterator[tuple[int, pl.DataFrame]]:
+    """(bytes, raw batch) per chunk, parsing one chunk ahead in ``pool``."""
+    chunks = iter_chunks(handle, chunk_bytes)
+    next_line = 2
+
+    def parse(chunk: bytes, first_line: int) -> tuple[int, pl.DataFrame]:
+        return len(chunk), parse_chunk(chunk, first_line=first_line, columns=columns)
+
+    pending: Future[tuple[int, pl.DataFrame]] | None = None
+    for chunk in chunks:
+        # Line numbers are known before parsing: one per newline of the chunk.
+        upcoming = pool.submit(parse, chunk, next_line)
+        next_line += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+        if pending is not None:
+            yield pending.result()
+        pending = upcoming
+    if pending is not None:
+        yield pending.result()
+
+
 def rate_file(
     cdrs: Path,
     catalog: Catalog,
@@ -97,24 +120,30 @@ def rate_file(
     with handle, _Outputs(out) as outputs:
         header = handle.readline()
         if not header.strip():
-            raise InputError(f"{cdrs}: line 1: empty file, expected the CDR header ({','.join(RATED_COLUMNS[:1])}...)")
+            raise InputError(f"{cdrs}: line 1: the file is empty; expected the CDR header line")
         try:
             columns = read_header(header)
         except HeaderError as exc:
             raise InputError(f"{cdrs}: {exc}") from None
         done = len(header)
-        next_line = 2
         state = RatingState.empty()
-        for chunk in iter_chunks(handle, chunk_bytes):
-            batch = parse_chunk(chunk, first_line=next_line, columns=columns)
-            next_line += batch.height
-            result = rate(batch, state, catalog)
-            state = result.state
-            outputs.write(result)
-            summary.add(result)
-            done += len(chunk)
-            if progress is not None:
-                progress(done)
+        # Reading and parsing the next chunk, and writing the last one's results, run in
+        # threads beside the rating (polars releases the GIL): the three overlap.
+        with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
+            parsed = _parsed_chunks(handle, columns, chunk_bytes, reader)
+            written: Future[None] | None = None
+            for size, batch in parsed:
+                result = rate(batch, state, catalog)
+                state = result.state
+                if written is not None:
+                    written.result()
+                written = writer.submit(outputs.write, result)
+                summary.add(result)
+                done += size
+                if progress is not None:
+                    progress(done)
+            if written is not None:
+                written.result()
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -161,7 +190,15 @@ class _Outputs:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        for handle in self.files.values():
+        # A file with no data lines still gets its three headed (empty) outputs.
+        headers = {
+            "rated": (*RATED_COLUMNS, *RATED_EXPLAIN_COLUMNS),
+            "rejected": REJECTED_COLUMNS,
+            "alerts": ALERT_COLUMNS,
+        }
+        for name, handle in self.files.items():
+            if not self.started[name]:
+                handle.write((",".join(headers[name]) + "\n").encode())
             handle.close()
 
     def write(self, result: RatingResult) -> None:

@@ -7,7 +7,7 @@ strings (``"0.15"``). Models are frozen: a loaded catalogue never changes under 
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timezone
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -149,6 +149,12 @@ class PlanVersion(_Model):
     services: Services = Services()
     sla_credit_after_minutes: Annotated[StrictInt, Field(gt=0)] = 120
 
+    @field_validator("effective_from")
+    @classmethod
+    def _fixed_offset(cls, instant: datetime) -> datetime:
+        # TOML readers attach their own tzinfo classes; keep a plain fixed offset.
+        return instant.replace(tzinfo=timezone(instant.utcoffset()))
+
     @field_validator("rates")
     @classmethod
     def _one_rate_per_segment_and_class(cls, rates: list[Rate]) -> list[Rate]:
@@ -213,6 +219,11 @@ class Account(_Model):
     low_balance_threshold: Money = 500_000
     daily_cap: Money | None = None
     opened_at: AwareDatetime | None = None
+
+    @field_validator("opened_at")
+    @classmethod
+    def _fixed_offset(cls, instant: datetime | None) -> datetime | None:
+        return None if instant is None else instant.replace(tzinfo=timezone(instant.utcoffset()))
 
     @field_validator("numbers")
     @classmethod
