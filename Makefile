@@ -1,0 +1,31 @@
+# cdrflow install contract: setup (idempotent), demo, test, bench.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changed (or the venv is missing).
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+demo: setup
+	$(BIN)/cdrflow generate --out demo-data --cdrs 200000 --accounts 2000 --month 2026-03 --seed 7
+	$(BIN)/cdrflow rate demo-data/cdrs.csv --plans demo-data/plans --accounts demo-data/accounts.toml --out demo-data/out
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/rate_bench.py
+
+clean:
+	rm -rf demo-data .pytest_cache .hypothesis
