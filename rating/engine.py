@@ -173,7 +173,9 @@ def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
 
 def _duplicate_rows(frame: pl.DataFrame, state: RatingState) -> pl.Series:
     """Rows of CDRs whose (account, cdr_id) passed steps 1-2 earlier in the log (spec 4.3)."""
-    passed = frame.filter(pl.col("passed_identity")).select("row", "account_idx", "account_id", "cdr_id")
+    passed = frame.select("passed_identity", "row", "account_idx", "account_id", "cdr_id").filter(
+        pl.col("passed_identity")
+    )
     # A hash finds the few candidates cheaply; the exact ids then decide.
     maybe = passed.filter(pl.struct("account_idx", "cdr_id").hash().is_duplicated())
     repeated = maybe.filter(~pl.struct("account_idx", "cdr_id").is_first_distinct()).get_column("row")
@@ -393,10 +395,10 @@ def _alerts(priced: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
 def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, catalog: Catalog) -> RatingState:
     """Fold the batch into the state: totals add up, the last balance wins."""
     account = _from(catalog.accounts, "account_id", "account_idx")
-    rated = priced.filter(pl.col("status") == "rated").select(
-        "account_idx", "month_key", "class", "local_day", "k_month", "k_class", "k_day",
+    rated = priced.select(
+        "status", "account_idx", "month_key", "class", "local_day", "k_month", "k_class", "k_day",
         "allowance_s", "charged_s", "amount", "cap_reached",
-    )
+    ).filter(pl.col("status") == "rated")
     balances = priced.group_by("account_idx").agg(pl.col("balance").last()).select(account, "balance")
     allowance = (
         rated.filter(pl.col("allowance_s") > 0)
@@ -425,7 +427,11 @@ def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, 
         )
         .select(account, "local_day", "spent_before", "cap_alerted")
     )
-    remembered = judged.filter(pl.col("passed_identity") & ~pl.col("duplicate")).select("account_id", "cdr_id")
+    remembered = (
+        judged.select("passed_identity", "duplicate", "account_id", "cdr_id")
+        .filter(pl.col("passed_identity") & ~pl.col("duplicate"))
+        .drop("passed_identity", "duplicate")
+    )
     return RatingState(
         balances=pl.concat([state.balances.join(balances, on="account_id", how="anti"), balances]),
         allowance=_add(state.allowance, allowance, ["account_id", "month_key"]),

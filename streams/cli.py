@@ -183,7 +183,9 @@ def generate(
         console.print_json(data=figures)
     else:
         console.print(
-            "[green]wrote[/] " + ", ".join(f"{key} {value}" for key, value in figures.items())
+            f"[green]wrote[/] {made.cdrs:,} CDRs ({made.malformed:,} malformed, {made.resent:,} resent, "
+            f"{made.unknown_number:,} to unknown numbers) for {made.accounts:,} accounts with "
+            f"{made.numbers:,} numbers: {made.plans_dir}/, {made.accounts_file}, {made.cdrs_file}"
         )
 
 

@@ -22,7 +22,7 @@ from schemas.cdr_csv import HeaderError, parse_chunk, read_header
 from schemas.columns import ALERT_COLUMNS, MONEY_COLUMNS, RATED_COLUMNS, RATED_EXPLAIN_COLUMNS, REJECTED_COLUMNS
 from schemas.money import money_expr
 
-CHUNK_BYTES = 16 << 20
+CHUNK_BYTES = 32 << 20
 
 
 class InputError(Exception):
