@@ -7,9 +7,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test bench clean
 
+# Re-installs the venv only when pyproject.toml changed (or the venv is missing); the
+# servers script checks for itself and does nothing when ClickHouse and the broker are there.
 setup: $(STAMP)
+	@bash scripts/setup-servers.sh
 
-# Re-installs only when pyproject.toml changed (or the venv is missing).
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -189,6 +189,13 @@ def generate(
         )
 
 
+from streams.stack_cli import down, status, up  # noqa: E402  (commands of the embedded stack)
+
+app.command()(up)
+app.command()(down)
+app.command()(status)
+
+
 def _progress(*, disable: bool, bytes_: bool = True) -> Progress:
     columns = [TextColumn("{task.description}"), BarColumn()]
     columns += [DownloadColumn(), TransferSpeedColumn()] if bytes_ else [TextColumn("{task.completed:,}/{task.total:,}")]

@@ -148,16 +148,17 @@ def rate_file(
     return summary
 
 
+#: How instants (UTC) are written: ``2026-03-02T01:00:05Z``.
+CSV_DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
+
+
 def rated_csv_frame(rated: pl.DataFrame) -> pl.DataFrame:
-    """The rated rows as spec 6 writes them: money as 4-decimal strings, true/false."""
+    """The rated rows in spec 6 column order, money as exact 4-decimal numbers."""
     return _money_as_text(
         rated.select(
             *RATED_COLUMNS,
             *[c for c in RATED_EXPLAIN_COLUMNS if c in rated.columns],
             *[c for c in rated.columns if c not in RATED_COLUMNS and c not in RATED_EXPLAIN_COLUMNS],
-        ).with_columns(
-            pl.col("offpeak").cast(pl.String),
-            pl.col("charge_time").dt.to_string("%Y-%m-%dT%H:%M:%S%.fZ") if "charge_time" in rated.columns else pl.lit(None),
         )
     )
 
@@ -209,5 +210,7 @@ class _Outputs:
     def _append(self, name: str, frame: pl.DataFrame) -> None:
         if frame.height == 0 and self.started[name]:
             return
-        frame.write_csv(self.files[name], include_header=not self.started[name])
+        frame.write_csv(
+            self.files[name], include_header=not self.started[name], datetime_format=CSV_DATETIME_FORMAT
+        )
         self.started[name] = True

@@ -1,0 +1,44 @@
+"""The Kafka topics of cdrflow, their keys and what flows through them.
+
+Account topics are keyed by account id, so one partition holds one account's whole
+history in order (DESIGN.md: the log is the truth). Every topic gets the same number of
+partitions (``Settings.topic_partitions``), which keeps the account topics
+co-partitioned. ``cdrflow up`` creates each topic listed here that does not exist yet;
+add a topic by adding an entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+
+@dataclass(frozen=True)
+class Topic:
+    """One topic: its name, what its messages are keyed by, and what they carry."""
+
+    name: str
+    key: str
+    carries: str
+
+
+#: Topics by name; partitions come from the settings.
+TOPICS: Final[dict[str, Topic]] = {
+    topic.name: topic
+    for topic in (
+        Topic("cdr.raw", key="account_id", carries="CDR lines from switch feeds, in file order"),
+        Topic(
+            "billing.events",
+            key="account_id",
+            carries="rated calls, fees and top-ups: the account log",
+        ),
+        Topic(
+            "cdr.rejected",
+            key="account_id (the called number when no account is known)",
+            carries="rejected CDR lines with file, line and reason",
+        ),
+        Topic("alerts", key="account_id", carries="low-balance, daily-cap and arrears alerts"),
+        Topic("accounts", key="account_id", carries="account definitions and their changes"),
+        Topic("plans", key="plan_id", carries="plan versions, as loaded"),
+    )
+}

@@ -1,0 +1,179 @@
+"""The one configuration of cdrflow, read from ``CDRFLOW_*`` variables once and passed down.
+
+Two ways to run, and nothing else in the code knows which one it is:
+
+- **embedded** (default): ``cdrflow up`` starts a Kafka-protocol broker, its S3 store and
+  a ClickHouse server as child processes under :attr:`Settings.state_dir`, listening on
+  127.0.0.1 at the ``*_port`` settings;
+- **external**: ``CDRFLOW_KAFKA_BOOTSTRAP`` and ``CDRFLOW_CLICKHOUSE_URL`` name a real
+  Kafka and ClickHouse, and nothing is started.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, TypedDict
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Where the embedded servers listen; they are for this machine only.
+EMBEDDED_HOST = "127.0.0.1"
+#: The database cdrflow keeps its tables in unless the ClickHouse URL names another.
+DEFAULT_DATABASE = "cdrflow"
+#: ClickHouse's native-protocol port when a URL does not give one.
+CLICKHOUSE_NATIVE_PORT = 9000
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ClickHouseParams(TypedDict):
+    """Connection parameters in the form ``clickhouse_driver.Client(**params)`` takes."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+
+
+class Settings(BaseSettings):
+    """Everything cdrflow reads from its environment.
+
+    Each field is read from ``CDRFLOW_<FIELD NAME>`` (for example ``state_dir`` from
+    ``CDRFLOW_STATE_DIR``); keyword arguments override the environment.
+
+    Examples
+    --------
+    >>> s = Settings(state_dir="/tmp/demo-state", kafka_bootstrap=None, clickhouse_url=None)
+    >>> s.embedded, s.kafka_servers()
+    (True, ['127.0.0.1:19092'])
+    >>> s = Settings(
+    ...     kafka_bootstrap="k1:9092,k2:9092",
+    ...     clickhouse_url="clickhouse://finance:s3cret@ch:9000/billing",
+    ... )
+    >>> s.embedded, s.kafka_servers(), s.redacted_clickhouse_url()
+    (False, ['k1:9092', 'k2:9092'], 'clickhouse://finance@ch:9000/billing')
+    """
+
+    # hide_input_in_errors: a bad CDRFLOW_CLICKHOUSE_URL must not print its password.
+    model_config = SettingsConfigDict(
+        env_prefix="CDRFLOW_", frozen=True, extra="ignore", hide_input_in_errors=True
+    )
+
+    state_dir: Path = Field(
+        Path(".cdrflow"),
+        description="Folder of the embedded servers' data, logs and pid files "
+        "(relative paths are taken from the current folder when the settings are read).",
+    )
+    kafka_bootstrap: str | None = Field(
+        None, description="Comma-separated host:port of an external Kafka; unset = embedded."
+    )
+    clickhouse_url: str | None = Field(
+        None,
+        description="clickhouse://user:password@host:9000/database of an external ClickHouse "
+        "(native protocol); unset = embedded.",
+    )
+    topic_partitions: int = Field(4, ge=1, description="Partitions of each cdrflow topic.")
+    alert_webhook: str | None = Field(None, description="URL alerts are POSTed to, if set.")
+    app_id: str = Field("cdrflow", min_length=1, description="Faust app id / consumer group.")
+
+    kafka_port: Port = Field(19092, description="Port of the embedded broker.")
+    clickhouse_tcp_port: Port = Field(19000, description="Native port of embedded ClickHouse.")
+    clickhouse_http_port: Port = Field(18123, description="HTTP port of embedded ClickHouse.")
+    s3_port: Port = Field(19500, description="Port of the embedded broker's S3 store.")
+
+    tansu_bin: Path | None = Field(
+        None,
+        description="The tansu broker binary; unset = .tools/bin/tansu of the project "
+        "(what `make setup` installs), then PATH.",
+    )
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute_state_dir(cls, value: Path) -> Path:
+        # Fixed at read time so pid files and server configs never depend on a later cwd.
+        return value.expanduser().absolute()
+
+    @field_validator("kafka_bootstrap", "clickhouse_url", "alert_webhook")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        # `CDRFLOW_KAFKA_BOOTSTRAP= cdrflow up` means "not set", as in a shell.
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _parseable_clickhouse_url(cls, value: str | None) -> str | None:
+        # Runs after _blank_is_unset (validators run in the order they are defined).
+        if value is not None:
+            _parse_clickhouse_url(value)
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when neither an external Kafka nor an external ClickHouse is named."""
+        return self.kafka_bootstrap is None and self.clickhouse_url is None
+
+    @property
+    def embedded_kafka(self) -> bool:
+        """True when the broker is the embedded one (``CDRFLOW_KAFKA_BOOTSTRAP`` unset)."""
+        return self.kafka_bootstrap is None
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        """True when ClickHouse is the embedded one (``CDRFLOW_CLICKHOUSE_URL`` unset)."""
+        return self.clickhouse_url is None
+
+    def kafka_servers(self) -> list[str]:
+        """The bootstrap servers as ``host:port`` strings, as kafka-python takes them."""
+        if self.kafka_bootstrap is None:
+            return [f"{EMBEDDED_HOST}:{self.kafka_port}"]
+        return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]
+
+    def clickhouse_params(self) -> ClickHouseParams:
+        """Host, port, user, password and database of the pipeline's ClickHouse."""
+        if self.clickhouse_url is None:
+            return ClickHouseParams(
+                host=EMBEDDED_HOST,
+                port=self.clickhouse_tcp_port,
+                user="default",
+                password="",
+                database=DEFAULT_DATABASE,
+            )
+        return _parse_clickhouse_url(self.clickhouse_url)
+
+    def redacted_clickhouse_url(self) -> str:
+        """The ClickHouse URL without its password, fit for logs and ``status``."""
+        params = self.clickhouse_params()
+        return (
+            f"clickhouse://{quote(params['user'], safe='')}@{params['host']}:{params['port']}"
+            f"/{quote(params['database'], safe='')}"
+        )
+
+
+def _parse_clickhouse_url(url: str) -> ClickHouseParams:
+    parts = urlsplit(url)
+    expected = "clickhouse://user:password@host:9000/database"
+    # Error messages show the URL without its password.
+    shown = url.replace(f":{parts.password}@", ":***@") if parts.password else url
+    if parts.scheme != "clickhouse" or not parts.hostname:
+        raise ValueError(f"expected a URL like {expected}, got {shown!r}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"query options are not supported in the ClickHouse URL, got {shown!r}")
+    try:
+        port = parts.port or CLICKHOUSE_NATIVE_PORT
+    except ValueError:
+        raise ValueError(f"the port of {shown!r} is not a number (expected {expected})") from None
+    database = unquote(parts.path.strip("/")) or DEFAULT_DATABASE
+    if "/" in database:
+        raise ValueError(f"expected one database name after the host, got {shown!r}")
+    return ClickHouseParams(
+        host=parts.hostname,
+        port=port,
+        user=unquote(parts.username or "") or "default",
+        password=unquote(parts.password or ""),
+        database=database,
+    )

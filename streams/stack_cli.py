@@ -1,0 +1,207 @@
+"""``cdrflow up``, ``down`` and ``status``: thin typer commands over :mod:`streams.stack`.
+
+The functions are plain typer-annotated functions; ``streams/cli.py`` registers them with
+``app.command()(up)`` and so on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from streams import stack
+from streams.migrations import MigrationError
+from streams.settings import Settings
+
+# Piped into a file or a log, tables keep their width instead of folding at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+StateDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Folder of the embedded servers' data, logs and pid files "
+        "(default: $CDRFLOW_STATE_DIR, else ./.cdrflow).",
+        show_default=False,
+    ),
+]
+
+
+def up(
+    state_dir: StateDirOption = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            min=1,
+            help="Partitions of each topic created (default: $CDRFLOW_TOPIC_PARTITIONS, else 4).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Start the embedded broker and ClickHouse (unless CDRFLOW_KAFKA_BOOTSTRAP /
+    CDRFLOW_CLICKHOUSE_URL name real ones), wait until they answer, create the topics
+    and apply the ClickHouse migrations. Running it again reuses what runs.
+
+    Example: cdrflow up --state-dir /tmp/cdrflow-state
+    """
+    settings = _settings(state_dir=state_dir, topic_partitions=partitions)
+    try:
+        with console.status("starting the stack") as spinner:
+            info = stack.up(settings, progress=lambda line: spinner.update(line))
+    except (stack.StackError, MigrationError) as error:
+        raise _fail(str(error)) from None
+    table = Table(title=f"cdrflow stack ({info.seconds:.1f} s)", title_justify="left")
+    for column in ("server", "address", "pid", "log"):
+        table.add_column(column)
+    for server in info.servers:
+        if server.pid is None:
+            pid = "external"
+        else:
+            pid = f"{server.pid} ({'running' if server.reused else 'started'})"
+        table.add_row(server.name, server.address, pid, str(server.log or ""))
+    console.print(table)
+    console.print(f"kafka bootstrap: {info.kafka_bootstrap}", highlight=False)
+    console.print(f"clickhouse:      {info.clickhouse_url}", highlight=False)
+    if info.topics_created:
+        console.print(f"topics created:  {', '.join(info.topics_created)}", highlight=False)
+    if info.migrations_applied:
+        console.print(f"migrations:      {', '.join(info.migrations_applied)}", highlight=False)
+    if info.finance_password_file is not None:
+        console.print(
+            f"finance (read-only SQL): user finance, password in {info.finance_password_file}",
+            highlight=False,
+        )
+    for warning in info.warnings:
+        errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def down(
+    state_dir: StateDirOption = None,
+    purge: Annotated[
+        bool, typer.Option("--purge", help="Also delete the state folder: topics, tables, logs.")
+    ] = False,
+) -> None:
+    """Stop the servers `cdrflow up` started (SIGTERM, SIGKILL after 30 s). Data is kept
+    for the next `up` unless --purge.
+
+    Example: cdrflow down --purge
+    """
+    settings = _settings(state_dir=state_dir)
+    try:
+        with console.status("stopping the stack"):
+            stopped = stack.down(settings, purge=purge)
+    except stack.StackError as error:
+        raise _fail(str(error)) from None
+    if stopped:
+        console.print(f"stopped: {', '.join(stopped)}", highlight=False)
+    else:
+        console.print(f"nothing was running from {settings.state_dir}", highlight=False)
+    if purge:
+        console.print(f"deleted {settings.state_dir}", highlight=False)
+
+
+def status(
+    state_dir: StateDirOption = None,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the status as JSON for scripts.")
+    ] = False,
+) -> None:
+    """Show the servers, topics with their end offsets, consumer-group lag and the rows of
+    each ClickHouse table. Exits with 1 when a server is not up.
+
+    Example: cdrflow status --json
+    """
+    settings = _settings(state_dir=state_dir)
+    answer = stack.status(settings)
+    if json_:
+        console.print_json(json.dumps(answer))
+    else:
+        _print_status(answer)
+    if any(server["state"] != "up" for server in answer["servers"].values()):
+        raise typer.Exit(1)
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  - CDRFLOW_{'_'.join(map(str, problem['loc'])).upper()}: {problem['msg']}"
+            for problem in error.errors()
+        )
+        raise _fail(f"bad settings:\n{problems}", code=2) from None
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _print_status(answer: dict[str, Any]) -> None:
+    servers = Table(title="servers", title_justify="left")
+    for column in ("server", "state", "address", "pid", "log"):
+        servers.add_column(column)
+    colours = {"up": "green", "down": "red"}
+    for name, server in answer["servers"].items():
+        state = server["state"]
+        servers.add_row(
+            name,
+            f"[{colours.get(state, 'yellow')}]{state}[/]",
+            server["address"],
+            "external" if server["external"] else str(server["pid"] or ""),
+            server["log"] or "",
+        )
+    console.print(servers)
+    console.print(f"kafka bootstrap: {answer['kafka_bootstrap']}", highlight=False)
+    console.print(f"clickhouse:      {answer['clickhouse_url']}", highlight=False)
+
+    if answer["topics"]:
+        topics = Table(title="topics", title_justify="left")
+        for column, justify in (
+            ("topic", "left"),
+            ("partitions", "right"),
+            ("sum of ends", "right"),
+            ("end offsets", "left"),
+        ):
+            topics.add_column(column, justify=justify)
+        for name, topic in answer["topics"].items():
+            ends = topic["end_offsets"]
+            known = [end for end in ends.values() if end is not None]
+            topics.add_row(
+                name,
+                str(topic["partitions"]),
+                f"{sum(known):,}",
+                " ".join(
+                    f"{partition}:{'?' if end is None else end}" for partition, end in ends.items()
+                ),
+            )
+        console.print(topics)
+    if answer["consumer_groups"]:
+        groups = Table(title="consumer groups", title_justify="left")
+        for column, justify in (("group", "left"), ("lag", "right"), ("lag by partition", "left")):
+            groups.add_column(column, justify=justify)
+        for name, group in answer["consumer_groups"].items():
+            behind = " ".join(f"{tp}:{lag}" for tp, lag in group["partitions"].items() if lag)
+            groups.add_row(name, f"{group['lag']:,}", behind)
+        console.print(groups)
+    if answer["clickhouse_tables"]:
+        tables = Table(title="clickhouse tables", title_justify="left")
+        for column, justify in (("table", "left"), ("engine", "left"), ("rows", "right")):
+            tables.add_column(column, justify=justify)
+        for name, table in answer["clickhouse_tables"].items():
+            rows = "" if table["rows"] is None else f"{table['rows']:,}"
+            tables.add_row(name, table["engine"], rows)
+        console.print(tables)
+    for note in answer["notes"]:
+        console.print(f"note: {note}", highlight=False)
+    for error in answer["errors"]:
+        errors.print(f"[yellow]could not read[/] {error}", highlight=False)

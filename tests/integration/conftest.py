@@ -1,0 +1,61 @@
+"""Fixtures that run a real embedded stack (broker, its S3 store, ClickHouse) for tests.
+
+The stack runs in a temporary state folder on ports of its own (20000-30000, below
+Linux's ephemeral range), so it does not collide with a developer's running stack on the
+default ports.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from streams.settings import Settings
+from streams.stack import StackError, down, up
+
+#: Partitions the test stack's topics get: not the default 4, to show the setting is used.
+TEST_PARTITIONS = 3
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nothing listens on, from 20000-30000."""
+    ports: list[int] = []
+    candidates = random.sample(range(20000, 30000), 200)
+    for port in candidates:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError("no free ports between 20000 and 30000")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings of a running embedded stack; stopped and purged after the session."""
+    kafka_port, s3_port, clickhouse_tcp_port, clickhouse_http_port = free_ports(4)
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("cdrflow-stack"),
+        # Explicit, so a developer's CDRFLOW_* variables cannot point the tests elsewhere.
+        kafka_bootstrap=None,
+        clickhouse_url=None,
+        topic_partitions=TEST_PARTITIONS,
+        kafka_port=kafka_port,
+        s3_port=s3_port,
+        clickhouse_tcp_port=clickhouse_tcp_port,
+        clickhouse_http_port=clickhouse_http_port,
+    )
+    try:
+        try:
+            up(settings)
+        except StackError as error:
+            pytest.fail(f"the embedded stack did not start (is `make setup` done?): {error}")
+        yield settings
+    finally:
+        down(settings, purge=True)
