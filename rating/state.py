@@ -7,12 +7,13 @@ the state from one call to the next, gives exactly the results of rating it whol
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 import polars as pl
 
 BALANCES_SCHEMA = {"account_id": pl.String, "balance": pl.Int64}
-ALLOWANCE_SCHEMA = {"account_id": pl.String, "month_key": pl.Int32, "allowance_used_s": pl.Int64}
-CHARGED_SCHEMA = {"account_id": pl.String, "month_key": pl.Int32, "class": pl.String, "charged_before_s": pl.Int64}
+ALLOWANCE_SCHEMA = {"account_id": pl.String, "month_key": pl.Int64, "allowance_used_s": pl.Int64}
+CHARGED_SCHEMA = {"account_id": pl.String, "month_key": pl.Int64, "class": pl.String, "charged_before_s": pl.Int64}
 DAILY_SCHEMA = {"account_id": pl.String, "local_day": pl.Date, "spent_before": pl.Int64, "cap_alerted": pl.Boolean}
 SEEN_SCHEMA = {"account_id": pl.String, "cdr_id": pl.String}
 
@@ -63,16 +64,65 @@ class RatingState:
     def for_accounts(self, account_ids: list[str] | pl.Series) -> RatingState:
         """The part of the state that belongs to these accounts."""
         ids = pl.Series("account_id", account_ids, dtype=pl.String)
-        return RatingState(**{name: frame.filter(pl.col("account_id").is_in(ids)) for name, frame in self._frames()})
+        return RatingState(**{name: frame.filter(pl.col("account_id").is_in(ids.implode())) for name, frame in self._frames()})
 
     def merge(self, other: RatingState) -> RatingState:
         """This state with the accounts of ``other`` replaced by ``other``'s view of them."""
         touched = other.account_ids()
         return RatingState(
             **{
-                name: pl.concat([mine.filter(~pl.col("account_id").is_in(touched)), theirs])
+                name: pl.concat([mine.filter(~pl.col("account_id").is_in(touched.implode())), theirs])
                 for (name, mine), (_, theirs) in zip(self._frames(), other._frames(), strict=True)
             }
+        )
+
+    def to_accounts(self) -> dict[str, dict[str, object]]:
+        """Each account's part of the state as a JSON-ready dict (a Faust table value).
+
+        Examples
+        --------
+        >>> state = RatingState.empty()
+        >>> RatingState.from_accounts(state.to_accounts()).balances.height
+        0
+        """
+        out: dict[str, dict[str, object]] = {}
+
+        def slot(account_id: str) -> dict[str, object]:
+            return out.setdefault(
+                account_id, {"balance": None, "allowance": {}, "charged": {}, "daily": {}, "seen": []}
+            )
+
+        for account_id, balance in self.balances.iter_rows():
+            slot(account_id)["balance"] = balance
+        for account_id, month_key, used in self.allowance.iter_rows():
+            slot(account_id)["allowance"][str(month_key)] = used
+        for account_id, month_key, call_class, charged in self.charged.iter_rows():
+            slot(account_id)["charged"][f"{month_key}|{call_class}"] = charged
+        for account_id, day, spent, alerted in self.daily.iter_rows():
+            slot(account_id)["daily"][day.isoformat()] = [spent, alerted]
+        for account_id, ids in self.seen.group_by("account_id").agg("cdr_id").iter_rows():
+            slot(account_id)["seen"] = ids
+        return out
+
+    @classmethod
+    def from_accounts(cls, accounts: dict[str, dict[str, object]]) -> RatingState:
+        """The inverse of :meth:`to_accounts`."""
+        balances, allowance, charged, daily, seen = [], [], [], [], []
+        for account_id, part in accounts.items():
+            if part.get("balance") is not None:
+                balances.append((account_id, part["balance"]))
+            allowance += [(account_id, int(k), v) for k, v in part.get("allowance", {}).items()]
+            for key, value in part.get("charged", {}).items():
+                month_key, call_class = key.split("|", 1)
+                charged.append((account_id, int(month_key), call_class, value))
+            daily += [(account_id, date.fromisoformat(k), v[0], v[1]) for k, v in part.get("daily", {}).items()]
+            seen += [(account_id, cdr_id) for cdr_id in part.get("seen", [])]
+        return cls(
+            balances=pl.DataFrame(balances, schema=BALANCES_SCHEMA, orient="row"),
+            allowance=pl.DataFrame(allowance, schema=ALLOWANCE_SCHEMA, orient="row"),
+            charged=pl.DataFrame(charged, schema=CHARGED_SCHEMA, orient="row"),
+            daily=pl.DataFrame(daily, schema=DAILY_SCHEMA, orient="row"),
+            seen=pl.DataFrame(seen, schema=SEEN_SCHEMA, orient="row"),
         )
 
     def account_ids(self) -> pl.Series:

@@ -1,0 +1,42 @@
+"""The rating state survives being split per account and put back (the Faust table path)."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+from rating import Catalog, RatingState, rate
+from schemas.cdr_csv import parse_csv
+from tariffs import load_tariffs
+from tests.conftest import VECTORS
+
+
+def test_state_round_trips_through_json_per_account_and_rates_on_identically() -> None:
+    vector = VECTORS / "mixed"
+    catalog = Catalog.from_tariffs(load_tariffs(vector / "plans", vector / "accounts.toml"))
+    batch = parse_csv((vector / "cdrs.csv").read_bytes())
+    half = batch.height // 2
+    first = rate(batch[:half], RatingState.empty(), catalog)
+    stored = json.loads(json.dumps(first.state.to_accounts()))
+    assert set(stored) == set(first.state.account_ids().to_list())
+    restored = RatingState.from_accounts(stored)
+    direct = rate(batch[half:], first.state, catalog)
+    via_json = rate(batch[half:], restored, catalog)
+    assert via_json.rated.equals(direct.rated)
+    assert via_json.alerts.equals(direct.alerts)
+    assert via_json.rejected.equals(direct.rejected)
+
+
+def test_for_accounts_and_merge_keep_other_accounts_untouched() -> None:
+    vector = VECTORS / "basic"
+    catalog = Catalog.from_tariffs(load_tariffs(vector / "plans", vector / "accounts.toml"))
+    state = rate(parse_csv((vector / "cdrs.csv").read_bytes()), RatingState.empty(), catalog).state
+    only_a001 = state.for_accounts(["A001"])
+    assert only_a001.account_ids().to_list() == ["A001"]
+    changed = RatingState.from_accounts({"A001": {"balance": 1, "allowance": {}, "charged": {}, "daily": {}, "seen": []}})
+    merged = state.merge(changed)
+    balances = dict(merged.balances.iter_rows())
+    assert balances["A001"] == 1
+    assert balances["A002"] == dict(state.balances.iter_rows())["A002"]
+    assert merged.seen.filter(pl.col("account_id") == "A001").height == 0
