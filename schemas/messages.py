@@ -22,7 +22,7 @@ CDR_CHUNK_LINES: Final[int] = 500
 MESSAGE_VERSION: Final[int] = 1
 
 
-def cdr_chunk_value(source: str, chunk: pl.DataFrame) -> dict[str, object]:
+def cdr_chunk_value(source: str, chunk: pl.DataFrame, ingest_id: str = "") -> dict[str, object]:
     """The JSON value of a ``cdr.raw`` message: one account's lines of one file, in order.
 
     ``chunk`` has ``line`` and the 12 CDR columns (strings, as in the file).
@@ -37,6 +37,7 @@ def cdr_chunk_value(source: str, chunk: pl.DataFrame) -> dict[str, object]:
     return {
         "v": MESSAGE_VERSION,
         "source": source,
+        "ingest_id": ingest_id,
         "line": chunk.get_column("line").to_list(),
         **{name: chunk.get_column(name).to_list() for name in CDR_COLUMNS},
     }
@@ -68,11 +69,55 @@ def cdr_chunk_frame(value: dict[str, object]) -> pl.DataFrame:
             raise ValueError(f"cdr.raw chunk: {name!r} holds a value that is not a string")
         columns[name] = column
     source = value.get("source")
+    ingest_id = value.get("ingest_id")
     return pl.DataFrame(
         {
             "line": pl.Series(lines, dtype=pl.Int64),
             **{name: pl.Series(values, dtype=pl.String) for name, values in columns.items()},
             "framing": pl.Series([None] * len(lines), dtype=pl.String),
             "source": pl.Series([source if isinstance(source, str) else ""] * len(lines), dtype=pl.String),
+            "ingest_id": pl.Series([ingest_id if isinstance(ingest_id, str) else ""] * len(lines), dtype=pl.String),
         }
     )
+
+
+def frame_value(frame: pl.DataFrame) -> dict[str, object]:
+    """A frame as a JSON-ready, column-wise message value (billing.events, cdr.rejected,
+    alerts). Dates and instants travel as ISO strings, money as integer units.
+
+    Examples
+    --------
+    >>> from datetime import date
+    >>> frame = pl.DataFrame({"amount": [1500], "local_day": [date(2026, 3, 2)]})
+    >>> value = frame_value(frame)
+    >>> value["rows"]
+    {'amount': [1500], 'local_day': ['2026-03-02']}
+    >>> frame_from_value(value, frame.schema).equals(frame)
+    True
+    """
+    text_columns = [
+        pl.col(name).dt.to_string("%Y-%m-%dT%H:%M:%S%.fZ") if dtype == pl.Datetime else pl.col(name).cast(pl.String)
+        for name, dtype in frame.schema.items()
+        if dtype.is_temporal()
+    ]
+    return {"v": MESSAGE_VERSION, "rows": frame.with_columns(text_columns).to_dict(as_series=False)}
+
+
+def frame_from_value(value: dict[str, object], schema: pl.Schema | dict[str, pl.DataType]) -> pl.DataFrame:
+    """The inverse of :func:`frame_value`, typed by ``schema``."""
+    if not isinstance(value, dict) or value.get("v") != MESSAGE_VERSION or not isinstance(value.get("rows"), dict):
+        raise ValueError("not a cdrflow frame message (expected a JSON object with v=1 and rows)")
+    rows = value["rows"]
+    columns = []
+    for name, dtype in schema.items():
+        data = rows.get(name)
+        if dtype == pl.Datetime:
+            series = pl.Series(name, data, dtype=pl.String).str.to_datetime(
+                "%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC", time_unit="us"
+            ).cast(dtype)
+        elif dtype == pl.Date:
+            series = pl.Series(name, data, dtype=pl.String).str.to_date("%Y-%m-%d")
+        else:
+            series = pl.Series(name, data, dtype=dtype)
+        columns.append(series)
+    return pl.DataFrame(columns)
