@@ -106,15 +106,12 @@ def parse_chunk(
     # padded, long ones truncated, bad UTF-8 replaced. Those lines are then found by
     # comparing each line's length with the fields read, and judged one by one.
     header = ",".join(columns).encode() + b"\n"
-    frame = pl.read_csv(
-        header + data,
-        has_header=True,
-        infer_schema=False,
-        quote_char=None,
-        truncate_ragged_lines=True,
-        empty_string_is_null=False,
-        encoding="utf8-lossy",
-    )
+    bad_utf8 = False
+    try:
+        frame = _read(header + data, "utf8")
+    except pl.exceptions.ComputeError:
+        # Bytes that are not UTF-8 somewhere: read them replaced, find their lines below.
+        frame, bad_utf8 = _read(header + data, "utf8-lossy"), True
     starts, ends = _line_bounds(data)
     if frame.height != len(starts):  # pragma: no cover - guards the reader's line model
         raise ValueError(f"read {frame.height} rows from {len(starts)} lines")
@@ -123,7 +120,7 @@ def parse_chunk(
     odd = (frame.select(read_bytes.cast(pl.Int64)).to_series().to_numpy() != lengths) | (lengths > MAX_LINE_BYTES)
     suspects = set(np.flatnonzero(odd).tolist())
     suspects.update(_rows_with_bytes(data, ends, (0, ord('"'))))
-    if _has_bad_utf8(data) or _REPLACEMENT_CHARACTER in data:
+    if bad_utf8 or _REPLACEMENT_CHARACTER in data:
         replaced = pl.any_horizontal(pl.col(c).str.contains("\ufffd", literal=True) for c in columns)
         suspects.update(np.flatnonzero(frame.select(replaced).to_series().to_numpy()).tolist())
     framing = pl.Series("framing", [None] * frame.height, dtype=pl.String)
@@ -153,12 +150,16 @@ def _rows_with_bytes(data: bytes, ends: np.ndarray, values: tuple[int, ...]) -> 
     return np.unique(np.searchsorted(ends, hits)).tolist()
 
 
-def _has_bad_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
+def _read(data: bytes, encoding: str) -> pl.DataFrame:
+    return pl.read_csv(
+        data,
+        has_header=True,
+        infer_schema=False,
+        quote_char=None,
+        truncate_ragged_lines=True,
+        empty_string_is_null=False,
+        encoding=encoding,
+    )
 
 
 def _judge_rows(

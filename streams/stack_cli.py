@@ -16,9 +16,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from streams import stack
-from streams.migrations import MigrationError
 from streams.settings import Settings
+
+# streams.stack pulls in the Kafka and ClickHouse clients: imported inside the commands,
+# so `cdrflow rate` and friends do not pay for them.
 
 # Piped into a file or a log, tables keep their width instead of folding at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -53,6 +54,9 @@ def up(
 
     Example: cdrflow up --state-dir /tmp/cdrflow-state
     """
+    from streams import stack
+    from streams.migrations import MigrationError
+
     settings = _settings(state_dir=state_dir, topic_partitions=partitions)
     try:
         with console.status("starting the stack") as spinner:
@@ -95,6 +99,8 @@ def down(
 
     Example: cdrflow down --purge
     """
+    from streams import stack
+
     settings = _settings(state_dir=state_dir)
     try:
         with console.status("stopping the stack"):
@@ -120,6 +126,8 @@ def status(
 
     Example: cdrflow status --json
     """
+    from streams import stack
+
     settings = _settings(state_dir=state_dir)
     answer = stack.status(settings)
     if json_:
