@@ -78,7 +78,9 @@ def rate(batch: pl.DataFrame, state: RatingState, catalog: Catalog) -> RatingRes
     (60, 3000)
     """
     extra = [c for c in batch.columns if c not in _BATCH_COLUMNS]
-    judged = _judge(batch.with_row_index("row"), state, catalog)
+    # rechunk: a batch sliced out of a bigger frame shares its string buffers, and polars
+    # 2.1 panicked in a string function over such a slice (tests/test_state.py).
+    judged = _judge(batch.rechunk().with_row_index("row"), state, catalog)
     accepted = judged.filter(pl.col("reason").is_null())
     priced = _price(accepted, state, catalog)
     return RatingResult(

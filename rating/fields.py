@@ -9,8 +9,10 @@ import polars as pl
 from schemas.columns import DISPOSITIONS
 
 # ISO 8601 with an offset: 2026-03-02T09:15:00+08:00, ...Z, ...+0800, optional fraction.
-_ISO_WITH_OFFSET = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:?\d{2})$"
-_SUFFIX = re.compile(r"^(?:\.(\d{1,6}))?(?:(Z)|([+-])(\d{2}):?(\d{2}))$")
+# Seconds 00-59: a leap second (:60) is no time a switch should bill.
+_ISO_WITH_OFFSET = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:[0-5]\d(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$"
+# Fractions up to nanoseconds are read, and kept to the microsecond.
+_SUFFIX = re.compile(r"^(?:\.(\d{1,9}))?(?:(Z)|([+-])(\d{2}):?(\d{2}))$")
 _MAX_BILLSEC_DIGITS = 9  # 31 years of talk: anything longer is not a call
 _TIME_COLUMNS = {"start_time": "start", "answer_time": "answer", "end_time": "end"}
 
@@ -61,7 +63,7 @@ def _suffix_shift_us(suffix: str) -> int | None:
     if match is None:
         return None
     fraction, zulu, sign, hours, minutes = match.groups()
-    micros = int((fraction or "0").ljust(6, "0"))
+    micros = int((fraction or "0")[:6].ljust(6, "0"))
     if zulu:
         return micros
     if int(hours) > 23 or int(minutes) > 59:

@@ -9,7 +9,7 @@ import polars as pl
 from rating import Catalog, RatingState, rate
 from schemas.cdr_csv import parse_csv
 from tariffs import load_tariffs
-from tests.conftest import VECTORS
+from tests.conftest import PROJECT, VECTORS
 
 
 def test_state_round_trips_through_json_per_account_and_rates_on_identically() -> None:
@@ -40,3 +40,16 @@ def test_for_accounts_and_merge_keep_other_accounts_untouched() -> None:
     assert balances["A001"] == 1
     assert balances["A002"] == dict(state.balances.iter_rows())["A002"]
     assert merged.seen.filter(pl.col("account_id") == "A001").height == 0
+
+
+def test_a_batch_sliced_from_a_bigger_one_rates_after_a_state() -> None:
+    # Found by the split property test: polars panicked ("i < self.len()") in a string
+    # function over a slice that shared its buffers with the rest of the file.
+    data = PROJECT / "tests" / "data" / "sliced_batch"
+    catalog = Catalog.from_tariffs(load_tariffs(data / "plans", data / "accounts.toml"))
+    batch = parse_csv((data / "cdrs.csv").read_bytes())
+    whole = rate(batch, RatingState.empty(), catalog)
+    first = rate(batch[:6], RatingState.empty(), catalog)
+    second = rate(batch[6:], first.state, catalog)
+    assert pl.concat([first.rated, second.rated]).equals(whole.rated)
+    assert pl.concat([first.rejected, second.rejected]).equals(whole.rejected)
