@@ -304,7 +304,8 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
             pl.col("plan_day").replace_strict(cap_keys, caps, default=None, return_dtype=pl.Int64),
         ),
     )
-    frame = _with_state(frame, state, catalog)
+    # One lazy plan from here on: polars runs independent steps side by side.
+    frame = _with_state(frame, state, catalog).lazy()
     frame = frame.with_columns(allowance_s()).with_columns(charged_s=pl.col("billable_s") - pl.col("allowance_s"))
     frame = (
         frame.with_columns(tier_start())
@@ -339,7 +340,7 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         low_balance=rated & (pl.col("balance_before") >= threshold) & (pl.col("balance") < threshold),
         arrears=rated & (pl.col("balance_before") >= 0) & (pl.col("balance") < 0),
         offpeak_percent=pl.when(pl.col("offpeak")).then(pl.col("offpeak_percent")).otherwise(0),
-    )
+    ).collect()
 
 
 def _with_state(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.DataFrame:

@@ -40,5 +40,10 @@ TOPICS: Final[dict[str, Topic]] = {
         Topic("alerts", key="account_id", carries="low-balance, daily-cap and arrears alerts"),
         Topic("accounts", key="account_id", carries="account definitions and their changes"),
         Topic("plans", key="plan_id", carries="plan versions, as loaded"),
+        Topic(
+            "ingest.files",
+            key="sha256 of the file's content",
+            carries="one event per ingested file: name, sha256, lines, ingest_id, at",
+        ),
     )
 }

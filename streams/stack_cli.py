@@ -48,9 +48,11 @@ def up(
         ),
     ] = None,
 ) -> None:
-    """Start the embedded broker and ClickHouse (unless CDRFLOW_KAFKA_BOOTSTRAP /
-    CDRFLOW_CLICKHOUSE_URL name real ones), wait until they answer, create the topics
-    and apply the ClickHouse migrations. Running it again reuses what runs.
+    """Start the broker and ClickHouse, create the topics and apply the schema.
+
+    Starts them under the state folder unless CDRFLOW_KAFKA_BOOTSTRAP /
+    CDRFLOW_CLICKHOUSE_URL name real ones, and waits until they answer. Running it again
+    reuses what runs.
 
     Example: cdrflow up --state-dir /tmp/cdrflow-state
     """
@@ -94,8 +96,9 @@ def down(
         bool, typer.Option("--purge", help="Also delete the state folder: topics, tables, logs.")
     ] = False,
 ) -> None:
-    """Stop the servers `cdrflow up` started (SIGTERM, SIGKILL after 30 s). Data is kept
-    for the next `up` unless --purge.
+    """Stop the servers `cdrflow up` started; their data is kept unless --purge.
+
+    SIGTERM, then SIGKILL after 30 s.
 
     Example: cdrflow down --purge
     """
@@ -121,8 +124,10 @@ def status(
         bool, typer.Option("--json", help="Print the status as JSON for scripts.")
     ] = False,
 ) -> None:
-    """Show the servers, topics with their end offsets, consumer-group lag and the rows of
-    each ClickHouse table. Exits with 1 when a server is not up.
+    """Show servers, topics, partitions, consumer lag and ClickHouse tables.
+
+    Topics with their end offsets, consumer-group lag, rows per table. Exits with 1 when a
+    server is not up.
 
     Example: cdrflow status --json
     """
