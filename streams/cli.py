@@ -189,11 +189,15 @@ def generate(
         )
 
 
-from streams.stack_cli import down, status, up  # noqa: E402  (commands of the embedded stack)
+# The pipeline's commands; each imports the Kafka/ClickHouse clients only when it runs.
+from streams.ingest_cli import ingest, load  # noqa: E402
+from streams.stack_cli import down, status, up  # noqa: E402
 
 app.command()(up)
 app.command()(down)
 app.command()(status)
+app.command()(load)
+app.command()(ingest)
 
 
 def _progress(*, disable: bool, bytes_: bool = True) -> Progress:
