@@ -27,7 +27,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python bench/rate_bench.py
+	-$(BIN)/python bench/rate_bench.py
+	-$(BIN)/python bench/sink_bench.py
 
 clean:
 	rm -rf demo-data .pytest_cache .hypothesis

@@ -190,6 +190,7 @@ def generate(
 
 
 # The pipeline's commands; each imports the Kafka/ClickHouse clients only when it runs.
+from streams.export_cli import export  # noqa: E402
 from streams.ingest_cli import ingest, load  # noqa: E402
 from streams.stack_cli import down, status, up  # noqa: E402
 
@@ -198,6 +199,7 @@ app.command()(down)
 app.command()(status)
 app.command()(load)
 app.command()(ingest)
+app.command()(export)
 
 
 def _progress(*, disable: bool, bytes_: bool = True) -> Progress:

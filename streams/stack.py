@@ -65,6 +65,7 @@ STATUS_KEYS = (
     "topics",
     "consumer_groups",
     "clickhouse_tables",
+    "rejects_by_reason",
     "notes",
     "errors",
 )
@@ -351,7 +352,8 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
     """Servers, topics, consumer lag and ClickHouse tables, as plain data (JSON-ready).
 
     Never raises for a server that is down: what could not be read is listed under
-    ``errors``. Keys: see :data:`STATUS_KEYS`.
+    ``errors``. Keys: see :data:`STATUS_KEYS`. ``rejects_by_reason`` counts the rejected
+    lines in ClickHouse (a replayed rejection once).
 
     ``topics[name]["end_offsets"]`` are the ends of the logs as Fetch responses report
     them, not as ListOffsets does (too low on tansu, see :func:`log_end_offsets`), and
@@ -366,6 +368,7 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
         "topics": {},
         "consumer_groups": {},
         "clickhouse_tables": {},
+        "rejects_by_reason": {},
         "notes": [],
         "errors": [],
     }
@@ -384,6 +387,8 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
     if answer["servers"]["clickhouse"]["state"] == "up":
         try:
             answer["clickhouse_tables"] = _clickhouse_tables(settings)
+            if "rejected_cdrs" in answer["clickhouse_tables"]:
+                answer["rejects_by_reason"] = _rejects_by_reason(settings)
         except Exception as error:
             answer["errors"].append(f"clickhouse: {error}")
     if settings.embedded_clickhouse and finance_password(settings) is not None:
@@ -1079,5 +1084,19 @@ def _clickhouse_tables(settings: Settings) -> dict[str, Any]:
                 )[0][0]
             answer[name] = {"engine": engine, "rows": rows}
         return answer
+    finally:
+        client.disconnect()
+
+
+def _rejects_by_reason(settings: Settings) -> dict[str, int]:
+    params = settings.clickhouse_params()
+    client = Client(**{**params, "database": ""}, connect_timeout=2, send_receive_timeout=10)
+    try:
+        rows = client.execute(
+            "SELECT reason, count() FROM "
+            f"{_quote_identifier(params['database'])}.rejected_cdrs FINAL "
+            "GROUP BY reason ORDER BY reason"
+        )
+        return {reason: int(count) for reason, count in rows}
     finally:
         client.disconnect()

@@ -214,6 +214,13 @@ def _print_status(answer: dict[str, Any]) -> None:
             rows = "" if table["rows"] is None else f"{table['rows']:,}"
             tables.add_row(name, table["engine"], rows)
         console.print(tables)
+    if answer["rejects_by_reason"]:
+        rejects = Table(title="rejects by reason", title_justify="left")
+        rejects.add_column("reason")
+        rejects.add_column("lines", justify="right")
+        for reason, count in answer["rejects_by_reason"].items():
+            rejects.add_row(reason, f"{count:,}")
+        console.print(rejects)
     for note in answer["notes"]:
         console.print(f"note: {note}", highlight=False)
     for error in answer["errors"]:

@@ -12,6 +12,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from schemas.topics import TOPICS
+from streams.migrations import MIGRATIONS_DIR, read_migrations
 from streams.settings import Settings
 from streams.stack import STATUS_KEYS, down, finance_password, status, up
 
@@ -110,7 +111,7 @@ def test_the_default_user_can_create_tables(stack: Settings) -> None:
 def test_the_finance_user_reads_but_cannot_write(stack: Settings) -> None:
     params = {**stack.clickhouse_params(), "user": "finance", "password": finance_password(stack)}
     finance = Client(**params)
-    assert finance.execute("SELECT count() FROM schema_migrations") == [(0,)]
+    assert finance.execute("SELECT count() FROM schema_migrations") == [(len(read_migrations(MIGRATIONS_DIR)),)]
     with pytest.raises(ServerException) as insert:
         finance.execute("INSERT INTO schema_migrations (version) VALUES", [(99,)])
     assert insert.value.code == READONLY
@@ -147,7 +148,12 @@ def test_status_reports_servers_topics_and_tables(stack: Settings) -> None:
     )
     for name in TOPICS:
         assert answer["topics"][name]["partitions"] == stack.topic_partitions
-    assert answer["clickhouse_tables"]["schema_migrations"] == {"engine": "MergeTree", "rows": 0}
+    assert answer["clickhouse_tables"]["schema_migrations"] == {
+        "engine": "MergeTree",
+        "rows": len(read_migrations(MIGRATIONS_DIR)),
+    }
+    assert answer["clickhouse_tables"]["rated_calls"]["engine"] == "ReplacingMergeTree"
+    assert all(isinstance(count, int) for count in answer["rejects_by_reason"].values())
     assert answer["errors"] == []
 
 
