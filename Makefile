@@ -19,9 +19,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+# The streaming pipeline on the embedded stack; leaves it up (`.venv/bin/cdrflow down`).
 demo: setup
-	$(BIN)/cdrflow generate --out demo-data --cdrs 200000 --accounts 2000 --month 2026-03 --seed 7
-	$(BIN)/cdrflow rate demo-data/cdrs.csv --plans demo-data/plans --accounts demo-data/accounts.toml --out demo-data/out
+	$(BIN)/cdrflow demo
 
 test: setup
 	$(BIN)/python -m pytest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -137,19 +138,46 @@ def rate(
     if json_:
         console.print_json(data=figures)
         return
-    table = Table(title=f"{cdrs} -> {out}", title_justify="left", show_header=False)
+    table = outcome_table(
+        f"{cdrs} -> {out}",
+        lines=summary.cdrs,
+        rated=summary.rated,
+        unbilled=summary.unbilled,
+        rejected=summary.rejected,
+        amount=summary.amount,
+        alerts=summary.alerts,
+        speed=("CDRs per second", summary.seconds),
+    )
+    console.print(table)
+
+
+def outcome_table(
+    title: str,
+    *,
+    lines: int,
+    rated: int,
+    unbilled: int,
+    rejected: Mapping[str, int],
+    amount: int,
+    alerts: Mapping[str, int],
+    speed: tuple[str, float],
+) -> Table:
+    """What became of a run's CDR lines: the summary `rate` and `ingest --wait` print."""
+    table = Table(title=title, title_justify="left", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
-    table.add_row("CDR lines", f"{summary.cdrs:,}")
-    table.add_row("rated", f"{summary.rated:,}")
-    table.add_row("unbilled", f"{summary.unbilled:,}")
-    for reason, count in sorted(summary.rejected.items()):
+    table.add_row("CDR lines", f"{lines:,}")
+    table.add_row("rated", f"{rated:,}")
+    table.add_row("unbilled", f"{unbilled:,}")
+    for reason, count in sorted(rejected.items()):
         table.add_row(f"rejected: {reason}", f"{count:,}")
-    table.add_row("total amount (CNY)", format_money(summary.amount))
-    for kind, count in sorted(summary.alerts.items()):
+    table.add_row("total amount (CNY)", format_money(amount))
+    for kind, count in sorted(alerts.items()):
         table.add_row(f"alerts: {kind}", f"{count:,}")
-    table.add_row("CDRs per second", f"{summary.cdrs_per_second:,.0f} ({summary.seconds:.2f} s)")
-    console.print(table)
+    label, seconds = speed
+    per_second = lines / seconds if seconds > 0 else 0.0
+    table.add_row(label, f"{per_second:,.0f} ({seconds:.2f} s)")
+    return table
 
 
 @app.command()
@@ -190,9 +218,11 @@ def generate(
 
 
 # The pipeline's commands; each imports the Kafka/ClickHouse clients only when it runs.
+from streams.demo_cli import demo  # noqa: E402
 from streams.export_cli import export  # noqa: E402
 from streams.ingest_cli import ingest, load  # noqa: E402
 from streams.stack_cli import down, status, up  # noqa: E402
+from streams.worker_cli import worker  # noqa: E402
 
 app.command()(up)
 app.command()(down)
@@ -200,6 +230,8 @@ app.command()(status)
 app.command()(load)
 app.command()(ingest)
 app.command()(export)
+app.command()(worker)
+app.command()(demo)
 
 
 def _progress(*, disable: bool, bytes_: bool = True) -> Progress:

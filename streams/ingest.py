@@ -38,7 +38,7 @@ from typing import Any, Final, Literal
 
 import polars as pl
 
-from schemas.cdr_csv import HeaderError, parse_chunk, read_header
+from schemas.cdr_csv import parse_chunk
 from schemas.messages import cdr_chunk_value, frame_value
 from streams.kafka_io import (
     BrokerError,
@@ -50,7 +50,7 @@ from streams.kafka_io import (
     topic_name,
 )
 from streams.load import ACCOUNTS_TOPIC, PLANS_TOPIC, read_catalog
-from streams.rate_files import InputError, iter_chunks
+from streams.rate_files import InputError, iter_chunks, open_cdr_file
 from streams.routing import AccountChunker, rejection_groups, route
 from streams.settings import Settings
 
@@ -158,26 +158,16 @@ def spool_files(folder: Path) -> list[Path]:
 
 def check_file(path: Path) -> SpoolFile:
     """Open, check the header and hash a CDR file; :class:`InputError` says what is wrong."""
-    try:
-        with path.open("rb") as handle:
-            header = handle.readline()
-            if not header.strip():
-                raise InputError(f"{path}: line 1: the file is empty; expected the CDR header line")
-            try:
-                read_header(header)
-            except HeaderError as error:
-                raise InputError(f"{path}: {error}") from None
-            digest = hashlib.sha256(header)
-            size = len(header)
+    handle, _, header = open_cdr_file(path)
+    with handle:
+        digest = hashlib.sha256(header)
+        size = len(header)
+        try:
             while block := handle.read(_HASH_BLOCK):
                 digest.update(block)
                 size += len(block)
-    except FileNotFoundError:
-        raise InputError(f"{path}: CDR file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder, expected a CDR CSV file") from None
-    except OSError as error:
-        raise InputError(f"{path}: cannot be read ({error.strerror})") from None
+        except OSError as error:
+            raise InputError(f"{path}: cannot be read ({error.strerror})") from None
     return SpoolFile(path=path, size=size, sha256=digest.hexdigest())
 
 
@@ -334,17 +324,9 @@ def send_file(
     result = FileResult(path=spool.path, sha256=spool.sha256, ingest_id=new_ingest_id(spool.sha256), forced=force)
     source = spool.path.name
     digest = hashlib.sha256()
-    try:
-        handle = spool.path.open("rb")
-    except OSError as error:
-        raise InputError(f"{spool.path}: cannot be read ({error.strerror})") from None
+    handle, columns, header = open_cdr_file(spool.path)
     with handle:
-        header = handle.readline()
         digest.update(header)
-        try:
-            columns = read_header(header)
-        except HeaderError as error:
-            raise InputError(f"{spool.path}: {error}") from None
         result.bytes = len(header)
         next_line = 2
         chunker = AccountChunker()

@@ -275,21 +275,18 @@ def _print_run(run: IngestRun) -> None:
 
 
 def _print_landed(landed: Landed, lines: int, seconds: float) -> None:
-    table = Table(title="landed in ClickHouse", title_justify="left", show_header=False)
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    table.add_row("CDR lines", f"{lines:,}")
-    table.add_row("rated", f"{landed.rated:,}")
-    table.add_row("unbilled", f"{landed.unbilled:,}")
-    for reason, count in sorted(landed.rejected.items()):
-        table.add_row(f"rejected: {reason}", f"{count:,}")
-    table.add_row("total amount (CNY)", format_money(landed.amount))
-    for kind, count in sorted(landed.alerts.items()):
-        table.add_row(f"alerts: {kind}", f"{count:,}")
-    rate = lines / seconds if seconds > 0 else 0.0
-    table.add_row("CDRs per second (end to end)", f"{rate:,.0f} ({seconds:.2f} s)")
-    console.print(table)
-
+    console.print(
+        _cli().outcome_table(
+            "landed in ClickHouse",
+            lines=lines,
+            rated=landed.rated,
+            unbilled=landed.unbilled,
+            rejected=landed.rejected,
+            amount=landed.amount,
+            alerts=landed.alerts,
+            speed=("CDRs per second (end to end)", seconds),
+        )
+    )
 
 def _follow(settings: Settings, folder: Path, *, force: bool, wait: bool, timeout: float, json_: bool) -> None:
     """Run :func:`streams.ingest.follow` in a thread, so Ctrl-C lets the file being sent finish."""

@@ -95,6 +95,33 @@ def _parsed_chunks(
         yield pending.result()
 
 
+def open_cdr_file(path: Path) -> tuple[IO[bytes], tuple[str, ...], bytes]:
+    """Open a CDR file and read its header: ``(handle, columns, header line)``.
+
+    :class:`InputError` names the file and says what is wrong (missing, a folder,
+    unreadable, empty, not the CDR header).
+    """
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: CDR file not found") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, expected a CDR CSV file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    header = handle.readline()
+    try:
+        if not header.strip():
+            raise InputError(f"{path}: line 1: the file is empty; expected the CDR header line")
+        try:
+            return handle, read_header(header), header
+        except HeaderError as exc:
+            raise InputError(f"{path}: {exc}") from None
+    except InputError:
+        handle.close()
+        raise
+
+
 def rate_file(
     cdrs: Path,
     catalog: Catalog,
@@ -108,23 +135,9 @@ def rate_file(
     ``progress`` is called with the number of bytes read so far.
     """
     started = time.perf_counter()
-    try:
-        handle = cdrs.open("rb")
-    except FileNotFoundError:
-        raise InputError(f"{cdrs}: CDR file not found") from None
-    except IsADirectoryError:
-        raise InputError(f"{cdrs}: is a folder, expected a CDR CSV file") from None
-    except OSError as exc:
-        raise InputError(f"{cdrs}: cannot be read ({exc.strerror})") from None
+    handle, columns, header = open_cdr_file(cdrs)
     summary = RateSummary()
     with handle, _Outputs(out) as outputs:
-        header = handle.readline()
-        if not header.strip():
-            raise InputError(f"{cdrs}: line 1: the file is empty; expected the CDR header line")
-        try:
-            columns = read_header(header)
-        except HeaderError as exc:
-            raise InputError(f"{cdrs}: {exc}") from None
         done = len(header)
         state = RatingState.empty()
         # Reading and parsing the next chunk, and writing the last one's results, run in

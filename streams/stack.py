@@ -250,8 +250,12 @@ def down(settings: Settings, purge: bool = False, *, timeout_s: float = 30.0) ->
         return []
     with _locked(state_dir):
         # The broker first, while its S3 store is still there to take its last writes.
+        # A background worker (`cdrflow demo`) first, then the broker while its S3 store is
+        # still there to take its last writes.
         stopped = [
-            name for name in ("kafka", "s3", "clickhouse") if _stop(state_dir, name, timeout_s)
+            name
+            for name in ("worker", "kafka", "s3", "clickhouse")
+            if _stop(state_dir, name, timeout_s)
         ]
     if purge:
         if not (state_dir / _MARKER).exists():
@@ -840,6 +844,31 @@ def _check_external(name: str, answers: Callable[[], bool], address: str, timeou
             variable = "CDRFLOW_KAFKA_BOOTSTRAP" if name == "kafka" else "CDRFLOW_CLICKHOUSE_URL"
             raise StackError(f"{name} at {address} (from {variable}) does not answer")
         time.sleep(0.5)
+
+
+def start_worker(settings: Settings) -> ServerInfo:
+    """Start a ``cdrflow worker`` in the background under the state folder.
+
+    ``cdrflow demo`` runs it so the stack rates on its own afterwards; ``down`` stops it.
+    A worker already running from this state folder is reused.
+    """
+    state_dir = settings.state_dir
+    log = state_dir / "logs" / "worker.log"
+    with _locked(state_dir):
+        record = _read_record(state_dir, "worker")
+        if record is not None and _process_alive(record["pid"], record["start_ticks"]):
+            return ServerInfo("worker", "-", record["pid"], log, reused=True)
+        env = {**os.environ, "CDRFLOW_STATE_DIR": str(state_dir)}
+        launch = _Launch(
+            name="worker",
+            command=lambda: [sys.executable, "-m", "streams.worker_cli", "--loglevel", "warn"],
+            env=lambda: env,
+            address="-",
+            ports={},
+            log=log,
+            answers=lambda: True,
+        )
+        return _start(state_dir, launch)
 
 
 def _stop(state_dir: Path, name: str, timeout_s: float) -> bool:

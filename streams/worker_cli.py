@@ -1,0 +1,98 @@
+"""``cdrflow worker``: run the Faust worker of :mod:`streams.app` in this process.
+
+``streams/cli.py`` registers :func:`worker` with ``app.command()(worker)``; tests run it
+as ``python -m streams.worker_cli``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+
+# Faust's worker takes `warn`, not `warning` (shared/infra.md).
+_LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error", "critical": "critical"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message (and the traceback)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def _json_logging(level: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": f"{__name__}.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": "WARNING" if level == "warn" else level.upper()},
+    }
+
+
+def worker(
+    loglevel: Annotated[
+        str,
+        typer.Option("--loglevel", "-l", help="Log level: debug, info, warn, error or critical."),
+    ] = "warn",
+    json_logs: Annotated[
+        bool, typer.Option("--json-logs", help="Log one JSON object per line (for log collectors).")
+    ] = False,
+    topic_prefix: Annotated[
+        str,
+        typer.Option("--topic-prefix", help="Read and write topics under this prefix (tests, shared brokers).", hidden=True),
+    ] = "",
+) -> None:
+    """Run a worker: rate CDRs from Kafka, land results in ClickHouse, send alerts.
+
+    Rates the cdr.raw topic with per-account state in a Faust table, sends rated calls,
+    rejections and alerts to their topics and inserts them into ClickHouse; alerts are
+    logged and POSTed to CDRFLOW_ALERT_WEBHOOK when set. Start several workers (same
+    CDRFLOW_APP_ID) to share the partitions. Runs until stopped (Ctrl-C, SIGTERM).
+
+    Example: cdrflow worker --loglevel info
+    """
+    from pydantic import ValidationError
+
+    from streams.settings import Settings
+
+    level = _LEVELS.get(loglevel.lower())
+    if level is None:
+        print(f"error: --loglevel must be one of {', '.join(sorted(set(_LEVELS.values())))}, got {loglevel!r}", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        print(f"error: the CDRFLOW_* settings are not valid:\n{error}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+    import faust
+
+    from streams.app import build_app
+
+    if level != "debug":
+        # kafka-python (the catalogue reads) logs every connection at INFO.
+        logging.getLogger("kafka").setLevel(logging.WARNING)
+    app = build_app(settings, topic_prefix=topic_prefix)
+    faust.Worker(
+        app,
+        loglevel=level,
+        logging_config=_json_logging(level) if json_logs else None,
+        quiet=level not in ("debug", "info"),
+    ).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    typer.run(worker)

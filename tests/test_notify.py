@@ -1,0 +1,83 @@
+"""Alert notifiers (streams.notify): stable idempotency keys, retries, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+
+import polars as pl
+from aiohttp import web
+
+from streams.notify import Notifier, alert_id
+
+ALERTS = pl.DataFrame(
+    {
+        "account_id": ["A001", "A001", "A002"],
+        "kind": ["daily_cap_reached", "low_balance", "arrears"],
+        "cdr_id": ["H1", "H1", "H9"],
+        "balance": [123400, 123400, -500],
+        "line": [2, 2, 9],
+        "local_day": [date(2026, 3, 2)] * 3,
+    }
+)
+
+
+async def _serve(answers: list[int]) -> tuple[web.AppRunner, str, list[tuple[str, dict]]]:
+    """A webhook answering the given statuses in turn (then 200), recording each POST."""
+    received: list[tuple[str, dict]] = []
+    pending = list(answers)
+
+    async def handle(request: web.Request) -> web.Response:
+        received.append((request.headers["Idempotency-Key"], await request.json()))
+        return web.Response(status=pending.pop(0) if pending else 200)
+
+    app = web.Application()
+    app.router.add_post("/alerts", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/alerts", received
+
+
+def _notify(answers: list[int]) -> tuple[list[tuple[str, dict]], Notifier]:
+    async def run() -> tuple[list[tuple[str, dict]], Notifier]:
+        runner, url, received = await _serve(answers)
+        notifier = Notifier(url, first_delay_s=0.01, max_delay_s=0.02)
+        try:
+            await notifier.notify(ALERTS)
+        finally:
+            await notifier.close()
+            await runner.cleanup()
+        return received, notifier
+
+    return asyncio.run(run())
+
+
+def test_each_alert_is_posted_once_with_its_idempotency_key_in_log_order() -> None:
+    received, notifier = _notify([])
+    assert [key for key, _ in received if _["account_id"] == "A001"] == [
+        alert_id("A001", "daily_cap_reached", "H1"),
+        alert_id("A001", "low_balance", "H1"),
+    ]
+    assert {key for key, _ in received} == {alert_id(*row) for row in ALERTS.select("account_id", "kind", "cdr_id").rows()}
+    assert all(body["id"] == key for key, body in received)
+    assert notifier.delivered == 3
+
+
+def test_a_receiver_that_fails_is_tried_again_with_the_same_key() -> None:
+    received, notifier = _notify([503, 500, 429])
+    keys = [key for key, _ in received]
+    assert len(keys) == 6 and set(keys) == {alert_id(*r) for r in ALERTS.select("account_id", "kind", "cdr_id").rows()}
+    assert notifier.delivered == 3
+
+
+def test_a_refused_alert_is_not_retried() -> None:
+    received, notifier = _notify([400, 400, 400])
+    assert len(received) == 3 and notifier.refused == 3 and notifier.delivered == 0
+
+
+def test_alert_ids_are_stable_and_distinct() -> None:
+    assert alert_id("A1", "arrears", "c") == alert_id("A1", "arrears", "c")
+    assert len({alert_id("A1", k, "c") for k in ("arrears", "low_balance", "daily_cap_reached")}) == 3

@@ -1,0 +1,150 @@
+"""The rating agent's batch step (streams.rating_batch), without Kafka: replays, garbage, keys."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from rating import Catalog, RatingState, rate
+from schemas.cdr_csv import parse_csv
+from schemas.messages import cdr_chunk_value
+from streams.app import OUTPUT_SCHEMAS, read_output
+from streams.rating_batch import (
+    OUTPUT_ROWS,
+    BatchOutcome,
+    SourceMessage,
+    applied_offset,
+    rate_messages,
+)
+from tariffs import load_tariffs
+from tests.conftest import VECTORS
+
+TOPIC = "cdr.raw"
+
+
+def _vector(name: str) -> tuple[Catalog, pl.DataFrame, dict[str, str]]:
+    vectors = VECTORS / name
+    tariffs = load_tariffs(vectors / "plans", vectors / "accounts.toml")
+    return Catalog.from_tariffs(tariffs), parse_csv((vectors / "cdrs.csv").read_bytes()), tariffs.account_of_number()
+
+
+def _messages(batch: pl.DataFrame, owner: dict[str, str], chunk_lines: int, partitions: int = 3) -> list[SourceMessage]:
+    """Every line as chunks keyed by account, each account on one partition, offsets in order."""
+    keyed = batch.with_columns(
+        _key=pl.col("called").replace_strict(owner, default=None, return_dtype=pl.String).fill_null(
+            pl.col("called").fill_null("")
+        )
+    )
+    next_offset = [0] * partitions
+    messages = []
+    for (key,), lines in keyed.partition_by("_key", maintain_order=True, as_dict=True).items():
+        partition = sum(key.encode()) % partitions
+        for start in range(0, lines.height, chunk_lines):
+            value = json.dumps(cdr_chunk_value("cdrs.csv", lines.slice(start, chunk_lines), "i1")).encode()
+            messages.append(SourceMessage(key.encode(), partition, next_offset[partition], value))
+            next_offset[partition] += 1
+    return messages
+
+
+def _run_batches(messages: list[SourceMessage], catalog: Catalog, batch_size: int, table: dict[bytes, bytes]) -> list[BatchOutcome]:
+    outcomes = []
+    for start in range(0, len(messages), batch_size):
+        batch = messages[start : start + batch_size]
+        outcome = rate_messages(batch, {m.key: table.get(m.key) for m in batch}, catalog, TOPIC)
+        table.update({key: value for key, (_, value) in outcome.states.items()})
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _outputs(outcomes: list[BatchOutcome], kind: str) -> pl.DataFrame:
+    frames = [
+        read_output(m.value, kind)
+        for outcome in outcomes
+        for m in outcome.outputs
+        if m.kind == kind
+    ]
+    return pl.concat(frames).sort("account_id", "offset", "line") if frames else pl.DataFrame()
+
+
+@pytest.mark.parametrize("chunk_lines, batch_size", [(500, 1000), (7, 5), (1, 97)])
+def test_any_split_into_messages_and_batches_rates_as_the_whole_file(chunk_lines: int, batch_size: int) -> None:
+    catalog, batch, owner = _vector("mixed")
+    whole = rate(batch, RatingState.empty(), catalog)
+    outcomes = _run_batches(_messages(batch, owner, chunk_lines), catalog, batch_size, {})
+    rated = _outputs(outcomes, "rated")
+    columns = [c for c in whole.rated.columns if c not in ("source", "ingest_id")]
+    expected = whole.rated.select(columns).sort("account_id", "line")
+    assert rated.select(columns).sort("account_id", "line").equals(expected)
+    assert sorted(_outputs(outcomes, "rejected")["line"].to_list()) == sorted(whole.rejected["line"].to_list())
+    assert _outputs(outcomes, "alerts").height == whole.alerts.height
+
+
+def test_messages_the_states_already_hold_are_skipped_and_send_nothing() -> None:
+    catalog, batch, owner = _vector("basic")
+    messages = _messages(batch, owner, chunk_lines=3)
+    table: dict[bytes, bytes] = {}
+    _run_batches(messages, catalog, 4, table)
+    again = rate_messages(messages, dict(table), catalog, TOPIC)
+    assert again.skipped == len(messages) and again.outputs == [] and again.lines == 0
+
+
+def test_a_replay_from_an_older_state_gives_the_same_outputs_again() -> None:
+    catalog, batch, owner = _vector("basic")
+    messages = _messages(batch, owner, chunk_lines=2)
+    half = len(messages) // 2
+    table: dict[bytes, bytes] = {}
+    _run_batches(messages[:half], catalog, 3, table)
+    before = dict(table)
+    first = _run_batches(messages[half:], catalog, 5, table)
+    # The states after the first half come back (a lost changelog tail): replay it all.
+    replayed = _run_batches(messages, catalog, 50, dict(before))
+    assert sum(o.skipped for o in replayed) == half
+    for kind in ("rated", "rejected", "alerts"):
+        assert _outputs(replayed, kind).equals(_outputs(first, kind))
+
+
+def test_a_message_that_is_no_cdr_chunk_becomes_a_malformed_rejection_at_its_position() -> None:
+    catalog, batch, owner = _vector("basic")
+    good = _messages(batch, owner, chunk_lines=500)[0]
+    garbage = [
+        SourceMessage(b"A001", good.partition, 100, b"\xff not json"),
+        SourceMessage(b"A001", good.partition, 101, b'{"v": 1, "line": "x"}'),
+        SourceMessage(b"", 2, 7, None),
+    ]
+    outcome = rate_messages([*garbage, SourceMessage(good.key, good.partition, 102, good.value)], {}, catalog, TOPIC)
+    assert outcome.garbage == 3
+    rejected = _outputs([outcome], "rejected").filter(pl.col("line") == 0).sort("offset")
+    assert rejected["reason"].to_list() == ["malformed"] * 3
+    assert rejected["source"].to_list() == ["cdr.raw[2]@7", f"cdr.raw[{good.partition}]@100", f"cdr.raw[{good.partition}]@101"]
+    assert _outputs([outcome], "rated").height > 0  # the good message after them is rated
+    assert applied_offset(outcome.states[b"A001"][1]) == 102
+
+
+def test_checkpoints_name_the_offset_after_each_partitions_last_message() -> None:
+    catalog, batch, owner = _vector("basic")
+    messages = _messages(batch, owner, chunk_lines=1)
+    outcome = rate_messages(messages, {}, catalog, TOPIC)
+    for partition in {m.partition for m in messages}:
+        assert outcome.checkpoints[partition] == max(m.offset for m in messages if m.partition == partition) + 1
+
+
+def test_outputs_are_keyed_by_their_message_and_cut_into_bounded_messages() -> None:
+    catalog, batch, owner = _vector("mixed")
+    outcome = rate_messages(_messages(batch, owner, chunk_lines=3000), {}, catalog, TOPIC)
+    for message in outcome.outputs:
+        rows = read_output(message.value, message.kind)
+        assert rows.height <= OUTPUT_ROWS
+        if message.kind != "rejected":
+            assert rows["account_id"].unique().to_list() == [message.key.decode()]
+
+
+def test_output_schemas_read_back_every_column_the_engine_gives() -> None:
+    catalog, batch, owner = _vector("basic")
+    outcome = rate_messages(_messages(batch, owner, chunk_lines=500), {}, catalog, TOPIC)
+    for message in outcome.outputs:
+        sent = json.loads(message.value)["rows"]
+        assert set(sent) <= set(OUTPUT_SCHEMAS[message.kind]), set(sent) - set(OUTPUT_SCHEMAS[message.kind])
+
+
