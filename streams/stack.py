@@ -425,7 +425,7 @@ def log_end_offsets(
         enable_auto_commit=False,
         auto_offset_reset="earliest",  # where offset 0 is gone (retention), the log start
         request_timeout_ms=int(timeout_s * 1000) + 1000,
-        fetch_max_wait_ms=50,  # (0 made tansu's empty fetches never complete)
+        fetch_max_wait_ms=500,  # shorter waits made tansu answer empty fetches (0: never)
         max_partition_fetch_bytes=1024,  # the watermark is what we want, not records
     )
     try:
