@@ -29,6 +29,7 @@ test: setup
 bench: setup
 	-$(BIN)/python bench/rate_bench.py
 	-$(BIN)/python bench/sink_bench.py
+	-$(BIN)/python bench/pipeline_bench.py
 
 clean:
 	rm -rf demo-data .pytest_cache .hypothesis

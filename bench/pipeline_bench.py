@@ -1,0 +1,206 @@
+"""End to end on the embedded stack: ``cdrflow ingest --wait`` against a raw kafka-python
+round trip of the same lines through the same broker, and the ClickHouse sink's rows/s.
+
+In one run, on a throwaway stack (temporary state folder, free ports):
+
+1. **raw round trip**: every CDR line produced as one message with kafka-python and
+   consumed back by a consumer started first; time from the first send to the last
+   message received (shared/infra.md measured ~12.8k lines/s here);
+2. **cdrflow end to end**: `cdrflow load`, a background `cdrflow worker`, a small warm-up
+   file ingested and landed (so the group join is not counted), then the generated month
+   ingested with `--wait`: ingest start to the last row landed in ClickHouse;
+3. **sink**: ``bench/sink_bench.py --state-dir`` on the same stack (median rows/s of
+   ``insert_rated`` of 1M rated calls).
+
+Targets (issue 4): end to end >= the raw round trip; sink >= 500k rows/s.
+
+Usage::
+
+    .venv/bin/python bench/pipeline_bench.py                  # 200k CDRs, 2k accounts
+    .venv/bin/python bench/pipeline_bench.py --cdrs 50000 --accounts 500 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# Runnable from a plain checkout too, not only from an installed project.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+
+from streams import stack  # noqa: E402
+from streams.generate import generate_dataset  # noqa: E402
+from streams.settings import Settings  # noqa: E402
+
+BIN = Path(sys.executable).parent
+RAW_TOPIC = "bench.raw"
+TARGET_SINK_ROWS_PER_S = 500_000
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    say = (lambda _: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    with tempfile.TemporaryDirectory(prefix="cdrflow-pipeline-bench-") as tmp:
+        root = Path(tmp)
+        ports = _free_ports(4)
+        env = {
+            **os.environ,
+            "CDRFLOW_STATE_DIR": str(root / "state"),
+            "CDRFLOW_KAFKA_PORT": str(ports[0]),
+            "CDRFLOW_CLICKHOUSE_TCP_PORT": str(ports[1]),
+            "CDRFLOW_CLICKHOUSE_HTTP_PORT": str(ports[2]),
+            "CDRFLOW_S3_PORT": str(ports[3]),
+        }
+        for key in ("CDRFLOW_KAFKA_BOOTSTRAP", "CDRFLOW_CLICKHOUSE_URL"):
+            env.pop(key, None)
+        os.environ.update(env)
+        settings = Settings()
+        try:
+            say("starting the stack ...")
+            _cdrflow(env, "up")
+            say(f"generating {args.cdrs:,} CDRs over {args.accounts:,} accounts ...")
+            data = generate_dataset(root / "data", cdrs=args.cdrs, accounts=args.accounts, month="2026-03", seed=11)
+            warmup = generate_dataset(root / "warmup", cdrs=200, accounts=args.accounts, month="2026-02", seed=12)
+            lines = (root / "data" / "cdrs.csv").read_bytes().splitlines()[1:]
+            say("raw kafka-python round trip ...")
+            raw_s = _raw_round_trip(settings, lines)
+            say("cdrflow: load, worker, warm-up ...")
+            _cdrflow(env, "load", "--plans", data.plans_dir, "--accounts", data.accounts_file)
+            stack.start_worker(settings)
+            _cdrflow(env, "ingest", warmup.cdrs_file, "--wait", "--timeout", "300")
+            say("cdrflow ingest --wait of the month ...")
+            started = time.perf_counter()
+            _cdrflow(env, "ingest", data.cdrs_file, "--wait", "--timeout", "1200")
+            pipeline_s = time.perf_counter() - started
+            say("sink ...")
+            sink = json.loads(
+                _run(
+                    env,
+                    sys.executable, str(Path(__file__).with_name("sink_bench.py")),
+                    "--state-dir", str(root / "state"), "--cdrs", str(args.sink_cdrs),
+                    "--accounts", str(max(args.accounts, args.sink_cdrs // 50)), "--repeat", "3", "--json",
+                    check=False,  # it exits 1 when its own target is missed: the figure still counts
+                )
+            )
+        finally:
+            _cdrflow(env, "down", check=False)
+    raw_rate = len(lines) / raw_s
+    pipeline_rate = len(lines) / pipeline_s
+    sink_rate = _sink_rows_per_s(sink)
+    figures = {
+        "cdrs": len(lines),
+        "raw_round_trip_s": round(raw_s, 2),
+        "raw_lines_per_s": round(raw_rate),
+        "pipeline_s": round(pipeline_s, 2),
+        "pipeline_lines_per_s": round(pipeline_rate),
+        "ratio_pipeline_to_raw": round(pipeline_rate / raw_rate, 2),
+        "sink_rows_per_s": sink_rate,
+        "targets_met": pipeline_rate >= raw_rate and (sink_rate or 0) >= TARGET_SINK_ROWS_PER_S,
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print(f"CDR lines          {len(lines):,}")
+        print(f"raw round trip     {raw_s:.2f} s  ({raw_rate:,.0f} lines/s; kafka-python, one message per line)")
+        print(f"cdrflow end to end {pipeline_s:.2f} s  ({pipeline_rate:,.0f} lines/s; ingest start to last row in ClickHouse)")
+        print(f"ratio              {pipeline_rate / raw_rate:.2f} x the raw round trip")
+        print(f"sink               {sink_rate:,} rows/s (insert_rated)" if sink_rate else "sink               (no figure)")
+        verdict = "PASS" if figures["targets_met"] else "FAIL"
+        print(f"targets: end to end >= raw round trip, sink >= 500k rows/s: {verdict}")
+    return 0 if figures["targets_met"] else 1
+
+
+def _raw_round_trip(settings: Settings, lines: list[bytes]) -> float:
+    """Produce every line as one keyed message and consume them all back; seconds taken."""
+    servers = settings.kafka_servers()
+    consumer = KafkaConsumer(
+        RAW_TOPIC,
+        bootstrap_servers=servers,
+        group_id=f"bench-{time.time_ns()}",
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=500,
+        max_poll_records=10_000,
+        session_timeout_ms=6000,
+        max_poll_interval_ms=10000,
+    )
+    producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=64 * 1024, acks=1)
+    # A first message makes the topic and lets the consumer join before the clock starts.
+    producer.send(RAW_TOPIC, key=b"warmup", value=b"warmup").get(timeout=30)
+    deadline = time.monotonic() + 60
+    seen = 0
+    while seen == 0 and time.monotonic() < deadline:
+        seen += sum(len(batch) for batch in consumer.poll(timeout_ms=500).values())
+    received = 0
+    done = threading.Event()
+
+    def consume() -> None:
+        nonlocal received
+        limit = time.monotonic() + 600
+        while received < len(lines) and time.monotonic() < limit:
+            received += sum(len(batch) for batch in consumer.poll(timeout_ms=500).values())
+        done.set()
+
+    reader = threading.Thread(target=consume)
+    started = time.perf_counter()
+    reader.start()
+    for line in lines:
+        producer.send(RAW_TOPIC, key=line.split(b",", 1)[0], value=line)
+    producer.flush()
+    done.wait()
+    took = time.perf_counter() - started
+    reader.join()
+    producer.close()
+    consumer.close()
+    if received < len(lines):
+        raise RuntimeError(f"raw round trip: received {received} of {len(lines)} messages")
+    return took
+
+
+def _sink_rows_per_s(sink: dict) -> int | None:
+    value = sink.get("insert_rows_per_s")  # bench/sink_bench.py --json: median of its runs
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def _cdrflow(env: dict[str, str], *args: object, check: bool = True) -> str:
+    return _run(env, str(BIN / "cdrflow"), *map(str, args), check=check)
+
+
+def _run(env: dict[str, str], *argv: str, check: bool = True) -> str:
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
+    if check and done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cdrs", type=int, default=200_000)
+    parser.add_argument("--accounts", type=int, default=2_000)
+    parser.add_argument("--sink-cdrs", type=int, default=1_000_000, help="rated calls of the sink measurement")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
