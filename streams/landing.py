@@ -104,6 +104,22 @@ def count_landed(client: Client, ingest_ids: Sequence[str]) -> Landed:
     return landed
 
 
+#: Alerts land through their own sink agent, a moment after the calls that raised them;
+#: nothing says how many to expect, so the count is taken once it stops moving.
+ALERTS_SETTLE_S: Final[float] = 2.0
+
+
+def _with_settled_alerts(client: Client, ingest_ids: Sequence[str], landed: Landed, deadline: float) -> Landed:
+    settled_at = time.monotonic()
+    while time.monotonic() - settled_at < ALERTS_SETTLE_S and time.monotonic() < deadline:
+        time.sleep(0.25)
+        again = count_landed(client, ingest_ids)
+        if again.alerts != landed.alerts:
+            settled_at = time.monotonic()
+        landed = again
+    return landed
+
+
 def wait_until_landed(
     settings: Settings,
     ingest_ids: Sequence[str],
@@ -145,7 +161,7 @@ def wait_until_landed(
             if progress is not None:
                 progress(landed.lines)
             if landed.lines >= lines:
-                return landed
+                return _with_settled_alerts(client, ingest_ids, landed, deadline)
             if time.monotonic() > deadline:
                 raise LandingTimeout(
                     f"after {timeout_s:.0f} s, {landed.lines:,} of {lines:,} lines have landed in ClickHouse "
