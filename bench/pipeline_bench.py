@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     say = (lambda _: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     with tempfile.TemporaryDirectory(prefix="cdrflow-pipeline-bench-") as tmp:
         root = Path(tmp)
-        ports = _free_ports(4)
+        ports = stack.free_ports(4)
         env = {
             **os.environ,
             "CDRFLOW_STATE_DIR": str(root / "state"),
@@ -180,17 +179,6 @@ def _run(env: dict[str, str], *argv: str, check: bool = True) -> str:
     if check and done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return done.stdout
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -124,7 +123,7 @@ def _clickhouse(state_dir: Path | None, scratch: Path, say: Callable[[str], None
     """Settings of a running ClickHouse, and whether this script started it."""
     if state_dir is not None:
         return Settings(state_dir=state_dir), False
-    ports = _free_ports(4)
+    ports = stack.free_ports(4)
     settings = Settings(
         state_dir=scratch,
         kafka_bootstrap=None,
@@ -137,17 +136,6 @@ def _clickhouse(state_dir: Path | None, scratch: Path, say: Callable[[str], None
     say("starting a throwaway embedded stack")
     stack.up(settings)
     return settings, True
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for probe in sockets:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in sockets]
-    finally:
-        for probe in sockets:
-            probe.close()
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import logging
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -844,6 +845,21 @@ def _check_external(name: str, answers: Callable[[], bool], address: str, timeou
             variable = "CDRFLOW_KAFKA_BOOTSTRAP" if name == "kafka" else "CDRFLOW_CLICKHOUSE_URL"
             raise StackError(f"{name} at {address} (from {variable}) does not answer")
         time.sleep(0.5)
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports nothing listens on, from 20000-30000 (a second stack's ports)."""
+    ports: list[int] = []
+    for port in random.sample(range(20000, 30000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind((EMBEDDED_HOST, port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise StackError("no free ports between 20000 and 30000")
 
 
 def start_worker(settings: Settings) -> ServerInfo:

@@ -7,33 +7,16 @@ default ports.
 
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from streams.settings import Settings
-from streams.stack import StackError, down, up
+from streams.stack import StackError, down, free_ports, up
 
 #: Partitions the test stack's topics get: not the default 4, to show the setting is used.
 TEST_PARTITIONS = 3
 
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports nothing listens on, from 20000-30000."""
-    ports: list[int] = []
-    candidates = random.sample(range(20000, 30000), 200)
-    for port in candidates:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == count:
-            return ports
-    raise RuntimeError("no free ports between 20000 and 30000")
 
 
 @pytest.fixture(scope="session")

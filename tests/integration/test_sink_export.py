@@ -42,7 +42,7 @@ from streams.sink_clickhouse import (
 from streams.stack import status
 from tariffs import load_tariffs
 from tests.conftest import VECTORS, compare_with_expected
-from tests.integration.conftest import free_ports
+from streams.stack import free_ports
 
 pytestmark = pytest.mark.integration
 
