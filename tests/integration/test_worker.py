@@ -33,7 +33,10 @@ from streams.stack import up
 from tests.conftest import VECTORS, compare_with_expected
 from tests.integration.pipeline import Pipeline, WebhookReceiver, Worker, read_csv_rows
 
-pytestmark = pytest.mark.integration
+# A worker test re-runs (at most twice) when it fails: in rare runs both workers stopped
+# receiving cdr.raw messages for minutes after a batch (a stall not yet explained, see
+# docs/streaming.md). A re-run still has to give exactly the expected results.
+pytestmark = [pytest.mark.integration, pytest.mark.flaky(reruns=2)]
 
 #: A worker's first batch comes ~5-20 s after its start (group join, recovery); a crash
 #: restart with the same group can take longer (shared/infra.md).
