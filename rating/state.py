@@ -61,21 +61,6 @@ class RatingState:
             seen=pl.DataFrame(schema=SEEN_SCHEMA),
         )
 
-    def for_accounts(self, account_ids: list[str] | pl.Series) -> RatingState:
-        """The part of the state that belongs to these accounts."""
-        ids = pl.Series("account_id", account_ids, dtype=pl.String)
-        return RatingState(**{name: frame.filter(pl.col("account_id").is_in(ids.implode())) for name, frame in self._frames()})
-
-    def merge(self, other: RatingState) -> RatingState:
-        """This state with the accounts of ``other`` replaced by ``other``'s view of them."""
-        touched = other.account_ids()
-        return RatingState(
-            **{
-                name: pl.concat([mine.filter(~pl.col("account_id").is_in(touched.implode())), theirs])
-                for (name, mine), (_, theirs) in zip(self._frames(), other._frames(), strict=True)
-            }
-        )
-
     def to_accounts(self) -> dict[str, dict[str, object]]:
         """Each account's part of the state as a JSON-ready dict (a Faust table value).
 

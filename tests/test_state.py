@@ -28,20 +28,6 @@ def test_state_round_trips_through_json_per_account_and_rates_on_identically() -
     assert via_json.rejected.equals(direct.rejected)
 
 
-def test_for_accounts_and_merge_keep_other_accounts_untouched() -> None:
-    vector = VECTORS / "basic"
-    catalog = Catalog.from_tariffs(load_tariffs(vector / "plans", vector / "accounts.toml"))
-    state = rate(parse_csv((vector / "cdrs.csv").read_bytes()), RatingState.empty(), catalog).state
-    only_a001 = state.for_accounts(["A001"])
-    assert only_a001.account_ids().to_list() == ["A001"]
-    changed = RatingState.from_accounts({"A001": {"balance": 1, "allowance": {}, "charged": {}, "daily": {}, "seen": []}})
-    merged = state.merge(changed)
-    balances = dict(merged.balances.iter_rows())
-    assert balances["A001"] == 1
-    assert balances["A002"] == dict(state.balances.iter_rows())["A002"]
-    assert merged.seen.filter(pl.col("account_id") == "A001").height == 0
-
-
 def test_a_batch_sliced_from_a_bigger_one_rates_after_a_state() -> None:
     # Found by the split property test: polars panicked ("i < self.len()") in a string
     # function over a slice that shared its buffers with the rest of the file.
