@@ -9,7 +9,7 @@ add a topic by adding an entry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 
@@ -20,6 +20,8 @@ class Topic:
     name: str
     key: str
     carries: str
+    #: topic configs given at creation (e.g. ``cleanup.policy``)
+    configs: dict[str, str] = field(default_factory=dict)
 
 
 #: Topics by name; partitions come from the settings.
@@ -40,6 +42,22 @@ TOPICS: Final[dict[str, Topic]] = {
         Topic("alerts", key="account_id", carries="low-balance, daily-cap and arrears alerts"),
         Topic("accounts", key="account_id", carries="account definitions and their changes"),
         Topic("plans", key="plan_id", carries="plan versions, as loaded"),
+        Topic(
+            "ledger.events",
+            key="account_id",
+            carries="ledger events folded from the account log (fees, top-ups, month close, lifecycle)",
+        ),
+        Topic(
+            "account.balances",
+            key="account_id",
+            carries="each account's balance and lifecycle state after every batch that changed it",
+        ),
+        Topic(
+            "number.status",
+            key="the 400 number",
+            carries="active | blocked | released, for a switch's call admission (compacted)",
+            configs={"cleanup.policy": "compact"},
+        ),
         Topic(
             "ingest.files",
             key="sha256 of the file's content",

@@ -73,12 +73,17 @@ OUTPUT_SCHEMAS: Final[dict[OutputKind, dict[str, pl.DataType]]] = {
         ("rated", sink_clickhouse.RATED),
         ("rejected", sink_clickhouse.REJECTED),
         ("alerts", sink_clickhouse.ALERTS),
+        ("ledger", sink_clickhouse.BILLING_EVENTS),
+        ("balances", sink_clickhouse.BALANCES),
     )
 }
 _OUTPUT_TOPICS: Final[dict[OutputKind, str]] = {
     "rated": "billing.events",
     "rejected": "cdr.rejected",
     "alerts": "alerts",
+    "ledger": "ledger.events",
+    "balances": "account.balances",
+    "status": "number.status",
 }
 
 
@@ -197,6 +202,8 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
     sink("rated", sink_clickhouse.insert_rated)
     sink("rejected", sink_clickhouse.insert_rejected)
     sink("alerts", sink_clickhouse.insert_alerts)
+    sink("ledger", sink_clickhouse.insert_billing_events)
+    sink("balances", sink_clickhouse.insert_balances)
 
     @app.agent(outputs["alerts"], name="notify_alerts")
     async def notify_alerts(stream: faust.StreamT) -> None:

@@ -233,6 +233,15 @@ app.command()(export)
 app.command()(worker)
 app.command()(demo)
 
+from streams.account_cli import account_app, close_month, number_app, sla_credit  # noqa: E402
+from streams.rebuild_cli import rebuild  # noqa: E402
+
+app.add_typer(account_app, name="account")
+app.add_typer(number_app, name="number")
+app.command("close-month")(close_month)
+app.command("sla-credit")(sla_credit)
+app.command()(rebuild)
+
 
 def _progress(*, disable: bool, bytes_: bool = True) -> Progress:
     columns = [TextColumn("{task.description}"), BarColumn()]

@@ -31,7 +31,10 @@ from pydantic import BaseModel, ValidationError
 
 from streams.kafka_io import Sender, decode_json, make_reader, read_to_end, topic_name
 from streams.settings import Settings
+from schemas.ledger import LedgerCommand
+from schemas.money import format_money
 from tariffs import Account, Plan, Tariffs
+from tariffs.grades import GradeFees
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,8 @@ def _last_valid(records: Iterable[tuple[bytes | None, Any]], model: type[BaseMod
     latest: dict[str, Any] = {}
     for raw_key, value in records:
         key = raw_key.decode("utf-8", errors="replace") if raw_key is not None else ""
+        if key.startswith("#"):  # not a plan or account: e.g. GRADES_KEY
+            continue
         if value is None:
             latest.pop(key, None)
             continue
@@ -228,6 +233,17 @@ def publish_tariffs(
     accounts_changed = [a.id for a in tariffs.accounts if on_topic.get(a.id) != a]
     if plans_changed or accounts_changed:
         _publish(settings, tariffs, accounts_file, plans_changed, accounts_changed, topic_prefix)
+    # spec/ledger.md 1: a loaded account is imported as it stands, by an AccountOpened
+    # without fees on its log, once (the fold takes a repeated import as done).
+    new_accounts = [a for a in tariffs.accounts if a.id not in on_topic]
+    if new_accounts:
+        _publish_imports(settings, tariffs, new_accounts, topic_prefix)
+    fees = grades_on_topic(plan_records)
+    if tariffs.grade_fees is not None and tariffs.grade_fees != fees:
+        sender = Sender(settings)
+        value = {grade: format_money(tariffs.grade_fees.fee(grade)) for grade in "SABC"}
+        sender.send(topic_name(PLANS_TOPIC, topic_prefix), GRADES_KEY.encode(), value)
+        sender.flush()
     loaded_accounts = {a.id for a in tariffs.accounts}
     return LoadResult(
         plans_published=tuple(plans_changed),
@@ -238,6 +254,44 @@ def publish_tariffs(
         accounts_only_on_topic=tuple(sorted(set(on_topic) - loaded_accounts)),
     )
 
+
+
+#: The key on the plans topic of the number-grade fees (spec/ledger.md 3).
+GRADES_KEY = "#number_grades"
+
+
+def grades_on_topic(plan_records: Iterable[tuple[bytes | None, Any]]) -> GradeFees:
+    """The last grade fees published (the defaults when none were)."""
+    fees = GradeFees()
+    for key, value in plan_records:
+        if key == GRADES_KEY.encode() and isinstance(value, dict):
+            try:
+                fees = GradeFees.model_validate(value)
+            except ValidationError:
+                log.warning("plans: the value of key %s is not valid grade fees, skipped", GRADES_KEY)
+    return fees
+
+
+def read_grade_fees(settings: Settings, *, topic_prefix: str = "") -> GradeFees:
+    plans, _ = _read_topics(settings, topic_prefix)
+    return grades_on_topic(plans)
+
+
+def _publish_imports(settings: Settings, tariffs: Tariffs, accounts: list[Account], topic_prefix: str) -> None:
+    sender = Sender(settings)
+    for account in accounts:
+        plan = tariffs.plans[account.plan]
+        command = LedgerCommand(
+            kind="open",
+            account_id=account.id,
+            at=account.opened_at or min(v.effective_from for v in plan.versions),
+            plan=account.plan,
+            numbers=account.numbers,
+            opening_balance=account.opening_balance,
+            imported=True,
+        )
+        sender.send(topic_name("cdr.raw", topic_prefix), account.id.encode(), command.message_value())
+    sender.flush()
 
 
 def _publish(

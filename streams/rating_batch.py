@@ -26,15 +26,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from datetime import datetime, timezone
+
 import numpy as np
 import polars as pl
 
 from rating import Catalog, RatingState, rate
+from rating.fields import with_typed_fields
+from rating.ledger import Book, Terms, after_calls, apply_command
+from schemas.ledger import LedgerCommand, command_from_value
 from schemas.messages import cdr_chunk_frame, frame_value
 
 log = logging.getLogger(__name__)
 
-OutputKind = Literal["rated", "rejected", "alerts"]
+OutputKind = Literal["rated", "rejected", "alerts", "ledger", "balances", "status"]
 #: Rows per output message: a large account batch is cut so that a message stays well
 #: under Kafka's default 1 MB limit (a rated row is ~300 bytes of JSON).
 OUTPUT_ROWS: Final[int] = 1000
@@ -167,7 +172,11 @@ def rate_messages(
     last_offset: dict[bytes, tuple[int, int]] = {}
     frames: list[pl.DataFrame] = []
     garbage: list[dict[str, Any]] = []
-    positions: list[tuple[int, int, int, int]] = []  # partition, offset, key index, lines
+    positions: list[tuple[int, int, int, int, int]] = []  # partition, offset, key index, lines, round
+    # An account's ledger commands split its lines into rounds: the lines before its
+    # first command, those between its first and second, ... (log order holds per account).
+    commands: list[tuple[int, int, SourceMessage, LedgerCommand]] = []  # round, key index, ...
+    rounds: dict[int, int] = {}
     for message in ordered:
         outcome.checkpoints[message.partition] = max(
             outcome.checkpoints.get(message.partition, 0), message.offset + 1
@@ -181,44 +190,333 @@ def rate_messages(
         if index == len(keys):
             keys.append(message.key)
         try:
-            frame = cdr_chunk_frame(json.loads(message.value if message.value is not None else b""))
+            value = json.loads(message.value if message.value is not None else b"")
+            command = command_from_value(value)
+            frame = cdr_chunk_frame(value) if command is None else None
         except Exception as error:  # anything a stranger's bytes can make the parsing raise
             outcome.garbage += 1
             garbage.append(_garbage_row(message, topic, index, error))
             continue
+        if command is not None:
+            commands.append((rounds.get(index, 0), index, message, command))
+            rounds[index] = rounds.get(index, 0) + 1
+            continue
+        assert frame is not None
         frames.append(frame)
-        positions.append((message.partition, message.offset, index, frame.height))
-    if frames:
-        batch = _with_positions(pl.concat(frames, how="vertical"), positions, topic)
+        positions.append((message.partition, message.offset, index, frame.height, rounds.get(index, 0)))
+
+    accounts = {key.decode("utf-8", "replace"): stored.get(key) for key in keys}
+    parts = {a: json.loads(v) for a, v in accounts.items() if v is not None}
+    fold = _LedgerFold(catalog, topic, keys, parts)
+    state = RatingState.from_accounts(parts)
+    collected: dict[str, list[pl.DataFrame]] = {"rated": [], "rejected": [], "alerts": []}
+    batch = _with_positions(pl.concat(frames, how="vertical"), positions, topic) if frames else None
+    if batch is not None:
         outcome.lines = batch.height
-        accounts = {key.decode("utf-8", "replace"): stored.get(key) for key in keys}
-        state = RatingState.from_accounts({a: json.loads(v) for a, v in accounts.items() if v is not None})
-        result = rate(batch, state, catalog)
-        rejected = result.rejected
-        if garbage:
-            rejected = pl.concat([rejected, pl.DataFrame(garbage, schema=rejected.schema)], how="vertical")
-        new_parts = result.state.to_accounts()
-        _warn_misrouted(new_parts, accounts)
-        outputs = (("rated", result.rated), ("rejected", rejected), ("alerts", result.alerts))
-    else:
-        new_parts = {}
-        outputs = (("rejected", _garbage_frame(garbage)),) if garbage else ()
-    for kind, frame in outputs:
-        outcome.outputs.extend(_messages_by_key(kind, frame, keys))
+    for round_number in range(max(rounds.values(), default=0) + 1):
+        if batch is not None:
+            lines = batch.filter(pl.col(_ROUND) == round_number).drop(_ROUND)
+            if lines.height:
+                lines, inactive = fold.split_inactive(lines)
+                if inactive.height:
+                    collected["rejected"].append(inactive)
+                result = rate(lines, state, catalog)
+                state = fold.after_calls(result)
+                for kind in collected:
+                    collected[kind].append(getattr(result, kind))
+        for command_round, index, message, command in commands:
+            if command_round == round_number:
+                state = fold.apply(state, index, message, command)
+    if garbage:
+        collected["rejected"].append(_garbage_frame(garbage))
+    if fold.refusals:
+        collected["rejected"].append(_garbage_frame(fold.refusals))
+    collected["alerts"].extend(fold.alert_frames())
+    new_parts = state.to_accounts()
+    _warn_misrouted(new_parts, accounts)
+    for kind, frames_of_kind in collected.items():
+        if frames_of_kind:
+            frame = pl.concat(frames_of_kind, how="diagonal_relaxed")
+            if kind == "alerts":  # ledger alerts come after the calls' of their round: log order
+                frame = frame.sort(_KEY_INDEX, maintain_order=True)
+            outcome.outputs.extend(_messages_by_key(kind, frame, keys))  # type: ignore[arg-type]
+    outcome.outputs.extend(_messages_by_key("ledger", fold.event_frame(), keys))
+    outcome.outputs.extend(fold.status_messages())
+    balances = []
     for key, (partition, offset) in last_offset.items():
         account = key.decode("utf-8", "replace")
         part = new_parts.get(account)
         if part is None:  # no rated row and no earlier state: nothing to remember but the offset
             before = stored.get(key)
             part = json.loads(before) if before is not None else {}
+            part.pop("applied_offset", None)
+        book = fold.books.get(account)
+        if book is not None:
+            part["ledger"] = book.to_json()
+        elif "ledger" in parts.get(account, {}):
+            part["ledger"] = parts[account]["ledger"]
         outcome.states[key] = (partition, encode({**part, "applied_offset": offset}))
+        balances.append(fold.balance_row(account, key_index[key], offset, state, book))
+    if balances:
+        outcome.outputs.extend(_messages_by_key("balances", pl.DataFrame(balances, schema=_BALANCE_SCHEMA), keys))
     return outcome
 
 
-def _with_positions(batch: pl.DataFrame, positions: list[tuple[int, int, int, int]], topic: str) -> pl.DataFrame:
-    """Each row's Kafka position and message key index, from one entry per message."""
-    partitions, offsets, indices, lines = (np.array(column) for column in zip(*positions, strict=True))
+_ROUND = "_round"
+_BALANCE_SCHEMA = {
+    "account_id": pl.String,
+    "balance": pl.Int64,
+    "state": pl.String,
+    "plan_id": pl.String,
+    "updated_time": pl.Datetime("us", "UTC"),
+    "version": pl.UInt64,
+    "events": pl.UInt64,
+    _KEY_INDEX: pl.Int32,
+}
+_EVENT_SCHEMA = {
+    "event_id": pl.String,
+    "account_id": pl.String,
+    "kind": pl.String,
+    "effective_time": pl.Datetime("us", "UTC"),
+    "local_day": pl.Date,
+    "month": pl.String,
+    "amount": pl.Int64,
+    "opening_balance": pl.Int64,
+    "balance": pl.Int64,
+    "plan_id": pl.String,
+    "reference": pl.String,
+    "detail": pl.String,
+    "topic": pl.String,
+    "partition": pl.Int32,
+    "offset": pl.Int64,
+    _KEY_INDEX: pl.Int32,
+}
+
+
+class _LedgerFold:
+    """The ledger side of a batch: books, balances, and the events they give."""
+
+    def __init__(self, catalog: Catalog, topic: str, keys: list[bytes], parts: Mapping[str, Any]) -> None:
+        self.catalog = catalog
+        self.topic = topic
+        self.keys = keys
+        self.books: dict[str, Book] = {a: Book.from_json(p["ledger"]) for a, p in parts.items() if "ledger" in p}
+        self.events: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.statuses: list[OutputMessage] = []
+        self.refusals: list[dict[str, Any]] = []
+        self.latest: dict[str, Any] = {}
+        self._accounts = {
+            row["account_id"]: row for row in catalog.accounts.select(
+                "account_id", "plan_id", "opening_balance", "low_balance_threshold"
+            ).iter_rows(named=True)
+        }
+        self._plans = {plan.id: plan for plan in catalog.plans}
+
+    # --------------------------------------------------------------- calls
+    def split_inactive(self, lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Lines of kept, frozen or closed accounts (ledger.md 5) become rejections."""
+        periods = {a: b.inactive_periods() for a, b in self.books.items()}
+        periods = {a: p for a, p in periods.items() if p}
+        if not periods:
+            return lines, lines.clear()
+        accounts = pl.Series([self.keys[i].decode("utf-8", "replace") for i in range(len(self.keys))])
+        owner = accounts.gather(lines.get_column(_KEY_INDEX))
+        mask = np.zeros(lines.height, dtype=bool)
+        candidates = owner.is_in(list(periods)).to_numpy()
+        if candidates.any():
+            starts = with_typed_fields(lines.filter(pl.Series(candidates)).select(
+                "start_time", "answer_time", "end_time", "billsec"
+            )).get_column("start").to_list()
+            where = np.flatnonzero(candidates)
+            for row, start in zip(where, starts, strict=True):
+                if start is None:
+                    continue  # a malformed time: the engine rejects it for that
+                for since, until in periods[owner[int(row)]]:
+                    if since <= start and (until is None or start < until):
+                        mask[row] = True
+                        break
+        if not mask.any():
+            return lines, lines.clear()
+        hit = pl.Series(mask)
+        inactive = lines.filter(hit).select(
+            "line", "cdr_id",
+            pl.lit("account_inactive").alias("reason"),
+            pl.format("account {} is kept, frozen or closed at the call's start", owner.filter(hit)).alias("detail"),
+            owner.filter(hit).alias("account_id"),
+            *[c for c in ("source", "ingest_id", "topic", "partition", "offset", _KEY_INDEX) if c in lines.columns],
+        )
+        return lines.filter(~hit), inactive
+
+    def after_calls(self, result: Any) -> RatingState:
+        """Month usage (minimum spend) and suspensions (arrears) from a round of calls."""
+        state = result.state
+        rated = result.rated
+        if rated.height and self.books:
+            usage = (
+                rated.filter(pl.col("account_id").is_in(list(self.books)))
+                .group_by("account_id", pl.col("local_day").dt.strftime("%Y-%m").alias("month"))
+                .agg(pl.col("amount").sum())
+            )
+            for account, month, amount in usage.iter_rows():
+                book = self.books[account]
+                book.usage[month] = book.usage.get(month, 0) + amount
+        if rated.height:
+            latest = rated.group_by("account_id").agg(pl.col("charge_time").max())
+            for account, at in latest.iter_rows():
+                self._touch(account, at)
+        arrears = result.alerts.filter(pl.col("kind") == "arrears")
+        if arrears.height and self.books:
+            times = arrears.join(rated.select("account_id", "cdr_id", "charge_time"), on=["account_id", "cdr_id"])
+            for account, rows in times.group_by("account_id", maintain_order=True):
+                account_id = account[0]
+                book = self.books.get(account_id)
+                terms = self._terms(account_id, None)
+                if book is None or book.opened_at is None or terms is None:
+                    continue
+                pairs = list(zip(rows.get_column("cdr_id").to_list(), rows.get_column("charge_time").to_list()))
+                balance = self._balance(state, account_id)
+                book, balance, applied = after_calls(book, balance, terms, pairs)
+                self.books[account_id] = book
+                index = int(rows.get_column(_KEY_INDEX)[0]) if _KEY_INDEX in rows.columns else self._index(account_id)
+                position = (
+                    (int(rows.get_column("partition")[-1]), int(rows.get_column("offset")[-1]))
+                    if "offset" in rows.columns else (-1, -1)
+                )
+                self._record(applied, index, position, terms)
+        return state
+
+    # --------------------------------------------------------------- commands
+    def apply(self, state: RatingState, index: int, message: SourceMessage, command: LedgerCommand) -> RatingState:
+        account = self.keys[index].decode("utf-8", "replace")
+        terms = self._terms(account, command)
+        if command.account_id != account or terms is None:
+            why = (
+                f"the command names account {command.account_id} but is keyed {account}"
+                if command.account_id != account
+                else f"plan {command.plan or '(none)'} of account {account} is not in the catalogue"
+            )
+            self._refuse(message, index, command, why)
+            return state
+        book = self.books.get(account, Book())
+        balance = self._balance(state, account)
+        book, balance, applied = apply_command(book, balance, command, terms)
+        if applied.refusal:
+            self._refuse(message, index, command, applied.refusal)
+            return state
+        self.books[account] = book
+        self._record(applied, index, (message.partition, message.offset), terms)
+        self._touch(account, command.at)
+        return _with_balance(state, account, balance)
+
+    # --------------------------------------------------------------- outputs
+    def event_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.events, schema=_EVENT_SCHEMA)
+
+    def alert_frames(self) -> list[pl.DataFrame]:
+        if not self.alerts:
+            return []
+        return [pl.DataFrame(self.alerts).with_columns(pl.col(_KEY_INDEX).cast(pl.Int32))]
+
+    def status_messages(self) -> list[OutputMessage]:
+        return self.statuses
+
+    def balance_row(self, account: str, index: int, offset: int, state: RatingState, book: Book | None) -> dict[str, Any]:
+        known = self._accounts.get(account)
+        return {
+            "account_id": account,
+            "balance": self._balance(state, account),
+            "state": book.shown_state() if book is not None and book.lifecycle else "active",
+            "plan_id": (book.plan_id if book is not None and book.plan_id else (known or {}).get("plan_id", "")),
+            "updated_time": self.latest.get(account, datetime(1970, 1, 1, tzinfo=timezone.utc)),
+            "version": offset,
+            "events": book.event_count if book is not None else 0,
+            _KEY_INDEX: index,
+        }
+
+    # --------------------------------------------------------------- helpers
+    def _terms(self, account: str, command: LedgerCommand | None) -> Terms | None:
+        known = self._accounts.get(account)
+        book = self.books.get(account)
+        plan_id = (book.plan_id if book and book.plan_id else "") or (known or {}).get("plan_id") or (
+            command.plan if command is not None else ""
+        )
+        plan = self._plans.get(plan_id)
+        if plan is None:
+            return None
+        threshold = known["low_balance_threshold"] if known else DEFAULT_LOW_BALANCE
+        return Terms(account, plan, threshold)
+
+    def _balance(self, state: RatingState, account: str) -> int:
+        found = state.balances.filter(pl.col("account_id") == account)
+        if found.height:
+            return int(found.item(0, "balance"))
+        known = self._accounts.get(account)
+        return int(known["opening_balance"]) if known else 0
+
+    def _index(self, account: str) -> int:
+        return self.keys.index(account.encode())
+
+    def _touch(self, account: str, at: datetime) -> None:
+        previous = self.latest.get(account)
+        self.latest[account] = at if previous is None or at > previous else previous
+
+    def _record(self, applied: Any, index: int, position: tuple[int, int], terms: Terms) -> None:
+        zone = terms.plan.zone
+        for event in applied.events:
+            local = event.at.astimezone(zone)
+            month = event.reference if event.kind in _MONTH_CLOSE else local.strftime("%Y-%m")
+            self.events.append(
+                {
+                    **event.model_dump(exclude={"at"}),
+                    "effective_time": event.at.astimezone(timezone.utc),
+                    "local_day": local.date(),
+                    "month": month,
+                    "topic": self.topic,
+                    "partition": position[0],
+                    "offset": position[1],
+                    _KEY_INDEX: index,
+                }
+            )
+        for alert in applied.alerts:
+            self.alerts.append({**alert, _KEY_INDEX: index})
+        for number, status, event_id, at in applied.statuses:
+            value = {"number": number, "status": status, "account_id": terms.account_id,
+                     "event_id": event_id, "at": at.isoformat()}
+            self.statuses.append(OutputMessage("status", number.encode(), encode(value)))
+
+    def _refuse(self, message: SourceMessage, index: int, command: LedgerCommand, why: str) -> None:
+        log.warning("ledger command %s of %s refused: %s", command.command_id, command.account_id, why)
+        row = _garbage_row(message, self.topic, index, ValueError(why))
+        row.update(
+            cdr_id=command.command_id,
+            reason="ledger_refused",
+            detail=f"{command.kind} refused: {why}",
+            account_id=command.account_id,
+        )
+        self.refusals.append(row)
+
+
+#: An account the catalogue does not know yet (opened by command): tariffs.Account's default.
+DEFAULT_LOW_BALANCE: Final[int] = 500_000
+_MONTH_CLOSE: Final = frozenset({"RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged"})
+
+
+def _with_balance(state: RatingState, account: str, balance: int) -> RatingState:
+    balances = pl.concat(
+        [
+            state.balances.filter(pl.col("account_id") != account),
+            pl.DataFrame({"account_id": [account], "balance": [balance]}, schema=state.balances.schema),
+        ]
+    )
+    return RatingState(balances, state.allowance, state.charged, state.daily, state.seen)
+
+
+def _with_positions(batch: pl.DataFrame, positions: list[tuple[int, int, int, int, int]], topic: str) -> pl.DataFrame:
+    """Each row's Kafka position, message key index and ledger round, from one entry per message."""
+    partitions, offsets, indices, lines, rounds = (np.array(column) for column in zip(*positions, strict=True))
     return batch.with_columns(
+        pl.Series(_ROUND, np.repeat(rounds, lines), dtype=pl.Int32),
         pl.lit(topic, dtype=pl.String).alias("topic"),
         pl.Series("partition", np.repeat(partitions, lines), dtype=pl.Int32),
         pl.Series("offset", np.repeat(offsets, lines), dtype=pl.Int64),

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(4, ge=1, description="Partitions of each cdrflow topic.")
     alert_webhook: str | None = Field(None, description="URL alerts are POSTed to, if set.")
     app_id: str = Field("cdrflow", min_length=1, description="Faust app id / consumer group.")
+    topic_prefix: str = Field(
+        "", description="Prefix of every topic name the ledger commands use (several pipelines on one broker)."
+    )
 
     kafka_port: Port = Field(19092, description="Port of the embedded broker.")
     clickhouse_tcp_port: Port = Field(19000, description="Native port of embedded ClickHouse.")

@@ -151,8 +151,47 @@ ALERTS = Table(
     ),
     optional={**ORIGIN_COLUMNS, "version": pl.UInt64()},
 )
+#: Ledger events (``rating.ledger`` via ``streams.rating_batch``): schemas/migrations/0002.
+BILLING_EVENTS = Table(
+    "billing_events",
+    pl.Schema(
+        {
+            "event_id": pl.String(),
+            "account_id": pl.String(),
+            "kind": pl.String(),
+            "effective_time": pl.Datetime("us", "UTC"),
+            "local_day": pl.Date(),
+            "month": pl.String(),
+            "amount": pl.Int64(),
+            "opening_balance": pl.Int64(),
+            "balance": pl.Int64(),
+            "plan_id": pl.String(),
+            "reference": pl.String(),
+            "detail": pl.String(),
+        }
+    ),
+    optional={"topic": pl.String(), "partition": pl.Int32(), "offset": pl.Int64(), "version": pl.UInt64()},
+    micros={"effective_time": "effective_us"},
+)
+#: Each account's balance and state after a batch; ``version`` = the log offset.
+BALANCES = Table(
+    "account_balances",
+    pl.Schema(
+        {
+            "account_id": pl.String(),
+            "balance": pl.Int64(),
+            "state": pl.String(),
+            "plan_id": pl.String(),
+            "updated_time": pl.Datetime("us", "UTC"),
+            "version": pl.UInt64(),
+        }
+    ),
+    optional={"events": pl.UInt64()},
+)
 #: The tables of this module, by name.
-TABLES: Mapping[str, Table] = {table.name: table for table in (RATED, REJECTED, ALERTS)}
+TABLES: Mapping[str, Table] = {
+    table.name: table for table in (RATED, REJECTED, ALERTS, BILLING_EVENTS, BALANCES)
+}
 
 # Server error codes that say "not now" rather than "never": the same insert can succeed
 # later (ClickHouse's ErrorCodes).
@@ -355,6 +394,16 @@ def insert_alerts(client: Client, frame: pl.DataFrame, *, retry: RetryPolicy = R
     8
     """
     return insert(client, ALERTS, frame, retry=retry)
+
+
+def insert_billing_events(client: Client, frame: pl.DataFrame, *, retry: RetryPolicy = RetryPolicy()) -> int:
+    """Insert ledger events into ``billing_events`` (copies collapse by event id)."""
+    return insert(client, BILLING_EVENTS, frame, retry=retry)
+
+
+def insert_balances(client: Client, frame: pl.DataFrame, *, retry: RetryPolicy = RetryPolicy()) -> int:
+    """Insert balance rows into ``account_balances`` (the highest ``version`` wins)."""
+    return insert(client, BALANCES, frame, retry=retry)
 
 
 def insert(

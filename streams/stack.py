@@ -303,7 +303,11 @@ def _ensure_topics(settings: Settings, timeout_s: float) -> tuple[list[str], lis
         if missing:
             answer = admin.create_topics(
                 {
-                    name: {"num_partitions": partitions, "replication_factor": replicas}
+                    name: {
+                        "num_partitions": partitions,
+                        "replication_factor": replicas,
+                        **({"configs": TOPICS[name].configs} if TOPICS[name].configs else {}),
+                    }
                     for name in missing
                 },
                 raise_errors=False,

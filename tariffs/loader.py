@@ -31,6 +31,8 @@ class Tariffs:
     plans: dict[str, Plan]
     accounts: tuple[Account, ...]
     sources: dict[str, Path] = field(default_factory=dict)
+    #: number_grades.toml beside the plans (spec/ledger.md 3); None: the folder has none
+    grade_fees: Any = None
 
     def account_of_number(self) -> dict[str, str]:
         return {number: account.id for account in self.accounts for number in account.numbers}
@@ -154,6 +156,14 @@ def load_tariffs(plans_dir: Path, accounts_file: Path) -> Tariffs:
                     f"{accounts_file}: accounts[{index}] (id {account.id!r}) > plan: "
                     f"plan {account.plan!r} does not exist (plans: {known})"
                 )
+    from tariffs.grades import GRADES_FILE, load_grade_fees  # (grades imports this module)
+
+    grade_fees = None
+    if (Path(plans_dir) / GRADES_FILE).exists():
+        try:
+            grade_fees = load_grade_fees(plans_dir)
+        except TariffError as exc:
+            problems.extend(exc.problems)
     if problems:
         raise TariffError(problems)
-    return Tariffs(plans=plans, accounts=accounts, sources=sources)
+    return Tariffs(plans=plans, accounts=accounts, sources=sources, grade_fees=grade_fees)

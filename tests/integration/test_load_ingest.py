@@ -85,8 +85,29 @@ def _unique_copy(source: Path, folder: Path, name: str | None = None) -> Path:
 
 
 def _values(stack: Settings, prefix: str, topic: str) -> list[tuple[bytes, int, dict]]:
-    """(key, partition, value) of every message of a topic, per partition in log order."""
-    return [(r.key, r.partition, decode_json(r.value)) for r in read_to_end(stack, prefix + topic)]
+    """(key, partition, value) of every message of a topic, per partition in log order.
+
+    On ``cdr.raw``, the ledger's messages (``cdrflow load`` imports each new account with
+    an AccountOpened there) are left out: these tests look at the CDR chunks.
+    """
+    values = [(r.key, r.partition, decode_json(r.value)) for r in read_to_end(stack, prefix + topic)]
+    return [v for v in values if not (isinstance(v[2], dict) and "ledger" in v[2])]
+
+
+def test_load_imports_each_new_account_once_on_its_log(stack: Settings, prefix: str) -> None:
+    _load(stack, prefix)
+    _load(stack, prefix)  # nothing changed: nothing more
+    imports = [
+        (r.key, decode_json(r.value)["ledger"])
+        for r in read_to_end(stack, prefix + "cdr.raw")
+        if "ledger" in decode_json(r.value)
+    ]
+    tariffs = load_tariffs(BASIC / "plans", BASIC / "accounts.toml")
+    assert sorted(k.decode() for k, _ in imports) == sorted(a.id for a in tariffs.accounts)
+    for key, command in imports:
+        account = next(a for a in tariffs.accounts if a.id == key.decode())
+        assert (command["kind"], command["imported"], command["opening_balance"], command["opening_fee"]) == (
+            "open", True, account.opening_balance, 0)
 
 
 def _load(stack: Settings, prefix: str, vectors: Path = BASIC) -> None:

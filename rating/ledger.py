@@ -1,0 +1,598 @@
+"""The ledger fold (spec/ledger.md): an account's book, and what each command does to it.
+
+Pure: commands and the book in, events, alerts and number statuses out. Ledger commands
+are few (a handful per account and month), so this is plain Python over one account at a
+time; the calls between them are rated by ``rating.rate`` (the agent splits a batch at
+each account's commands, ``streams.rating_batch``).
+
+The book is JSON-ready (the worker keeps it in the account's table value, beside the
+rating state). Rules the spec leaves open are in docs/rules.md ("Ledger").
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+from rating.catalog import _version_for_period
+from schemas.ledger import SERVICES, LedgerCommand, LedgerEvent
+from tariffs import Plan, PlanVersion
+
+NOTICE: Final = timedelta(days=30)
+FROZEN: Final = timedelta(days=90)
+KEEP_MONTHS_MAX: Final[int] = 36
+REFUND_WORKING_DAYS: Final[int] = 45
+#: lifecycle states in which an account's numbers take no calls (CDRs: account_inactive)
+INACTIVE: Final = frozenset({"kept", "frozen", "closed"})
+_MICRO: Final = timedelta(microseconds=1)
+
+
+@dataclass
+class Book:
+    """One account's ledger state (``to_json`` / ``from_json`` for the table value).
+
+    ``lifecycle`` lists (state, instant) transitions in time order, ``services`` the
+    [from, to) intervals of each service (to ``None``: still on).
+    """
+
+    plan_id: str = ""
+    numbers: list[str] = field(default_factory=list)
+    opened_at: str | None = None
+    lifecycle: list[list[str]] = field(default_factory=list)
+    suspended: bool = False
+    services: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    topups: dict[str, int] = field(default_factory=dict)
+    closed_months: list[str] = field(default_factory=list)
+    sla_days: list[str] = field(default_factory=list)
+    #: the month's CallRated amounts, by local month "YYYY-MM" (minimum spend)
+    usage: dict[str, int] = field(default_factory=dict)
+    #: the notice ended: refund at the close of its month, after that month's charges
+    refund_due: bool = False
+    #: the refund found a negative balance: it is paid once a credit brings it back
+    refund_pending: bool = False
+    #: ledger events this account's log produced so far (a command waits for them to land)
+    event_count: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any] | None) -> Book:
+        return cls(**{k: v for k, v in (value or {}).items() if k in cls.__dataclass_fields__})
+
+    # ------------------------------------------------------------------ lifecycle
+    def state_at(self, instant: datetime) -> str | None:
+        """The lifecycle state at ``instant`` (None: not open yet)."""
+        state = None
+        for name, at in self.lifecycle:
+            if _instant(at) <= instant:
+                state = name
+            else:
+                break
+        return state
+
+    @property
+    def current(self) -> str | None:
+        return self.lifecycle[-1][0] if self.lifecycle else None
+
+    def shown_state(self) -> str:
+        """active | suspended | kept | cancelling | frozen | closed (``account show``)."""
+        state = self.current or "closed"
+        return "suspended" if self.suspended and state in ("active", "cancelling") else state
+
+    def inactive_periods(self) -> list[tuple[datetime, datetime | None]]:
+        """When the numbers take no calls: kept, frozen or closed, scheduled ones included."""
+        periods: list[tuple[datetime, datetime | None]] = []
+        transitions = [(name, _instant(at)) for name, at in self.lifecycle]
+        if self.current == "cancelling":
+            transitions.append(("frozen", _instant(self.lifecycle[-1][1]) + NOTICE))
+        for index, (name, start) in enumerate(transitions):
+            if name in INACTIVE:
+                end = transitions[index + 1][1] if index + 1 < len(transitions) else None
+                periods.append((start, end))
+        return periods
+
+
+@dataclass(frozen=True)
+class Terms:
+    """What the fold needs to know of an account besides its book."""
+
+    account_id: str
+    plan: Plan
+    low_balance_threshold: int
+
+
+@dataclass
+class Applied:
+    """What folding one command (or one deadline) did."""
+
+    events: list[LedgerEvent] = field(default_factory=list)
+    #: alert rows (account_id, kind, cdr_id = the event id, balance, line 0, local_day)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    #: (number, status, event id, instant): blocked | active | released
+    statuses: list[tuple[str, str, str, datetime]] = field(default_factory=list)
+    refusal: str | None = None
+
+
+class _Fold:
+    """Applies events to a book and balance, with their alerts and consequences."""
+
+    def __init__(self, book: Book, balance: int, terms: Terms) -> None:
+        self.book = book
+        self.balance = balance
+        self.terms = terms
+        self.out = Applied()
+
+    # ------------------------------------------------------------------ posting
+    def post(self, kind: str, event_id: str, at: datetime, amount: int = 0, **extra: Any) -> None:
+        before = self.balance
+        if kind == "AccountOpened":
+            before = extra.get("opening_balance", 0)
+        self.balance = before + amount
+        self.book.event_count += 1
+        self.out.events.append(
+            LedgerEvent(
+                event_id=event_id,
+                account_id=self.terms.account_id,
+                kind=kind,  # type: ignore[arg-type]
+                at=at,
+                amount=amount,
+                balance=self.balance,
+                plan_id=self.book.plan_id or self.terms.plan.id,
+                **extra,
+            )
+        )
+        if amount < 0 and kind != "RefundIssued":  # a refund empties the balance on purpose
+            self._alerts(before, event_id, at)
+        elif amount > 0:
+            self._credited(event_id, at)
+
+    def _alerts(self, before: int, event_id: str, at: datetime) -> None:
+        # rating.md 5, in its order: low_balance, then arrears (which suspends).
+        threshold = self.terms.low_balance_threshold
+        day = at.astimezone(self.terms.plan.zone).date()
+        for kind, line in (("low_balance", threshold), ("arrears", 0)):
+            if before >= line > self.balance:
+                self.out.alerts.append(
+                    {
+                        "account_id": self.terms.account_id,
+                        "kind": kind,
+                        "cdr_id": event_id,
+                        "balance": self.balance,
+                        "line": 0,
+                        "local_day": day,
+                    }
+                )
+        if before >= 0 > self.balance:
+            self.suspend(f"{self.terms.account_id}/AccountSuspended/{event_id}", at)
+
+    def suspend(self, event_id: str, at: datetime) -> None:
+        if self.book.suspended or self.book.current not in ("active", "cancelling"):
+            return
+        self.book.suspended = True
+        self.post("AccountSuspended", event_id, at, detail=f"balance {self.balance} below 0")
+        self._status("blocked", event_id, at)
+
+    def _credited(self, event_id: str, at: datetime) -> None:
+        if self.balance < 0:
+            return
+        if self.book.suspended:
+            self.book.suspended = False
+            reactivated = f"{self.terms.account_id}/AccountReactivated/{event_id}"
+            self.post("AccountReactivated", reactivated, at)
+            if self.book.current in ("active", "cancelling"):
+                self._status("active", reactivated, at)
+        if self.book.refund_pending:
+            self.book.refund_pending = False
+            self._refund(at, f"paid back by {event_id}")
+
+    def _status(self, status: str, event_id: str, at: datetime) -> None:
+        self.out.statuses.extend((number, status, event_id, at) for number in self.book.numbers)
+
+    def transition(self, state: str, at: datetime) -> None:
+        self.book.lifecycle.append([state, at.isoformat()])
+        self.book.lifecycle.sort(key=lambda item: _instant(item[1]))
+
+    def _refund(self, at: datetime, why: str) -> None:
+        if self.balance <= 0:
+            return
+        due = working_days_after(at.astimezone(self.terms.plan.zone).date(), REFUND_WORKING_DAYS)
+        self.post(
+            "RefundIssued",
+            f"{self.terms.account_id}/RefundIssued/{at.isoformat()}",
+            at,
+            -self.balance,
+            detail=f"refund of the positive balance, due by {due.isoformat()} ({why})",
+            reference=due.isoformat(),
+        )
+
+    # ------------------------------------------------------------------ deadlines
+    def advance(self, until: datetime) -> None:
+        """Apply the lifecycle deadlines that fall at or before ``until``."""
+        account = self.terms.account_id
+        while self.book.lifecycle:
+            state, since_text = self.book.lifecycle[-1]
+            since = _instant(since_text)
+            if state == "cancelling" and since + NOTICE <= until:
+                at = since + NOTICE
+                # The refund waits for the close of this month, after its charges.
+                self.book.refund_due = True
+                frozen = f"{account}/NumberFrozen/{at.isoformat()}"
+                self.transition("frozen", at)
+                self.post("NumberFrozen", frozen, at, detail=f"frozen until {(at + FROZEN).isoformat()}")
+                self._status("blocked", frozen, at)
+            elif state == "frozen" and since + FROZEN <= until:
+                self._close(since + FROZEN, "end of the 90 frozen days")
+            elif state == "kept" and add_months(since, KEEP_MONTHS_MAX) <= until:
+                self._close(add_months(since, KEEP_MONTHS_MAX), f"kept for {KEEP_MONTHS_MAX} months")
+            else:
+                return
+
+    def _close(self, at: datetime, why: str) -> None:
+        closed = f"{self.terms.account_id}/AccountClosed/{at.isoformat()}"
+        self.transition("closed", at)
+        self.book.suspended = False
+        self.post("AccountClosed", closed, at, detail=f"{why}; numbers released")
+        self.book.refund_due = False
+        self._status("released", closed, at)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def apply_command(book: Book, balance: int, command: LedgerCommand, terms: Terms) -> tuple[Book, int, Applied]:
+    """Fold one command into an account's book and balance.
+
+    A command the book already holds (same payment reference, month already closed, ...)
+    changes nothing; one the book cannot take (a reference used for another amount, a
+    closed account) changes nothing and says why in ``Applied.refusal``.
+    """
+    fold = _Fold(Book.from_json(book.to_json()), balance, terms)
+    account = terms.account_id
+    kind = command.kind
+    at = command.at
+    if kind != "open":
+        if fold.book.opened_at is None:
+            fold.out.refusal = f"account {account} has no AccountOpened on its log"
+            return book, balance, fold.out
+        fold.advance(at if kind != "close_month" else month_bounds(command.month, terms.plan.zone)[1] - _MICRO)
+    handler = _HANDLERS[kind]
+    refusal = handler(fold, command)
+    if refusal:
+        fold.out.refusal = refusal
+    return fold.book, fold.balance, fold.out
+
+
+def _open(fold: _Fold, command: LedgerCommand) -> str | None:
+    book, account = fold.book, fold.terms.account_id
+    if book.opened_at is not None:
+        return None if command.imported else f"account {account} is open already (since {book.opened_at})"
+    book.plan_id = command.plan
+    book.numbers = list(command.numbers)
+    book.opened_at = command.at.isoformat()
+    fold.transition("active", command.at)
+    opened = f"{account}/AccountOpened"
+    fold.post(
+        "AccountOpened",
+        opened,
+        command.at,
+        -command.opening_fee,
+        opening_balance=command.opening_balance,
+        reference=",".join(command.numbers),
+        detail="imported from the accounts file" if command.imported else f"opening fee {command.opening_fee}",
+    )
+    for number in command.numbers:
+        grade, fee = command.number_fees.get(number, ("", 0))
+        fold.post(
+            "NumberAssigned",
+            f"{account}/NumberAssigned/{number}",
+            command.at,
+            -fee,
+            reference=number,
+            detail=f"grade {grade}, selection fee {fee}" if grade else "imported",
+        )
+    fold._status("active", opened, command.at)
+    return None
+
+
+def _topup(fold: _Fold, command: LedgerCommand) -> str | None:
+    known = fold.book.topups.get(command.ref)
+    if known is not None:
+        if known == command.amount:
+            return None
+        return f"payment reference {command.ref!r} was already used for another amount ({known})"
+    fold.book.topups[command.ref] = command.amount
+    fold.post(
+        "TopUpReceived",
+        f"{fold.terms.account_id}/TopUpReceived/{command.ref}",
+        command.at,
+        command.amount,
+        reference=command.ref,
+    )
+    return None
+
+
+def _services(fold: _Fold, command: LedgerCommand) -> str | None:
+    if fold.book.current in ("frozen", "closed"):
+        return f"account {fold.terms.account_id} is {fold.book.current}: its services cannot change"
+    for name, enable in [(s, True) for s in command.enable] + [(s, False) for s in command.disable]:
+        intervals = fold.book.services.setdefault(name, [])
+        on = bool(intervals) and intervals[-1][1] is None
+        if on == enable:
+            continue
+        if enable:
+            intervals.append([command.at.isoformat(), None])
+        else:
+            intervals[-1][1] = command.at.isoformat()
+        kind = "ServiceEnabled" if enable else "ServiceDisabled"
+        fold.post(kind, f"{fold.terms.account_id}/{kind}/{name}/{command.at.isoformat()}", command.at, reference=name)
+    return None
+
+
+def _keep(fold: _Fold, command: LedgerCommand) -> str | None:
+    if fold.book.current == "kept":
+        return None
+    if fold.book.current != "active":
+        return f"account {fold.terms.account_id} is {fold.book.shown_state()}: only an active account can be kept"
+    event_id = f"{fold.terms.account_id}/KeepNumberStarted/{command.at.isoformat()}"
+    fold.transition("kept", command.at)
+    fold.post("KeepNumberStarted", event_id, command.at, detail=f"at most {KEEP_MONTHS_MAX} months")
+    fold._status("blocked", event_id, command.at)
+    return None
+
+
+def _resume(fold: _Fold, command: LedgerCommand) -> str | None:
+    if fold.book.current != "kept":
+        return f"account {fold.terms.account_id} is {fold.book.shown_state()}, not kept: nothing to resume"
+    event_id = f"{fold.terms.account_id}/KeepNumberEnded/{command.at.isoformat()}"
+    fold.transition("active", command.at)
+    fold.post("KeepNumberEnded", event_id, command.at)
+    fold.book.suspended = fold.balance < 0
+    fold._status("blocked" if fold.book.suspended else "active", event_id, command.at)
+    return None
+
+
+def _cancel(fold: _Fold, command: LedgerCommand) -> str | None:
+    current = fold.book.current
+    if current == "cancelling":
+        return None
+    if current in ("frozen", "closed"):
+        return f"account {fold.terms.account_id} is {current}: it cannot be cancelled"
+    account = fold.terms.account_id
+    if current == "kept":
+        fold.post("KeepNumberEnded", f"{account}/KeepNumberEnded/{command.at.isoformat()}", command.at)
+    fold.transition("cancelling", command.at)
+    fold.post(
+        "CancellationRequested",
+        f"{account}/CancellationRequested/{command.at.isoformat()}",
+        command.at,
+        detail=f"notice ends {(command.at + NOTICE).isoformat()}",
+    )
+    return None
+
+
+def _close_month(fold: _Fold, command: LedgerCommand) -> str | None:
+    book, terms, month = fold.book, fold.terms, command.month
+    if month in book.closed_months:
+        return None
+    zone = terms.plan.zone
+    start, end = month_bounds(month, zone)
+    opened = _instant(book.opened_at)  # type: ignore[arg-type]
+    if opened >= end:
+        return None  # opened after the month: nothing to close (not recorded as closed)
+    book.closed_months.append(month)
+    version = month_version(terms.plan, start, end)
+    if version is None:
+        return None
+    last = end - _MICRO
+    account = terms.account_id
+    states = _states_during(book, start, end)
+    entirely_inactive = states <= INACTIVE
+    days = calendar.monthrange(start.year, start.month)[1]
+
+    rent = version.monthly_rent
+    detail = f"monthly rent {rent}"
+    opened_day = opened.astimezone(zone).date()
+    if entirely_inactive:
+        rent = 0
+    elif opened > start:
+        active_days = days - opened_day.day + 1
+        rent = round_half_up(version.monthly_rent * active_days, days)
+        detail = f"monthly rent {version.monthly_rent} x {active_days}/{days} days (opened {opened_day})"
+    if rent:
+        fold.post("RentCharged", f"{account}/RentCharged/{month}", last, -rent, reference=month, detail=detail)
+
+    if not entirely_inactive:
+        for service in SERVICES:
+            if _overlaps(book.services.get(service, []), start, end):
+                fee = int(getattr(version.services, service))
+                if fee:
+                    fold.post(
+                        "ServiceFeeCharged",
+                        f"{account}/ServiceFeeCharged/{month}/{service}",
+                        last,
+                        -fee,
+                        reference=month,
+                        detail=f"{service} monthly fee",
+                    )
+
+    minimum = version.minimum_monthly_spend
+    open_every_day = opened_day <= start.date() and not (states & INACTIVE)
+    if minimum and open_every_day:
+        usage = book.usage.get(month, 0)
+        shortfall = max(0, minimum - usage)
+        if shortfall:
+            fold.post(
+                "MinimumSpendTrueUp",
+                f"{account}/MinimumSpendTrueUp/{month}",
+                last,
+                -shortfall,
+                reference=month,
+                detail=f"minimum monthly spend {minimum}, calls {usage}",
+            )
+
+    if "kept" in _states_during(book, start, start + timedelta(days=1)) and version.keep_number_fee:
+        fold.post(
+            "KeepNumberFeeCharged",
+            f"{account}/KeepNumberFeeCharged/{month}",
+            last,
+            -version.keep_number_fee,
+            reference=month,
+            detail="kept on the first day of the month",
+        )
+    if book.refund_due and book.current in ("frozen", "closed"):
+        book.refund_due = False
+        if fold.balance > 0:
+            fold._refund(last, f"end of the cancellation notice, after the {month} charges")
+        elif fold.balance < 0:
+            book.refund_pending = True
+    return None
+
+
+def _sla_credit(fold: _Fold, command: LedgerCommand) -> str | None:
+    terms, book = fold.terms, fold.book
+    zone = terms.plan.zone
+    start, end = command.start, command.end
+    assert start is not None and end is not None
+    day = start.astimezone(zone).date()
+    while True:
+        day_start = datetime(day.year, day.month, day.day, tzinfo=zone)
+        if day_start >= end:
+            break
+        day_end = day_start + timedelta(days=1)
+        touched = min(end, day_end) - max(start, day_start)
+        month = f"{day.year:04d}-{day.month:02d}"
+        m_start, m_end = month_bounds(month, zone)
+        version = month_version(terms.plan, m_start, m_end)
+        limit = version.sla_credit_after_minutes if version else 0
+        if version and touched > timedelta(minutes=limit) and day.isoformat() not in book.sla_days:
+            days = calendar.monthrange(day.year, day.month)[1]
+            credit = round_half_up(version.monthly_rent, days)
+            book.sla_days.append(day.isoformat())
+            if credit:
+                fold.post(
+                    "SlaCreditGranted",
+                    f"{terms.account_id}/SlaCreditGranted/{day.isoformat()}",
+                    command.end,  # type: ignore[arg-type]
+                    credit,
+                    reference=day.isoformat(),
+                    detail=f"fault of {int(touched.total_seconds() // 60)} min on {day} (> {limit} min): "
+                    f"a day's rent {version.monthly_rent}/{days}",
+                )
+        day = day + timedelta(days=1)
+    return None
+
+
+_HANDLERS = {
+    "open": _open,
+    "topup": _topup,
+    "services": _services,
+    "keep": _keep,
+    "resume": _resume,
+    "cancel": _cancel,
+    "close_month": _close_month,
+    "sla_credit": _sla_credit,
+}
+
+
+# ---------------------------------------------------------------------------- after calls
+
+
+def after_calls(book: Book, balance: int, terms: Terms, arrears_at: list[tuple[str, datetime]]) -> tuple[Book, int, Applied]:
+    """Suspend an account whose calls raised an ``arrears`` alert (ledger.md 5).
+
+    ``arrears_at`` lists (cdr_id, charge instant) of the calls that raised one.
+    """
+    fold = _Fold(Book.from_json(book.to_json()), balance, terms)
+    for cdr_id, at in arrears_at:
+        fold.suspend(f"{terms.account_id}/AccountSuspended/{cdr_id}", at)
+    return fold.book, fold.balance, fold.out
+
+
+# ---------------------------------------------------------------------------- calendar
+
+
+def month_bounds(month: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The local month ``YYYY-MM`` as [start, end) instants.
+
+    Examples
+    --------
+    >>> start, end = month_bounds("2026-02", ZoneInfo("Asia/Shanghai"))
+    >>> start.isoformat(), end.isoformat()
+    ('2026-02-01T00:00:00+08:00', '2026-03-01T00:00:00+08:00')
+    """
+    year, number = int(month[:4]), int(month[5:7])
+    following = (year + number // 12, number % 12 + 1)
+    start = datetime(year, number, 1, tzinfo=zone)
+    end = datetime(following[0], following[1], 1, tzinfo=zone)
+    return _fixed(start), _fixed(end)
+
+
+def month_version(plan: Plan, start: datetime, end: datetime) -> PlanVersion | None:
+    """rating.md: the version in force at the month's start, else the first in it."""
+    index = _version_for_period(plan, start, end)
+    return None if index is None else plan.versions[index]
+
+
+def round_half_up(numerator: int, denominator: int) -> int:
+    """``round_half_up(n / d)`` for non-negative integers (rating.md 4).
+
+    Examples
+    --------
+    >>> round_half_up(1_000_000 * 15, 31), round_half_up(5, 2)
+    (483871, 3)
+    """
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def add_months(instant: datetime, months: int) -> datetime:
+    """The same wall-clock instant ``months`` later (the day clipped to the month's end)."""
+    total = instant.month - 1 + months
+    year, month = instant.year + total // 12, total % 12 + 1
+    day = min(instant.day, calendar.monthrange(year, month)[1])
+    return instant.replace(year=year, month=month, day=day)
+
+
+def working_days_after(day: date, count: int) -> date:
+    """``count`` working days (Monday to Friday) after ``day``.
+
+    Examples
+    --------
+    >>> working_days_after(date(2026, 3, 6), 1)  # a Friday
+    datetime.date(2026, 3, 9)
+    """
+    while count:
+        day += timedelta(days=1)
+        if day.weekday() < 5:
+            count -= 1
+    return day
+
+
+def _states_during(book: Book, start: datetime, end: datetime) -> set[str]:
+    """Every lifecycle state the account is in at some instant of [start, end)."""
+    states = set()
+    at_start = book.state_at(start)
+    if at_start is not None:
+        states.add(at_start)
+    for name, at in book.lifecycle:
+        if start < _instant(at) < end:
+            states.add(name)
+    return states
+
+
+def _overlaps(intervals: list[list[str | None]], start: datetime, end: datetime) -> bool:
+    for since, until in intervals:
+        if _instant(since) < end and (until is None or _instant(until) > start):  # type: ignore[arg-type]
+            return True
+    return False
+
+
+def _instant(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _fixed(instant: datetime) -> datetime:
+    return instant.replace(tzinfo=timezone(instant.utcoffset()))  # type: ignore[arg-type]

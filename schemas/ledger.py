@@ -1,0 +1,190 @@
+"""The ledger on the account's log (spec/ledger.md): commands in, events out.
+
+An account's log is its ``cdr.raw`` partition (key = account id): CDR chunks and ledger
+commands side by side, so one fold over one log gives rated calls, balance, alerts and
+lifecycle. A command is a fact a person or system asserts (a payment arrived, a service
+was ordered, a month is to be closed); the rating agent folds it in log order
+(``rating.ledger``) into the events of ledger.md section 1, each with a deterministic
+``event_id``: replaying the log or repeating a command never creates a second one.
+
+A command's message value is ``{"v": 1, "ledger": {...}}`` (a CDR chunk has no
+``ledger`` key). Money is integer units of 0.0001 CNY.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Final, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+LEDGER_MESSAGE_VERSION: Final[int] = 1
+
+CommandKind = Literal["open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit"]
+EventKind = Literal[
+    "AccountOpened",
+    "NumberAssigned",
+    "TopUpReceived",
+    "RentCharged",
+    "ServiceFeeCharged",
+    "MinimumSpendTrueUp",
+    "KeepNumberFeeCharged",
+    "SlaCreditGranted",
+    "ServiceEnabled",
+    "ServiceDisabled",
+    "AccountSuspended",
+    "AccountReactivated",
+    "KeepNumberStarted",
+    "KeepNumberEnded",
+    "CancellationRequested",
+    "NumberFrozen",
+    "AccountClosed",
+    "RefundIssued",
+]
+#: Events that take money (amount <= 0), give it (>= 0); every other kind moves none.
+CHARGES: Final[frozenset[str]] = frozenset(
+    {
+        "AccountOpened",
+        "NumberAssigned",
+        "RentCharged",
+        "ServiceFeeCharged",
+        "MinimumSpendTrueUp",
+        "KeepNumberFeeCharged",
+        "RefundIssued",
+    }
+)
+CREDITS: Final[frozenset[str]] = frozenset({"TopUpReceived", "SlaCreditGranted"})
+SERVICES: Final[tuple[str, ...]] = ("ivr", "recording", "blacklist", "sms")
+#: Lifecycle states (the ``state`` of ``account show --json``).
+STATES: Final[tuple[str, ...]] = ("active", "suspended", "kept", "cancelling", "frozen", "closed")
+
+
+def _utc_fixed(instant: datetime) -> datetime:
+    return instant.replace(tzinfo=timezone(instant.utcoffset()))
+
+
+class LedgerCommand(BaseModel):
+    """One ledger command on an account's log; which fields apply depends on ``kind``.
+
+    Examples
+    --------
+    >>> LedgerCommand(kind="topup", account_id="A1", at="2026-03-01T10:00:00+08:00",
+    ...               amount=1_000_000, ref="PAY-1").command_id
+    'topup/PAY-1'
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: CommandKind
+    account_id: str = Field(min_length=1)
+    at: AwareDatetime
+    #: what makes a repeat of the same command the same (default from kind and fields)
+    command_id: str = ""
+    # open
+    plan: str = ""
+    numbers: list[str] = []
+    opening_balance: int = 0
+    opening_fee: int = Field(default=0, ge=0)
+    #: number -> [grade, selection fee]; empty for an imported account
+    number_fees: dict[str, tuple[str, int]] = {}
+    imported: bool = False
+    # topup
+    amount: int = 0
+    ref: str = ""
+    # services
+    enable: list[str] = []
+    disable: list[str] = []
+    # close_month: "YYYY-MM"
+    month: str = ""
+    # sla_credit: the fault
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
+
+    @field_validator("at", "start", "end")
+    @classmethod
+    def _fixed(cls, instant: datetime | None) -> datetime | None:
+        return None if instant is None else _utc_fixed(instant)
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> LedgerCommand:
+        if self.kind == "open" and not self.plan:
+            raise ValueError("an open command needs a plan")
+        if self.kind == "topup" and (self.amount <= 0 or not self.ref):
+            raise ValueError("a top-up needs a positive amount and a payment reference")
+        if self.kind == "services":
+            unknown = sorted(s for s in {*self.enable, *self.disable} if s not in SERVICES)
+            if unknown:
+                raise ValueError(f"unknown service(s) {', '.join(unknown)} (known: {', '.join(SERVICES)})")
+        if self.kind == "close_month" and not _is_month(self.month):
+            raise ValueError(f"month must be YYYY-MM, got {self.month!r}")
+        if self.kind == "sla_credit" and (self.start is None or self.end is None or self.end <= self.start):
+            raise ValueError("an SLA credit needs a fault start and a later end")
+        if not self.command_id:
+            object.__setattr__(self, "command_id", self._default_id())
+        return self
+
+    def _default_id(self) -> str:
+        if self.kind == "open":
+            return "open"
+        if self.kind == "topup":
+            return f"topup/{self.ref}"
+        if self.kind == "close_month":
+            return f"close_month/{self.month}"
+        if self.kind == "sla_credit":
+            return f"sla_credit/{self.start.isoformat()}/{self.end.isoformat()}"  # type: ignore[union-attr]
+        return f"{self.kind}/{self.at.isoformat()}"
+
+    def message_value(self) -> dict[str, Any]:
+        """The ``cdr.raw`` message value of this command."""
+        return {"v": LEDGER_MESSAGE_VERSION, "ledger": self.model_dump(mode="json")}
+
+
+def command_from_value(value: object) -> LedgerCommand | None:
+    """The command of a ``cdr.raw`` message value; ``None`` when it is no ledger message.
+
+    Raises ``pydantic.ValidationError`` for a ledger message that is not a valid command.
+    """
+    if not isinstance(value, dict) or "ledger" not in value:
+        return None
+    return LedgerCommand.model_validate(value["ledger"])
+
+
+def _is_month(text: str) -> bool:
+    try:
+        datetime.strptime(text, "%Y-%m")
+    except ValueError:
+        return False
+    return len(text) == 7
+
+
+class LedgerEvent(BaseModel):
+    """An event of ledger.md section 1, as the fold produced it.
+
+    ``amount`` is the event's own money (- takes from the balance, + adds); an
+    AccountOpened also sets the balance it was opened with (``opening_balance``), so the
+    balance after it is ``opening_balance + amount``. ``balance`` is the balance right
+    after the event, in log order.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str
+    account_id: str
+    kind: EventKind
+    at: AwareDatetime
+    amount: int = 0
+    opening_balance: int = 0
+    balance: int
+    plan_id: str = ""
+    reference: str = ""
+    detail: str = ""
+
+    @model_validator(mode="after")
+    def _sign_of_kind(self) -> LedgerEvent:
+        if self.kind in CHARGES and self.amount > 0:
+            raise ValueError(f"{self.kind} takes money: its amount cannot be positive ({self.amount})")
+        if self.kind in CREDITS and self.amount < 0:
+            raise ValueError(f"{self.kind} gives money: its amount cannot be negative ({self.amount})")
+        if self.kind not in CHARGES | CREDITS and self.amount != 0:
+            raise ValueError(f"{self.kind} moves no money (amount {self.amount})")
+        return self
