@@ -21,6 +21,7 @@ from schemas.ledger import LedgerCommand
 from schemas.money import parse_money
 from streams import ledger_ops
 from streams.cli import app
+from streams.kafka_io import read_to_end
 from streams.load import publish_tariffs, read_catalog
 from streams.settings import Settings
 from tariffs import load_tariffs
@@ -227,6 +228,18 @@ def test_a_quarter_of_three_accounts_balances_to_the_unit(pipeline: Pipeline, tm
     blocked = ledger_ops.client(settings).execute(
         "SELECT kind FROM alerts FINAL WHERE account_id = 'IMP' ORDER BY kind")
     assert [k for (k,) in blocked] == ["arrears", "low_balance"]
+
+    # 90 days frozen after 10 May: closed by August's close; a closed account cannot cancel.
+    cli("close-month", "2026-08", "--at", "2026-09-02T00:00:00+08:00")
+    assert _balances(pipeline)["E1"] == (0, "closed")
+    refused = cli("account", "cancel", "E1", ok=False)
+    assert refused.exit_code != 0 and "closed" in refused.output and "nothing was written" in refused.output
+    statuses = {
+        r.key.decode(): json.loads(r.value)["status"]
+        for r in read_to_end(settings, pipeline.topic("number.status"))
+    }
+    assert statuses == {"4008123456": "released", "4001302468": "released", "4001377770": "blocked",
+                        "4005550001": "blocked"}
 
     # The projections rebuilt from the log are what they were.
     pipeline.stop_workers()
