@@ -75,14 +75,16 @@ class FieldSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    column: str | Annotated[int, Field(ge=1)]
+    column: str | int
     regex: str | None = None
 
-    @field_validator("column")
+    @field_validator("column", mode="before")
     @classmethod
-    def _named(cls, value: str | int) -> str | int:
-        if isinstance(value, str) and not value.strip():
-            raise ValueError("a column name must not be empty")
+    def _named(cls, value: Any) -> str | int:
+        if isinstance(value, bool) or not (
+            (isinstance(value, str) and value.strip()) or (isinstance(value, int) and value >= 1)
+        ):
+            raise ValueError(f"a column is a name or a position from 1, got {value!r}")
         return value
 
     @field_validator("regex")
@@ -410,6 +412,10 @@ def to_canonical(
         values["switch_id"] = pl.lit(switch_id)
     elif "switch_id" not in values:
         values["switch_id"] = pl.lit(profile.switch_id or "")
+    # A line of the wrong width was read field by field, so its cdr_id is where it should
+    # be; in any other broken line (bad quotes, bytes) no field is trusted.
+    readable = pl.col("framing").is_null() | pl.col("framing").str.starts_with("wrong number of columns")
+    values["cdr_id"] = pl.when(readable).then(values["cdr_id"]).otherwise(pl.lit(""))
     frame = fields.select(
         "line",
         "framing",
