@@ -177,7 +177,6 @@ def _bytes_per_line(data: bytes, ends: np.ndarray, value: int) -> np.ndarray:
     hits = np.flatnonzero(buffer == value)
     return np.bincount(np.searchsorted(ends, hits), minlength=len(ends)).astype(np.int64)[: len(ends)]
 
-
 def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Start and end offsets of each physical line, without its ``\\n`` or ``\\r\\n``."""
     buffer = np.frombuffer(data, dtype=np.uint8)

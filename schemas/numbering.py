@@ -90,42 +90,43 @@ def _work_out(distinct: pl.DataFrame) -> pl.DataFrame:
         .when(pl.col("digits").str.contains(r"^1\d{10}$"))
         .then(pl.col("digits"))
         .alias("national"),
-        pl.when(pl.col("digits").str.contains(r"^(?:\+|00)[1-9]\d*$") & ~pl.col("digits").str.contains(r"^(?:\+|00)86"))
-        .then(pl.col("digits").str.replace(r"^(?:\+|00)", ""))
-        .alias("foreign"),
     )
     national = pl.col("national")
+    mobile = national.str.contains(r"^1[3-9]\d{9}$")
     frame = frame.with_columns(
-        pl.when(national.str.contains(r"^1[3-9]\d{9}$")).then(national.str.slice(0, 7)).alias("segment"),
-        pl.when(national.is_not_null() & ~national.str.contains(r"^1[3-9]\d{9}$")).then(national).alias("fixed"),
+        pl.when(mobile).then(national.str.slice(0, 7)).alias("segment"),
+        pl.when(national.is_not_null() & ~mobile).then(national).alias("fixed"),
     )
     segments = _segment_areas().select("segment", pl.col("area_code").alias("mobile_area"))
     frame = frame.join(segments, on="segment", how="left", maintain_order="left")
     frame = frame.with_columns(
-        pl.col("fixed").str.contains(f"^(?:{_cn_fixed_line_pattern()})$").alias("fixed_valid"),
+        pl.col("fixed").str.contains(f"^(?:{_cn_fixed_line_pattern()})$").fill_null(False).alias("fixed_valid"),
     )
-    lengths = _area_code_lengths(frame.filter(pl.col("fixed_valid").fill_null(False)).get_column("fixed"))
+    lengths = _area_code_lengths(frame.filter(pl.col("fixed_valid")).get_column("fixed"))
+    code_length = pl.format("{}:{}", pl.col("fixed").str.slice(0, 4), pl.col("fixed").str.len_chars()).replace_strict(
+        lengths, default=None, return_dtype=pl.Int64
+    )
     frame = frame.with_columns(
-        pl.format("{}:{}", pl.col("fixed").str.slice(0, 4), pl.col("fixed").str.len_chars())
-        .replace_strict(lengths, default=None, return_dtype=pl.Int64)
-        .alias("code_length"),
-        _country_code(pl.col("foreign")).alias("country_code"),
+        pl.when(pl.col("mobile_area").is_not_null())
+        .then(pl.col("mobile_area"))
+        .when(pl.col("fixed_valid"))
+        .then(pl.concat_str(pl.lit("0"), pl.col("fixed").str.slice(0, code_length)))
+        .alias("area")
     )
-    shown = pl.format("'{}'", raw.str.slice(0, 40))
-    valid_fixed = pl.col("fixed_valid").fill_null(False) & pl.col("code_length").is_not_null()
+    found = frame.filter(pl.col("area").is_not_null()).select("number", "area", pl.lit(None, pl.String).alias("problem"))
+    # The rest is abroad, or has no area: worked out on those few rows only.
+    rest = frame.filter(pl.col("area").is_null()).with_columns(
+        pl.when(pl.col("digits").str.contains(r"^(?:\+|00)[1-9]\d*$") & pl.col("national").is_null())
+        .then(pl.col("digits").str.replace(r"^(?:\+|00)", ""))
+        .alias("foreign"),
+    )
+    rest = rest.with_columns(_country_code(pl.col("foreign")).alias("country_code"))
     foreign_ok = (
         pl.col("country_code").is_not_null()
         & (pl.col("foreign").str.len_chars() <= _E164_MAX_DIGITS)
         & (pl.col("foreign").str.len_chars() - pl.col("country_code").str.len_chars() >= _FOREIGN_MIN_NATIONAL_DIGITS)
     )
-    area = (
-        pl.when(pl.col("mobile_area").is_not_null())
-        .then(pl.col("mobile_area"))
-        .when(valid_fixed)
-        .then(pl.concat_str(pl.lit("0"), pl.col("fixed").str.slice(0, pl.col("code_length"))))
-        .when(foreign_ok)
-        .then(pl.concat_str(pl.lit("+"), pl.col("country_code")))
-    )
+    shown = pl.format("'{}'", raw.str.slice(0, 40))
     problem = (
         pl.when(raw == "")
         .then(pl.lit("is empty (withheld or not recorded)"))
@@ -141,11 +142,12 @@ def _work_out(distinct: pl.DataFrame) -> pl.DataFrame:
         .then(pl.format("{} is not a number with an area code: a local number without its area code?", shown))
         .otherwise(pl.format("{} is not a telephone number with an area", shown))
     )
-    return frame.select(
+    abroad = rest.select(
         "number",
-        area.alias("area"),
-        pl.when(area.is_null()).then(problem).alias("problem"),
+        pl.when(foreign_ok).then(pl.concat_str(pl.lit("+"), pl.col("country_code"))).alias("area"),
+        pl.when(~foreign_ok).then(problem).alias("problem"),
     )
+    return pl.concat([found, abroad])
 
 
 def _country_code(foreign: pl.Expr) -> pl.Expr:
