@@ -329,6 +329,8 @@ class Feed:
             return Layout(self, names, {k: f"c{v.column}" for k, v in profile.columns.items()})
         assert header is not None
         names = _header_names(header, profile.delimiter)
+        # Columns are read under their positions (c1, c2, ...): a switch's own names may
+        # be anything, "line" and "framing" included.
         picked: dict[str, str] = {}
         for key, spec in profile.columns.items():
             if isinstance(spec.column, int):
@@ -337,12 +339,12 @@ class Feed:
                         f"line 1: the header has {len(names)} columns; profile key columns.{key} "
                         f"asks for column {spec.column}"
                     )
-                picked[key] = names[spec.column - 1]
+                picked[key] = f"c{spec.column}"
             elif spec.column not in names:
                 raise HeaderError(f"line 1: the header has no column {spec.column!r} (profile key columns.{key})")
             else:
-                picked[key] = spec.column
-        return Layout(self, names, picked)
+                picked[key] = f"c{names.index(spec.column) + 1}"
+        return Layout(self, tuple(f"c{i}" for i in range(1, len(names) + 1)), picked)
 
 
 def _header_names(header: bytes, delimiter: str) -> tuple[str, ...]:

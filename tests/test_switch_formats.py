@@ -355,7 +355,8 @@ def test_a_header_profile_names_a_missing_column(tmp_path: Path) -> None:
 
 
 def test_a_mapped_profile_with_names_regex_and_its_own_delimiter(tmp_path: Path) -> None:
-    """A semicolon-separated export with a header, a regex on the caller and a disposition map."""
+    """A semicolon-separated export with a header (one column named "line"), a regex on the
+    caller and a disposition map."""
     profile = _profile(tmp_path, """
 name = "acme"
 delimiter = ";"
@@ -377,10 +378,10 @@ disposition = "status"
 rules = [{ values = ["OK"], billsec = "positive", to = "ANSWERED" }, { values = ["OK"], billsec = "zero", to = "NO ANSWER" }]
 """)
     data = (
-        "id;from;to;forwarded;begin;connect;finish;talk;status\n"
-        "a1;tel:+8613800138000;4008001234;075512345678;02.03.2026 09:00:00;02.03.2026 09:00:05;02.03.2026 09:01:05;60;OK\n"
-        "a2;sip:anonymous;4008001234;075512345678;02.03.2026 09:00:00;;02.03.2026 09:00:20;0;OK\n"
-        "a3;tel:01062345678;4008001234;075512345678;02.03.2026 09:00:00;;02.03.2026 09:00:20;0;OK\n"
+        "id;from;to;forwarded;begin;connect;finish;talk;status;line\n"
+        "a1;tel:+8613800138000;4008001234;075512345678;02.03.2026 09:00:00;02.03.2026 09:00:05;02.03.2026 09:01:05;60;OK;7\n"
+        "a2;sip:anonymous;4008001234;075512345678;02.03.2026 09:00:00;;02.03.2026 09:00:20;0;OK;7\n"
+        "a3;tel:01062345678;4008001234;075512345678;02.03.2026 09:00:00;;02.03.2026 09:00:20;0;OK;7\n"
     ).encode()
     feed = Feed.of("mapped", profile=profile)
     header, body = data.split(b"\n", 1)
