@@ -99,36 +99,83 @@ def parse_chunk(
     columns
         Column names in file order, as returned by :func:`read_header`.
     """
-    columns = tuple(columns)
     if not data:
         return pl.DataFrame(schema=BATCH_SCHEMA)
+    return read_fields(data, first_line=first_line, columns=columns).select("line", *CDR_COLUMNS, "framing")
+
+
+def read_fields(
+    data: bytes,
+    *,
+    first_line: int,
+    columns: Sequence[str],
+    separator: str = ",",
+    quoted: bool = False,
+) -> pl.DataFrame:
+    """Split data lines into ``line``, one string column per name of ``columns``, ``framing``.
+
+    The framing rules of :func:`parse_chunk` for any delimited format: one physical line
+    is one record of ``len(columns)`` fields (or a ``framing`` problem). ``quoted``: most
+    fields are quoted (Asterisk, FreeSWITCH), so polars reads the quotes, and only lines
+    whose length differs from what was read are re-read one by one; otherwise quotes are
+    rare and every line holding one is re-read.
+    """
+    columns = tuple(columns)
+    if not data:
+        return pl.DataFrame(schema={"line": pl.Int64(), **{c: pl.String() for c in columns}, "framing": pl.String()})
     # polars reads one row per physical line (blank lines included): short lines come back
     # padded, long ones truncated, bad UTF-8 replaced. Those lines are then found by
     # comparing each line's length with the fields read, and judged one by one.
-    header = ",".join(columns).encode() + b"\n"
+    names = [f"_{i}" for i in range(len(columns))]
+    header = separator.join(names).encode() + b"\n"
+    starts, ends = _line_bounds(data)
+    quotes = np.zeros(len(starts), dtype=np.int64)
+    readable = data
+    if quoted and b'"' in data:
+        # Quotes per line; a line with an odd count is broken (and would swallow the next
+        # lines into one field): its quotes are hidden from polars, the line judged below.
+        quotes = _bytes_per_line(data, ends, ord('"'))
+        if (quotes % 2).any():
+            buffer = np.frombuffer(data, dtype=np.uint8).copy()
+            at = np.flatnonzero(buffer == ord('"'))
+            buffer[at[(quotes % 2 == 1)[np.searchsorted(ends, at)]]] = ord("'")
+            readable = buffer.tobytes()
     bad_utf8 = False
     try:
-        frame = _read(header + data, "utf8")
+        frame = _read(header + readable, "utf8", separator, quoted)
     except pl.exceptions.ComputeError:
         # Bytes that are not UTF-8 somewhere: read them replaced, find their lines below.
-        frame, bad_utf8 = _read(header + data, "utf8-lossy"), True
-    starts, ends = _line_bounds(data)
+        frame, bad_utf8 = _read(header + readable, "utf8-lossy", separator, quoted), True
+    frame = frame.rename(dict(zip(names, columns, strict=True)))
     if frame.height != len(starts):  # pragma: no cover - guards the reader's line model
         raise ValueError(f"read {frame.height} rows from {len(starts)} lines")
     read_bytes = pl.sum_horizontal(pl.col(c).str.len_bytes() for c in columns) + (len(columns) - 1)
+    if quotes.any():
+        # A quoted field is written as its value, its quotes doubled, between two quotes.
+        read_bytes = read_bytes - pl.sum_horizontal(
+            pl.col(c).str.count_matches('"', literal=True).fill_null(0) for c in columns
+        )
     lengths = ends - starts
-    odd = (frame.select(read_bytes.cast(pl.Int64)).to_series().to_numpy() != lengths) | (lengths > MAX_LINE_BYTES)
+    odd = (frame.select(read_bytes.cast(pl.Int64)).to_series().to_numpy() + quotes != lengths) | (
+        lengths > MAX_LINE_BYTES
+    )
     suspects = set(np.flatnonzero(odd).tolist())
-    suspects.update(_rows_with_bytes(data, ends, (0, ord('"'))))
+    suspects.update(_rows_with_bytes(data, ends, (0,) if quoted else (0, ord('"'))))
     if bad_utf8 or _REPLACEMENT_CHARACTER in data:
         replaced = pl.any_horizontal(pl.col(c).str.contains("\ufffd", literal=True) for c in columns)
         suspects.update(np.flatnonzero(frame.select(replaced).to_series().to_numpy()).tolist())
     framing = pl.Series("framing", [None] * frame.height, dtype=pl.String)
     if suspects:
-        frame, framing = _judge_rows(frame, framing, data, starts, ends, sorted(suspects), columns)
+        frame, framing = _judge_rows(frame, framing, data, starts, ends, sorted(suspects), columns, separator)
     line = pl.int_range(first_line, first_line + frame.height, dtype=pl.Int64, eager=True).alias("line")
-    return frame.with_columns(line, framing).select("line", *CDR_COLUMNS, "framing")
+    return frame.with_columns(line, framing).select("line", *columns, "framing")
 
+
+def _bytes_per_line(data: bytes, ends: np.ndarray, value: int) -> np.ndarray:
+    """How many bytes of ``value`` each line holds."""
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    hits = np.flatnonzero(buffer == value)
+    return np.bincount(np.searchsorted(ends, hits), minlength=len(ends)).astype(np.int64)[: len(ends)]
 
 def _line_bounds(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """Start and end offsets of each physical line, without its ``\\n`` or ``\\r\\n``."""
@@ -150,12 +197,13 @@ def _rows_with_bytes(data: bytes, ends: np.ndarray, values: tuple[int, ...]) -> 
     return np.unique(np.searchsorted(ends, hits)).tolist()
 
 
-def _read(data: bytes, encoding: str) -> pl.DataFrame:
+def _read(data: bytes, encoding: str, separator: str = ",", quoted: bool = False) -> pl.DataFrame:
     return pl.read_csv(
         data,
         has_header=True,
         infer_schema=False,
-        quote_char=None,
+        separator=separator,
+        quote_char='"' if quoted else None,
         truncate_ragged_lines=True,
         empty_string_is_null=False,
         encoding=encoding,
@@ -170,12 +218,13 @@ def _judge_rows(
     ends: np.ndarray,
     rows: list[int],
     columns: tuple[str, ...],
+    separator: str = ",",
 ) -> tuple[pl.DataFrame, pl.Series]:
     """Re-read the suspect lines from their bytes; broken ones keep only their first field."""
     broken: dict[int, str] = {}
     quoted: dict[int, list[str]] = {}
     for row in rows:
-        problem, fields = _judge_line(data[starts[row] : ends[row]], len(columns))
+        problem, fields = _judge_line(data[starts[row] : ends[row]], len(columns), separator)
         if problem is not None:
             broken[row] = problem
         elif fields is not None:
@@ -187,7 +236,7 @@ def _judge_rows(
         for name, value in zip(columns, fields, strict=True):
             values[name][row] = value
     for row in broken:
-        values[columns[0]][row] = _first_field(data[starts[row] : ends[row]])
+        values[columns[0]][row] = _first_field(data[starts[row] : ends[row]], separator)
     frame = frame.with_columns(
         frame.get_column(name).scatter(list(patch), pl.Series(list(patch.values()), dtype=pl.String))
         for name, patch in values.items()
@@ -198,7 +247,7 @@ def _judge_rows(
     return frame, framing
 
 
-def _judge_line(raw: bytes, width: int) -> tuple[str | None, list[str] | None]:
+def _judge_line(raw: bytes, width: int, separator: str = ",") -> tuple[str | None, list[str] | None]:
     """(framing problem, fields when the line is sound but needs the CSV quoting rules)."""
     try:
         text = raw.decode("utf-8")
@@ -213,16 +262,16 @@ def _judge_line(raw: bytes, width: int) -> tuple[str | None, list[str] | None]:
         return f"line longer than {MAX_LINE_BYTES} bytes ({len(raw)} bytes)", None
     if '"' in text:
         try:
-            fields = next(csv.reader([text], strict=True))
+            fields = next(csv.reader([text], strict=True, delimiter=separator))
         except (csv.Error, StopIteration):
             return "unbalanced quotes", None
     else:
-        fields = text.split(",")
+        fields = text.split(separator)
     if len(fields) != width:
         return f"wrong number of columns: {len(fields)} (expected {width})", None
     return None, fields if '"' in text else None
 
 
-def _first_field(raw: bytes) -> str:
+def _first_field(raw: bytes, separator: str = ",") -> str:
     text = raw.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-    return text.split(",", 1)[0][:200]
+    return text.split(separator, 1)[0][:200]

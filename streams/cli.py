@@ -13,6 +13,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from schemas.money import format_money
+from schemas.switch_formats import Feed
+from streams.format_options import FormatOption, ProfileOption, SwitchIdOption, SwitchTimezoneOption, make_feed
 from tariffs import TariffError, Tariffs, load_tariffs
 
 app = typer.Typer(
@@ -97,31 +99,45 @@ def plans_check(plans: PlansOption, accounts: AccountsOption, json_: JsonOption 
     )
 
 
+def feed_or_fail(kind: str, profile: Path | None, switch_timezone: str | None, switch_id: str | None) -> Feed:
+    """The feed of the format options, or a clean exit naming the option or profile key."""
+    try:
+        return make_feed(kind, profile, switch_timezone, switch_id)
+    except ValueError as exc:  # ProfileError included
+        raise fail(str(exc)) from None
+
+
 def _money_or_dash(units: int | None) -> str:
     return "-" if units is None else format_money(units)
 
 
 @app.command()
 def rate(
-    cdrs: Annotated[Path, typer.Argument(help="Canonical CDR CSV file (spec 2.3).")],
+    cdrs: Annotated[Path, typer.Argument(help="CDR file: canonical CSV (spec 2.3), or what --format says.")],
     plans: PlansOption,
     accounts: AccountsOption,
     out: Annotated[Path, typer.Option("--out", help="Folder for rated.csv, rejected.csv, alerts.csv.")],
+    format_: FormatOption = "canonical",
+    profile: ProfileOption = None,
+    switch_timezone: SwitchTimezoneOption = None,
+    switch_id: SwitchIdOption = None,
     json_: JsonOption = False,
 ) -> None:
     """Rate a CDR file offline into rated.csv, rejected.csv and alerts.csv.
 
     Example: cdrflow rate cdrs.csv --plans plans/ --accounts accounts.toml --out out/
+    (a switch's own file: --format asterisk Master.csv, or --format mapped --profile fs.toml)
     """
     from rating import Catalog
     from streams.rate_files import InputError, rate_file
 
+    feed = feed_or_fail(format_, profile, switch_timezone, switch_id)
     catalog = Catalog.from_tariffs(load_or_fail(plans, accounts))
     size = cdrs.stat().st_size if cdrs.is_file() else 0
     with _progress(disable=json_) as bar:
         task = bar.add_task(f"rating {cdrs.name}", total=size)
         try:
-            summary = rate_file(cdrs, catalog, out, progress=lambda done: bar.update(task, completed=done))
+            summary = rate_file(cdrs, catalog, out, progress=lambda done: bar.update(task, completed=done), feed=feed)
         except InputError as exc:
             raise fail(str(exc)) from None
     figures = {
@@ -134,12 +150,13 @@ def rate(
         "seconds": round(summary.seconds, 3),
         "cdrs_per_second": round(summary.cdrs_per_second),
         "out": str(out),
+        "format": feed.describe(),
     }
     if json_:
         console.print_json(data=figures)
         return
     table = outcome_table(
-        f"{cdrs} -> {out}",
+        f"{cdrs} ({feed.describe()}) -> {out}",
         lines=summary.cdrs,
         rated=summary.rated,
         unbilled=summary.unbilled,
@@ -187,6 +204,14 @@ def generate(
     accounts: Annotated[int, typer.Option("--accounts", min=1, help="Number of accounts.")] = 2_000,
     month: Annotated[str, typer.Option("--month", help="Month of traffic, YYYY-MM.")] = "2026-03",
     seed: Annotated[int, typer.Option("--seed", help="Random seed: same seed, same files.")] = 7,
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="canonical (cdrs.csv) or asterisk (Master.csv): the same calls in either format.",
+            show_default=True,
+        ),
+    ] = "canonical",
     json_: JsonOption = False,
 ) -> None:
     """Generate a month of realistic synthetic traffic in the layout of a vector set.
@@ -200,7 +225,7 @@ def generate(
         try:
             made = generate_dataset(
                 out, cdrs=cdrs, accounts=accounts, month=month, seed=seed,
-                progress=lambda done: bar.update(task, completed=done),
+                progress=lambda done: bar.update(task, completed=done), cdr_format=format_,
             )
         except ValueError as exc:
             raise fail(str(exc)) from None

@@ -24,6 +24,7 @@ What makes the data realistic enough to exercise every rule of the rating contra
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import shutil
 from collections.abc import Callable
@@ -37,6 +38,7 @@ import polars as pl
 import tariffs
 from schemas.columns import CDR_COLUMNS, CDR_HEADER, DISPOSITIONS
 from schemas.money import money_expr
+from schemas.numbering import mobile_segments
 
 # Asia/Shanghai has kept UTC+08:00 without daylight saving since 1991, so local wall-clock
 # seconds and the offset can be handled as plain integers.
@@ -77,10 +79,15 @@ _DOMESTIC_AREAS: tuple[str, ...] = (
 )  # fmt: skip
 _DOMESTIC_AREA_WEIGHTS = np.array([14, 14, 9, 10, 7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 3, 3], dtype=float)
 _DOMESTIC_AREA_P = _DOMESTIC_AREA_WEIGHTS / _DOMESTIC_AREA_WEIGHTS.sum()
-_INTERNATIONAL_AREAS: tuple[str, ...] = ("+1", "+44", "0044", "+852")
+#: International callers: the area written (``+`` country code, as numbers give it) and
+#: what is dialled before the 8 digits drawn (a London number once written with ``00``).
+_INTERNATIONAL_AREAS: tuple[str, ...] = ("+1", "+44", "+44", "+852")
+_INTERNATIONAL_DIAL: tuple[str, ...] = ("+121", "+4420", "004420", "+852")
 _INTERNATIONAL_AREA_P = np.array([3, 2, 1, 4]) / 10
 #: Every area code; an index below ``len(_DOMESTIC_AREAS)`` is domestic.
 _AREAS: tuple[str, ...] = _DOMESTIC_AREAS + _INTERNATIONAL_AREAS
+#: What a number of each area starts with, before the 8 digits of a landline.
+_DIAL_PREFIXES: tuple[str, ...] = _DOMESTIC_AREAS + _INTERNATIONAL_DIAL
 _LOCAL_SHARE = 0.6
 _INTERNATIONAL_SHARE = 0.01
 
@@ -112,12 +119,6 @@ _BILLSEC_SIGMA = 1.1  # P(billsec > 1 h) is about 0.04 %
 _BILLSEC_MAX_S = 5 * 3600
 _ZERO_BILLSEC_SHARE = 0.003  # answered, then hung up at once: unbilled (spec 4 step 6)
 
-# 3-digit mobile prefixes of the three carriers.
-_MOBILE_PREFIXES = np.array(
-    [130, 131, 132, 133, 134, 135, 136, 137, 138, 139, 150, 151, 152, 153, 155, 156,
-     157, 158, 159, 166, 176, 177, 178, 180, 181, 182, 183, 185, 186, 187, 188, 189, 199],
-    dtype=np.int64,
-)  # fmt: skip
 _MOBILE_CALLER_SHARE = 0.7
 _MOBILE_ANSWER_SHARE = 0.2  # calls forwarded to a mobile instead of the office line
 
@@ -131,6 +132,8 @@ _MALFORMED_KINDS: tuple[str, ...] = (
     "negative_billsec",
     "misspelt_disposition",
 )
+#: Formats cdrflow generate writes, and the file each writes.
+CDR_FILE_NAMES: dict[str, str] = {"canonical": "cdrs.csv", "asterisk": "Master.csv"}
 #: Lines formatted and written per step (and per ``progress`` call).
 _WRITE_STEP = 250_000
 
@@ -166,6 +169,7 @@ def generate_dataset(
     month: str,
     seed: int,
     progress: Callable[[int], None] | None = None,
+    cdr_format: str = "canonical",
 ) -> GeneratedDataset:
     """Write a realistic data set: reference plans, accounts and a month of CDRs.
 
@@ -191,6 +195,12 @@ def generate_dataset(
     progress
         Called a few times with the number of CDR lines written so far (the last call
         with ``cdrs``).
+    cdr_format
+        ``canonical`` writes ``cdrs.csv``; ``asterisk`` writes the same calls as Asterisk
+        cdr_csv's ``Master.csv`` (no header, 18 quoted columns, local times of
+        Asia/Shanghai, the answer number in ``userfield``), its broken lines broken the
+        same way. Numbers are consistent with the areas either way: the areas derived
+        from them (``schemas.numbering``) are those of the canonical file.
 
     Returns
     -------
@@ -216,6 +226,8 @@ def generate_dataset(
     50
     """
     first_day, days = _parse_month(month)
+    if cdr_format not in CDR_FILE_NAMES:
+        raise ValueError(f"format must be one of {', '.join(CDR_FILE_NAMES)}, got {cdr_format!r}")
     if cdrs < 0 or accounts < 0:
         raise ValueError(f"cdrs and accounts must not be negative, got cdrs={cdrs}, accounts={accounts}")
     if cdrs > 0 and accounts == 0:
@@ -239,8 +251,8 @@ def generate_dataset(
 
     calls = _draw_calls(rng, book, cdrs - n_resent, first_day=first_day, days=days)
     log = _with_defects(rng, calls, book, n_resent=n_resent, n_unknown=n_unknown, n_malformed=n_malformed)
-    cdrs_file = out / "cdrs.csv"
-    _write_cdrs(log, cdrs_file, progress)
+    cdrs_file = out / CDR_FILE_NAMES[cdr_format]
+    _write_cdrs(log, cdrs_file, progress, asterisk=cdr_format == "asterisk")
 
     return GeneratedDataset(
         root=out,
@@ -448,7 +460,8 @@ def _draw_calls(rng: np.random.Generator, book: _Book, n: int, *, first_day: dat
 
     caller_mobile = (rng.random(n) < _MOBILE_CALLER_SHARE) & ~international
     answer_mobile = rng.random(n) < _MOBILE_ANSWER_SHARE
-    landline = rng.integers(20_000_000, 90_000_000, size=(2, n))  # 8 digits after the area code
+    # 8 digits after the area code; a local number starts with 2-7 in every area.
+    landline = rng.integers(20_000_000, 80_000_000, size=(2, n))
     calls = pl.DataFrame(
         {
             "switch": switch,
@@ -456,9 +469,9 @@ def _draw_calls(rng: np.random.Generator, book: _Book, n: int, *, first_day: dat
             "caller_area": caller_area,
             "answer_area": home,
             # Digits after the area code (landlines, abroad) or the whole mobile number.
-            "caller_tail": np.where(caller_mobile, _mobile_numbers(rng, n), landline[0]),
+            "caller_tail": np.where(caller_mobile, _mobile_numbers(rng, caller_area), landline[0]),
             "caller_mobile": caller_mobile,
-            "answer_tail": np.where(answer_mobile, _mobile_numbers(rng, n), landline[1]),
+            "answer_tail": np.where(answer_mobile, _mobile_numbers(rng, home), landline[1]),
             "answer_mobile": answer_mobile,
             "start": start + local_epoch,
             "answer": np.where(answered, start + ring + local_epoch, -1),  # -1: not answered
@@ -473,8 +486,24 @@ def _draw_calls(rng: np.random.Generator, book: _Book, n: int, *, first_day: dat
     return calls.with_columns(seq=pl.int_range(1, pl.len() + 1).over("switch"))
 
 
-def _mobile_numbers(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.choice(_MOBILE_PREFIXES, size=n) * 100_000_000 + rng.integers(0, 100_000_000, size=n)
+def _mobile_numbers(rng: np.random.Generator, area: np.ndarray) -> np.ndarray:
+    """A mobile number of each (domestic) area: one of its segments (号段), then 4 digits."""
+    segments = _area_segments()
+    counts = np.array([len(s) for s in segments])
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    domestic = np.minimum(area, len(_DOMESTIC_AREAS) - 1)
+    pick = starts[domestic] + (rng.random(len(area)) * counts[domestic]).astype(np.int64)
+    return np.concatenate(segments)[pick] * 10_000 + rng.integers(0, 10_000, size=len(area))
+
+
+@functools.cache
+def _area_segments() -> tuple[np.ndarray, ...]:
+    """The mobile segments of each domestic area, from the segment database."""
+    found = tuple(mobile_segments(code) for code in _DOMESTIC_AREAS)
+    empty = [code for code, segments in zip(_DOMESTIC_AREAS, found, strict=True) if len(segments) == 0]
+    if empty:  # pragma: no cover - the database has segments for every big city
+        raise ValueError(f"no mobile segments known for areas {', '.join(empty)}")
+    return found
 
 
 def _with_defects(
@@ -515,12 +544,17 @@ def _with_defects(
     )
 
 
-def _write_cdrs(log: pl.DataFrame, path: Path, progress: Callable[[int], None] | None) -> None:
-    """Format the log as canonical CSV lines and write them in steps, reporting progress."""
+def _write_cdrs(
+    log: pl.DataFrame, path: Path, progress: Callable[[int], None] | None, *, asterisk: bool = False
+) -> None:
+    """Format the log as CSV lines and write them in steps, reporting progress."""
     with path.open("wb") as handle:
-        handle.write((CDR_HEADER + "\n").encode())
+        if not asterisk:
+            handle.write((CDR_HEADER + "\n").encode())
         for offset in range(0, log.height, _WRITE_STEP):
             lines = _format_lines(log.slice(offset, _WRITE_STEP))
+            if asterisk:
+                lines = _asterisk_lines(log.slice(offset, _WRITE_STEP))
             # Lines are already joined; "never" keeps polars from quoting the commas in them.
             lines.to_frame().write_csv(
                 handle, include_header=False, quote_style="never", line_terminator="\n"
@@ -533,22 +567,37 @@ def _write_cdrs(log: pl.DataFrame, path: Path, progress: Callable[[int], None] |
 
 def _format_lines(calls: pl.DataFrame) -> pl.Series:
     """One canonical CSV line per call (spec 2.3); the ``malformed`` ones broken on purpose."""
+    fields = _call_fields(calls)
+    lines = fields.select(pl.concat_str(CDR_COLUMNS, separator=",").alias("line")).to_series()
+    broken = (fields["malformed"] > 0).arg_true()
+    if broken.len():
+        lines = lines.scatter(broken, _broken_lines(fields[broken]))
+    return lines
+
+
+def _call_fields(calls: pl.DataFrame) -> pl.DataFrame:
+    """The canonical fields of each call (spec 2.3), and its ``malformed`` kind."""
     areas = pl.Series(_AREAS)
+    dial = pl.Series(_DIAL_PREFIXES)
     caller_area = areas.gather(calls["caller_area"])
     answer_area = areas.gather(calls["answer_area"])
     switch = pl.Series(_SWITCHES).gather(calls["switch"])
-    fields = calls.with_columns(
-        switch=switch, caller_area_code=caller_area, answer_area_code=answer_area
+    return calls.with_columns(
+        switch=switch,
+        caller_area_code=caller_area,
+        answer_area_code=answer_area,
+        caller_dial=dial.gather(calls["caller_area"]),
+        answer_dial=dial.gather(calls["answer_area"]),
     ).select(
         cdr_id=pl.format("{}-{}", "switch", pl.col("seq").cast(pl.String).str.zfill(8)),
         switch_id="switch",
         caller=pl.when("caller_mobile")
         .then(pl.col("caller_tail").cast(pl.String))
-        .otherwise(pl.concat_str("caller_area_code", pl.col("caller_tail").cast(pl.String))),
+        .otherwise(pl.concat_str("caller_dial", pl.col("caller_tail").cast(pl.String))),
         called=pl.col("called").cast(pl.String),
         answer_number=pl.when("answer_mobile")
         .then(pl.col("answer_tail").cast(pl.String))
-        .otherwise(pl.concat_str("answer_area_code", pl.col("answer_tail").cast(pl.String))),
+        .otherwise(pl.concat_str("answer_dial", pl.col("answer_tail").cast(pl.String))),
         caller_area="caller_area_code",
         answer_area="answer_area_code",
         start_time=_timestamp("start"),
@@ -557,12 +606,64 @@ def _format_lines(calls: pl.DataFrame) -> pl.Series:
         billsec=pl.col("billsec").cast(pl.String),
         disposition=pl.Series(DISPOSITIONS).gather(calls["disposition"]),
         malformed="malformed",
+        # What Asterisk writes beside them: local wall-clock times and the durations.
+        start_local=_local_time("start"),
+        answer_local=pl.when(pl.col("answer") >= 0).then(_local_time("answer")).otherwise(pl.lit("")),
+        end_local=_local_time("end"),
+        duration=(pl.col("end") - pl.col("start")).cast(pl.String),
+        seq="seq",
     )
-    lines = fields.select(pl.concat_str(CDR_COLUMNS, separator=",").alias("line")).to_series()
-    broken = (fields["malformed"] > 0).arg_true()
-    if broken.len():
-        lines = lines.scatter(broken, _broken_lines(fields[broken]))
-    return lines
+
+
+def _local_time(column: str) -> pl.Expr:
+    return pl.from_epoch(column, time_unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _asterisk_lines(calls: pl.DataFrame) -> pl.Series:
+    """The calls as Asterisk cdr_csv Master.csv lines (loguniqueid=yes, loguserfield=yes).
+
+    The broken ones are broken as in the canonical file: a missing column (userfield),
+    a time not in the switch's format, a negative billsec, a misspelt disposition.
+    """
+    fields = _call_fields(calls)
+    kind = pl.col("malformed")
+    answered = pl.col("answer_local") != ""
+    quoted = {
+        "accountcode": pl.lit(""),
+        "src": pl.col("caller"),
+        "dst": pl.col("called"),
+        "dcontext": pl.lit("from-trunk"),
+        "clid": pl.format('"{}" <{}>', "caller", "caller"),
+        "channel": pl.format("SIP/trunk-{}", pl.col("seq").cast(pl.String).str.zfill(8)),
+        "dstchannel": pl.when(answered)
+        .then(pl.format("SIP/out-{}", pl.col("seq").cast(pl.String).str.zfill(8)))
+        .otherwise(pl.lit("")),
+        "lastapp": pl.lit("Dial"),
+        "lastdata": pl.format("SIP/out/{},60", "answer_number"),
+        "start": pl.when(kind == 1 + _MALFORMED_KINDS.index("timestamp_without_offset"))
+        .then(pl.col("start_local").str.replace(" ", "T", literal=True))
+        .otherwise("start_local"),
+        "answer": pl.col("answer_local"),
+        "end": pl.col("end_local"),
+        "duration": pl.col("duration"),
+        "billsec": pl.when(kind == 1 + _MALFORMED_KINDS.index("negative_billsec"))
+        .then(pl.format("-{}", pl.max_horizontal(pl.col("billsec").cast(pl.Int64), 1)))
+        .otherwise("billsec"),
+        "disposition": pl.when(kind == 1 + _MALFORMED_KINDS.index("misspelt_disposition"))
+        .then(pl.lit("ANSWERD"))
+        .otherwise("disposition"),
+        "amaflags": pl.lit("DOCUMENTATION"),
+        "uniqueid": pl.col("cdr_id"),
+        # null is skipped by concat_str(ignore_nulls=True), separator included: 17 fields.
+        "userfield": pl.when(kind == 1 + _MALFORMED_KINDS.index("missing_column"))
+        .then(None)
+        .otherwise("answer_number"),
+    }
+    escaped = [
+        pl.concat_str(pl.lit('"'), expr.str.replace_all('"', '""', literal=True), pl.lit('"')).alias(name)
+        for name, expr in quoted.items()
+    ]
+    return fields.select(pl.concat_str(escaped, separator=",", ignore_nulls=True).alias("line")).to_series()
 
 
 def _timestamp(column: str) -> pl.Expr:

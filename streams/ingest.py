@@ -38,7 +38,7 @@ from typing import Any, Final, Literal
 
 import polars as pl
 
-from schemas.cdr_csv import parse_chunk
+from schemas.switch_formats import Feed
 from schemas.messages import cdr_chunk_value, frame_value
 from streams.kafka_io import (
     BrokerError,
@@ -156,9 +156,9 @@ def spool_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.csv") if p.is_file() and not p.name.startswith("."))
 
 
-def check_file(path: Path) -> SpoolFile:
+def check_file(path: Path, feed: Feed | None = None) -> SpoolFile:
     """Open, check the header and hash a CDR file; :class:`InputError` says what is wrong."""
-    handle, _, header = open_cdr_file(path)
+    handle, _, header = open_cdr_file(path, feed)
     with handle:
         digest = hashlib.sha256(header)
         size = len(header)
@@ -271,6 +271,7 @@ def ingest_paths(
     force: bool = False,
     topic_prefix: str = "",
     progress: Callable[[int, int], None] | None = None,
+    feed: Feed | None = None,
 ) -> IngestRun:
     """Ingest CDR files (folders: every ``*.csv`` in them), all checked before any is sent.
 
@@ -289,7 +290,7 @@ def ingest_paths(
         The broker is unreachable, a topic is missing, or it refused messages.
     """
     started = time.perf_counter()
-    files = [check_file(path) for path in expand_paths(paths)]
+    files = [check_file(path, feed) for path in expand_paths(paths)]
     _require_all_topics(settings, topic_prefix)
     if not force:
         problems = refusals(files, ingested_files(settings, topic_prefix=topic_prefix))
@@ -303,7 +304,9 @@ def ingest_paths(
     try:
         for spool in files:
             report = None if progress is None else (lambda done, base=done_before: progress(base + done, total))
-            results.append(send_file(sender, spool, numbers, _Topics.under(topic_prefix), force=force, progress=report))
+            results.append(
+                send_file(sender, spool, numbers, _Topics.under(topic_prefix), force=force, progress=report, feed=feed)
+            )
             done_before += spool.size
     finally:
         sender.close()
@@ -318,21 +321,25 @@ def send_file(
     *,
     force: bool = False,
     progress: Callable[[int], None] | None = None,
+    feed: Feed | None = None,
 ) -> FileResult:
-    """Send one checked file's lines and, once the broker has them all, its ``ingest.files`` event."""
+    """Send one checked file's lines and, once the broker has them all, its ``ingest.files`` event.
+
+    ``feed``: the file's format (default canonical); its lines become canonical ones here.
+    """
     started = time.perf_counter()
     result = FileResult(path=spool.path, sha256=spool.sha256, ingest_id=new_ingest_id(spool.sha256), forced=force)
     source = spool.path.name
     digest = hashlib.sha256()
-    handle, columns, header = open_cdr_file(spool.path)
+    handle, layout, header = open_cdr_file(spool.path, feed)
     with handle:
         digest.update(header)
         result.bytes = len(header)
-        next_line = 2
+        next_line = layout.first_line
         chunker = AccountChunker()
         for piece in iter_chunks(handle, INGEST_CHUNK_BYTES):
             digest.update(piece)
-            batch = parse_chunk(piece, first_line=next_line, columns=columns)
+            batch = layout.parse(piece, next_line)
             next_line += batch.height
             routed = route(batch, account_of_number, source=source, ingest_id=result.ingest_id)
             _send_chunks(sender, topics.raw, chunker.add(routed.accepted), source, result)
@@ -451,6 +458,7 @@ def follow(
     poll_s: float = 0.5,
     settle_s: float = 1.0,
     retry_s: float = 5.0,
+    feed: Feed | None = None,
 ) -> None:
     """Ingest each ``*.csv`` that is, or comes to be, complete in ``folder`` until ``stop`` is set.
 
@@ -473,7 +481,9 @@ def follow(
                     break
                 watch.forget(path)
                 try:
-                    event = _follow_one(settings, sender, path, folder, topics, force, topic_prefix, on_progress)
+                    event = _follow_one(
+                        settings, sender, path, folder, topics, force, topic_prefix, on_progress, feed
+                    )
                 except (BrokerError, NothingLoaded) as error:
                     on_event(FollowEvent("error", path, str(error)))
                     stop.wait(retry_s)
@@ -493,10 +503,11 @@ def _follow_one(
     force: bool,
     topic_prefix: str,
     on_progress: Callable[[Path, int, int], None] | None,
+    feed: Feed | None = None,
 ) -> FollowEvent:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     try:
-        spool = check_file(path)
+        spool = check_file(path, feed)
     except InputError as error:
         if not path.exists():
             return FollowEvent("error", path, str(error))
@@ -507,5 +518,5 @@ def _follow_one(
             return FollowEvent("refused", path, problems[0], moved_to=_move(path, folder / "refused", stamp))
     numbers = _routing_table(settings, topic_prefix)
     report = None if on_progress is None else (lambda done: on_progress(path, done, spool.size))
-    result = send_file(sender, spool, numbers, topics, force=force, progress=report)
+    result = send_file(sender, spool, numbers, topics, force=force, progress=report, feed=feed)
     return FollowEvent("ingested", path, result=result, moved_to=_move(path, folder / "done", result.ingest_id))

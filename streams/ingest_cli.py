@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.money import format_money
+from streams.format_options import FormatOption, ProfileOption, SwitchIdOption, SwitchTimezoneOption
 
 if TYPE_CHECKING:
     from streams.ingest import FollowEvent, IngestRun
@@ -128,6 +129,10 @@ def ingest(
     timeout: Annotated[
         float, typer.Option("--timeout", min=1, help="Seconds --wait waits for the lines to land.")
     ] = 600.0,
+    format_: FormatOption = "canonical",
+    profile: ProfileOption = None,
+    switch_timezone: SwitchTimezoneOption = None,
+    switch_id: SwitchIdOption = None,
     json_: JsonOption = False,
 ) -> None:
     """Send CDR files to the workers, each line to its account's partition in file order.
@@ -144,11 +149,15 @@ def ingest(
     from streams.rate_files import InputError
 
     cli = _cli()
+    try:
+        feed = cli.make_feed(format_, profile, switch_timezone, switch_id)
+    except ValueError as error:
+        raise cli.fail(str(error), EXIT_BAD_INPUT) from None
     settings = _settings()
     if follow_:
         if len(paths) != 1:
             raise cli.fail("--follow watches one spool folder; give exactly one", EXIT_BAD_INPUT)
-        _follow(settings, paths[0], force=force, wait=wait, timeout=timeout, json_=json_)
+        _follow(settings, paths[0], force=force, wait=wait, timeout=timeout, json_=json_, feed=feed)
         return
     started = time.perf_counter()
     try:
@@ -161,7 +170,7 @@ def ingest(
                     tasks.append(bar.add_task("ingesting", total=total))
                 bar.update(tasks[0], completed=done)
 
-            run = ingest_paths(settings, paths, force=force, progress=progress)
+            run = ingest_paths(settings, paths, force=force, progress=progress, feed=feed)
     except InputError as error:
         raise cli.fail(str(error), EXIT_BAD_INPUT) from None
     except NothingLoaded as error:
@@ -288,7 +297,9 @@ def _print_landed(landed: Landed, lines: int, seconds: float) -> None:
         )
     )
 
-def _follow(settings: Settings, folder: Path, *, force: bool, wait: bool, timeout: float, json_: bool) -> None:
+def _follow(
+    settings: Settings, folder: Path, *, force: bool, wait: bool, timeout: float, json_: bool, feed: Any = None
+) -> None:
     """Run :func:`streams.ingest.follow` in a thread, so Ctrl-C lets the file being sent finish."""
     from streams.ingest import check_spool_folder, follow
     from streams.kafka_io import BrokerError
@@ -351,7 +362,7 @@ def _follow(settings: Settings, folder: Path, *, force: bool, wait: bool, timeou
 
     def run() -> None:
         try:
-            follow(settings, folder, force=force, on_event=on_event, on_progress=on_progress, stop=stop)
+            follow(settings, folder, force=force, on_event=on_event, on_progress=on_progress, stop=stop, feed=feed)
         except BaseException as error:  # handed to the main thread, which reports it
             failure.append(error)
 

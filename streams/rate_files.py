@@ -18,7 +18,8 @@ from typing import IO
 import polars as pl
 
 from rating import Catalog, RatingResult, RatingState, rate
-from schemas.cdr_csv import HeaderError, parse_chunk, read_header
+from schemas.cdr_csv import HeaderError
+from schemas.switch_formats import Feed, Layout
 from schemas.columns import ALERT_COLUMNS, MONEY_COLUMNS, RATED_COLUMNS, RATED_EXPLAIN_COLUMNS, REJECTED_COLUMNS
 from schemas.money import money_expr
 
@@ -74,14 +75,14 @@ def iter_chunks(handle: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[b
 
 
 def _parsed_chunks(
-    handle: IO[bytes], columns: tuple[str, ...], chunk_bytes: int, pool: ThreadPoolExecutor
+    handle: IO[bytes], layout: Layout, chunk_bytes: int, pool: ThreadPoolExecutor
 ) -> Iterator[tuple[int, pl.DataFrame]]:
     """(bytes, raw batch) per chunk, parsing one chunk ahead in ``pool``."""
     chunks = iter_chunks(handle, chunk_bytes)
-    next_line = 2
+    next_line = layout.first_line
 
     def parse(chunk: bytes, first_line: int) -> tuple[int, pl.DataFrame]:
-        return len(chunk), parse_chunk(chunk, first_line=first_line, columns=columns)
+        return len(chunk), layout.parse(chunk, first_line)
 
     pending: Future[tuple[int, pl.DataFrame]] | None = None
     for chunk in chunks:
@@ -95,12 +96,15 @@ def _parsed_chunks(
         yield pending.result()
 
 
-def open_cdr_file(path: Path) -> tuple[IO[bytes], tuple[str, ...], bytes]:
-    """Open a CDR file and read its header: ``(handle, columns, header line)``.
+def open_cdr_file(path: Path, feed: Feed | None = None) -> tuple[IO[bytes], Layout, bytes]:
+    """Open a CDR file of ``feed``'s format (default canonical) and read its header:
+    ``(handle at the first data line, layout, header line)``; a headerless format's
+    header line is ``b""``.
 
     :class:`InputError` names the file and says what is wrong (missing, a folder,
-    unreadable, empty, not the CDR header).
+    unreadable, empty, not the header the format needs).
     """
+    feed = feed or Feed.canonical()
     try:
         handle = path.open("rb")
     except FileNotFoundError:
@@ -109,12 +113,14 @@ def open_cdr_file(path: Path) -> tuple[IO[bytes], tuple[str, ...], bytes]:
         raise InputError(f"{path}: is a folder, expected a CDR CSV file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not feed.has_header:
+        return handle, feed.layout(None), b""
     header = handle.readline()
     try:
         if not header.strip():
             raise InputError(f"{path}: line 1: the file is empty; expected the CDR header line")
         try:
-            return handle, read_header(header), header
+            return handle, feed.layout(header), header
         except HeaderError as exc:
             raise InputError(f"{path}: {exc}") from None
     except InputError:
@@ -129,13 +135,15 @@ def rate_file(
     *,
     progress: Callable[[int], None] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
+    feed: Feed | None = None,
 ) -> RateSummary:
-    """Rate one canonical CDR file into ``out/rated.csv``, ``rejected.csv``, ``alerts.csv``.
+    """Rate one CDR file into ``out/rated.csv``, ``rejected.csv``, ``alerts.csv``.
 
+    ``feed``: the file's format (default canonical; ``schemas.switch_formats``).
     ``progress`` is called with the number of bytes read so far.
     """
     started = time.perf_counter()
-    handle, columns, header = open_cdr_file(cdrs)
+    handle, layout, header = open_cdr_file(cdrs, feed)
     summary = RateSummary()
     with handle, _Outputs(out) as outputs:
         done = len(header)
@@ -143,7 +151,7 @@ def rate_file(
         # Reading and parsing the next chunk, and writing the last one's results, run in
         # threads beside the rating (polars releases the GIL): the three overlap.
         with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
-            parsed = _parsed_chunks(handle, columns, chunk_bytes, reader)
+            parsed = _parsed_chunks(handle, layout, chunk_bytes, reader)
             written: Future[None] | None = None
             for size, batch in parsed:
                 result = rate(batch, state, catalog)
