@@ -1,6 +1,7 @@
 """Finance's reports over ClickHouse: statements, revenue, missed calls, usage (issue 6).
 
-Every query reads the deduplicated data: ``FINAL`` on the ReplacingMergeTree tables, so a
+Every query reads the deduplicated data: ``FINAL`` on the ReplacingMergeTree tables (or a
+partition that is one merged part, :func:`grouped_by_day_range`), so a
 call or event inserted twice (a replay) counts once and a rerated call counts at its
 highest version (docs/finance.md says why and shows the SQL). Money comes back as integer
 units of 0.0001 CNY and durations as whole seconds; :class:`Report` formats them at the
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from typing import Any, Literal
 
 from clickhouse_driver import Client
@@ -240,6 +241,91 @@ def statement_json(statement_: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+
+# ------------------------------------------------------- exact reads of the day-ordered views
+
+
+def grouped_by_day_range(
+    client: Client,
+    table: str,
+    keys: str,
+    sums: str,
+    where: str,
+    params: Mapping[str, Any],
+    first: date,
+    following: date,
+) -> dict[tuple[Any, ...], list[int]]:
+    """``SELECT keys, sums FROM table WHERE local_day in [first, following) AND where
+    GROUP BY keys``, exact in spite of replays: key tuple -> the sums.
+
+    ``sums`` must be additive (``count()``, ``sum(x)``) so that the answers of parts of
+    the range add up. A monthly partition that is one merged part (``level > 0``: a merge
+    collapsed its copies, and it holds all of the partition) is read without FINAL, which
+    is several times faster; the others with FINAL. Parts never change, so if the
+    partition still is that one part after the read, the read saw exactly it; else the
+    whole range is read again with FINAL. ``cdrflow retention`` merges closed months into
+    one part (docs/finance.md).
+    """
+    range_where = f"local_day >= %(first)s AND local_day < %(next)s{' AND ' + where if where else ''}"
+    params = {**params, "first": first, "next": following}
+    settled = _settled_partitions(client, table, first, following)
+
+    def read(final: bool, partitions: str) -> list[tuple[Any, ...]]:
+        return client.execute(
+            f"SELECT {keys}, {sums} FROM {table}{' FINAL' if final else ''} "
+            f"WHERE {range_where}{partitions} GROUP BY {keys}",
+            params,
+        )
+
+    key_count = len(_split_top_level(keys))
+    if settled:
+        listed = ", ".join(str(partition) for partition in sorted(settled))
+        rows = read(False, f" AND toYYYYMM(local_day) IN ({listed})")
+        rows += read(True, f" AND toYYYYMM(local_day) NOT IN ({listed})")
+        if _settled_partitions(client, table, first, following) != settled:
+            rows = read(True, "")  # a part came or went while reading: read it all exactly
+    else:
+        rows = read(True, "")
+    totals: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        key, values = tuple(row[:key_count]), row[key_count:]
+        if key in totals:
+            totals[key] = [a + b for a, b in zip(totals[key], values, strict=True)]
+        else:
+            totals[key] = list(values)
+    return totals
+
+
+def _settled_partitions(client: Client, table: str, first: date, following: date) -> dict[int, str]:
+    """Monthly partitions of ``table`` in the range that are one merged part: -> its name."""
+    rows = client.execute(
+        "SELECT partition, groupArray(name), groupArray(level) FROM system.parts "
+        "WHERE database = currentDatabase() AND table = %(table)s AND active GROUP BY partition",
+        {"table": table},
+    )
+    low, high = first.year * 100 + first.month, following.year * 100 + following.month
+    settled = {}
+    for partition, names, levels in rows:
+        month = int(str(partition).strip("'"))
+        if low <= month <= high and len(names) == 1 and levels[0] > 0:
+            settled[month] = names[0]
+    return settled
+
+
+def _split_top_level(expressions: str) -> list[str]:
+    """``a, f(b, c)`` -> ``['a', 'f(b, c)']``: commas outside brackets."""
+    parts, depth, current = [], 0, ""
+    for char in expressions:
+        depth += char in "(["
+        depth -= char in ")]"
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
+
+
 # -------------------------------------------------------------------------------- revenue
 
 
@@ -249,28 +335,27 @@ def revenue(client: Client, start: date, end: date, by: RevenueBy) -> Report:
     if end < start:
         raise ReportError(f"--to {end} is before --from {start}")
     key = REVENUE_KEYS[by]
-    rows = client.execute(
-        f"SELECT {key}, count(), sum(billable_s), sum(amount) FROM calls_by_day FINAL "
-        "WHERE local_day >= %(start)s AND local_day <= %(end)s AND status = 'rated' "
-        f"GROUP BY {key} ORDER BY {key}",
-        {"start": start, "end": end},
+    found = grouped_by_day_range(
+        client, "calls_by_day", key, "count(), sum(billable_s), sum(amount)", "status = 'rated'", {},
+        start, end + timedelta(days=1),
     )
     return Report(
         f"revenue {start} to {end} by {by}",
         (by, "calls", "minutes", "amount"),
-        [{by: k, "calls": calls, "minutes": seconds, "amount": amount} for k, calls, seconds, amount in rows],
+        [
+            {by: k, "calls": calls, "minutes": seconds, "amount": amount}
+            for (k,), (calls, seconds, amount) in sorted(found.items())
+        ],
     )
 
 
 def daily_revenue_by_class(client: Client, month: str) -> list[tuple[date, str, int]]:
     """(local day, class, amount) of the month's rated calls (the HTML report's chart)."""
     first, following = month_range(month)
-    return client.execute(
-        "SELECT local_day, class, sum(amount) FROM calls_by_day FINAL "
-        "WHERE local_day >= %(first)s AND local_day < %(next)s AND status = 'rated' "
-        "GROUP BY local_day, class ORDER BY local_day, class",
-        {"first": first, "next": following},
+    found = grouped_by_day_range(
+        client, "calls_by_day", "local_day, class", "sum(amount)", "status = 'rated'", {}, first, following
     )
+    return [(day, call_class, amount) for (day, call_class), (amount,) in sorted(found.items())]
 
 
 # --------------------------------------------------------------------------- missed calls
@@ -281,12 +366,11 @@ def missed_calls(client: Client, month: str, by: MissedBy, account_id: str | Non
     of day (all 24 hours, zeros included) or by the 400 number called (most missed first)."""
     first, following = month_range(month)
     key = {"hour": "local_hour", "number": "called"}[by]
-    account = " AND account_id = %(account)s" if account_id else ""
-    rows = client.execute(
-        f"SELECT {key}, count() FROM missed_calls FINAL "
-        f"WHERE local_day >= %(first)s AND local_day < %(next)s{account} GROUP BY {key}",
-        {"first": first, "next": following, "account": account_id},
+    account = "account_id = %(account)s" if account_id else ""
+    found = grouped_by_day_range(
+        client, "missed_calls", key, "count()", account, {"account": account_id}, first, following
     )
+    rows = [(k, missed) for (k,), (missed,) in found.items()]
     if by == "hour":
         counts = dict(rows)
         raw = [{"hour": hour, "missed": counts.get(hour, 0)} for hour in range(24)]
@@ -310,15 +394,13 @@ def usage(client: Client, month: str, by: UsageBy, account_id: str | None = None
         "origin": "caller_area",
     }[by]
     account = " AND account_id = %(account)s" if account_id else ""
-    rows = client.execute(
-        f"SELECT {key} AS k, count(), sum(billsec) FROM calls_by_day FINAL "
-        f"WHERE local_day >= %(first)s AND local_day < %(next)s AND disposition = 'ANSWERED'{account} "
-        "GROUP BY k ORDER BY k",
-        {"first": first, "next": following, "account": account_id},
+    grouped = grouped_by_day_range(
+        client, "calls_by_day", key, "count(), sum(billsec)", f"disposition = 'ANSWERED'{account}",
+        {"account": account_id}, first, following,
     )
     scope = f" of {account_id}" if account_id else ""
     title = f"usage{scope} in {month} by {by}"
-    found = {k: (calls, seconds) for k, calls, seconds in rows}
+    found = {k: (calls, seconds) for (k,), (calls, seconds) in sorted(grouped.items())}
     if by == "hour":
         raw = [{"hour": h, "calls": found.get(h, (0, 0))[0], "minutes": found.get(h, (0, 0))[1]} for h in range(24)]
         return Report(title, ("hour", "calls", "minutes"), raw, money=frozenset())

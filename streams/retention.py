@@ -12,6 +12,11 @@ are written to ``retained_call_totals``, which the statement adds to the opening
 statements of later months stay exact. Ledger events (``billing_events``) and balances
 are the account's financial record and are never dropped; ``rejected_cdrs`` is not
 partitioned by month and is kept.
+
+Retention also *settles* the closed months of the finance views (:func:`settle_months`):
+each monthly partition before the current month is merged into one part
+(``OPTIMIZE ... FINAL``), which collapses its replayed copies, so reports read it without
+FINAL (``streams.reports.grouped_by_day_range``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from clickhouse_driver import Client
 MIN_KEEP_MONTHS = 24
 #: The tables retention drops partitions of, rated_calls last (after its totals are kept).
 TABLES = ("calls_by_day", "missed_calls", "alerts", "rated_calls")
+#: The finance views whose closed months are merged into one part each.
+SETTLED_VIEWS = ("calls_by_day", "missed_calls")
 
 
 class RetentionError(ValueError):
@@ -39,6 +46,7 @@ class Dropped:
 
     cutoff: str
     partitions: list[dict[str, Any]]
+    settled: list[dict[str, Any]]
 
 
 def cutoff_month(as_of: date, keep_months: int) -> int:
@@ -86,7 +94,32 @@ def apply_retention(client: Client, keep_months: int, *, as_of: date, dry_run: b
     return Dropped(
         cutoff=f"{cutoff // 100:04d}-{cutoff % 100:02d}",
         partitions=[{"table": t, "partition": p, "rows": int(r)} for t, p, r in doomed],
+        settled=settle_months(client, before=as_of.year * 100 + as_of.month, dry_run=dry_run),
     )
+
+
+def settle_months(client: Client, *, before: int, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Merge each monthly partition of :data:`SETTLED_VIEWS` before the month ``before``
+    (``YYYYMM``) that is not one merged part yet into one (``OPTIMIZE ... FINAL``).
+
+    Reports read such a partition without FINAL (exact: a merge collapsed the copies).
+    A late call landing in a settled month adds a part, and reports read that month with
+    FINAL again until the next settling. Returns ``{"table", "partition", "parts"}`` for
+    each partition merged (or that would be, with ``dry_run``).
+    """
+    rows = client.execute(
+        "SELECT table, partition, count(), max(level) FROM system.parts "
+        "WHERE database = currentDatabase() AND active AND table IN %(tables)s GROUP BY table, partition",
+        {"tables": SETTLED_VIEWS},
+    )
+    merged = []
+    for table, partition, parts, level in sorted(rows):
+        if not partition.isdigit() or int(partition) >= before or (parts == 1 and level > 0):
+            continue
+        if not dry_run:
+            client.execute(f"OPTIMIZE TABLE {table} PARTITION {int(partition)} FINAL")
+        merged.append({"table": table, "partition": partition, "parts": int(parts)})
+    return merged
 
 
 def _keep_totals(client: Client, partition: int) -> None:
