@@ -6,10 +6,15 @@ the sink's fast path (``streams.sink_clickhouse.insert_rated``: columnar numpy, 
 connections), which also fills the materialized views ``calls_by_day`` and
 ``missed_calls``, then inserts ``--replayed`` of them again (a replay, as Kafka's
 at-least-once delivery makes them) so that the FINAL reads have copies to collapse.
-Then times, ``--repeat`` times each (the median counts, the worst is shown), first with
-the month open (its parts as the inserts left them: the views are read with FINAL), then
-settled (``streams.retention.settle_months``, what ``cdrflow retention`` does to closed
-months: one merged part, read without FINAL):
+Calls come in time order (as switches send them), so each insert lands in a day or two
+of the views' daily partitions. Then times, ``--repeat`` times each (the median counts,
+the worst is shown), in three phases:
+
+- **open**: nothing settled, the parts as the inserts left them: every day of the views
+  is read with FINAL (the worst case: a month loaded at once, no retention run);
+- **live**: every day but the last settled (``streams.retention.settle_days``, what a
+  daily ``cdrflow retention`` does): the last day is read with FINAL, the others without;
+- **closed**: every day settled.
 
 - **statement**: ``streams.reports.statement`` of an account for the month (a different
   account each run);
@@ -57,7 +62,7 @@ from rich.progress import Progress  # noqa: E402
 from sink_bench import _clickhouse  # noqa: E402
 from streams import reports  # noqa: E402
 from streams.migrations import apply_migrations  # noqa: E402
-from streams.retention import settle_months  # noqa: E402
+from streams.retention import settle_days  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.sink_clickhouse import connect, insert_rated  # noqa: E402
 
@@ -71,7 +76,7 @@ PLANS = np.array(["std-100", "eco-4007", "vip-500"])
 DISPOSITIONS = np.array(["ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION"])
 AREAS = np.array(["010", "021", "020", "0755", "0571", "028", "027", "+44", "0991"])
 TIMED = ("statement", "revenue by day", "missed calls by hour")
-PHASES = ("open", "settled")
+PHASES = ("open", "live", "closed")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
 
                 stack.down(settings, purge=True)
     figures["target_s"] = TARGET_S
+    # The target applies to the live and closed phases (the open one is the worst case).
     figures["met"] = all(
-        figures["queries"][f"{name} ({phase})"]["median_s"] < TARGET_S for name in TIMED for phase in PHASES
+        figures["queries"][f"{name} ({phase})"]["median_s"] < TARGET_S for name in TIMED for phase in PHASES[1:]
     )
     if args.json:
         print(json.dumps(figures))
@@ -97,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             f"loaded {figures['calls']:,} calls (+{figures['replayed']:,} replayed) in "
             f"{figures['load_s']:.1f} s ({figures['load_rows_per_s']:,.0f} rows/s, views included)"
         )
-        print(f"settling the month (OPTIMIZE FINAL of the views): {figures['settle_s']:.1f} s")
+        print(
+            "settling (OPTIMIZE FINAL of the views' days): "
+            + ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in figures["settle_s"].items())
+        )
         for name, figure in figures["queries"].items():
             timed = name.split(" (")[0] in TIMED
             mark = "" if not timed else ("  ok" if figure["median_s"] < TARGET_S else "  OVER 1 s")
@@ -105,12 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if figures["met"] else 1
 
 
-def rated_chunk(start: int, rows: int, accounts: int, seed: int) -> pl.DataFrame:
-    """Rows ``start .. start + rows`` of the generated month: the engine's rated frame."""
+def rated_chunk(start: int, rows: int, total: int, accounts: int, seed: int) -> pl.DataFrame:
+    """Rows ``start .. start + rows`` of ``total`` of the generated month, in time order:
+    the engine's rated frame."""
     rng = np.random.default_rng(seed + start)
     account = rng.integers(0, accounts, rows)
     month_start = datetime(2026, 3, 1, tzinfo=timezone(timedelta(hours=8))).astimezone(timezone.utc)
-    offset_s = rng.integers(0, 31 * 86_400, rows)
+    position = np.arange(start, start + rows) * (31 * 86_400 - 600) // max(total, 1)
+    offset_s = position + rng.integers(0, 600, rows)
     disposition = DISPOSITIONS[rng.choice(5, rows, p=[0.8, 0.1, 0.05, 0.03, 0.02])]
     answered = disposition == "ANSWERED"
     billsec = np.where(answered, rng.gamma(1.5, 90, rows).astype(np.int64), 0)
@@ -189,7 +200,7 @@ def _measure(settings: Settings, args: argparse.Namespace, say: Callable[[str], 
             task = progress.add_task("inserting rated calls", total=args.calls + args.replayed)
             replay = None
             for start in range(0, args.calls, CHUNK):
-                chunk = rated_chunk(start, min(CHUNK, args.calls - start), args.accounts, args.seed)
+                chunk = rated_chunk(start, min(CHUNK, args.calls - start), args.calls, args.accounts, args.seed)
                 rated_calls += int((chunk.get_column("status") == "rated").sum())
                 insert_rated(sink, chunk)
                 progress.advance(task, chunk.height)
@@ -216,12 +227,13 @@ def _measure(settings: Settings, args: argparse.Namespace, say: Callable[[str], 
         timings = {}
         # The month open (parts as the inserts left them, read with FINAL), then closed
         # (settled by retention: one merged part, read without FINAL).
-        for phase in ("open", "settled"):
-            if phase == "settled":
+        settle_s = {}
+        for phase in PHASES:
+            if phase != "open":
                 began = time.perf_counter()
-                settle_months(Client(**target.clickhouse_params()), before=202604)
-                settle_s = time.perf_counter() - began
-                say(f"settled the month in {settle_s:.1f} s")
+                settle_days(Client(**target.clickhouse_params()), before=last if phase == "live" else following)
+                settle_s[phase] = time.perf_counter() - began
+                say(f"settled for the {phase} phase in {settle_s[phase]:.1f} s")
             for name, query in queries.items():
                 runs = []
                 for _ in range(args.repeat):

@@ -1,7 +1,7 @@
 """Finance's reports over ClickHouse: statements, revenue, missed calls, usage (issue 6).
 
 Every query reads the deduplicated data: ``FINAL`` on the ReplacingMergeTree tables (or a
-partition that is one merged part, :func:`grouped_by_day_range`), so a
+day that is one merged part, :func:`grouped_by_day_range`), so a
 call or event inserted twice (a replay) counts once and a rerated call counts at its
 highest version (docs/finance.md says why and shows the SQL). Money comes back as integer
 units of 0.0001 CNY and durations as whole seconds; :class:`Report` formats them at the
@@ -258,34 +258,37 @@ def grouped_by_day_range(
     """``SELECT keys, sums FROM table WHERE local_day in [first, following) AND where
     GROUP BY keys``, exact in spite of replays: key tuple -> the sums.
 
-    ``sums`` must be additive (``count()``, ``sum(x)``) so that the answers of parts of
-    the range add up. A monthly partition that is one merged part (``level > 0``: a merge
-    collapsed its copies, and it holds all of the partition) is read without FINAL, which
-    is several times faster; the others with FINAL. Parts never change, so if the
-    partition still is that one part after the read, the read saw exactly it; else the
-    whole range is read again with FINAL. ``cdrflow retention`` merges closed months into
-    one part (docs/finance.md).
+    ``table`` is a view partitioned by ``local_day`` (``calls_by_day``, ``missed_calls``)
+    and ``sums`` must be additive (``count()``, ``sum(x)``), so that the answers for parts
+    of the range add up. A day that is one merged part (``level > 0``: the merge collapsed
+    its copies, and it holds the whole day) is *settled* and read without FINAL, which is
+    many times faster; the other days are read with FINAL. Parts never change: if the
+    settled days still are those same parts after the read, the read saw exactly them;
+    else the whole range is read again with FINAL. ``cdrflow retention`` settles past days
+    (docs/finance.md).
     """
-    range_where = f"local_day >= %(first)s AND local_day < %(next)s{' AND ' + where if where else ''}"
-    params = {**params, "first": first, "next": following}
-    settled = _settled_partitions(client, table, first, following)
+    params = {**params}
+    extra = f" AND {where}" if where else ""
+    before = _day_parts(client, table, first, following)
+    settled = sorted(day for day, (names, levels) in before.items() if len(names) == 1 and levels[0] > 0)
+    unsettled = sorted(day for day in before if day not in settled)
 
-    def read(final: bool, partitions: str) -> list[tuple[Any, ...]]:
+    def read(final: bool, days: list[date]) -> list[tuple[Any, ...]]:
+        if not days:
+            return []
+        listed = ", ".join(f"'{day.isoformat()}'" for day in days)
         return client.execute(
             f"SELECT {keys}, {sums} FROM {table}{' FINAL' if final else ''} "
-            f"WHERE {range_where}{partitions} GROUP BY {keys}",
+            f"WHERE local_day IN ({listed}){extra} GROUP BY {keys}",
             params,
         )
 
+    rows = read(False, settled) + read(True, unsettled)
+    after = _day_parts(client, table, first, following)
+    if any(after.get(day, ((), ()))[0] != before[day][0] for day in settled):
+        # A late call landed in a settled day while reading: read it all with FINAL.
+        rows = read(True, sorted(after))
     key_count = len(_split_top_level(keys))
-    if settled:
-        listed = ", ".join(str(partition) for partition in sorted(settled))
-        rows = read(False, f" AND toYYYYMM(local_day) IN ({listed})")
-        rows += read(True, f" AND toYYYYMM(local_day) NOT IN ({listed})")
-        if _settled_partitions(client, table, first, following) != settled:
-            rows = read(True, "")  # a part came or went while reading: read it all exactly
-    else:
-        rows = read(True, "")
     totals: dict[tuple[Any, ...], list[int]] = {}
     for row in rows:
         key, values = tuple(row[:key_count]), row[key_count:]
@@ -296,20 +299,20 @@ def grouped_by_day_range(
     return totals
 
 
-def _settled_partitions(client: Client, table: str, first: date, following: date) -> dict[int, str]:
-    """Monthly partitions of ``table`` in the range that are one merged part: -> its name."""
+def _day_parts(client: Client, table: str, first: date, following: date) -> dict[date, tuple[list[str], list[int]]]:
+    """The active parts of each day of ``table`` in ``[first, following)``: names, levels."""
     rows = client.execute(
         "SELECT partition, groupArray(name), groupArray(level) FROM system.parts "
         "WHERE database = currentDatabase() AND table = %(table)s AND active GROUP BY partition",
         {"table": table},
     )
-    low, high = first.year * 100 + first.month, following.year * 100 + following.month
-    settled = {}
+    parts = {}
     for partition, names, levels in rows:
-        month = int(str(partition).strip("'"))
-        if low <= month <= high and len(names) == 1 and levels[0] > 0:
-            settled[month] = names[0]
-    return settled
+        day = date.fromisoformat(str(partition).strip("'"))
+        if first <= day < following:
+            order = sorted(range(len(names)), key=names.__getitem__)
+            parts[day] = ([names[i] for i in order], [levels[i] for i in order])
+    return parts
 
 
 def _split_top_level(expressions: str) -> list[str]:

@@ -5,18 +5,19 @@ keep two years). ClickHouse 18.16 has no TTL, so retention drops whole monthly
 partitions: those whose month is before ``as_of``'s month minus ``keep_months`` (with
 24, on any day of 2026-11 everything from 2024-11 on is kept).
 
-Dropped: ``rated_calls`` (partitioned by the UTC month of ``charge_time``), its views
-``calls_by_day`` and ``missed_calls`` and ``alerts`` (by the local month). Before a
+Dropped: ``rated_calls`` (partitioned by the UTC month of ``charge_time``), ``alerts``
+(by the local month) and the views ``calls_by_day`` and ``missed_calls`` (by local day:
+the days of those months). Before a
 partition of ``rated_calls`` goes, the per-account totals of its calls, per local month,
 are written to ``retained_call_totals``, which the statement adds to the opening balance:
 statements of later months stay exact. Ledger events (``billing_events``) and balances
 are the account's financial record and are never dropped; ``rejected_cdrs`` is not
 partitioned by month and is kept.
 
-Retention also *settles* the closed months of the finance views (:func:`settle_months`):
-each monthly partition before the current month is merged into one part
-(``OPTIMIZE ... FINAL``), which collapses its replayed copies, so reports read it without
-FINAL (``streams.reports.grouped_by_day_range``).
+Retention also *settles* the past days of the finance views (:func:`settle_days`): each
+daily partition before today is merged into one part (``OPTIMIZE ... FINAL``), which
+collapses its replayed copies, so reports read it without FINAL
+(``streams.reports.grouped_by_day_range``). Run it daily (cron) for fast reports.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from clickhouse_driver import Client
 MIN_KEEP_MONTHS = 24
 #: The tables retention drops partitions of, rated_calls last (after its totals are kept).
 TABLES = ("calls_by_day", "missed_calls", "alerts", "rated_calls")
-#: The finance views whose closed months are merged into one part each.
+#: The finance views (partitioned by local day) whose past days are merged into one part each.
 SETTLED_VIEWS = ("calls_by_day", "missed_calls")
 
 
@@ -83,29 +84,29 @@ def apply_retention(client: Client, keep_months: int, *, as_of: date, dry_run: b
         {"tables": TABLES},
     )
     doomed = sorted(
-        ((table, partition, rows) for table, partition, rows in parts if partition.isdigit() and int(partition) < cutoff),
+        ((table, partition, rows) for table, partition, rows in parts if _month(partition) < cutoff),
         key=lambda part: (TABLES.index(part[0]), part[1]),
     )
     if not dry_run:
         for table, partition, _ in doomed:
             if table == "rated_calls":
                 _keep_totals(client, int(partition))
-            client.execute(f"ALTER TABLE {table} DROP PARTITION {int(partition)}")
+            client.execute(f"ALTER TABLE {table} DROP PARTITION {_literal(partition)}")
     return Dropped(
         cutoff=f"{cutoff // 100:04d}-{cutoff % 100:02d}",
         partitions=[{"table": t, "partition": p, "rows": int(r)} for t, p, r in doomed],
-        settled=settle_months(client, before=as_of.year * 100 + as_of.month, dry_run=dry_run),
+        settled=settle_days(client, before=as_of, dry_run=dry_run),
     )
 
 
-def settle_months(client: Client, *, before: int, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Merge each monthly partition of :data:`SETTLED_VIEWS` before the month ``before``
-    (``YYYYMM``) that is not one merged part yet into one (``OPTIMIZE ... FINAL``).
+def settle_days(client: Client, *, before: date, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Merge each daily partition of :data:`SETTLED_VIEWS` before the day ``before`` that is
+    not one merged part yet into one (``OPTIMIZE ... FINAL``).
 
-    Reports read such a partition without FINAL (exact: a merge collapsed the copies).
-    A late call landing in a settled month adds a part, and reports read that month with
-    FINAL again until the next settling. Returns ``{"table", "partition", "parts"}`` for
-    each partition merged (or that would be, with ``dry_run``).
+    Reports read such a day without FINAL (exact: the merge collapsed the copies). A late
+    call landing in a settled day adds a part, and reports read that day with FINAL again
+    until the next settling. Returns ``{"table", "partition", "parts"}`` for each
+    partition merged (or that would be, with ``dry_run``).
     """
     rows = client.execute(
         "SELECT table, partition, count(), max(level) FROM system.parts "
@@ -114,12 +115,24 @@ def settle_months(client: Client, *, before: int, dry_run: bool = False) -> list
     )
     merged = []
     for table, partition, parts, level in sorted(rows):
-        if not partition.isdigit() or int(partition) >= before or (parts == 1 and level > 0):
+        if date.fromisoformat(partition.strip("'")) >= before or (parts == 1 and level > 0):
             continue
         if not dry_run:
-            client.execute(f"OPTIMIZE TABLE {table} PARTITION {int(partition)} FINAL")
-        merged.append({"table": table, "partition": partition, "parts": int(parts)})
+            client.execute(f"OPTIMIZE TABLE {table} PARTITION {_literal(partition)} FINAL")
+        merged.append({"table": table, "partition": partition.strip("'"), "parts": int(parts)})
     return merged
+
+
+def _month(partition: str) -> int:
+    """``YYYYMM`` of a partition value: ``202603`` (monthly) or ``2026-03-01`` (daily)."""
+    text = partition.strip("'")
+    return int(text) if text.isdigit() else int(text[:4] + text[5:7])
+
+
+def _literal(partition: str) -> str:
+    """A partition value as SQL: ``202603`` or ``'2026-03-01'``."""
+    text = partition.strip("'")
+    return str(int(text)) if text.isdigit() else f"'{date.fromisoformat(text).isoformat()}'"
 
 
 def _keep_totals(client: Client, partition: int) -> None:

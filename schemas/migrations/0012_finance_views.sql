@@ -9,6 +9,11 @@
 -- sorted by account (statements), these by local day first, so a report over a date
 -- range reads only that range, and only the few columns it needs.
 --
+-- They are partitioned by local day: `cdrflow retention` merges each past day into one
+-- part (OPTIMIZE ... FINAL), which holds no copies, and reports read such a day without
+-- FINAL (streams/reports.py, grouped_by_day_range); only the days still receiving calls
+-- (today, late arrivals) are read with FINAL, which on 18.16 is single-threaded.
+--
 -- The key starts with local_day, the call's day in its plan's timezone, fixed by its
 -- charge time: a rerating does not move it (unless the account moved to a plan in
 -- another timezone, docs/finance.md "Limits").
@@ -33,7 +38,7 @@ CREATE TABLE IF NOT EXISTS calls_by_day (
     amount Int64,
     version UInt64
 ) ENGINE = ReplacingMergeTree(version)
-PARTITION BY toYYYYMM(local_day)
+PARTITION BY local_day
 ORDER BY (local_day, account_id, cdr_id);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS calls_by_day_mv TO calls_by_day AS
@@ -53,7 +58,7 @@ CREATE TABLE IF NOT EXISTS missed_calls (
     disposition String,
     version UInt64
 ) ENGINE = ReplacingMergeTree(version)
-PARTITION BY toYYYYMM(local_day)
+PARTITION BY local_day
 ORDER BY (local_day, account_id, cdr_id);
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS missed_calls_mv TO missed_calls AS
