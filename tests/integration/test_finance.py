@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import time
 import zlib
-from collections.abc import Iterator
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -36,27 +35,12 @@ from streams.sink_clickhouse import connect, insert_rated, insert_rejected
 from streams.stack import finance_password
 from tariffs import load_tariffs
 from tests.conftest import CDRFLOW, VECTORS
+# A fresh database of the test stack per test, every migration applied.
+from tests.integration.test_sink_export import database  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.integration
 
 MONEY = pl.Decimal(38, 4)
-
-
-@pytest.fixture
-def finance_db(stack: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
-    """Settings naming a fresh database of the test stack, every migration applied."""
-    name = f"fin_{request.node.name}".replace("[", "_").replace("]", "").replace("-", "_")[:60]
-    params = stack.clickhouse_params()
-    server = Client(**{**params, "database": ""})
-    server.execute(f"DROP DATABASE IF EXISTS {name}")
-    server.execute(f"CREATE DATABASE {name}")
-    apply_migrations(Client(**{**params, "database": name}))
-    yield Settings(
-        kafka_bootstrap=",".join(stack.kafka_servers()),
-        clickhouse_url=f"clickhouse://default@{params['host']}:{params['port']}/{name}",
-        state_dir=stack.state_dir,
-    )
-    server.execute(f"DROP DATABASE IF EXISTS {name}")
 
 
 def _cdrflow(settings: Settings, *args: str | Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -123,10 +107,10 @@ def _load_vectors(settings: Settings, vectors: Path) -> None:
 
 
 def test_revenue_on_the_vectors_equals_the_sums_of_the_offline_rated_csv(
-    finance_db: Settings, vector_set: Path, tmp_path: Path
+    database: Settings, vector_set: Path, tmp_path: Path
 ) -> None:
     offline = _offline_calls(vector_set, tmp_path / "offline")
-    _load_vectors(finance_db, vector_set)
+    _load_vectors(database, vector_set)
     first, last = offline["local_day"].min(), offline["local_day"].max()
     rated = offline.filter(pl.col("status") == "rated")
     for by, column in {"day": "local_day", "segment": "segment", "class": "class", "plan": "plan_id", "account": "account_id"}.items():
@@ -141,31 +125,31 @@ def test_revenue_on_the_vectors_equals_the_sums_of_the_offline_rated_csv(
                 _money("amount").alias("amount"),
             )
         )
-        got = _json(finance_db, "report", "revenue", "--from", str(first), "--to", str(last), "--by", by)
+        got = _json(database, "report", "revenue", "--from", str(first), "--to", str(last), "--by", by)
         assert got == expected.to_dicts(), by
 
 
 def test_missed_calls_and_usage_on_the_vectors_equal_the_offline_outputs(
-    finance_db: Settings, vector_set: Path, tmp_path: Path
+    database: Settings, vector_set: Path, tmp_path: Path
 ) -> None:
     offline = _offline_calls(vector_set, tmp_path / "offline")
-    _load_vectors(finance_db, vector_set)
+    _load_vectors(database, vector_set)
     reported_missed = 0
     for month in sorted(set(offline["local_day"].dt.strftime("%Y-%m"))):
         calls = offline.filter(pl.col("local_day").dt.strftime("%Y-%m") == month)
         missed = calls.filter(pl.col("disposition") != "ANSWERED")
         by_hour = dict(missed.group_by("hour").len().iter_rows())
-        got = _json(finance_db, "report", "missed-calls", "--month", month, "--by", "hour")
+        got = _json(database, "report", "missed-calls", "--month", month, "--by", "hour")
         assert got == [{"hour": hour, "missed": by_hour.get(hour, 0)} for hour in range(24)]
         by_number = missed.group_by("called").len().sort(["len", "called"], descending=[True, False])
-        got = _json(finance_db, "report", "missed-calls", "--month", month, "--by", "number")
+        got = _json(database, "report", "missed-calls", "--month", month, "--by", "number")
         assert got == [{"number": number, "missed": count} for number, count in by_number.iter_rows()]
         assert sum(row["missed"] for row in got) == missed.height
         reported_missed += missed.height
 
         answered = calls.filter(pl.col("disposition") == "ANSWERED")
         per_day = answered.group_by("local_day").agg(calls=pl.len(), s=pl.col("billsec").sum()).sort("local_day")
-        got = _json(finance_db, "report", "usage", "--month", month, "--by", "day")
+        got = _json(database, "report", "usage", "--month", month, "--by", "day")
         assert got == per_day.select(
             pl.col("local_day").cast(pl.String).alias("day"), "calls", _minutes(pl.col("s")).alias("minutes")
         ).to_dicts()
@@ -173,11 +157,11 @@ def test_missed_calls_and_usage_on_the_vectors_equal_the_offline_outputs(
             bucket=pl.when(pl.col("billsec") < 30).then(0).when(pl.col("billsec") < 60).then(1)
             .when(pl.col("billsec") < 180).then(2).when(pl.col("billsec") < 600).then(3).otherwise(4)
         )
-        got = _json(finance_db, "report", "usage", "--month", month, "--by", "duration")
+        got = _json(database, "report", "usage", "--month", month, "--by", "duration")
         assert [row["bucket"] for row in got] == ["<30 s", "30-60 s", "1-3 min", "3-10 min", ">10 min"]
         assert [row["calls"] for row in got] == [buckets.filter(pl.col("bucket") == b).height for b in range(5)]
         origin = answered.group_by("caller_area").agg(calls=pl.len(), s=pl.col("billsec").sum())
-        got = _json(finance_db, "report", "usage", "--month", month, "--by", "origin")
+        got = _json(database, "report", "usage", "--month", month, "--by", "origin")
         assert {row["area"]: (row["calls"], row["minutes"]) for row in got} == {
             area: (count, pl.select(_minutes(pl.lit(seconds))).item()) for area, count, seconds in origin.iter_rows()
         }
@@ -187,10 +171,10 @@ def test_missed_calls_and_usage_on_the_vectors_equal_the_offline_outputs(
 
 
 def test_the_statement_lines_of_calls_equal_the_offline_rated_csv(
-    finance_db: Settings, vector_set: Path, tmp_path: Path
+    database: Settings, vector_set: Path, tmp_path: Path
 ) -> None:
     offline = _offline_calls(vector_set, tmp_path / "offline")
-    _load_vectors(finance_db, vector_set)
+    _load_vectors(database, vector_set)
     account, month = offline.group_by("account_id", pl.col("local_day").dt.strftime("%Y-%m").alias("m")).len().sort(
         "len", descending=True
     ).row(0)[:2]
@@ -198,7 +182,7 @@ def test_the_statement_lines_of_calls_equal_the_offline_rated_csv(
     in_month = calls.filter(pl.col("local_day").dt.strftime("%Y-%m") == month, pl.col("status") == "rated")
     before = calls.filter(pl.col("local_day").dt.strftime("%Y-%m") < month)
 
-    got = _json(finance_db, "report", "statement", "--account", account, "--month", month)
+    got = _json(database, "report", "statement", "--account", account, "--month", month)
 
     assert got["calls_amount"] == str(in_month["amount"].sum())
     # No ledger events were loaded: the opening balance is minus the calls before.
@@ -270,7 +254,7 @@ def _calls(account: str, rows: list[tuple[str, datetime, int]], version: int = 0
 CST = timezone(timedelta(hours=8))
 
 
-def test_the_statement_adds_up_to_the_ledger_balance(finance_db: Settings) -> None:
+def test_the_statement_adds_up_to_the_ledger_balance(database: Settings) -> None:
     account = "L001"
     events = [
         _event(account, "e1", "AccountOpened", datetime(2026, 2, 10, 9, tzinfo=CST), -500_000, opening=5_000_000),
@@ -294,14 +278,14 @@ def test_the_statement_adds_up_to_the_ledger_balance(finance_db: Settings) -> No
         ("c4", datetime(2026, 3, 31, 23, 59, tzinfo=CST), 4_321),
         ("c5", datetime(2026, 4, 1, 0, 1, tzinfo=CST), 9_000),
     ]
-    client = _client(finance_db)
+    client = _client(database)
     for _ in range(2):  # replays collapse
         client.execute(f"INSERT INTO billing_events ({_EVENT_COLUMNS}) VALUES", rows)
-        insert_rated(connect(finance_db), _calls(account, calls))
+        insert_rated(connect(database), _calls(account, calls))
     # A rerating of c3 (higher version) replaces it.
-    insert_rated(connect(finance_db), _calls(account, [("c3", datetime(2026, 3, 15, 10, tzinfo=CST), 6_000)], version=1))
+    insert_rated(connect(database), _calls(account, [("c3", datetime(2026, 3, 15, 10, tzinfo=CST), 6_000)], version=1))
 
-    got = _json(finance_db, "report", "statement", "--account", account, "--month", "2026-03")
+    got = _json(database, "report", "statement", "--account", account, "--month", "2026-03")
 
     # Computed here from the inputs: before March, the opening balance and fees less c1.
     opening = 5_000_000 - 500_000 - 100_000 - 12_345
@@ -329,24 +313,24 @@ def test_the_statement_adds_up_to_the_ledger_balance(finance_db: Settings) -> No
     assert "pay-77" in got["lines"][4]["description"]
 
     # The month the account was opened: it opens with the balance it was opened with.
-    february = _json(finance_db, "report", "statement", "--account", account, "--month", "2026-02")
+    february = _json(database, "report", "statement", "--account", account, "--month", "2026-02")
     assert february["opening_balance"] == "500.0000"
     assert february["closing_balance"] == got["opening_balance"]
     assert [line["kind"] for line in february["lines"]] == ["calls", "fees", "fees"]
 
 
-def test_a_statement_of_an_unknown_account_or_bad_month_fails_with_a_reason(finance_db: Settings) -> None:
-    done = _cdrflow(finance_db, "report", "statement", "--account", "NOPE", "--month", "2026-03")
+def test_a_statement_of_an_unknown_account_or_bad_month_fails_with_a_reason(database: Settings) -> None:
+    done = _cdrflow(database, "report", "statement", "--account", "NOPE", "--month", "2026-03")
     assert done.returncode == 2 and "NOPE" in done.stderr and "Traceback" not in done.stderr
-    done = _cdrflow(finance_db, "report", "missed-calls", "--month", "2026-3x", "--by", "hour")
+    done = _cdrflow(database, "report", "missed-calls", "--month", "2026-3x", "--by", "hour")
     assert done.returncode == 2 and "--month" in done.stderr and "Traceback" not in done.stderr
 
 
 # ------------------------------------------------------------------ views under replays
 
 
-def test_the_views_count_a_replayed_call_once_and_a_rerated_call_at_its_last_version(finance_db: Settings) -> None:
-    sink = connect(finance_db)
+def test_the_views_count_a_replayed_call_once_and_a_rerated_call_at_its_last_version(database: Settings) -> None:
+    sink = connect(database)
     calls = [(f"r{n}", datetime(2026, 3, 2 + n % 5, 10 + n % 7, tzinfo=CST), 1_000 + n) for n in range(50)]
     frame = _calls("V001", calls).with_columns(
         disposition=pl.when(pl.col("cdr_id").is_in(["r1", "r2", "r3"])).then(pl.lit("BUSY")).otherwise(pl.lit("ANSWERED"))
@@ -354,7 +338,7 @@ def test_the_views_count_a_replayed_call_once_and_a_rerated_call_at_its_last_ver
     for _ in range(3):
         insert_rated(sink, frame)
     insert_rated(sink, _calls("V001", [("r0", calls[0][1], 99_999)], version=2))
-    client = _client(finance_db)
+    client = _client(database)
     assert client.execute("SELECT count() FROM calls_by_day")[0][0] == 151  # the views saw every copy
 
     expected_amount = sum(amount for *_, amount in calls[1:]) + 99_999
@@ -365,9 +349,9 @@ def test_the_views_count_a_replayed_call_once_and_a_rerated_call_at_its_last_ver
                 "SELECT uniqExact(partition), count(), min(level) FROM system.parts "
                 "WHERE database = currentDatabase() AND table = 'calls_by_day' AND active"
             ) == [(5, 5, 1)]  # one merged part a day
-        got = _json(finance_db, "report", "revenue", "--from", "2026-03-01", "--to", "2026-03-31", "--by", "class")
+        got = _json(database, "report", "revenue", "--from", "2026-03-01", "--to", "2026-03-31", "--by", "class")
         assert got == [{"class": "local", "calls": 50, "minutes": "50.00", "amount": format_money(expected_amount)}]
-        missed = _json(finance_db, "report", "missed-calls", "--month", "2026-03", "--by", "number")
+        missed = _json(database, "report", "missed-calls", "--month", "2026-03", "--by", "number")
         assert missed == [{"number": "4008001234", "missed": 3}]
 
 
@@ -396,8 +380,8 @@ def test_the_views_collapse_replays_on_current_clickhouse_too() -> None:
 # ----------------------------------------------------------------------- finance user
 
 
-def test_the_finance_user_can_select_and_cannot_write(stack: Settings, finance_db: Settings) -> None:
-    database = finance_db.clickhouse_params()["database"]
+def test_the_finance_user_can_select_and_cannot_write(stack: Settings, database: Settings) -> None:
+    database = database.clickhouse_params()["database"]
     password = finance_password(stack)
     assert password
     finance = Client(**{**stack.clickhouse_params(), "user": "finance", "password": password, "database": database})
@@ -413,7 +397,7 @@ def test_the_finance_user_can_select_and_cannot_write(stack: Settings, finance_d
         with pytest.raises(clickhouse_errors.ServerException) as refused:
             finance.execute(statement)
         assert refused.value.code == 164, statement  # READONLY
-    assert _client(finance_db).execute("SELECT count() FROM rated_calls") == [(0,)]
+    assert _client(database).execute("SELECT count() FROM rated_calls") == [(0,)]
     wrong = Client(**{**stack.clickhouse_params(), "user": "finance", "password": password + "x", "database": database})
     with pytest.raises(clickhouse_errors.ServerException) as refused:
         wrong.execute("SELECT 1")
@@ -463,25 +447,25 @@ def test_up_takes_the_finance_password_from_the_environment_and_never_prints_it(
 # -------------------------------------------------------------------------- retention
 
 
-def test_retention_refuses_to_keep_fewer_than_24_months(finance_db: Settings) -> None:
-    insert_rated(connect(finance_db), _calls("R001", [("old", datetime(2020, 1, 5, tzinfo=CST), 100)]))
-    done = _cdrflow(finance_db, "retention", "--keep-months", "23")
+def test_retention_refuses_to_keep_fewer_than_24_months(database: Settings) -> None:
+    insert_rated(connect(database), _calls("R001", [("old", datetime(2020, 1, 5, tzinfo=CST), 100)]))
+    done = _cdrflow(database, "retention", "--keep-months", "23")
     assert done.returncode == 2
     assert "at least 24 months" in done.stderr and "Traceback" not in done.stderr
-    assert _client(finance_db).execute("SELECT count() FROM rated_calls") == [(1,)]
+    assert _client(database).execute("SELECT count() FROM rated_calls") == [(1,)]
 
 
-def test_retention_drops_old_months_and_statements_stay_exact(finance_db: Settings) -> None:
+def test_retention_drops_old_months_and_statements_stay_exact(database: Settings) -> None:
     old = [("o1", datetime(2023, 12, 20, tzinfo=CST), 1_000), ("o2", datetime(2024, 2, 1, 3, tzinfo=CST), 2_000)]
     kept = [("k1", datetime(2024, 3, 10, tzinfo=CST), 4_000), ("k2", datetime(2026, 3, 2, tzinfo=CST), 8_000)]
-    sink = connect(finance_db)
+    sink = connect(database)
     for _ in range(2):
         insert_rated(sink, _calls("R002", old + kept))
-    before = _json(finance_db, "report", "statement", "--account", "R002", "--month", "2026-03")
+    before = _json(database, "report", "statement", "--account", "R002", "--month", "2026-03")
 
-    dry = _cdrflow(finance_db, "retention", "--keep-months", "24", "--today", "2026-03-15", "--dry-run", "--json")
+    dry = _cdrflow(database, "retention", "--keep-months", "24", "--today", "2026-03-15", "--dry-run", "--json")
     assert dry.returncode == 0, dry.stderr
-    done = _cdrflow(finance_db, "retention", "--keep-months", "24", "--today", "2026-03-15", "--json")
+    done = _cdrflow(database, "retention", "--keep-months", "24", "--today", "2026-03-15", "--json")
     assert done.returncode == 0, done.stderr
     dropped = json.loads(done.stdout)
     assert json.loads(dry.stdout)["dropped"] == dropped["dropped"]
@@ -490,9 +474,9 @@ def test_retention_drops_old_months_and_statements_stay_exact(finance_db: Settin
     assert {(p["table"], p["partition"]) for p in dropped["dropped"]} == {
         ("rated_calls", "202312"), ("rated_calls", "202401"), ("calls_by_day", "2023-12-20"), ("calls_by_day", "2024-02-01"),
     }
-    client = _client(finance_db)
+    client = _client(database)
     assert sorted(client.execute("SELECT cdr_id FROM rated_calls FINAL")) == [("k1",), ("k2",)]
-    after = _json(finance_db, "report", "statement", "--account", "R002", "--month", "2026-03")
+    after = _json(database, "report", "statement", "--account", "R002", "--month", "2026-03")
     assert after == before
     assert before["opening_balance"] == "-0.7000"
 
@@ -519,11 +503,11 @@ def _png_is_not_blank(png: bytes) -> bool:
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is installed by make setup")
 def test_the_html_report_renders_its_charts_in_headless_chromium(
-    finance_db: Settings, tmp_path: Path
+    database: Settings, tmp_path: Path
 ) -> None:
-    _load_vectors(finance_db, VECTORS / "mixed")
+    _load_vectors(database, VECTORS / "mixed")
     page = tmp_path / "report.html"
-    done = _cdrflow(finance_db, "report", "html", "--month", "2026-02", "--out", page)
+    done = _cdrflow(database, "report", "html", "--month", "2026-02", "--out", page)
     assert done.returncode == 0, done.stderr
     text = page.read_text()
     assert "<script src=" not in text  # no network needed: plotly is inline
