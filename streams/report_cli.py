@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -163,6 +164,8 @@ def html(
     from streams.report_html import write_report
 
     started = time.monotonic()
+    if not out.parent.is_dir():
+        raise _fail(f"--out {out}: the folder {out.parent} does not exist", code=2)
     with console.status(f"building the report of {month}"):
         _query(state_dir, lambda client: write_report(client, month, out))
     console.print(f"[green]wrote[/] {out} ({out.stat().st_size:,} bytes, {time.monotonic() - started:.1f} s)")
@@ -235,6 +238,8 @@ def _day(text: str, option: str) -> date:
 
 
 def _query(state_dir: Path | None, run: Callable[[Client], T]) -> T:
+    # The driver logs a refused connection with a traceback; the error below says it.
+    logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL + 1)
     settings = _settings(state_dir=state_dir)
     client = Client(**settings.clickhouse_params(), connect_timeout=5, client_name="cdrflow-report")
     with _clickhouse_errors(settings):

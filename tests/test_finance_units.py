@@ -73,3 +73,25 @@ def test_partition_values_read_as_months_and_sql_literals() -> None:
     assert _literal("202603") == "202603" and _literal("'2026-03-01'") == "'2026-03-01'"
     with pytest.raises(ValueError):
         _literal("'2026-03-01'; DROP TABLE x")
+
+
+def test_a_report_without_clickhouse_fails_with_a_reason_and_no_traceback(tmp_path) -> None:
+    import os
+    import subprocess
+
+    from streams.stack import free_ports
+    from tests.conftest import CDRFLOW
+
+    env = {**os.environ, "CDRFLOW_CLICKHOUSE_URL": f"clickhouse://default@127.0.0.1:{free_ports(1)[0]}/cdrflow"}
+    done = subprocess.run(
+        [str(CDRFLOW), "report", "revenue", "--from", "2026-03-01", "--to", "2026-03-31", "--by", "day"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert done.returncode == 1
+    assert "does not answer" in done.stderr and "cdrflow up" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    done = subprocess.run(
+        [str(CDRFLOW), "report", "revenue", "--from", "2026-03-01", "--to", "March", "--by", "day"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert done.returncode == 2 and "--to: expected a day as YYYY-MM-DD" in done.stderr
