@@ -381,10 +381,10 @@ def test_the_views_collapse_replays_on_current_clickhouse_too() -> None:
 
 
 def test_the_finance_user_can_select_and_cannot_write(stack: Settings, database: Settings) -> None:
-    database = database.clickhouse_params()["database"]
+    name = database.clickhouse_params()["database"]
     password = finance_password(stack)
     assert password
-    finance = Client(**{**stack.clickhouse_params(), "user": "finance", "password": password, "database": database})
+    finance = Client(**{**stack.clickhouse_params(), "user": "finance", "password": password, "database": name})
     assert finance.execute("SELECT count() FROM rated_calls FINAL") == [(0,)]
     for statement in (
         "INSERT INTO rated_calls (account_id, cdr_id) SELECT 'A1', 'c1'",
@@ -398,7 +398,7 @@ def test_the_finance_user_can_select_and_cannot_write(stack: Settings, database:
             finance.execute(statement)
         assert refused.value.code == 164, statement  # READONLY
     assert _client(database).execute("SELECT count() FROM rated_calls") == [(0,)]
-    wrong = Client(**{**stack.clickhouse_params(), "user": "finance", "password": password + "x", "database": database})
+    wrong = Client(**{**stack.clickhouse_params(), "user": "finance", "password": password + "x", "database": name})
     with pytest.raises(clickhouse_errors.ServerException) as refused:
         wrong.execute("SELECT 1")
     assert refused.value.code in (192, 193, 516)  # unknown user / wrong password / auth failed
