@@ -48,7 +48,6 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import quote
 
 # Runnable from a plain checkout too, not only from an installed project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,9 +58,8 @@ import polars as pl  # noqa: E402
 from clickhouse_driver import Client  # noqa: E402
 from rich.progress import Progress  # noqa: E402
 
-from sink_bench import _clickhouse  # noqa: E402
+from sink_bench import _clickhouse, scratch_database  # noqa: E402
 from streams import reports  # noqa: E402
-from streams.migrations import apply_migrations  # noqa: E402
 from streams.retention import settle_days  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.sink_clickhouse import connect, insert_rated  # noqa: E402
@@ -185,14 +183,8 @@ def rated_chunk(start: int, rows: int, total: int, accounts: int, seed: int) -> 
 
 
 def _measure(settings: Settings, args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, object]:
-    params = settings.clickhouse_params()
-    server = Client(**{**params, "database": ""})
-    server.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-    server.execute(f"CREATE DATABASE {DATABASE}")
-    credentials = f"{quote(params['user'], safe='')}:{quote(params['password'], safe='')}"
-    target = Settings(clickhouse_url=f"clickhouse://{credentials}@{params['host']}:{params['port']}/{DATABASE}")
+    target, server = scratch_database(settings, DATABASE)
     try:
-        apply_migrations(Client(**{**params, "database": DATABASE}))
         sink = connect(target)
         rated_calls = 0
         started = time.perf_counter()
