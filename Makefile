@@ -30,6 +30,7 @@ bench: setup
 	-$(BIN)/python bench/rate_bench.py
 	-$(BIN)/python bench/sink_bench.py
 	-$(BIN)/python bench/pipeline_bench.py
+	-$(BIN)/python bench/finance_bench.py
 
 clean:
 	rm -rf demo-data .pytest_cache .hypothesis

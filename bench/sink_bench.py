@@ -88,14 +88,8 @@ def main(argv: list[str] | None = None) -> int:
 def _measure(
     settings: Settings, rated: pl.DataFrame, out: Path, *, repeat: int, say: Callable[[str], None]
 ) -> dict[str, object]:
-    params = settings.clickhouse_params()
-    server = Client(**{**params, "database": ""})
-    server.execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-    server.execute(f"CREATE DATABASE {DATABASE}")
-    credentials = f"{quote(params['user'], safe='')}:{quote(params['password'], safe='')}"
-    target = Settings(clickhouse_url=f"clickhouse://{credentials}@{params['host']}:{params['port']}/{DATABASE}")
+    target, server = scratch_database(settings, DATABASE)
     try:
-        apply_migrations(Client(**{**params, "database": DATABASE}))
         client = connect(target)
         runs = []
         for run in range(1, repeat + 1):
@@ -117,6 +111,19 @@ def _measure(
         "export_s": export_s,
         "export_rows_per_s": rated.height / export_s,
     }
+
+
+def scratch_database(settings: Settings, name: str) -> tuple[Settings, Client]:
+    """A fresh database ``name`` on the ClickHouse of ``settings``, every migration applied:
+    settings naming it, and a client of the server (to drop it afterwards)."""
+    params = settings.clickhouse_params()
+    server = Client(**{**params, "database": ""})
+    server.execute(f"DROP DATABASE IF EXISTS {name}")
+    server.execute(f"CREATE DATABASE {name}")
+    credentials = f"{quote(params['user'], safe='')}:{quote(params['password'], safe='')}"
+    target = Settings(clickhouse_url=f"clickhouse://{credentials}@{params['host']}:{params['port']}/{name}")
+    apply_migrations(Client(**{**params, "database": name}))
+    return target, server
 
 
 def _clickhouse(state_dir: Path | None, scratch: Path, say: Callable[[str], None]) -> tuple[Settings, bool]:

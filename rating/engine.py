@@ -115,6 +115,12 @@ def rate(batch: pl.DataFrame, state: RatingState, catalog: Catalog) -> RatingRes
                 )
             ],
             "offpeak_percent",
+            # What finance reads beside the price (docs/finance.md): not in rated.csv.
+            "disposition",
+            "caller",
+            "caller_area",
+            pl.col("billsec_n").alias("billsec"),
+            (pl.col("day_second") // 3600).cast(pl.Int8).alias("local_hour"),
             *extra,
         ),
         rejected=_rejections(judged.filter(pl.col("reason").is_not_null()), catalog, extra),

@@ -73,6 +73,11 @@ RATED_EXPLAIN_COLUMNS: Final[tuple[str, ...]] = (
     "daily_cap",
     "balance",
 )
+#: Columns the engine adds to rated calls for finance's reports (ClickHouse only): the
+#: CDR's disposition (missed calls), caller and caller area (call origin), billsec (call
+#: duration) and the local hour of the charge time (0-23, plan timezone). Not in rated.csv,
+#: which keeps the spec 6 format.
+RATED_FINANCE_COLUMNS: Final[tuple[str, ...]] = ("disposition", "caller", "caller_area", "billsec", "local_hour")
 MONEY_COLUMNS: Final[frozenset[str]] = frozenset(
     {"base", "discount", "minimum_uplift", "cap_waived", "amount", "balance", "daily_cap"}
 )

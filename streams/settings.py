@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, TypedDict
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Where the embedded servers listen; they are for this machine only.
@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     )
     topic_partitions: int = Field(4, ge=1, description="Partitions of each cdrflow topic.")
     alert_webhook: str | None = Field(None, description="URL alerts are POSTed to, if set.")
+    finance_password: SecretStr | None = Field(
+        None,
+        description="Password of the read-only `finance` user of the embedded ClickHouse; "
+        "unset = one generated once into STATE/clickhouse/finance.password. Never printed.",
+    )
     app_id: str = Field("cdrflow", min_length=1, description="Faust app id / consumer group.")
     topic_prefix: str = Field(
         "", description="Prefix of every topic name the ledger commands use (several pipelines on one broker)."
@@ -98,6 +103,11 @@ class Settings(BaseSettings):
     def _absolute_state_dir(cls, value: Path) -> Path:
         # Fixed at read time so pid files and server configs never depend on a later cwd.
         return value.expanduser().absolute()
+
+    @field_validator("finance_password")
+    @classmethod
+    def _blank_password_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None or not value.get_secret_value() else value
 
     @field_validator("kafka_bootstrap", "clickhouse_url", "alert_webhook")
     @classmethod

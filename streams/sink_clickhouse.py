@@ -76,6 +76,8 @@ class Table:
     micros
         Datetime columns stored as ``DateTime`` (whole seconds) plus a ``UInt32`` column
         of microseconds (ClickHouse 18.16 has no DateTime64): column -> microseconds column.
+    server_filled
+        Columns of the table that the server fills at insert (a ``DEFAULT``); never sent.
     """
 
     name: str
@@ -84,6 +86,7 @@ class Table:
     nullable: frozenset[str] = frozenset()
     optional: Mapping[str, pl.DataType] = field(default_factory=dict)
     micros: Mapping[str, str] = field(default_factory=dict)
+    server_filled: frozenset[str] = frozenset()
 
 
 RATED = Table(
@@ -120,7 +123,18 @@ RATED = Table(
     # Unbilled calls have no plan version, rate or tier; tiers are numbered from 1.
     absent={"plan_version": "", "rate_segment": "", "tier_first": 0, "tier_last": 0},
     nullable=frozenset({"daily_cap"}),
-    optional={**ORIGIN_COLUMNS, "event_id": pl.String(), "version": pl.UInt64()},
+    # The finance columns (migration 0010) are optional so that frames from before them
+    # (a message produced by an older worker) still land: '' or -1, "not recorded".
+    optional={
+        **ORIGIN_COLUMNS,
+        "event_id": pl.String(),
+        "version": pl.UInt64(),
+        "disposition": pl.String(),
+        "caller": pl.String(),
+        "caller_area": pl.String(),
+        "billsec": pl.Int64(),
+        "local_hour": pl.Int8(),
+    },
     micros={"charge_time": "charge_us"},
 )
 REJECTED = Table(
@@ -136,6 +150,7 @@ REJECTED = Table(
     ),
     absent={"account_id": ""},  # no account known, or a malformed line
     optional=ORIGIN_COLUMNS,
+    server_filled=frozenset({"landed_time"}),  # migration 0011: when the row landed
 )
 ALERTS = Table(
     "alerts",

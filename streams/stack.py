@@ -8,7 +8,9 @@ under the state folder, each in its own session with its own log and pid file:
   so ``down`` then ``up`` loses nothing (shared/infra.md: durable storage);
 - ``clickhouse``: the Debian ClickHouse server with a config written to
   ``STATE/clickhouse``, a ``default`` user for the pipeline and a read-only ``finance``
-  user whose password is generated once into ``STATE/clickhouse/finance.password``.
+  user (``readonly=1``: SELECT only) whose password is ``CDRFLOW_FINANCE_PASSWORD``, else
+  one generated once into ``STATE/clickhouse/finance.password``. Only its SHA-256 is
+  written to users.xml; the password is never printed or logged.
 
 When ``CDRFLOW_KAFKA_BOOTSTRAP`` / ``CDRFLOW_CLICKHOUSE_URL`` are set, the server they
 name is used as it is and only the topics and the schema are ensured. State folder
@@ -191,7 +193,9 @@ def up(
         topics_created=tuple(created),
         migrations_applied=tuple(applied),
         finance_password_file=(
-            _finance_password_file(settings) if settings.embedded_clickhouse else None
+            _finance_password_file(settings)
+            if settings.embedded_clickhouse and settings.finance_password is None
+            else None
         ),
         warnings=tuple(warnings),
         seconds=time.monotonic() - started_at,
@@ -269,7 +273,10 @@ def down(settings: Settings, purge: bool = False, *, timeout_s: float = 30.0) ->
 
 
 def finance_password(settings: Settings) -> str | None:
-    """The embedded ClickHouse's ``finance`` password, or None before the first ``up``."""
+    """The embedded ClickHouse's ``finance`` password (``CDRFLOW_FINANCE_PASSWORD``, else
+    the generated one), or None before the first ``up``."""
+    if settings.finance_password is not None:
+        return settings.finance_password.get_secret_value()
     path = _finance_password_file(settings)
     return path.read_text().strip() if path.exists() else None
 
@@ -401,10 +408,12 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
         except Exception as error:
             answer["errors"].append(f"clickhouse: {error}")
     if settings.embedded_clickhouse and finance_password(settings) is not None:
-        answer["notes"].append(
-            f"finance (read-only) connects as user finance, password in "
-            f"{_finance_password_file(settings)}"
+        where = (
+            "CDRFLOW_FINANCE_PASSWORD"
+            if settings.finance_password is not None
+            else f"in {_finance_password_file(settings)}"
         )
+        answer["notes"].append(f"finance (read-only) connects as user finance, password {where}")
     return answer
 
 
@@ -621,11 +630,18 @@ def _write_clickhouse_config(settings: Settings) -> None:
     for folder in (home / "data", home / "tmp", home / "user_files", logs):
         folder.mkdir(parents=True, exist_ok=True)
     password_file = _finance_password_file(settings)
-    if not password_file.exists():
-        # Generated once; kept with the data it protects.
-        password_file.touch(mode=0o600)
-        password_file.write_text(secrets.token_urlsafe(18) + "\n")
-    password_hash = sha256(password_file.read_text().strip().encode()).hexdigest()
+    if settings.finance_password is not None:
+        # Given by the operator (CDRFLOW_FINANCE_PASSWORD): only its hash is written.
+        password = settings.finance_password.get_secret_value()
+        where = "CDRFLOW_FINANCE_PASSWORD"
+    else:
+        if not password_file.exists():
+            # Generated once; kept with the data it protects.
+            password_file.touch(mode=0o600)
+            password_file.write_text(secrets.token_urlsafe(18) + "\n")
+        password = password_file.read_text().strip()
+        where = f"password in {escape(str(password_file))}"
+    password_hash = sha256(password.encode()).hexdigest()
 
     def path(folder: Path) -> str:
         return escape(str(folder)) + "/"
@@ -675,7 +691,7 @@ def _write_clickhouse_config(settings: Settings) -> None:
             <profile>default</profile>
             <quota>default</quota>
         </default>
-        <!-- Finance: SELECT only; password in {escape(str(password_file))}. -->
+        <!-- Finance: SELECT only (readonly=1); {where}. -->
         <finance>
             <password_sha256_hex>{password_hash}</password_sha256_hex>
             <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>

@@ -86,6 +86,8 @@ def up(
             f"finance (read-only SQL): user finance, password in {info.finance_password_file}",
             highlight=False,
         )
+    elif settings.embedded_clickhouse:
+        console.print("finance (read-only SQL): user finance, password CDRFLOW_FINANCE_PASSWORD", highlight=False)
     for warning in info.warnings:
         errors.print(f"[yellow]warning:[/] {warning}", highlight=False)
 

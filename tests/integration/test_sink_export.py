@@ -385,6 +385,6 @@ def test_the_sink_tables_match_the_migrated_tables(database: Settings) -> None:
     stored = _columns(server, database.clickhouse_params()["database"])
     for name, table in TABLES.items():
         columns = [column for column, _ in stored[name]]
-        expected = [*table.schema, *table.micros.values(), *table.optional]
+        expected = [*table.schema, *table.micros.values(), *table.optional, *table.server_filled]
         assert sorted(columns) == sorted(expected), name
     assert dict(stored[RATED.name])["daily_cap"] == "Nullable(Int64)"
