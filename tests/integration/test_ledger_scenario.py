@@ -229,6 +229,19 @@ def test_a_quarter_of_three_accounts_balances_to_the_unit(pipeline: Pipeline, tm
         "SELECT kind FROM alerts FINAL WHERE account_id = 'IMP' ORDER BY kind")
     assert [k for (k,) in blocked] == ["arrears", "low_balance"]
 
+    # Finance's statements, from what the worker landed, add up to the ledger's balances.
+    for account, month, opening, closing in (
+        ("IMP", "2026-03", "1000.0000", "590.0000"),
+        ("E2", "2026-03", "-1950.0000", "-261.0000"),
+        ("E1", "2026-04", "1734.0000", "1294.0000"),
+        ("E1", "2026-05", "1294.0000", "0.0000"),
+    ):
+        statement = json.loads(
+            cli("report", "statement", "--account", account, "--month", month, "--format", "json").stdout
+        )
+        assert (statement["opening_balance"], statement["closing_balance"]) == (opening, closing), statement
+        assert sum(_cny(line["amount"]) for line in statement["lines"]) == _cny(closing) - _cny(opening)
+
     # 90 days frozen after 10 May: closed by August's close; a closed account cannot cancel.
     cli("close-month", "2026-08", "--at", "2026-09-02T00:00:00+08:00")
     assert _balances(pipeline)["E1"] == (0, "closed")
