@@ -6,8 +6,8 @@ the ``phonenumbers`` library (libphonenumber's data, kept up to date upstream) g
 municipalities, which are their own province). A caller area starting with ``+`` or
 ``00`` is international (spec 2.3): its city is empty and its province the country.
 
-The lead will reconcile this with ``schemas/numbering.py`` (issue 7) if that exposes its
-own ``area_names``.
+(Which area a *number* belongs to is ``schemas.numbering``'s job; this module only names
+area codes, for the finance reports.)
 """
 
 from __future__ import annotations

@@ -235,25 +235,6 @@ def area_table() -> pl.DataFrame:
     )
 
 
-@functools.cache
-def _names() -> dict[str, tuple[str, str]]:
-    return {code: (city, province) for code, city, province in area_table().iter_rows()}
-
-
-def area_names(area_code: str) -> tuple[str, str]:
-    """``(city, province)`` of a domestic area code, in Chinese; :class:`KeyError` if unknown.
-
-    Examples
-    --------
-    >>> area_names("010"), area_names("0755")
-    (('北京', '北京'), ('深圳', '广东'))
-    """
-    try:
-        return _names()[area_code]
-    except KeyError:
-        raise KeyError(f"no city is known for area code {area_code!r}") from None
-
-
 def mobile_segments(area_code: str) -> np.ndarray:
     """The 7-digit mobile segments of an area code (int64, sorted): for test data."""
     segments = _segment_areas().filter(pl.col("area_code") == area_code).get_column("segment")

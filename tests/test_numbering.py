@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from phone import Phone
 
-from schemas.numbering import AreaError, area_names, area_of, area_table, derive_areas, mobile_segments
+from schemas.numbering import AreaError, area_of, area_table, derive_areas, mobile_segments
 
 
 @pytest.mark.parametrize(
@@ -130,12 +130,3 @@ def test_the_vectorised_segments_agree_with_the_packages_own_lookup() -> None:
     assert derived == [lookup.find(n)["area_code"] for n in numbers]
 
 
-def test_area_names_give_city_and_province() -> None:
-    assert area_names("010") == ("北京", "北京")
-    assert area_names("0755") == ("深圳", "广东")
-    assert area_names("0571") == ("杭州", "浙江")
-    assert area_names("028")[1] == "四川"
-    with pytest.raises(KeyError, match="0000"):
-        area_names("0000")
-    with pytest.raises(KeyError):
-        area_names("+44")
