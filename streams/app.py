@@ -107,6 +107,9 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         producer_max_batch_size=512 * 1024,
         web_enabled=False,
         autodiscover=False,
+        # Faust's own folder (table files; empty with the memory store) lives under the
+        # state folder, not in the current folder (docs/streaming.md).
+        datadir=faust_datadir(settings),
     )
 
     # ------------------------------------------------------------------------ topics
@@ -219,6 +222,12 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def faust_datadir(settings: Settings) -> str:
+    """Faust's data folder of this app: ``STATE_DIR/faust/APP_ID`` (braces escaped:
+    Faust formats the setting with ``str.format``)."""
+    return str(settings.state_dir / "faust" / settings.app_id).replace("{", "{{").replace("}", "}}")
 
 
 def _write(table: Any, partition: int, key: bytes, value: bytes) -> None:

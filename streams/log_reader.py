@@ -41,8 +41,8 @@ def _consumer(bootstrap: list[str]) -> AIOKafkaConsumer:
 async def partitions_of(bootstrap: list[str], topics: Iterable[str]) -> list[TP]:
     """The partitions of these topics (a topic that does not exist has none)."""
     consumer = _consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a failed start must still close the client
         await consumer.topics()  # a metadata refresh of every topic
         return [
             TP(topic, partition)
@@ -66,8 +66,8 @@ async def read_to_end(
     if not starts:
         return {}
     consumer = _consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a failed start must still close the client
         partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in starts}
         consumer.assign(list(partitions))
         for kafka_tp, tp in partitions.items():
