@@ -11,8 +11,12 @@ CDR message is a column-wise chunk of up to ``CDR_CHUNK_LINES`` lines of one acc
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
+import orjson
 import polars as pl
 
 from schemas.columns import CDR_COLUMNS
@@ -79,6 +83,120 @@ def cdr_chunk_frame(value: dict[str, object]) -> pl.DataFrame:
             "ingest_id": pl.Series([ingest_id if isinstance(ingest_id, str) else ""] * len(lines), dtype=pl.String),
         }
     )
+
+
+@dataclass(frozen=True)
+class ChunkBatch:
+    """Many ``cdr.raw`` message values decoded at once (:func:`cdr_chunks_frame`).
+
+    Attributes
+    ----------
+    frame
+        The lines of every message that is a CDR chunk, message after message, in the
+        columns :func:`cdr_chunk_frame` gives.
+    heights
+        Lines of each message, in the order given (0 for one that is not a chunk).
+    errors
+        Index of each message that is not a CDR chunk -> why (``ValueError`` or the
+        JSON/UTF-8 error), as :func:`cdr_chunk_frame` would have raised it.
+    """
+
+    frame: pl.DataFrame
+    heights: list[int]
+    errors: dict[int, Exception]
+
+
+_CHUNK_FIELDS: Final[tuple[str, ...]] = ("line", *CDR_COLUMNS)
+
+
+def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
+    """``cdr.raw`` message values (JSON bytes) into one raw batch, for a whole rating batch.
+
+    Gives what :func:`cdr_chunk_frame` gives message by message, concatenated, but builds
+    each column once over all the messages: a frame per message cost more than rating
+    the lines (docs/streaming.md). Values that are not CDR chunks are reported in
+    ``errors`` and contribute no lines; the others are decoded as usual.
+
+    Examples
+    --------
+    >>> frame = pl.DataFrame({"line": [2, 3], **{c: ["x", "y"] for c in CDR_COLUMNS}})
+    >>> good = json.dumps(cdr_chunk_value("f.csv", frame)).encode()
+    >>> batch = cdr_chunks_frame([good, b"not json", good])
+    >>> batch.heights, sorted(batch.errors), batch.frame.get_column("line").to_list()
+    ([2, 0, 2], [1], [2, 3, 2, 3])
+    """
+    columns: dict[str, list[object]] = {name: [] for name in _CHUNK_FIELDS}
+    sources: list[str] = []
+    ingest_ids: list[str] = []
+    heights: list[int] = []
+    errors: dict[int, Exception] = {}
+    for index, raw in enumerate(values):
+        try:
+            value = orjson.loads(raw if raw is not None else b"")
+            height = _chunk_height(value)
+        except Exception as error:  # anything a stranger's bytes can make the parsing raise
+            errors[index] = error
+            heights.append(0)
+            continue
+        for name in _CHUNK_FIELDS:
+            columns[name].extend(value[name])
+        source, ingest_id = value.get("source"), value.get("ingest_id")
+        sources.append(source if isinstance(source, str) else "")
+        ingest_ids.append(ingest_id if isinstance(ingest_id, str) else "")
+        heights.append(height)
+    try:
+        # strict: a value of the wrong type (checked per element by cdr_chunk_frame)
+        # fails the whole batch, which is then decoded message by message.
+        series = [pl.Series("line", columns["line"], dtype=pl.Int64, strict=True)]
+        series += [pl.Series(name, columns[name], dtype=pl.String, strict=True) for name in CDR_COLUMNS]
+    except (TypeError, OverflowError, pl.exceptions.PolarsError):
+        return _chunks_one_by_one(values)
+    kept = [height for index, height in enumerate(heights) if index not in errors]
+    total = sum(kept)
+    frame = pl.DataFrame(series).with_columns(
+        pl.Series("framing", [None] * total, dtype=pl.String),
+        pl.Series("source", sources, dtype=pl.String).repeat_by(pl.Series(kept, dtype=pl.UInt32)).explode()
+        if kept
+        else pl.Series("source", [], dtype=pl.String),
+        pl.Series("ingest_id", ingest_ids, dtype=pl.String).repeat_by(pl.Series(kept, dtype=pl.UInt32)).explode()
+        if kept
+        else pl.Series("ingest_id", [], dtype=pl.String),
+    )
+    return ChunkBatch(frame=frame, heights=heights, errors=errors)
+
+
+def _chunk_height(value: object) -> int:
+    """The number of lines of a decoded chunk; ``ValueError`` if it is not shaped as one.
+
+    Only the shape (the element types are checked over the whole batch at once).
+    """
+    if not isinstance(value, dict) or value.get("v") != MESSAGE_VERSION:
+        raise ValueError("not a cdr.raw chunk (expected a JSON object with v=1)")
+    lines = value.get("line")
+    if not isinstance(lines, list):
+        raise ValueError("cdr.raw chunk: 'line' must be a list of line numbers")
+    for name in CDR_COLUMNS:
+        column = value.get(name)
+        if not isinstance(column, list) or len(column) != len(lines):
+            raise ValueError(f"cdr.raw chunk: {name!r} must be a list of {len(lines)} strings")
+    return len(lines)
+
+
+def _chunks_one_by_one(values: Sequence[bytes | None]) -> ChunkBatch:
+    frames: list[pl.DataFrame] = []
+    heights: list[int] = []
+    errors: dict[int, Exception] = {}
+    for index, raw in enumerate(values):
+        try:
+            frame = cdr_chunk_frame(orjson.loads(raw if raw is not None else b""))
+        except Exception as error:
+            errors[index] = error
+            heights.append(0)
+            continue
+        frames.append(frame)
+        heights.append(frame.height)
+    empty = cdr_chunk_frame({"v": MESSAGE_VERSION, **{name: [] for name in _CHUNK_FIELDS}})
+    return ChunkBatch(frame=pl.concat([empty, *frames], how="vertical"), heights=heights, errors=errors)
 
 
 def frame_value(frame: pl.DataFrame) -> dict[str, object]:

@@ -22,7 +22,6 @@ partition number as its account's CDRs, whatever the number of workers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -31,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import faust
+import orjson
 import polars as pl
 
 from schemas.messages import frame_from_value
@@ -105,6 +105,7 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         # Fewer, larger produce requests: on tansu's s3 store each one is an object,
         # and reading the changelog back (recovery) costs per object.
         producer_max_batch_size=512 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
         web_enabled=False,
         autodiscover=False,
         # Faust's own folder (table files; empty with the memory store) lives under the
@@ -263,7 +264,7 @@ def read_output(value: bytes, kind: OutputKind) -> pl.DataFrame:
 
     Raises ``ValueError`` (or another error of json/polars) for a message that is none.
     """
-    decoded = json.loads(value)
+    decoded = orjson.loads(value)
     schema = OUTPUT_SCHEMAS[kind]
     rows = decoded["rows"] if isinstance(decoded, dict) and isinstance(decoded.get("rows"), dict) else {}
     return frame_from_value(decoded, {name: schema[name] for name in rows if name in schema})

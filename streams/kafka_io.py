@@ -17,7 +17,7 @@ each reads only what it produced; the product uses none.
 
 from __future__ import annotations
 
-import json
+import orjson
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
@@ -52,14 +52,14 @@ def encode_json(value: Any) -> bytes:
     """A message value as compact UTF-8 JSON (``None`` stays a tombstone)."""
     if value is None:
         return None  # type: ignore[return-value]
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def decode_json(value: bytes | None) -> Any:
     """A message value back from JSON; raises ``ValueError`` for bytes that are not JSON."""
     if value is None:
         return None
-    return json.loads(value)
+    return orjson.loads(value)
 
 
 def _bootstrap(settings: Settings) -> str:

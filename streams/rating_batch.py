@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import numpy as np
+import orjson
 import polars as pl
 
 from rating import Catalog, RatingState, rate
-from schemas.messages import cdr_chunk_frame, frame_value
+from schemas.messages import cdr_chunks_frame, frame_value
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def applied_offset(value: bytes | None) -> int:
 
 def encode(value: Any) -> bytes:
     """A message or table value as compact UTF-8 JSON."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def rate_messages(
@@ -165,7 +166,7 @@ def rate_messages(
     keys: list[bytes] = []
     key_index: dict[bytes, int] = {}
     last_offset: dict[bytes, tuple[int, int]] = {}
-    frames: list[pl.DataFrame] = []
+    pending: list[tuple[SourceMessage, int]] = []  # to decode, with their key index
     garbage: list[dict[str, Any]] = []
     positions: list[tuple[int, int, int, int]] = []  # partition, offset, key index, lines
     for message in ordered:
@@ -180,19 +181,21 @@ def rate_messages(
         index = key_index.setdefault(message.key, len(keys))
         if index == len(keys):
             keys.append(message.key)
-        try:
-            frame = cdr_chunk_frame(json.loads(message.value if message.value is not None else b""))
-        except Exception as error:  # anything a stranger's bytes can make the parsing raise
+        pending.append((message, index))
+    # All values decoded at once (one frame for the batch, not one per message).
+    decoded = cdr_chunks_frame([message.value for message, _ in pending])
+    for number, (message, index) in enumerate(pending):
+        error = decoded.errors.get(number)
+        if error is not None:  # a stranger's bytes: a rejection, never a crashed agent
             outcome.garbage += 1
             garbage.append(_garbage_row(message, topic, index, error))
-            continue
-        frames.append(frame)
-        positions.append((message.partition, message.offset, index, frame.height))
-    if frames:
-        batch = _with_positions(pl.concat(frames, how="vertical"), positions, topic)
+        else:
+            positions.append((message.partition, message.offset, index, decoded.heights[number]))
+    if positions:
+        batch = _with_positions(decoded.frame, positions, topic)
         outcome.lines = batch.height
         accounts = {key.decode("utf-8", "replace"): stored.get(key) for key in keys}
-        state = RatingState.from_accounts({a: json.loads(v) for a, v in accounts.items() if v is not None})
+        state = RatingState.from_accounts({a: orjson.loads(v) for a, v in accounts.items() if v is not None})
         result = rate(batch, state, catalog)
         rejected = result.rejected
         if garbage:
@@ -210,7 +213,7 @@ def rate_messages(
         part = new_parts.get(account)
         if part is None:  # no rated row and no earlier state: nothing to remember but the offset
             before = stored.get(key)
-            part = json.loads(before) if before is not None else {}
+            part = orjson.loads(before) if before is not None else {}
         outcome.states[key] = (partition, encode({**part, "applied_offset": offset}))
     return outcome
 
