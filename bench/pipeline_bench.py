@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             _cdrflow(env, "ingest", warmup.cdrs_file, "--wait", "--timeout", "300")
             say("cdrflow ingest --wait of the month ...")
             started = time.perf_counter()
-            _cdrflow(env, "ingest", data.cdrs_file, "--wait", "--timeout", "1200")
+            ingested = json.loads(_cdrflow(env, "ingest", data.cdrs_file, "--wait", "--timeout", "1200", "--json"))
             pipeline_s = time.perf_counter() - started
             say("sink ...")
             sink = json.loads(
@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         "raw_lines_per_s": round(raw_rate),
         "pipeline_s": round(pipeline_s, 2),
         "pipeline_lines_per_s": round(pipeline_rate),
+        # where the end-to-end time goes: the ingest command's own sending (read, check,
+        # route, produce, with its start-up reads), then waiting for the last rows to land
+        "ingest_send_s": ingested["seconds"],
+        "ingest_file_s": ingested["files"][0]["seconds"],
+        "landed_after_send_s": round(pipeline_s - ingested["seconds"], 2),
         "ratio_pipeline_to_raw": round(pipeline_rate / raw_rate, 2),
         "sink_rows_per_s": sink_rate,
         "targets_met": pipeline_rate >= raw_rate and (sink_rate or 0) >= TARGET_SINK_ROWS_PER_S,
@@ -112,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CDR lines          {len(lines):,}")
         print(f"raw round trip     {raw_s:.2f} s  ({raw_rate:,.0f} lines/s; kafka-python, one message per line)")
         print(f"cdrflow end to end {pipeline_s:.2f} s  ({pipeline_rate:,.0f} lines/s; ingest start to last row in ClickHouse)")
+        print(
+            f"  of which          {figures['ingest_send_s']:.2f} s ingest sending ({figures['ingest_file_s']:.2f} s "
+            f"reading/routing/producing the file), then {figures['landed_after_send_s']:.2f} s until the last row landed"
+        )
         print(f"ratio              {pipeline_rate / raw_rate:.2f} x the raw round trip")
         print(f"sink               {sink_rate:,} rows/s (insert_rated)" if sink_rate else "sink               (no figure)")
         verdict = "PASS" if figures["targets_met"] else "FAIL"

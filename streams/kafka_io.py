@@ -82,6 +82,15 @@ def make_producer(settings: Settings) -> KafkaProducer:
             bootstrap_servers=settings.kafka_servers(),
             client_id=_CLIENT_ID,
             acks="all",
+            # Not idempotent, one request in flight: kafka-python 3 is idempotent by default,
+            # and the embedded broker (tansu) now and then refused a batch of such a producer
+            # with OutOfOrderSequenceNumber (its sequence check races the requests in flight);
+            # the batch was not written. A test feeder that did not check its futures lost
+            # messages that way, and its workers waited for them: the "rare stall" of
+            # docs/streaming.md. One request in flight keeps each partition in send order
+            # across retries without sequence numbers.
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
             linger_ms=20,
             # Under real Kafka's default message.max.bytes (1 MB), which bounds a batch.
             batch_size=512 * 1024,

@@ -146,14 +146,18 @@ class Pipeline:
         producer = make_producer(self.settings)
         try:
             started = time.monotonic()
+            sent = []
             for index, (key, value) in enumerate(messages):
-                producer.send(self.topic("cdr.raw"), key=key, value=value)
+                sent.append(producer.send(self.topic("cdr.raw"), key=key, value=value))
                 if pace_s:
                     due = started + pace_s * (index + 1) / len(messages)
                     if due > time.monotonic():
                         producer.flush()
                         time.sleep(max(0.0, due - time.monotonic()))
             producer.flush()
+            # kafka-python's flush does not raise for a refused record; its future does.
+            for index, future in enumerate(sent):
+                future.get(timeout=60)
         finally:
             producer.close()
 

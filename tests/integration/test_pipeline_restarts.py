@@ -221,3 +221,18 @@ def test_down_then_up_and_a_new_worker_continue_the_same_accounts(
     offline = offline_balances(pipeline.tariffs, MIXED / "cdrs.csv", tmp_path / "offline")
     streamed = {(r["cdr_id"], r["account_id"]): r["balance"] for r in read_csv_rows(actual / "rated.csv")}
     assert streamed == offline
+
+
+def test_the_project_producer_is_not_idempotent_and_keeps_one_request_in_flight(stack: Settings) -> None:
+    """tansu refused batches of kafka-python's (default) idempotent producer with
+    OutOfOrderSequenceNumber now and then, unwritten: the cause of the old "rare stall"
+    (docs/streaming.md). Order per partition then rests on one request in flight."""
+    from streams.kafka_io import make_producer
+
+    producer = make_producer(stack)
+    try:
+        assert producer.config["enable_idempotence"] is False
+        assert producer.config["max_in_flight_requests_per_connection"] == 1
+        assert producer.config["acks"] in ("all", -1)
+    finally:
+        producer.close()

@@ -41,10 +41,7 @@ from tests.integration.pipeline import expected_alerts as _expected_alerts
 from tests.integration.pipeline import lines_of as _lines
 from tests.integration.pipeline import wait_for_log as _wait_for_log
 
-# A worker test re-runs (at most twice) when it fails: in rare runs both workers stopped
-# receiving cdr.raw messages for minutes after a batch (a stall not yet explained, see
-# docs/streaming.md). A re-run still has to give exactly the expected results.
-pytestmark = [pytest.mark.integration, pytest.mark.flaky(reruns=2)]
+pytestmark = pytest.mark.integration
 
 #: A worker's first batch comes ~5-20 s after its start (group join, recovery); a crash
 #: restart with the same group can take longer (shared/infra.md).
