@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Final
 
 import orjson
@@ -226,16 +227,72 @@ def frame_from_value(value: dict[str, object], schema: pl.Schema | dict[str, pl.
     if not isinstance(value, dict) or value.get("v") != MESSAGE_VERSION or not isinstance(value.get("rows"), dict):
         raise ValueError("not a cdrflow frame message (expected a JSON object with v=1 and rows)")
     rows = value["rows"]
-    columns = []
-    for name, dtype in schema.items():
-        data = rows.get(name)
-        if dtype == pl.Datetime:
-            series = pl.Series(name, data, dtype=pl.String).str.to_datetime(
-                "%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC", time_unit="us"
-            ).cast(dtype)
-        elif dtype == pl.Date:
-            series = pl.Series(name, data, dtype=pl.String).str.to_date("%Y-%m-%d")
-        else:
-            series = pl.Series(name, data, dtype=dtype)
-        columns.append(series)
-    return pl.DataFrame(columns)
+    return pl.DataFrame([_typed_series(name, rows.get(name), dtype) for name, dtype in schema.items()])
+
+
+def _typed_series(name: str, data: object, dtype: pl.DataType) -> pl.Series:
+    if dtype == pl.Datetime:
+        return pl.Series(name, data, dtype=pl.String).str.to_datetime(
+            "%Y-%m-%dT%H:%M:%S%.fZ", time_zone="UTC", time_unit="us"
+        ).cast(dtype)
+    if dtype == pl.Date:
+        return pl.Series(name, data, dtype=pl.String).str.to_date("%Y-%m-%d")
+    return pl.Series(name, data, dtype=dtype)
+
+
+def frames_from_values(
+    values: Sequence[bytes | None], schema: pl.Schema | dict[str, pl.DataType]
+) -> list[pl.DataFrame | Exception]:
+    """Output message values (JSON bytes of :func:`frame_value`) into frames, all at once.
+
+    For each value, in order: its rows typed by ``schema``, with the columns it has that
+    ``schema`` knows (others left out), or the error that makes it no frame message.
+    Messages with the same columns are decoded together, each column built (and its
+    times parsed) once, and handed back as slices: what :func:`frame_from_value` gives
+    message by message, at a fraction of the cost (a sink batch holds thousands of
+    messages). A group that fails as a whole is decoded again message by message.
+
+    Examples
+    --------
+    >>> good = orjson.dumps(frame_value(pl.DataFrame({"amount": [1, 2], "x": ["a", "b"]})))
+    >>> frames = frames_from_values([good, b"[]", good], {"amount": pl.Int64})
+    >>> [f.get_column("amount").to_list() if isinstance(f, pl.DataFrame) else "error" for f in frames]
+    [[1, 2], 'error', [1, 2]]
+    """
+    results: list[pl.DataFrame | Exception | None] = [None] * len(values)
+    groups: dict[tuple[str, ...], list[tuple[int, dict[str, list[object]], int]]] = {}
+    for index, raw in enumerate(values):
+        try:
+            value = orjson.loads(raw if raw is not None else b"")
+            if not isinstance(value, dict) or value.get("v") != MESSAGE_VERSION or not isinstance(value.get("rows"), dict):
+                raise ValueError("not a cdrflow frame message (expected a JSON object with v=1 and rows)")
+            rows = value["rows"]
+            names = tuple(name for name in rows if name in schema)
+            heights = {len(rows[name]) if isinstance(rows[name], list) else -1 for name in names}
+            if len(heights) > 1 or -1 in heights:
+                raise ValueError("a frame message's columns must be lists of one length")
+        except Exception as error:
+            results[index] = error
+            continue
+        groups.setdefault(names, []).append((index, rows, heights.pop() if heights else 0))
+    for names, members in groups.items():
+        try:
+            frame = pl.DataFrame(
+                [
+                    _typed_series(name, list(chain.from_iterable(rows[name] for _, rows, _ in members)), schema[name])
+                    for name in names
+                ]
+            )
+            offset = 0
+            for index, _, height in members:
+                results[index] = frame.slice(offset, height)
+                offset += height
+        except Exception:  # a value of a wrong type somewhere: find it, message by message
+            for index, rows, _ in members:
+                try:
+                    results[index] = frame_from_value(
+                        {"v": MESSAGE_VERSION, "rows": rows}, {name: schema[name] for name in names}
+                    )
+                except Exception as error:
+                    results[index] = error
+    return [result if result is not None else ValueError("not decoded") for result in results]

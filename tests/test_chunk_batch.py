@@ -67,3 +67,40 @@ def test_a_batch_of_nothing_but_garbage_has_no_lines() -> None:
     batch = cdr_chunks_frame(GARBAGE)
     assert batch.frame.height == 0 and sorted(batch.errors) == list(range(len(GARBAGE)))
     assert batch.frame.columns == cdr_chunk_frame(json.loads(_chunk(2, 1))).columns
+
+
+def test_output_messages_decoded_at_once_equal_read_output_one_by_one() -> None:
+    from datetime import UTC, date, datetime
+
+    from schemas.messages import frame_value, frames_from_values
+    from streams.app import OUTPUT_SCHEMAS, read_output
+
+    schema = OUTPUT_SCHEMAS["alerts"]
+    rows = {
+        "account_id": ["A1", "A2"],
+        "kind": ["low_balance", "arrears"],
+        "cdr_id": ["c1", "c2"],
+        "balance": [100, -5],
+        "line": [2, 3],
+        "local_day": [date(2026, 3, 1), date(2026, 3, 2)],
+        "not_a_column": ["x", "y"],
+    }
+    frame = pl.DataFrame(rows)
+    if "charge_time" in schema:
+        frame = frame.with_columns(
+            charge_time=pl.Series([datetime(2026, 3, 1, 1, tzinfo=UTC), datetime(2026, 3, 2, 2, tzinfo=UTC)])
+        )
+    good = json.dumps(frame_value(frame)).encode()
+    other = json.dumps(frame_value(frame.drop("line").head(1))).encode()  # another column set
+    wrong_type = json.dumps(frame_value(frame.with_columns(pl.col("balance").cast(pl.String) + "x"))).encode()
+    values = [good, b"not json", other, wrong_type, good, None]
+    decoded = frames_from_values(values, schema)
+    assert len(decoded) == len(values)
+    for value, result in zip(values, decoded):
+        try:
+            expected = read_output(value, "alerts")
+        except Exception:
+            assert isinstance(result, Exception)
+            continue
+        assert isinstance(result, pl.DataFrame) and result.equals(expected) and result.schema == expected.schema
+    assert [isinstance(r, Exception) for r in decoded] == [False, True, False, True, False, True]
