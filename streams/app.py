@@ -22,7 +22,6 @@ partition number as its account's CDRs, whatever the number of workers.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import threading
@@ -31,11 +30,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import faust
+import orjson
 import polars as pl
 
-from schemas.messages import frame_from_value
+from schemas.messages import frame_from_value, frames_from_values
 from streams import sink_clickhouse
 from streams.catalog_watch import CatalogWatch
+from streams.faust_tuning import tune_faust_consumer
 from streams.kafka_io import topic_name
 from streams.notify import Notifier
 from streams.rating_batch import (
@@ -93,6 +94,7 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
     ``topic_prefix`` puts every topic under a prefix (tests; several pipelines on one
     broker); the consumer group and the table's changelog are named by ``settings.app_id``.
     """
+    tune_faust_consumer()  # fetches held 0.5 s, not Faust's fixed 1.5 s (streams.faust_tuning)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_servers()],
@@ -110,8 +112,12 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         # Fewer, larger produce requests: on tansu's s3 store each one is an object,
         # and reading the changelog back (recovery) costs per object.
         producer_max_batch_size=512 * 1024,
+        consumer_max_fetch_size=16 * 1024 * 1024,
         web_enabled=False,
         autodiscover=False,
+        # Faust's own folder (table files; empty with the memory store) lives under the
+        # state folder, not in the current folder (docs/streaming.md).
+        datadir=faust_datadir(settings),
     )
 
     # ------------------------------------------------------------------------ topics
@@ -192,10 +198,17 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
             stopping = threading.Event()  # ends the insert retries of a worker that stops
             try:
                 async for events in stream.take_events(SINK_BATCH_MESSAGES, within=SINK_BATCH_WITHIN_S):
+                    started = time.perf_counter()
                     frames = await asyncio.to_thread(_frames, events, kind)
+                    decoded = time.perf_counter()
                     # Returns only once ClickHouse took the rows: the events are acked (and
                     # their offsets committed) after this, never before.
                     await asyncio.to_thread(_insert_until_done, client, insert, frames, kind, stopping)
+                    log.info(
+                        "sink %s: %d rows of %d messages decoded in %.3f s, inserted in %.3f s",
+                        kind, sum(f.height for f in frames), len(events), decoded - started,
+                        time.perf_counter() - decoded,
+                    )
             finally:
                 stopping.set()
 
@@ -226,6 +239,12 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def faust_datadir(settings: Settings) -> str:
+    """Faust's data folder of this app: ``STATE_DIR/faust/APP_ID`` (braces escaped:
+    Faust formats the setting with ``str.format``)."""
+    return str(settings.state_dir / "faust" / settings.app_id).replace("{", "{{").replace("}", "}}")
 
 
 def _write(table: Any, partition: int, key: bytes, value: bytes) -> None:
@@ -261,7 +280,7 @@ def read_output(value: bytes, kind: OutputKind) -> pl.DataFrame:
 
     Raises ``ValueError`` (or another error of json/polars) for a message that is none.
     """
-    decoded = json.loads(value)
+    decoded = orjson.loads(value)
     schema = OUTPUT_SCHEMAS[kind]
     rows = decoded["rows"] if isinstance(decoded, dict) and isinstance(decoded.get("rows"), dict) else {}
     return frame_from_value(decoded, {name: schema[name] for name in rows if name in schema})
@@ -269,16 +288,18 @@ def read_output(value: bytes, kind: OutputKind) -> pl.DataFrame:
 
 def _frames(events: Iterable[faust.EventT], kind: OutputKind) -> list[pl.DataFrame]:
     """The frames of a batch of output messages; a message that is none is logged, skipped."""
+    events = list(events)
     frames = []
-    for event in events:
-        message = event.message
-        try:
-            frames.append(read_output(message.value, kind))
-        except Exception as error:  # a foreign producer's bytes: nothing to land
+    # All decoded at once (schemas.messages.frames_from_values), each as read_output would.
+    for event, frame in zip(events, frames_from_values([e.message.value for e in events], OUTPUT_SCHEMAS[kind])):
+        if isinstance(frame, Exception):  # a foreign producer's bytes: nothing to land
+            message = event.message
             log.warning(
                 "%s[%d]@%d is not a %s frame message, skipped: %s",
-                message.topic, message.partition, message.offset, kind, str(error)[:200],
+                message.topic, message.partition, message.offset, kind, str(frame)[:200],
             )
+        else:
+            frames.append(frame)
     return frames
 
 

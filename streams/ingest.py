@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import polars as pl
+from aiokafka.errors import KafkaError
 
 from schemas.switch_formats import Feed
 from schemas.messages import cdr_chunk_value, frame_value
@@ -48,11 +49,14 @@ from streams.kafka_io import (
     read_to_end,
     require_topics,
     topic_name,
+    unreachable,
 )
-from streams.load import ACCOUNTS_TOPIC, PLANS_TOPIC, read_catalog
+from streams.load import ACCOUNTS_TOPIC, PLANS_TOPIC, decoded_catalog_value, fold_catalog, read_catalog
+from streams.log_reader import read_topics
 from streams.rate_files import InputError, iter_chunks, open_cdr_file
 from streams.routing import AccountChunker, rejection_groups, route
 from streams.settings import Settings
+from tariffs import Tariffs
 
 RAW_TOPIC: Final[str] = "cdr.raw"
 REJECTED_TOPIC: Final[str] = "cdr.rejected"
@@ -214,8 +218,12 @@ class _Topics:
 
 def ingested_files(settings: Settings, *, topic_prefix: str = "") -> dict[str, dict[str, Any]]:
     """The ``ingest.files`` events by SHA-256 (the last one of each file wins)."""
+    return _files_of(read_to_end(settings, topic_name(FILES_TOPIC, topic_prefix)))
+
+
+def _files_of(records: Iterable[Any]) -> dict[str, dict[str, Any]]:
     files: dict[str, dict[str, Any]] = {}
-    for record in read_to_end(settings, topic_name(FILES_TOPIC, topic_prefix)):
+    for record in records:
         try:
             value = decode_json(record.value)
         except ValueError:
@@ -225,8 +233,35 @@ def ingested_files(settings: Settings, *, topic_prefix: str = "") -> dict[str, d
     return files
 
 
-def _routing_table(settings: Settings, topic_prefix: str) -> dict[str, str]:
-    tariffs = read_catalog(settings, topic_prefix=topic_prefix)
+@dataclass(frozen=True)
+class _Logs:
+    """What ingest reads from the broker before sending: the ingested files and the catalogue."""
+
+    files: dict[str, dict[str, Any]]
+    tariffs: Tariffs
+
+
+def _read_logs(settings: Settings, topic_prefix: str) -> _Logs:
+    """``ingest.files``, ``plans`` and ``accounts`` in one read (all partitions at once).
+
+    Raises :class:`BrokerError` when the broker does not answer, :class:`CatalogError`
+    when a number belongs to two accounts.
+    """
+    names = [topic_name(n, topic_prefix) for n in (FILES_TOPIC, PLANS_TOPIC, ACCOUNTS_TOPIC)]
+    try:
+        logs = read_topics(settings.kafka_servers(), names)
+    except (KafkaError, TimeoutError, OSError) as error:
+        raise unreachable(settings, error) from None
+    files, plans, accounts = (logs[name] for name in names)
+    tariffs = fold_catalog(
+        [(r.key, decoded_catalog_value(r.value, PLANS_TOPIC)) for r in plans],
+        [(r.key, decoded_catalog_value(r.value, ACCOUNTS_TOPIC)) for r in accounts],
+    )
+    return _Logs(files=_files_of(files), tariffs=tariffs)
+
+
+def _routing_table(settings: Settings, topic_prefix: str, tariffs: Tariffs | None = None) -> dict[str, str]:
+    tariffs = tariffs if tariffs is not None else read_catalog(settings, topic_prefix=topic_prefix)
     if not tariffs.accounts:
         names = f"{topic_name(PLANS_TOPIC, topic_prefix)}/{topic_name(ACCOUNTS_TOPIC, topic_prefix)}"
         raise NothingLoaded(
@@ -292,11 +327,12 @@ def ingest_paths(
     started = time.perf_counter()
     files = [check_file(path, feed) for path in expand_paths(paths)]
     _require_all_topics(settings, topic_prefix)
+    logs = _read_logs(settings, topic_prefix)
     if not force:
-        problems = refusals(files, ingested_files(settings, topic_prefix=topic_prefix))
+        problems = refusals(files, logs.files)
         if problems:
             raise AlreadyIngested(problems)
-    numbers = _routing_table(settings, topic_prefix)
+    numbers = _routing_table(settings, topic_prefix, logs.tariffs)
     total = sum(f.size for f in files)
     done_before = 0
     results = []
@@ -512,11 +548,12 @@ def _follow_one(
         if not path.exists():
             return FollowEvent("error", path, str(error))
         return FollowEvent("refused", path, str(error), moved_to=_move(path, folder / "refused", stamp))
+    logs = _read_logs(settings, topic_prefix)
     if not force:
-        problems = refusals([spool], ingested_files(settings, topic_prefix=topic_prefix))
+        problems = refusals([spool], logs.files)
         if problems:
             return FollowEvent("refused", path, problems[0], moved_to=_move(path, folder / "refused", stamp))
-    numbers = _routing_table(settings, topic_prefix)
+    numbers = _routing_table(settings, topic_prefix, logs.tariffs)
     report = None if on_progress is None else (lambda done: on_progress(path, done, spool.size))
     result = send_file(sender, spool, numbers, topics, force=force, progress=report, feed=feed)
     return FollowEvent("ingested", path, result=result, moved_to=_move(path, folder / "done", result.ingest_id))

@@ -17,7 +17,7 @@ each reads only what it produced; the product uses none.
 
 from __future__ import annotations
 
-import json
+import orjson
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
@@ -52,14 +52,14 @@ def encode_json(value: Any) -> bytes:
     """A message value as compact UTF-8 JSON (``None`` stays a tombstone)."""
     if value is None:
         return None  # type: ignore[return-value]
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def decode_json(value: bytes | None) -> Any:
     """A message value back from JSON; raises ``ValueError`` for bytes that are not JSON."""
     if value is None:
         return None
-    return json.loads(value)
+    return orjson.loads(value)
 
 
 def _bootstrap(settings: Settings) -> str:
@@ -82,6 +82,15 @@ def make_producer(settings: Settings) -> KafkaProducer:
             bootstrap_servers=settings.kafka_servers(),
             client_id=_CLIENT_ID,
             acks="all",
+            # Not idempotent, one request in flight: kafka-python 3 is idempotent by default,
+            # and the embedded broker (tansu) now and then refused a batch of such a producer
+            # with OutOfOrderSequenceNumber (its sequence check races the requests in flight);
+            # the batch was not written. A test feeder that did not check its futures lost
+            # messages that way, and its workers waited for them: the "rare stall" of
+            # docs/streaming.md. One request in flight keeps each partition in send order
+            # across retries without sequence numbers.
+            enable_idempotence=False,
+            max_in_flight_requests_per_connection=1,
             linger_ms=20,
             # Under real Kafka's default message.max.bytes (1 MB), which bounds a batch.
             batch_size=512 * 1024,

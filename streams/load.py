@@ -203,12 +203,14 @@ def _read_topics(settings: Settings, topic_prefix: str) -> tuple[list[tuple[byte
     try:
         names = [topic_name(PLANS_TOPIC, topic_prefix), topic_name(ACCOUNTS_TOPIC, topic_prefix)]
         records = read_to_end(settings, names, reader=reader)
-        return tuple([(r.key, _decoded(r.value, name)) for r in records if r.topic == name] for name in names)
+        return tuple([(r.key, decoded_catalog_value(r.value, name)) for r in records if r.topic == name] for name in names)
     finally:
         reader.close()
 
 
-def _decoded(value: bytes | None, topic: str) -> Any:
+def decoded_catalog_value(value: bytes | None, topic: str) -> Any:
+    """A ``plans``/``accounts`` record value decoded for :func:`fold_catalog` (not JSON: ``{}``,
+    which the models refuse, so the key keeps its previous value)."""
     try:
         return decode_json(value)
     except ValueError:

@@ -11,13 +11,21 @@ start is slow; the worker reads from 0 only the small catalogue topics.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
-from faust.types import TP
+
+
+class TP(NamedTuple):
+    """A topic partition; equal to (and hashed as) Faust's ``TP``, without importing Faust
+    (``cdrflow ingest`` reads with this module too)."""
+
+    topic: str
+    partition: int
 
 #: How long a read may take before it gives up.
 READ_TIMEOUT_S: Final[float] = 120.0
@@ -41,8 +49,8 @@ def _consumer(bootstrap: list[str]) -> AIOKafkaConsumer:
 async def partitions_of(bootstrap: list[str], topics: Iterable[str]) -> list[TP]:
     """The partitions of these topics (a topic that does not exist has none)."""
     consumer = _consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a failed start must still close the client
         await consumer.topics()  # a metadata refresh of every topic
         return [
             TP(topic, partition)
@@ -66,8 +74,8 @@ async def read_to_end(
     if not starts:
         return {}
     consumer = _consumer(bootstrap)
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a failed start must still close the client
         partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in starts}
         consumer.assign(list(partitions))
         for kafka_tp, tp in partitions.items():
@@ -89,3 +97,28 @@ async def read_to_end(
         return records
     finally:
         await consumer.stop()
+
+
+def read_topics(bootstrap: list[str], topics: Iterable[str], *, timeout_s: float = READ_TIMEOUT_S) -> dict[str, list[Any]]:
+    """Every record of these topics, from a plain (not async) caller: topic -> records,
+    partition after partition, each in log order.
+
+    All their partitions are fetched together, and each read stops at the exact end (the
+    high watermark of Fetch responses): about three times faster on the embedded broker
+    than kafka-python's topic-by-topic read (``streams.kafka_io.read_to_end``), which
+    waits for several fetches per topic. A topic that does not exist has no records
+    (callers check the topics first).
+
+    Raises ``TimeoutError`` or an aiokafka ``KafkaError`` when the broker does not answer.
+    """
+    names = list(dict.fromkeys(topics))
+
+    async def read() -> dict[str, list[Any]]:
+        partitions = await partitions_of(bootstrap, names)
+        tails = await read_to_end(bootstrap, {tp: 0 for tp in partitions}, timeout_s=timeout_s)
+        by_topic: dict[str, list[Any]] = {name: [] for name in names}
+        for tp in sorted(tails):
+            by_topic[tp.topic].extend(tails[tp])
+        return by_topic
+
+    return asyncio.run(read())

@@ -29,13 +29,14 @@ from typing import Any, Final, Literal
 from datetime import datetime, timezone
 
 import numpy as np
+import orjson
 import polars as pl
 
 from rating import Catalog, RatingState, rate
 from rating.fields import with_typed_fields
 from rating.ledger import Book, Terms, after_calls, apply_command
 from schemas.ledger import LedgerCommand, command_from_value
-from schemas.messages import cdr_chunk_frame, frame_value
+from schemas.messages import cdr_chunks_frame, frame_value
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def applied_offset(value: bytes | None) -> int:
 
 def encode(value: Any) -> bytes:
     """A message or table value as compact UTF-8 JSON."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
 def rate_messages(
@@ -170,7 +171,7 @@ def rate_messages(
     keys: list[bytes] = []
     key_index: dict[bytes, int] = {}
     last_offset: dict[bytes, tuple[int, int]] = {}
-    frames: list[pl.DataFrame] = []
+    pending: list[tuple[SourceMessage, int, int]] = []  # to decode, with their key index and round
     garbage: list[dict[str, Any]] = []
     positions: list[tuple[int, int, int, int, int]] = []  # partition, offset, key index, lines, round
     # An account's ledger commands split its lines into rounds: the lines before its
@@ -189,28 +190,35 @@ def rate_messages(
         index = key_index.setdefault(message.key, len(keys))
         if index == len(keys):
             keys.append(message.key)
-        try:
-            value = json.loads(message.value if message.value is not None else b"")
-            command = command_from_value(value)
-            frame = cdr_chunk_frame(value) if command is None else None
-        except Exception as error:  # anything a stranger's bytes can make the parsing raise
+        value = message.value
+        if value is not None and b'"ledger"' in value:  # cheap: only ledger messages hold it as a key
+            try:
+                command = command_from_value(orjson.loads(value))
+            except Exception as error:  # a ledger message that is no valid command
+                outcome.garbage += 1
+                garbage.append(_garbage_row(message, topic, index, error))
+                continue
+            if command is not None:
+                commands.append((rounds.get(index, 0), index, message, command))
+                rounds[index] = rounds.get(index, 0) + 1
+                continue
+        pending.append((message, index, rounds.get(index, 0)))
+    # All CDR chunks decoded at once (one frame for the batch, not one per message).
+    decoded = cdr_chunks_frame([message.value for message, _, _ in pending])
+    for number, (message, index, round_number) in enumerate(pending):
+        error = decoded.errors.get(number)
+        if error is not None:  # a stranger's bytes: a rejection, never a crashed agent
             outcome.garbage += 1
             garbage.append(_garbage_row(message, topic, index, error))
-            continue
-        if command is not None:
-            commands.append((rounds.get(index, 0), index, message, command))
-            rounds[index] = rounds.get(index, 0) + 1
-            continue
-        assert frame is not None
-        frames.append(frame)
-        positions.append((message.partition, message.offset, index, frame.height, rounds.get(index, 0)))
+        else:
+            positions.append((message.partition, message.offset, index, decoded.heights[number], round_number))
 
     accounts = {key.decode("utf-8", "replace"): stored.get(key) for key in keys}
-    parts = {a: json.loads(v) for a, v in accounts.items() if v is not None}
+    parts = {a: orjson.loads(v) for a, v in accounts.items() if v is not None}
     fold = _LedgerFold(catalog, topic, keys, parts)
     state = RatingState.from_accounts(parts)
     collected: dict[str, list[pl.DataFrame]] = {"rated": [], "rejected": [], "alerts": []}
-    batch = _with_positions(pl.concat(frames, how="vertical"), positions, topic) if frames else None
+    batch = _with_positions(decoded.frame, positions, topic) if positions else None
     if batch is not None:
         outcome.lines = batch.height
     for round_number in range(max(rounds.values(), default=0) + 1):
@@ -249,7 +257,7 @@ def rate_messages(
         part = new_parts.get(account)
         if part is None:  # no rated row and no earlier state: nothing to remember but the offset
             before = stored.get(key)
-            part = json.loads(before) if before is not None else {}
+            part = orjson.loads(before) if before is not None else {}
             part.pop("applied_offset", None)
         book = fold.books.get(account)
         if book is not None:

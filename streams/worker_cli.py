@@ -86,6 +86,8 @@ def worker(
         # kafka-python (the catalogue reads) logs every connection at INFO.
         logging.getLogger("kafka").setLevel(logging.WARNING)
     app = build_app(settings, topic_prefix=topic_prefix)
+    # Faust makes its data folder (app.conf.datadir) but not the folders above it.
+    (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     faust.Worker(
         app,
         loglevel=level,

@@ -35,7 +35,10 @@ from streams.load import publish_tariffs
 from streams.settings import Settings
 from streams.sink_clickhouse import connect
 from streams.stack import ensure_schema
+from rating import Catalog
+from streams.rate_files import rate_file
 from tariffs import Tariffs, load_tariffs
+from tests.conftest import compare_with_expected
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -143,14 +146,18 @@ class Pipeline:
         producer = make_producer(self.settings)
         try:
             started = time.monotonic()
+            sent = []
             for index, (key, value) in enumerate(messages):
-                producer.send(self.topic("cdr.raw"), key=key, value=value)
+                sent.append(producer.send(self.topic("cdr.raw"), key=key, value=value))
                 if pace_s:
                     due = started + pace_s * (index + 1) / len(messages)
                     if due > time.monotonic():
                         producer.flush()
                         time.sleep(max(0.0, due - time.monotonic()))
             producer.flush()
+            # kafka-python's flush does not raise for a refused record; its future does.
+            for index, future in enumerate(sent):
+                future.get(timeout=60)
         finally:
             producer.close()
 
@@ -233,6 +240,46 @@ class Pipeline:
 def read_csv_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
+
+
+def lines_of(cdrs: Path) -> int:
+    """CDR lines of a file (its header not counted)."""
+    return len(cdrs.read_bytes().splitlines()) - 1
+
+
+def expected_alerts(vectors: Path) -> int:
+    return len(read_csv_rows(vectors / "expected" / "alerts.csv"))
+
+
+def everything_landed(lines: int, alerts: int, extra_rejections: int = 0) -> Callable[[dict[str, int]], bool]:
+    """A :meth:`Pipeline.wait_until` test: every line is a row, and the alerts are in."""
+    return lambda c: (
+        c["rated_calls"] + c["rejected_cdrs"] >= lines + extra_rejections and c["alerts"] >= alerts
+    )
+
+
+def offline_balances(tariffs: Tariffs, cdrs: Path, out: Path) -> dict[tuple[str, str], str]:
+    """(cdr_id, account_id) -> balance after the call, by the offline ``rate`` path."""
+    rate_file(cdrs, Catalog.from_tariffs(tariffs), out)
+    return {(r["cdr_id"], r["account_id"]): r["balance"] for r in read_csv_rows(out / "rated.csv")}
+
+
+def assert_same_as_expected(pipeline: Pipeline, vectors: Path, tmp_path: Path) -> None:
+    """The export equals expected/, and every balance equals the offline path's."""
+    actual = pipeline.export(tmp_path / "export")
+    compared = compare_with_expected(vectors / "expected", actual)
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    offline = offline_balances(pipeline.tariffs, vectors / "cdrs.csv", tmp_path / "offline")
+    streamed = {(r["cdr_id"], r["account_id"]): r["balance"] for r in read_csv_rows(actual / "rated.csv")}
+    assert streamed == offline
+
+
+def wait_for_log(worker: Worker, text: str, *, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in worker.log_text():
+        assert worker.alive(), f"the worker exited:\n{worker.log_text()[-4000:]}"
+        assert time.monotonic() < deadline, f"no {text!r} in the worker's log within {timeout_s:.0f} s"
+        time.sleep(0.1)
 
 
 class WebhookReceiver:

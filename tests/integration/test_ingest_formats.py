@@ -23,7 +23,7 @@ from tariffs import load_tariffs
 from tests.conftest import compare_with_expected
 from tests.integration.pipeline import Pipeline, read_csv_rows
 
-pytestmark = [pytest.mark.integration, pytest.mark.flaky(reruns=2)]
+pytestmark = [pytest.mark.integration]
 
 LAND_TIMEOUT_S = 240.0
 

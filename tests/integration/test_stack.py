@@ -166,7 +166,9 @@ def test_status_end_offsets_and_lag_count_every_record(stack: Settings) -> None:
     consumer.commit({TopicPartition("test.lag", 0): OffsetAndMetadata(200, "", -1)})
     consumer.close()
 
-    answer = status(stack)
+    # The session's broker holds every earlier test's topics by now, and status fetches a
+    # watermark from each of their partitions: give it longer than the CLI's 5 s.
+    answer = status(stack, timeout_s=30.0)
     assert answer["topics"]["test.lag"]["end_offsets"] == {0: 500}
     assert answer["consumer_groups"]["test-lag"]["lag"] == 300
 
