@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
 
 # polars allocates through jemalloc (configured by `_RJEM_MALLOC_CONF`). As built into the
 # wheel it hands freed pages back to the kernel so soon that a rating run faults the same
@@ -12,17 +15,21 @@ import sys
 # the variable when polars loads, so it is set before the first polars import; a value the
 # user set wins.
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:5000,muzzy_decay_ms:5000")
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated
 
-import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-from rich.table import Table
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table  # noqa: E402
 
-from schemas.money import format_money
-from tariffs import TariffError, Tariffs, load_tariffs
+from schemas.money import format_money  # noqa: E402
+from tariffs import TariffError, Tariffs, load_tariffs  # noqa: E402
 
 # The offline commands live on ``_app``; ``app`` (module ``__getattr__`` below) is the whole
 # command line, the pipeline's commands included.
