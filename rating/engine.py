@@ -318,7 +318,8 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
             pl.col("plan_day").replace_strict(cap_keys, caps, default=None, return_dtype=pl.Int64),
         ),
     )
-    # One lazy plan from here on: polars runs independent steps side by side.
+    # Lazy plans from here on (polars runs independent steps side by side), cut once for the
+    # day's running totals, which a sort works out cheaper than a window (rating.running).
     frame = _with_state(frame, state, catalog).lazy()
     frame = frame.with_columns(allowance_s()).with_columns(charged_s=pl.col("billable_s") - pl.col("allowance_s"))
     frame = (
@@ -343,7 +344,11 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
             .otherwise(0),
         )
         .with_columns(pre=pl.col("base") - pl.col("discount") + pl.col("minimum_uplift"))
-        .with_columns(day_running_totals())
+        .collect()
+    )
+    frame = (
+        day_running_totals(frame)
+        .lazy()
         .with_columns(capped_amount(), spent_after())
         .with_columns(cap_waived=pl.col("pre") - pl.col("amount"), cap_reached=cap_reached())
     )
