@@ -418,8 +418,10 @@ def _keyed_state(state: RatingState, name: str, catalog: Catalog) -> pl.DataFram
 def _alerts(priced: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
     """Spec 5: alerts in log order; one call's alerts in the order of ``ALERT_KINDS``."""
     flags = {"daily_cap_reached": "cap_reached", "low_balance": "low_balance", "arrears": "arrears"}
+    # Narrow first: an eager filter copies every column of the wide priced frame.
+    narrow = priced.select("row", "account_id", "cdr_id", "balance", "line", "local_day", *extra, *flags.values())
     parts = [
-        priced.filter(pl.col(flags[kind])).select(
+        narrow.filter(pl.col(flags[kind])).select(
             "row",
             pl.lit(order).alias("kind_order"),
             "account_id",
@@ -442,7 +444,9 @@ def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, 
         "status", "account_idx", "month_key", "class", "local_day", "k_month", "k_class", "k_day",
         "allowance_s", "charged_s", "amount", "cap_reached",
     ).filter(pl.col("status") == "rated")
-    balances = priced.filter(pl.col("account_idx").is_last_distinct()).select(account, "balance")
+    balances = (
+        priced.select("account_idx", "balance").filter(pl.col("account_idx").is_last_distinct()).select(account, "balance")
+    )
     allowance = (
         rated.filter(pl.col("allowance_s") > 0)
         .group_by("k_month")
