@@ -134,14 +134,24 @@ def rate(
     from rating import Catalog
     from streams.rate_files import InputError, rate_file
 
-    catalog = Catalog.from_tariffs(load_or_fail(plans, accounts))
+    def load_catalog() -> Catalog:
+        # Called by rate_file while it parses the first chunk of the CDR file.
+        return Catalog.from_tariffs(load_or_fail(plans, accounts))
+
     size = cdrs.stat().st_size if cdrs.is_file() else 0
-    with _progress(disable=json_) as bar:
-        task = bar.add_task(f"rating {cdrs.name}", total=size)
-        try:
-            summary = rate_file(cdrs, catalog, out, progress=lambda done: bar.update(task, completed=done))
-        except InputError as exc:
-            raise fail(str(exc)) from None
+    bar = _progress(disable=json_)
+    task = bar.add_task(f"rating {cdrs.name}", total=size)
+
+    def advance(done: int) -> None:
+        bar.start()  # at the first call (once the plans are loaded); later calls do nothing
+        bar.update(task, completed=done)
+
+    try:
+        summary = rate_file(cdrs, load_catalog, out, progress=advance)
+    except InputError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        bar.stop()
     figures = {
         "cdrs": summary.cdrs,
         "rated": summary.rated,

@@ -76,23 +76,38 @@ def iter_chunks(handle: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[b
 def _parsed_chunks(
     handle: IO[bytes], columns: tuple[str, ...], chunk_bytes: int, pool: ThreadPoolExecutor
 ) -> Iterator[tuple[int, pl.DataFrame]]:
-    """(bytes, raw batch) per chunk, parsing one chunk ahead in ``pool``."""
+    """(bytes, raw batch) per chunk, parsing one chunk ahead in ``pool``.
+
+    The first chunk is read and handed to ``pool`` before this returns, so that it is
+    parsed while the caller does something else (loads the plans).
+    """
     chunks = iter_chunks(handle, chunk_bytes)
     next_line = 2
 
     def parse(chunk: bytes, first_line: int) -> tuple[int, pl.DataFrame]:
         return len(chunk), parse_chunk(chunk, first_line=first_line, columns=columns)
 
-    pending: Future[tuple[int, pl.DataFrame]] | None = None
-    for chunk in chunks:
+    def submit(chunk: bytes) -> Future[tuple[int, pl.DataFrame]]:
+        nonlocal next_line
         # Line numbers are known before parsing: one per newline of the chunk.
-        upcoming = pool.submit(parse, chunk, next_line)
+        future = pool.submit(parse, chunk, next_line)
         next_line += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+        return future
+
+    first = next(chunks, None)
+    pending = None if first is None else submit(first)
+
+    def results() -> Iterator[tuple[int, pl.DataFrame]]:
+        nonlocal pending
+        for chunk in chunks:
+            upcoming = submit(chunk)
+            if pending is not None:
+                yield pending.result()
+            pending = upcoming
         if pending is not None:
             yield pending.result()
-        pending = upcoming
-    if pending is not None:
-        yield pending.result()
+
+    return results()
 
 
 def open_cdr_file(path: Path) -> tuple[IO[bytes], tuple[str, ...], bytes]:
@@ -124,7 +139,7 @@ def open_cdr_file(path: Path) -> tuple[IO[bytes], tuple[str, ...], bytes]:
 
 def rate_file(
     cdrs: Path,
-    catalog: Catalog,
+    catalog: Catalog | Callable[[], Catalog],
     out: Path,
     *,
     progress: Callable[[int], None] | None = None,
@@ -132,18 +147,24 @@ def rate_file(
 ) -> RateSummary:
     """Rate one canonical CDR file into ``out/rated.csv``, ``rejected.csv``, ``alerts.csv``.
 
-    ``progress`` is called with the number of bytes read so far.
+    ``catalog`` may be a function that loads it: it is then called while the first chunk
+    of the file is parsed, and before the output folder is touched (so that invalid plans
+    leave no output behind). ``progress`` is called with the number of bytes read so far.
     """
     started = time.perf_counter()
     handle, columns, header = open_cdr_file(cdrs)
     summary = RateSummary()
-    with handle, _Outputs(out) as outputs:
-        done = len(header)
-        state = RatingState.empty()
-        # Reading and parsing the next chunk, and writing the last one's results, run in
-        # threads beside the rating (polars releases the GIL): the three overlap.
-        with ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
-            parsed = _parsed_chunks(handle, columns, chunk_bytes, reader)
+    done = len(header)
+    # Reading and parsing the next chunk, and writing the last one's results, run in
+    # threads beside the rating (polars releases the GIL): the three overlap.
+    with handle, ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
+        parsed = _parsed_chunks(handle, columns, chunk_bytes, reader)
+        if not isinstance(catalog, Catalog):
+            catalog = catalog()
+        if progress is not None:
+            progress(done)
+        with _Outputs(out) as outputs:
+            state = RatingState.empty()
             written: Future[None] | None = None
             for size, batch in parsed:
                 result = rate(batch, state, catalog)
