@@ -61,3 +61,41 @@ def test_the_imported_app_has_every_command() -> None:
     offline = {"rate", "generate", "plans"}
     pipeline = {"up", "down", "status", "load", "ingest", "export", "worker", "demo", "rebuild"}
     assert offline | pipeline <= commands
+
+
+def test_plans_loaded_beside_the_first_chunk_rate_as_a_loaded_catalogue(tmp_path: Path) -> None:
+    from rating import Catalog
+    from streams.rate_files import rate_file
+    from tariffs import load_tariffs
+
+    vectors = VECTORS / "mixed"
+    calls = []
+
+    def load() -> Catalog:
+        calls.append(1)
+        return Catalog.from_tariffs(load_tariffs(vectors / "plans", vectors / "accounts.toml"))
+
+    lazily = rate_file(vectors / "cdrs.csv", load, tmp_path / "lazily", chunk_bytes=20_000)
+    eagerly = rate_file(vectors / "cdrs.csv", load(), tmp_path / "eagerly", chunk_bytes=20_000)
+    assert calls == [1, 1]
+    assert (lazily.rated, lazily.rejected, lazily.amount) == (eagerly.rated, eagerly.rejected, eagerly.amount)
+    for name in ("rated.csv", "rejected.csv", "alerts.csv"):
+        assert (tmp_path / "lazily" / name).read_bytes() == (tmp_path / "eagerly" / name).read_bytes()
+
+
+def test_plans_that_fail_to_load_leave_no_output_folder(tmp_path: Path) -> None:
+    from streams.rate_files import rate_file
+
+    class PlansRefused(Exception):
+        pass
+
+    def load():  # noqa: ANN202 - raises before returning anything
+        raise PlansRefused("bad plans")
+
+    try:
+        rate_file(VECTORS / "mixed" / "cdrs.csv", load, tmp_path / "out", chunk_bytes=20_000)
+    except PlansRefused:
+        pass
+    else:  # pragma: no cover - the assertion below says what went wrong
+        raise AssertionError("the loader's error must reach the caller")
+    assert not (tmp_path / "out").exists()
