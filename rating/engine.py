@@ -142,7 +142,9 @@ def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         _from(catalog.accounts, "plan_idx", "account_idx"),
         passed_identity=~pl.col("malformed") & pl.col("account_idx").is_not_null(),
     )
-    frame = frame.with_columns(duplicate=pl.col("row").is_in(pl.lit(_duplicate_rows(frame, state)).implode()))
+    duplicates = _duplicate_rows(frame, state)
+    # One lazy plan for the rest: polars runs the independent steps side by side.
+    frame = frame.lazy().with_columns(duplicate=pl.col("row").is_in(pl.lit(duplicates).implode()))
     answered_at = pl.col("answer")
     frame = frame.with_columns(
         invalid_time=(pl.col("end") < pl.col("start"))
@@ -170,7 +172,7 @@ def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         .when(~pl.col("unbilled") & pl.col("rate_idx").is_null())
         .then(pl.lit("no_rate"))
     )
-    return frame.with_columns(reason=reason)
+    return frame.with_columns(reason=reason).collect()
 
 
 def _duplicate_rows(frame: pl.DataFrame, state: RatingState) -> pl.Series:
