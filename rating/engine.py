@@ -383,9 +383,28 @@ def _with_state(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl
     return frame.with_columns(
         *seeds("allowance", "k_month", {"allowance_used_s": 0}),
         *seeds("charged", "k_class", {"charged_before_s": 0}),
-        *seeds("daily", "k_day", {"spent_before": 0, "cap_alerted": False}),
+        *_daily_seeds(frame.get_column("k_day"), state, catalog),
         balance_before_batch=pl.coalesce(balance_seed, pl.col("opening_balance")),
     )
+
+
+def _daily_seeds(k_day: pl.Series, state: RatingState, catalog: Catalog) -> list[pl.Series]:
+    """``spent_before`` and ``cap_alerted`` of each row's account and day before the batch.
+
+    The keyed daily table is kept sorted by key, so rows find their day by binary search
+    (the table grows with the log; a hash map of it would be rebuilt for every batch).
+    """
+    keyed = _keyed_state(state, "daily", catalog)
+    columns = {"spent_before": (0, pl.Int64), "cap_alerted": (False, pl.Boolean)}
+    if keyed.height == 0:
+        return [pl.repeat(d, len(k_day), dtype=t, eager=True).alias(c) for c, (d, t) in columns.items()]
+    keys = keyed.get_column("key")
+    at = keys.search_sorted(k_day).clip(upper_bound=keyed.height - 1)
+    found = keys.gather(at).eq_missing(k_day)
+    return [
+        keyed.get_column(c).gather(at).zip_with(found, pl.repeat(d, len(k_day), dtype=t, eager=True)).alias(c)
+        for c, (d, t) in columns.items()
+    ]
 
 
 #: The integer key of each state table's rows, as the batch computes it (``k_month`` ...),
@@ -412,7 +431,8 @@ def _keyed_state(state: RatingState, name: str, catalog: Catalog) -> pl.DataFram
             pl.col("account_idx").cast(pl.Int64)
         )
         values = [c for c in table.columns if c not in ("account_id", "month_key", "class", "local_day")]
-        return table.join(index, on="account_id").select(_STATE_KEYS[name].alias("key"), *values)
+        keyed = table.join(index, on="account_id").select(_STATE_KEYS[name].alias("key"), *values)
+        return keyed.sort("key") if name == "daily" else keyed
 
     return state.derived(f"{name}_keyed", (table, catalog.accounts), build)
 
@@ -503,11 +523,14 @@ def _add_daily(state: RatingState, delta: pl.DataFrame, catalog: Catalog) -> tup
     if before.height != state.daily.height:
         named = delta.select(account, day, "spent_before", "cap_alerted")
         return _add(state.daily, named, ["account_id", "local_day"]), None
-    keyed = (
-        pl.concat([before, delta.cast(before.schema)])
-        .group_by("key", maintain_order=True)
-        .agg(pl.col("spent_before").sum(), pl.col("cap_alerted").any())
-    )
+    # Both sorted by key, each key once: merged, a key is on at most two adjacent rows.
+    merged = before.merge_sorted(delta.cast(before.schema).sort("key"), key="key")
+    key = pl.col("key")
+    after_same = (key == key.shift(1)).fill_null(False)
+    keyed = merged.with_columns(
+        pl.col("spent_before") + pl.when(after_same).then(pl.col("spent_before").shift(1)).otherwise(0),
+        pl.col("cap_alerted") | (after_same & pl.col("cap_alerted").shift(1)).fill_null(False),
+    ).filter((key != key.shift(-1)).fill_null(True))
     table = keyed.select(account, day, "spent_before", "cap_alerted").cast(state.daily.schema)
     return table, keyed
 
