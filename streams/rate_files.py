@@ -73,36 +73,36 @@ def iter_chunks(handle: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[b
 def _parsed_chunks(
     handle: IO[bytes], columns: tuple[str, ...], chunk_bytes: int, pool: ThreadPoolExecutor
 ) -> Iterator[tuple[int, pl.DataFrame]]:
-    """(bytes, raw batch) per chunk, parsing one chunk ahead in ``pool``.
+    """(bytes, raw batch) per chunk, read and parsed one chunk ahead in ``pool``.
 
-    The first chunk is read and handed to ``pool`` before this returns, so that it is
-    parsed while the caller does something else (loads the plans).
+    ``pool`` has one worker, so chunks are read in file order. The first chunk is handed
+    to it before this returns, so that it is read and parsed while the caller does
+    something else (loads the plans).
     """
     chunks = iter_chunks(handle, chunk_bytes)
     next_line = 2
 
-    def parse(chunk: bytes, first_line: int) -> tuple[int, pl.DataFrame]:
+    def read_and_parse() -> tuple[int, pl.DataFrame] | None:
+        nonlocal next_line
+        chunk = next(chunks, None)
+        if chunk is None:
+            return None
+        # Line numbers are known before parsing: one per newline of the chunk.
+        first_line = next_line
+        next_line += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
         return len(chunk), parse_chunk(chunk, first_line=first_line, columns=columns)
 
-    def submit(chunk: bytes) -> Future[tuple[int, pl.DataFrame]]:
-        nonlocal next_line
-        # Line numbers are known before parsing: one per newline of the chunk.
-        future = pool.submit(parse, chunk, next_line)
-        next_line += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
-        return future
-
-    first = next(chunks, None)
-    pending = None if first is None else submit(first)
+    pending = pool.submit(read_and_parse)
 
     def results() -> Iterator[tuple[int, pl.DataFrame]]:
         nonlocal pending
-        for chunk in chunks:
-            upcoming = submit(chunk)
-            if pending is not None:
-                yield pending.result()
+        while True:
+            upcoming = pool.submit(read_and_parse)
+            parsed = pending.result()
+            if parsed is None:
+                return
+            yield parsed
             pending = upcoming
-        if pending is not None:
-            yield pending.result()
 
     return results()
 
