@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Mapping
@@ -136,7 +137,12 @@ def rate(
 
     def load_catalog() -> Catalog:
         # Called by rate_file while it parses the first chunk of the CDR file.
-        return Catalog.from_tariffs(load_or_fail(plans, accounts))
+        catalog = Catalog.from_tariffs(load_or_fail(plans, accounts))
+        # What startup built (modules, the plans and accounts) lives until the end of the
+        # run: frozen out of the cycle collector, which main() held off until now.
+        gc.freeze()
+        gc.enable()
+        return catalog
 
     size = cdrs.stat().st_size if cdrs.is_file() else 0
     bar = _progress(disable=json_)
@@ -298,6 +304,11 @@ def _progress(*, disable: bool, bytes_: bool = True) -> Progress:
 def main() -> None:
     """Console-script entry point."""
     command = sys.argv[1] if len(sys.argv) > 1 else ""
+    if command == "rate":
+        # Loading 20k accounts makes tens of thousands of pydantic objects, none of them
+        # garbage: the cycle collector's passes over them cost 0.2-0.4 s of a 1M-CDR run
+        # (measured). `rate` turns it back on once the catalogue is built.
+        gc.disable()
     (_app if command in _OFFLINE_COMMANDS else _full_app())()
 
 

@@ -24,7 +24,9 @@ except SystemExit as exit_:
     code = exit_.code
 else:
     code = 0
-print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+import gc
+print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules}),
+                  "gc_enabled": gc.isenabled(), "gc_frozen": gc.get_freeze_count()}))
 """
 
 
@@ -46,6 +48,9 @@ def test_rate_imports_no_kafka_or_clickhouse_client(tmp_path: Path) -> None:
     assert (tmp_path / "rated.csv").stat().st_size > 0
     assert "polars" in probe["modules"]
     assert [m for m in _PIPELINE_PACKAGES if m in probe["modules"]] == []
+    # The cycle collector, held off while the plans load, is back on for the rating.
+    assert probe["gc_enabled"] is True
+    assert probe["gc_frozen"] > 10_000
 
 
 def test_a_pipeline_command_still_gets_its_clients() -> None:
