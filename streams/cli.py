@@ -301,6 +301,27 @@ def _progress(*, disable: bool, bytes_: bool = True) -> Progress:
     return Progress(*columns, TimeRemainingColumn(), console=errors, disable=disable, transient=False)
 
 
+def _keep_freed_chunk_buffers() -> None:
+    """Have glibc keep the ~32 MB buffers of CDR chunks for the next chunk.
+
+    By default glibc maps each allocation of 32 MB or more afresh and unmaps it when it is
+    freed, so every chunk's bytes (read, completed to a line end, parsed) are page-faulted
+    in anew: measured on 1M CDRs, 335k page faults, 0.15 s more than with them kept in the
+    heap. Only for the `rate` process; nothing happens where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, 256 << 20)
+    mallopt(m_trim_threshold, 1 << 30)
+
+
 def main() -> None:
     """Console-script entry point."""
     command = sys.argv[1] if len(sys.argv) > 1 else ""
@@ -309,6 +330,7 @@ def main() -> None:
         # garbage: the cycle collector's passes over them cost 0.2-0.4 s of a 1M-CDR run
         # (measured). `rate` turns it back on once the catalogue is built.
         gc.disable()
+        _keep_freed_chunk_buffers()
     (_app if command in _OFFLINE_COMMANDS else _full_app())()
 
 
