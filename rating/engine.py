@@ -141,7 +141,7 @@ def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         _from(catalog.accounts, "account_id", "account_idx"),
         _from(catalog.accounts, "plan_idx", "account_idx"),
         passed_identity=~pl.col("malformed") & pl.col("account_idx").is_not_null(),
-    )
+    ).with_columns(_SEEN_KEY)
     duplicates = _duplicate_rows(frame, state)
     # One lazy plan for the rest: polars runs the independent steps side by side.
     frame = frame.lazy().with_columns(duplicate=pl.col("row").is_in(pl.lit(duplicates).implode()))
@@ -177,17 +177,17 @@ def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
 
 def _duplicate_rows(frame: pl.DataFrame, state: RatingState) -> pl.Series:
     """Rows of CDRs whose (account, cdr_id) passed steps 1-2 earlier in the log (spec 4.3)."""
-    passed = frame.select("passed_identity", "row", "account_idx", "account_id", "cdr_id").filter(
+    passed = frame.select("passed_identity", "row", "account_idx", "account_id", "cdr_id", "seen_hash").filter(
         pl.col("passed_identity")
     )
     # A hash finds the few candidates cheaply; the exact ids then decide.
-    maybe = passed.filter(pl.struct("account_idx", "cdr_id").hash().is_duplicated())
+    maybe = passed.filter(pl.col("seen_hash").is_duplicated())
     repeated = maybe.filter(~pl.struct("account_idx", "cdr_id").is_first_distinct()).get_column("row")
     if state.seen.height == 0:
         return repeated
     # The ids of earlier batches: their hashes are kept with the state (the seen table
     # grows with the log), so only the few ids whose hash matches are compared exactly.
-    hashes = passed.select(_SEEN_KEY).to_series()
+    hashes = passed.get_column("seen_hash")
     candidates = state.seen.filter(_seen_hashes(state).is_in(hashes.implode()))
     if candidates.height == 0:
         return repeated
@@ -489,12 +489,10 @@ def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, 
     daily = rated.group_by(pl.col("k_day").alias("key")).agg(
         spent_before=pl.col("amount").sum(), cap_alerted=pl.col("cap_reached").any()
     )
-    remembered = (
-        judged.select("passed_identity", "duplicate", "account_id", "cdr_id")
-        .filter(pl.col("passed_identity") & ~pl.col("duplicate"))
-        .drop("passed_identity", "duplicate")
+    remembered = judged.select("passed_identity", "duplicate", "account_id", "cdr_id", "seen_hash").filter(
+        pl.col("passed_identity") & ~pl.col("duplicate")
     )
-    seen = pl.concat([state.seen, remembered])
+    seen = pl.concat([state.seen, remembered.select("account_id", "cdr_id")])
     daily_table, daily_keyed = _add_daily(state, daily, catalog)
     new_state = RatingState(
         balances=pl.concat([state.balances.join(balances, on="account_id", how="anti"), balances]),
@@ -505,7 +503,7 @@ def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, 
     )
     # What the next batch looks up in the two tables that grow with the log, worked out
     # from this batch's part rather than again from the whole table.
-    new_state.remember("seen_hash", (seen,), pl.concat([_seen_hashes(state), remembered.select(_SEEN_KEY).to_series()]))
+    new_state.remember("seen_hash", (seen,), pl.concat([_seen_hashes(state), remembered.get_column("seen_hash")]))
     if daily_keyed is not None:
         new_state.remember("daily_keyed", (daily_table, catalog.accounts), daily_keyed)
     return new_state
