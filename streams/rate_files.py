@@ -185,13 +185,17 @@ CSV_DATETIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 
 def rated_csv_frame(rated: pl.DataFrame) -> pl.DataFrame:
     """The rated rows in spec 6 column order, money as exact 4-decimal numbers."""
-    return _money_as_text(
+    frame = _money_as_text(
         rated.select(
             *RATED_COLUMNS,
             *[c for c in RATED_EXPLAIN_COLUMNS if c in rated.columns],
             *[c for c in rated.columns if c not in RATED_COLUMNS and c not in RATED_EXPLAIN_COLUMNS],
         )
     )
+    # UTC instants print the same without their time zone (CSV_DATETIME_FORMAT ends in a
+    # literal Z), and the CSV writer then skips a time-zone conversion per value.
+    utc = [c for c, t in frame.schema.items() if isinstance(t, pl.Datetime) and t.time_zone == "UTC"]
+    return frame.with_columns(pl.col(c).dt.replace_time_zone(None) for c in utc) if utc else frame
 
 
 def alerts_csv_frame(alerts: pl.DataFrame) -> pl.DataFrame:
