@@ -367,44 +367,23 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
 def _with_state(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.DataFrame:
     """Seed the running totals with what earlier batches left (zeros for a fresh state)."""
 
-    def seeds(name: str, batch_key: str, defaults: dict[str, object]) -> list[pl.Expr]:
+    def seeds(name: str, batch_key: str, defaults: dict[str, object]) -> list[pl.Series | pl.Expr]:
         table: pl.DataFrame = getattr(state, name)
         if table.height == 0:
             return [pl.lit(d, dtype=table.schema[c]).alias(c) for c, d in defaults.items()]
-        keyed = _keyed_state(state, name, catalog)
-        return [
-            pl.col(batch_key)
-            .replace_strict(keyed.get_column("key"), keyed.get_column(c), default=d, return_dtype=table.schema[c])
-            .alias(c)
-            for c, d in defaults.items()
-        ]
+        # One left join per table finds every row's values (keys are unique in the table);
+        # cheaper than a lookup map per value column, and it keeps the batch's row order.
+        keyed = _keyed_state(state, name, catalog).rename({"key": batch_key})
+        found = frame.select(batch_key).join(keyed, on=batch_key, how="left", maintain_order="left")
+        return [found.get_column(c).fill_null(d) if d is not None else found.get_column(c) for c, d in defaults.items()]
 
     (balance_seed,) = seeds("balances", "account_idx", {"balance": None})
     return frame.with_columns(
         *seeds("allowance", "k_month", {"allowance_used_s": 0}),
         *seeds("charged", "k_class", {"charged_before_s": 0}),
-        *_daily_seeds(frame.get_column("k_day"), state, catalog),
+        *seeds("daily", "k_day", {"spent_before": 0, "cap_alerted": False}),
         balance_before_batch=pl.coalesce(balance_seed, pl.col("opening_balance")),
     )
-
-
-def _daily_seeds(k_day: pl.Series, state: RatingState, catalog: Catalog) -> list[pl.Series]:
-    """``spent_before`` and ``cap_alerted`` of each row's account and day before the batch.
-
-    The keyed daily table is kept sorted by key, so rows find their day by binary search
-    (the table grows with the log; a hash map of it would be rebuilt for every batch).
-    """
-    keyed = _keyed_state(state, "daily", catalog)
-    columns = {"spent_before": (0, pl.Int64), "cap_alerted": (False, pl.Boolean)}
-    if keyed.height == 0:
-        return [pl.repeat(d, len(k_day), dtype=t, eager=True).alias(c) for c, (d, t) in columns.items()]
-    keys = keyed.get_column("key")
-    at = keys.search_sorted(k_day).clip(upper_bound=keyed.height - 1)
-    found = keys.gather(at).eq_missing(k_day)
-    return [
-        keyed.get_column(c).gather(at).zip_with(found, pl.repeat(d, len(k_day), dtype=t, eager=True)).alias(c)
-        for c, (d, t) in columns.items()
-    ]
 
 
 #: The integer key of each state table's rows, as the batch computes it (``k_month`` ...),
@@ -432,6 +411,7 @@ def _keyed_state(state: RatingState, name: str, catalog: Catalog) -> pl.DataFram
         )
         values = [c for c in table.columns if c not in ("account_id", "month_key", "class", "local_day")]
         keyed = table.join(index, on="account_id").select(_STATE_KEYS[name].alias("key"), *values)
+        # The daily table is kept sorted by key, for _add_daily's merge.
         return keyed.sort("key") if name == "daily" else keyed
 
     return state.derived(f"{name}_keyed", (table, catalog.accounts), build)
