@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import polars as pl
 
-from rating.running import seeded_take
+from rating.running import running_through, seeded_take
 
 
-def day_running_totals() -> list[pl.Expr]:
-    """Running totals per account and local day, in one window pass (``k_day``).
+def day_running_totals(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with running totals per account and local day (``k_day``), in log order.
 
     ``pre_through``: sum of ``pre`` (base - discount + uplift, 0 when not rated) up to and
     including this call; ``priced_through``: how many calls so far had a price.
     """
-    return [
-        pl.col("pre").cum_sum().over("k_day").alias("pre_through"),
-        (pl.col("pre") > 0).cast(pl.Int32).cum_sum().over("k_day").alias("priced_through"),
-    ]
+    totals = running_through(
+        frame, "k_day", {"pre_through": pl.col("pre"), "priced_through": (pl.col("pre") > 0).cast(pl.Int32)}
+    )
+    return frame.with_columns(totals.get_columns())
 
 
 def capped_amount() -> pl.Expr:

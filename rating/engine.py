@@ -147,8 +147,10 @@ def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         _from(catalog.accounts, "account_id", "account_idx"),
         _from(catalog.accounts, "plan_idx", "account_idx"),
         passed_identity=~pl.col("malformed") & pl.col("account_idx").is_not_null(),
-    )
-    frame = frame.with_columns(duplicate=pl.col("row").is_in(pl.lit(_duplicate_rows(frame, state)).implode()))
+    ).with_columns(_SEEN_KEY)
+    duplicates = _duplicate_rows(frame, state)
+    # One lazy plan for the rest: polars runs the independent steps side by side.
+    frame = frame.lazy().with_columns(duplicate=pl.col("row").is_in(pl.lit(duplicates).implode()))
     answered_at = pl.col("answer")
     frame = frame.with_columns(
         invalid_time=(pl.col("end") < pl.col("start"))
@@ -176,21 +178,35 @@ def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         .when(~pl.col("unbilled") & pl.col("rate_idx").is_null())
         .then(pl.lit("no_rate"))
     )
-    return frame.with_columns(reason=reason)
+    return frame.with_columns(reason=reason).collect()
 
 
 def _duplicate_rows(frame: pl.DataFrame, state: RatingState) -> pl.Series:
     """Rows of CDRs whose (account, cdr_id) passed steps 1-2 earlier in the log (spec 4.3)."""
-    passed = frame.select("passed_identity", "row", "account_idx", "account_id", "cdr_id").filter(
+    passed = frame.select("passed_identity", "row", "account_idx", "account_id", "cdr_id", "seen_hash").filter(
         pl.col("passed_identity")
     )
     # A hash finds the few candidates cheaply; the exact ids then decide.
-    maybe = passed.filter(pl.struct("account_idx", "cdr_id").hash().is_duplicated())
+    maybe = passed.filter(pl.col("seen_hash").is_duplicated())
     repeated = maybe.filter(~pl.struct("account_idx", "cdr_id").is_first_distinct()).get_column("row")
     if state.seen.height == 0:
         return repeated
-    seen_before = passed.join(state.seen, on=["account_id", "cdr_id"], how="semi").get_column("row")
+    # The ids of earlier batches: their hashes are kept with the state (the seen table
+    # grows with the log), so only the few ids whose hash matches are compared exactly.
+    hashes = passed.get_column("seen_hash")
+    candidates = state.seen.filter(_seen_hashes(state).is_in(hashes.implode()))
+    if candidates.height == 0:
+        return repeated
+    seen_before = passed.join(candidates, on=["account_id", "cdr_id"], how="semi").get_column("row")
     return pl.concat([repeated, seen_before])
+
+
+_SEEN_KEY = pl.struct("account_id", "cdr_id").hash().alias("seen_hash")
+
+
+def _seen_hashes(state: RatingState) -> pl.Series:
+    """``_SEEN_KEY`` of each row of ``state.seen``, worked out once per state."""
+    return state.derived("seen_hash", (state.seen,), lambda: state.seen.select(_SEEN_KEY).to_series())
 
 
 def _rejections(rejected: pl.DataFrame, catalog: Catalog, extra: list[str]) -> pl.DataFrame:
@@ -310,7 +326,8 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
             pl.col("plan_day").replace_strict(cap_keys, caps, default=None, return_dtype=pl.Int64),
         ),
     )
-    # One lazy plan from here on: polars runs independent steps side by side.
+    # Lazy plans from here on (polars runs independent steps side by side), cut once for the
+    # day's running totals, which a sort works out cheaper than a window (rating.running).
     frame = _with_state(frame, state, catalog).lazy()
     frame = frame.with_columns(allowance_s()).with_columns(charged_s=pl.col("billable_s") - pl.col("allowance_s"))
     frame = (
@@ -335,7 +352,11 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
             .otherwise(0),
         )
         .with_columns(pre=pl.col("base") - pl.col("discount") + pl.col("minimum_uplift"))
-        .with_columns(day_running_totals())
+        .collect()
+    )
+    frame = (
+        day_running_totals(frame)
+        .lazy()
         .with_columns(capped_amount(), spent_after())
         .with_columns(cap_waived=pl.col("pre") - pl.col("amount"), cap_reached=cap_reached())
     )
@@ -351,41 +372,64 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
 
 def _with_state(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.DataFrame:
     """Seed the running totals with what earlier batches left (zeros for a fresh state)."""
-    index = catalog.accounts.select("account_id").with_row_index("account_idx").with_columns(
-        pl.col("account_idx").cast(pl.Int64)
-    )
 
-    def seeds(table: pl.DataFrame, key: pl.Expr, column: str, default: object) -> pl.Expr:
-        # The same key expression reads the state rows and the batch rows.
-        dtype = table.schema[column]
+    def seeds(name: str, batch_key: str, defaults: dict[str, object]) -> list[pl.Series | pl.Expr]:
+        table: pl.DataFrame = getattr(state, name)
         if table.height == 0:
-            return pl.lit(default, dtype=dtype).alias(column)
-        keyed = table.join(index, on="account_id").select(key.alias("key"), column)
-        return key.replace_strict(
-            keyed.get_column("key"), keyed.get_column(column), default=default, return_dtype=dtype
-        ).alias(column)
+            return [pl.lit(d, dtype=table.schema[c]).alias(c) for c, d in defaults.items()]
+        # One left join per table finds every row's values (keys are unique in the table);
+        # cheaper than a lookup map per value column, and it keeps the batch's row order.
+        keyed = _keyed_state(state, name, catalog).rename({"key": batch_key})
+        found = frame.select(batch_key).join(keyed, on=batch_key, how="left", maintain_order="left")
+        return [found.get_column(c).fill_null(d) if d is not None else found.get_column(c) for c, d in defaults.items()]
 
-    month = (pl.col("account_idx") * _SHIFT + pl.col("month_key")).alias("k_month")
-    day = (pl.col("account_idx") * _SHIFT + _DAY_NUMBER).alias("k_day")
-    klass = (
-        (pl.col("account_idx") * _SHIFT + pl.col("month_key")) * 4
-        + pl.col("class").replace_strict(CLASS_CODES, return_dtype=pl.Int64)
-    ).alias("k_class")
-    balance_seed = seeds(state.balances, pl.col("account_idx"), "balance", None)
+    (balance_seed,) = seeds("balances", "account_idx", {"balance": None})
     return frame.with_columns(
-        seeds(state.allowance, month, "allowance_used_s", 0),
-        seeds(state.charged, klass, "charged_before_s", 0),
-        seeds(state.daily, day, "spent_before", 0),
-        seeds(state.daily, day, "cap_alerted", False),
+        *seeds("allowance", "k_month", {"allowance_used_s": 0}),
+        *seeds("charged", "k_class", {"charged_before_s": 0}),
+        *seeds("daily", "k_day", {"spent_before": 0, "cap_alerted": False}),
         balance_before_batch=pl.coalesce(balance_seed, pl.col("opening_balance")),
     )
+
+
+#: The integer key of each state table's rows, as the batch computes it (``k_month`` ...),
+#: from the table's columns and the row's ``account_idx``.
+_STATE_KEYS: dict[str, pl.Expr] = {
+    "balances": pl.col("account_idx"),
+    "allowance": pl.col("account_idx") * _SHIFT + pl.col("month_key"),
+    "charged": (pl.col("account_idx") * _SHIFT + pl.col("month_key")) * 4
+    + pl.col("class").replace_strict(CLASS_CODES, return_dtype=pl.Int64),
+    "daily": pl.col("account_idx") * _SHIFT + _DAY_NUMBER,
+}
+
+
+def _keyed_state(state: RatingState, name: str, catalog: Catalog) -> pl.DataFrame:
+    """``key`` and the values of a state table's rows whose account the catalogue knows.
+
+    Kept with the state (the daily table grows with the log): worked out once per table
+    and catalogue, or carried over from the batch before by :func:`_next_state`.
+    """
+    table: pl.DataFrame = getattr(state, name)
+
+    def build() -> pl.DataFrame:
+        index = catalog.accounts.select("account_id").with_row_index("account_idx").with_columns(
+            pl.col("account_idx").cast(pl.Int64)
+        )
+        values = [c for c in table.columns if c not in ("account_id", "month_key", "class", "local_day")]
+        keyed = table.join(index, on="account_id").select(_STATE_KEYS[name].alias("key"), *values)
+        # The daily table is kept sorted by key, for _add_daily's merge.
+        return keyed.sort("key") if name == "daily" else keyed
+
+    return state.derived(f"{name}_keyed", (table, catalog.accounts), build)
 
 
 def _alerts(priced: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
     """Spec 5: alerts in log order; one call's alerts in the order of ``ALERT_KINDS``."""
     flags = {"daily_cap_reached": "cap_reached", "low_balance": "low_balance", "arrears": "arrears"}
+    # Narrow first: an eager filter copies every column of the wide priced frame.
+    narrow = priced.select("row", "account_id", "cdr_id", "balance", "line", "local_day", *extra, *flags.values())
     parts = [
-        priced.filter(pl.col(flags[kind])).select(
+        narrow.filter(pl.col(flags[kind])).select(
             "row",
             pl.lit(order).alias("kind_order"),
             "account_id",
@@ -408,7 +452,9 @@ def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, 
         "status", "account_idx", "month_key", "class", "local_day", "k_month", "k_class", "k_day",
         "allowance_s", "charged_s", "amount", "cap_reached",
     ).filter(pl.col("status") == "rated")
-    balances = priced.group_by("account_idx").agg(pl.col("balance").last()).select(account, "balance")
+    balances = (
+        priced.select("account_idx", "balance").filter(pl.col("account_idx").is_last_distinct()).select(account, "balance")
+    )
     allowance = (
         rated.filter(pl.col("allowance_s") > 0)
         .group_by("k_month")
@@ -426,28 +472,51 @@ def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, 
         )
         .select(account, "month_key", "class", "charged_before_s")
     )
-    daily = (
-        rated.group_by("k_day")
-        .agg(
-            pl.col("account_idx").first(),
-            pl.col("local_day").first(),
-            spent_before=pl.col("amount").sum(),
-            cap_alerted=pl.col("cap_reached").any(),
-        )
-        .select(account, "local_day", "spent_before", "cap_alerted")
+    daily = rated.group_by(pl.col("k_day").alias("key")).agg(
+        spent_before=pl.col("amount").sum(), cap_alerted=pl.col("cap_reached").any()
     )
-    remembered = (
-        judged.select("passed_identity", "duplicate", "account_id", "cdr_id")
-        .filter(pl.col("passed_identity") & ~pl.col("duplicate"))
-        .drop("passed_identity", "duplicate")
+    remembered = judged.select("passed_identity", "duplicate", "account_id", "cdr_id", "seen_hash").filter(
+        pl.col("passed_identity") & ~pl.col("duplicate")
     )
-    return RatingState(
+    seen = pl.concat([state.seen, remembered.select("account_id", "cdr_id")])
+    daily_table, daily_keyed = _add_daily(state, daily, catalog)
+    new_state = RatingState(
         balances=pl.concat([state.balances.join(balances, on="account_id", how="anti"), balances]),
         allowance=_add(state.allowance, allowance, ["account_id", "month_key"]),
         charged=_add(state.charged, charged, ["account_id", "month_key", "class"]),
-        daily=_add(state.daily, daily, ["account_id", "local_day"]),
-        seen=pl.concat([state.seen, remembered]),
+        daily=daily_table,
+        seen=seen,
     )
+    # What the next batch looks up in the two tables that grow with the log, worked out
+    # from this batch's part rather than again from the whole table.
+    new_state.remember("seen_hash", (seen,), pl.concat([_seen_hashes(state), remembered.get_column("seen_hash")]))
+    if daily_keyed is not None:
+        new_state.remember("daily_keyed", (daily_table, catalog.accounts), daily_keyed)
+    return new_state
+
+
+def _add_daily(state: RatingState, delta: pl.DataFrame, catalog: Catalog) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """The daily table after a batch (``delta``: ``key`` = ``k_day``), and its keyed form.
+
+    Added up by integer key, which is cheaper than by name and day; when the table holds
+    accounts the catalogue no longer knows, by name (their rows are kept), with no keyed form.
+    """
+    day = (pl.col("key") % _SHIFT).cast(pl.Int32).cast(pl.Date).alias("local_day")
+    account = pl.lit(catalog.accounts.get_column("account_id")).gather(pl.col("key") // _SHIFT).alias("account_id")
+    before = _keyed_state(state, "daily", catalog)
+    if before.height != state.daily.height:
+        named = delta.select(account, day, "spent_before", "cap_alerted")
+        return _add(state.daily, named, ["account_id", "local_day"]), None
+    # Both sorted by key, each key once: merged, a key is on at most two adjacent rows.
+    merged = before.merge_sorted(delta.cast(before.schema).sort("key"), key="key")
+    key = pl.col("key")
+    after_same = (key == key.shift(1)).fill_null(False)
+    keyed = merged.with_columns(
+        pl.col("spent_before") + pl.when(after_same).then(pl.col("spent_before").shift(1)).otherwise(0),
+        pl.col("cap_alerted") | (after_same & pl.col("cap_alerted").shift(1)).fill_null(False),
+    ).filter((key != key.shift(-1)).fill_null(True))
+    table = keyed.select(account, day, "spent_before", "cap_alerted").cast(state.daily.schema)
+    return table, keyed
 
 
 def _add(before: pl.DataFrame, delta: pl.DataFrame, keys: list[str]) -> pl.DataFrame:

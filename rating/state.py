@@ -6,8 +6,10 @@ the state from one call to the next, gives exactly the results of rating it whol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -16,6 +18,8 @@ ALLOWANCE_SCHEMA = {"account_id": pl.String, "month_key": pl.Int64, "allowance_u
 CHARGED_SCHEMA = {"account_id": pl.String, "month_key": pl.Int64, "class": pl.String, "charged_before_s": pl.Int64}
 DAILY_SCHEMA = {"account_id": pl.String, "local_day": pl.Date, "spent_before": pl.Int64, "cap_alerted": pl.Boolean}
 SEEN_SCHEMA = {"account_id": pl.String, "cdr_id": pl.String}
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,29 @@ class RatingState:
     charged: pl.DataFrame
     daily: pl.DataFrame
     seen: pl.DataFrame
+    #: Lookups the engine derives from the tables above (e.g. hashes of ``seen``), each kept
+    #: with the table it came from: see :meth:`derived`. Not part of the state's value.
+    _derived: dict[str, tuple[tuple[object, ...], Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def derived(self, name: str, sources: tuple[object, ...], build: Callable[[], _T]) -> _T:
+        """``build()``, computed once for as long as ``sources`` are the objects it was built from.
+
+        Each state starts with no lookups (the field is not copied by ``dataclasses.replace``),
+        and a lookup is only reused while each of its sources (a table of this state, a
+        catalogue frame) is the very same object it was built from.
+        """
+        hit = self._derived.get(name)
+        if hit is not None and len(hit[0]) == len(sources) and all(a is b for a, b in zip(hit[0], sources)):
+            return hit[1]
+        value = build()
+        self._derived[name] = (sources, value)
+        return value
+
+    def remember(self, name: str, sources: tuple[object, ...], value: Any) -> None:
+        """Store a lookup worked out incrementally from ``sources`` (see :meth:`derived`)."""
+        self._derived[name] = (sources, value)
 
     @classmethod
     def empty(cls) -> RatingState:
