@@ -223,7 +223,7 @@ def rate_messages(
         outcome.lines = batch.height
     for round_number in range(max(rounds.values(), default=0) + 1):
         if batch is not None:
-            lines = batch.filter(pl.col(_ROUND) == round_number).drop(_ROUND)
+            lines = (batch.filter(pl.col(_ROUND) == round_number) if commands else batch).drop(_ROUND)
             if lines.height:
                 lines, inactive = fold.split_inactive(lines)
                 if inactive.height:

@@ -8,11 +8,13 @@ default ports.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from streams.settings import Settings
 from streams.stack import StackError, down, free_ports, up
+from tests.integration.pipeline import PROJECT, Pipeline
 
 #: Partitions the test stack's topics get: not the default 4, to show the setting is used.
 TEST_PARTITIONS = 3
@@ -42,3 +44,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         yield settings
     finally:
         down(settings, purge=True)
+
+
+@pytest.fixture
+def pipeline(stack: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    """A pipeline of this test's own (topic prefix, consumer group, database); its workers stop after."""
+    line = Pipeline(stack, tmp_path / "pipeline")
+    try:
+        yield line
+    finally:
+        line.stop_workers()
+    # Faust's data folder is under the state folder, never in the worker's cwd.
+    assert not (PROJECT / f"{line.settings.app_id}-data").exists()

@@ -18,7 +18,6 @@ from schemas.switch_formats import Feed
 from streams.generate import generate_dataset
 from streams.ingest import ingest_paths
 from streams.rate_files import rate_file
-from streams.settings import Settings
 from tariffs import load_tariffs
 from tests.conftest import compare_with_expected
 from tests.integration.pipeline import Pipeline, read_csv_rows
@@ -26,15 +25,6 @@ from tests.integration.pipeline import Pipeline, read_csv_rows
 pytestmark = [pytest.mark.integration]
 
 LAND_TIMEOUT_S = 240.0
-
-
-@pytest.fixture
-def pipeline(stack: Settings, tmp_path: Path):  # noqa: ANN201 - a generator fixture
-    line = Pipeline(stack, tmp_path / "pipeline")
-    try:
-        yield line
-    finally:
-        line.stop_workers()
 
 
 def test_ingest_of_an_asterisk_master_csv_lands_as_the_canonical_run(pipeline: Pipeline, tmp_path: Path) -> None:

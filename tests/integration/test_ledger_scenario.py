@@ -11,10 +11,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from schemas.ledger import LedgerCommand
@@ -62,13 +60,6 @@ GRADES = '[fees]\nA = "2000.00"\n'
 HEADER = "cdr_id,switch_id,caller,called,answer_number,caller_area,answer_area,start_time,answer_time,end_time,billsec,disposition"
 
 
-@pytest.fixture
-def pipeline(stack: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    line = Pipeline(stack, tmp_path / "pipeline")
-    try:
-        yield line
-    finally:
-        line.stop_workers()
 
 
 def _cli(pipeline: Pipeline):

@@ -22,7 +22,7 @@ import json
 import os
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ from typer.testing import CliRunner
 from streams import ingest, ingest_cli
 from streams.settings import Settings
 from streams.stack import _stop, up
-from tests.conftest import CDRFLOW, PROJECT, VECTORS, compare_with_expected
+from tests.conftest import CDRFLOW, VECTORS, compare_with_expected
 from tests.integration.pipeline import (
     Pipeline,
     assert_same_as_expected,
@@ -50,15 +50,6 @@ MIXED = VECTORS / "mixed"
 LAND_TIMEOUT_S = 180.0
 
 
-@pytest.fixture
-def pipeline(stack: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    line = Pipeline(stack, tmp_path / "pipeline")
-    try:
-        yield line
-    finally:
-        line.stop_workers()
-    # Faust's data folder is under the state folder, never in the worker's cwd.
-    assert not (PROJECT / f"{line.settings.app_id}-data").exists()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,13 +47,6 @@ pytestmark = pytest.mark.integration
 LAND_TIMEOUT_S = 120.0
 
 
-@pytest.fixture
-def pipeline(stack: Settings, tmp_path: Path) -> Iterator[Pipeline]:
-    line = Pipeline(stack, tmp_path / "pipeline")
-    try:
-        yield line
-    finally:
-        line.stop_workers()
 
 
 def _run(pipeline: Pipeline, vectors: Path, **cdr_options: int) -> list[tuple[bytes, bytes]]:
