@@ -20,6 +20,7 @@ states to write. Everything effectively-once needs from a batch is decided here
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -228,7 +229,7 @@ def rate_messages(
                 lines, inactive = fold.split_inactive(lines)
                 if inactive.height:
                     collected["rejected"].append(inactive)
-                result = rate(lines, state, catalog)
+                result = rate(lines, fold.flush(state), catalog)
                 state = fold.after_calls(result)
                 for kind in collected:
                     collected[kind].append(getattr(result, kind))
@@ -240,6 +241,7 @@ def rate_messages(
     if fold.refusals:
         collected["rejected"].append(_garbage_frame(fold.refusals))
     collected["alerts"].extend(fold.alert_frames())
+    state = fold.flush(state)
     new_parts = state.to_accounts()
     _warn_misrouted(new_parts, accounts)
     for kind, frames_of_kind in collected.items():
@@ -321,6 +323,9 @@ class _LedgerFold:
             ).iter_rows(named=True)
         }
         self._plans = {plan.id: plan for plan in catalog.plans}
+        #: balances the commands left, applied to the state at the next flush
+        self._pending: dict[str, int] = {}
+        self._known: tuple[pl.DataFrame, dict[str, int]] | None = None
 
     # --------------------------------------------------------------- calls
     def split_inactive(self, lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -416,7 +421,8 @@ class _LedgerFold:
         self.books[account] = book
         self._record(applied, index, (message.partition, message.offset), terms)
         self._touch(account, command.at)
-        return _with_balance(state, account, balance)
+        self._pending[account] = balance
+        return state
 
     # --------------------------------------------------------------- outputs
     def event_frame(self) -> pl.DataFrame:
@@ -460,11 +466,26 @@ class _LedgerFold:
         return Terms(account, plan, threshold)
 
     def _balance(self, state: RatingState, account: str) -> int:
-        found = state.balances.filter(pl.col("account_id") == account)
-        if found.height:
-            return int(found.item(0, "balance"))
+        if account in self._pending:
+            return self._pending[account]
+        if self._known is None or self._known[0] is not state.balances:
+            self._known = (state.balances, dict(state.balances.iter_rows()))
+        if account in self._known[1]:
+            return int(self._known[1][account])
         known = self._accounts.get(account)
         return int(known["opening_balance"]) if known else 0
+
+    def flush(self, state: RatingState) -> RatingState:
+        """The state with the balances the commands since the last flush left (one concat)."""
+        if not self._pending:
+            return state
+        pending = pl.DataFrame(
+            {"account_id": list(self._pending), "balance": list(self._pending.values())},
+            schema=state.balances.schema,
+        )
+        self._pending = {}
+        balances = pl.concat([state.balances.join(pending, on="account_id", how="anti"), pending])
+        return dataclasses.replace(state, balances=balances)
 
     def _index(self, account: str) -> int:
         return self.keys.index(account.encode())
@@ -512,16 +533,6 @@ class _LedgerFold:
 #: An account the catalogue does not know yet (opened by command): tariffs.Account's default.
 DEFAULT_LOW_BALANCE: Final[int] = 500_000
 _MONTH_CLOSE: Final = frozenset({"RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged"})
-
-
-def _with_balance(state: RatingState, account: str, balance: int) -> RatingState:
-    balances = pl.concat(
-        [
-            state.balances.filter(pl.col("account_id") != account),
-            pl.DataFrame({"account_id": [account], "balance": [balance]}, schema=state.balances.schema),
-        ]
-    )
-    return RatingState(balances, state.allowance, state.charged, state.daily, state.seen)
 
 
 def _with_positions(batch: pl.DataFrame, positions: list[tuple[int, int, int, int, int]], topic: str) -> pl.DataFrame:
