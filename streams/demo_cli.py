@@ -105,6 +105,14 @@ def demo(
     )
     console.print(Syntax(EXAMPLE_QUERIES, "sql", theme="ansi_dark", background_color="default", word_wrap=True))
     console.print(
+        f"Finance and the ledger, with the worker still running:\n"
+        f"  cdrflow report revenue --from {month}-01 --to {month}-28 --by plan\n"
+        f"  cdrflow report html --month {month} --out report.html\n"
+        f"  cdrflow close-month {month}          # rent, services, minimum spend (once)\n"
+        f"  cdrflow account show <account id>    # balance, state, usage, events, alerts",
+        highlight=False,
+    )
+    console.print(
         "`cdrflow status` shows topics, lag and tables; `cdrflow export --out DIR` writes the CSV files; "
         "`cdrflow down` stops the stack and the worker (data kept).",
         highlight=False,
