@@ -265,7 +265,8 @@ def wait_folded(db: Client, published: list[Published], *, timeout_s: float = WA
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"the worker has not folded the command(s) of {', '.join(sorted(wanted)[:5])} within "
-                f"{timeout_s:.0f} s: is a worker running (cdrflow worker)?"
+                f"{timeout_s:.0f} s: is a worker running (cdrflow worker)? The command is on the account's "
+                "log and takes effect when a worker folds it; running it again records nothing twice"
             )
         time.sleep(0.2)
 
