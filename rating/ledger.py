@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import calendar
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from rating.catalog import _version_for_period
-from schemas.ledger import SERVICES, LedgerCommand, LedgerEvent
+from rating.tiers import round_half_up
+from schemas.ledger import SERVICES, LedgerCommand, LedgerEvent, fixed_offset
 from tariffs import Plan, PlanVersion
 
 NOTICE: Final = timedelta(days=30)
@@ -528,24 +529,13 @@ def month_bounds(month: str, zone: ZoneInfo) -> tuple[datetime, datetime]:
     following = (year + number // 12, number % 12 + 1)
     start = datetime(year, number, 1, tzinfo=zone)
     end = datetime(following[0], following[1], 1, tzinfo=zone)
-    return _fixed(start), _fixed(end)
+    return fixed_offset(start), fixed_offset(end)
 
 
 def month_version(plan: Plan, start: datetime, end: datetime) -> PlanVersion | None:
     """rating.md: the version in force at the month's start, else the first in it."""
     index = _version_for_period(plan, start, end)
     return None if index is None else plan.versions[index]
-
-
-def round_half_up(numerator: int, denominator: int) -> int:
-    """``round_half_up(n / d)`` for non-negative integers (rating.md 4).
-
-    Examples
-    --------
-    >>> round_half_up(1_000_000 * 15, 31), round_half_up(5, 2)
-    (483871, 3)
-    """
-    return (2 * numerator + denominator) // (2 * denominator)
 
 
 def add_months(instant: datetime, months: int) -> datetime:
@@ -592,7 +582,3 @@ def _overlaps(intervals: list[list[str | None]], start: datetime, end: datetime)
 
 def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text)
-
-
-def _fixed(instant: datetime) -> datetime:
-    return instant.replace(tzinfo=timezone(instant.utcoffset()))  # type: ignore[arg-type]

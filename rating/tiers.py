@@ -42,8 +42,9 @@ def tier_columns(tier_count: int) -> list[pl.Expr]:
     return [raw.alias("raw"), first.alias("tier_first"), last.alias("tier_last")]
 
 
-def round_half_up(numerator: pl.Expr, denominator: int | pl.Expr) -> pl.Expr:
-    """``round_half_up(x / d)`` for non-negative integers: ``(2x + d) // (2d)`` (spec 4).
+def round_half_up(numerator: pl.Expr | int, denominator: int | pl.Expr) -> pl.Expr | int:
+    """``round_half_up(x / d)`` for non-negative integers: ``(2x + d) // (2d)`` (spec 4);
+    on polars expressions or on plain ints (the ledger's fees).
 
     Examples
     --------

@@ -55,11 +55,10 @@ CHARGES: Final[frozenset[str]] = frozenset(
 )
 CREDITS: Final[frozenset[str]] = frozenset({"TopUpReceived", "SlaCreditGranted"})
 SERVICES: Final[tuple[str, ...]] = ("ivr", "recording", "blacklist", "sms")
-#: Lifecycle states (the ``state`` of ``account show --json``).
-STATES: Final[tuple[str, ...]] = ("active", "suspended", "kept", "cancelling", "frozen", "closed")
 
 
-def _utc_fixed(instant: datetime) -> datetime:
+def fixed_offset(instant: datetime) -> datetime:
+    """The same instant with a plain fixed-offset tzinfo (whatever zone object it had)."""
     return instant.replace(tzinfo=timezone(instant.utcoffset()))
 
 
@@ -103,7 +102,7 @@ class LedgerCommand(BaseModel):
     @field_validator("at", "start", "end")
     @classmethod
     def _fixed(cls, instant: datetime | None) -> datetime | None:
-        return None if instant is None else _utc_fixed(instant)
+        return None if instant is None else fixed_offset(instant)
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> LedgerCommand:

@@ -59,7 +59,8 @@ def _units(value: Any) -> int:
     return int(value or 0)
 
 
-def _client(settings: Settings) -> Client:
+def query_client(settings: Settings) -> Client:
+    """A plain (non-numpy) client for the few-row queries of commands."""
     return Client(**settings.clickhouse_params(), connect_timeout=5, send_receive_timeout=60)
 
 
@@ -140,7 +141,7 @@ def wait_until_landed(
     """
     database = settings.clickhouse_params()["database"]
     deadline = time.monotonic() + timeout_s
-    client = _client(settings)
+    client = query_client(settings)
     try:
         try:
             missing = missing_tables(client, database)

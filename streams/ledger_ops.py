@@ -17,11 +17,11 @@ from typing import Any, Final
 
 from clickhouse_driver import Client
 
-from rating.ledger import month_bounds
+from rating.ledger import month_bounds, month_version
 from schemas.ledger import LedgerCommand
-from schemas.money import format_money
 from streams.kafka_io import BrokerError, encode_json, make_producer, topic_name
-from streams.load import ACCOUNTS_TOPIC, read_catalog
+from streams.landing import query_client as client  # noqa: F401 - the commands connect through ops.client
+from streams.load import ACCOUNTS_TOPIC, read_catalog, read_grade_fees
 from streams.settings import Settings
 from tariffs import Tariffs
 
@@ -38,10 +38,6 @@ class Published:
     command: LedgerCommand
     partition: int
     offset: int
-
-
-def client(settings: Settings) -> Client:
-    return Client(**settings.clickhouse_params(), connect_timeout=5, send_receive_timeout=60)
 
 
 # ---------------------------------------------------------------------------- reads
@@ -134,8 +130,6 @@ def account_view(db: Client, catalog: Tariffs, account_id: str, *, at: datetime 
     )[0]
     included = 0
     if plan is not None:
-        from rating.ledger import month_version
-
         version = month_version(plan, start, end)
         included = version.included_minutes * 60 if version else 0
     events = events_of(db, account_id)
@@ -201,8 +195,6 @@ def history(db: Client, account_id: str) -> list[dict[str, Any]]:
 
 
 def grade_fees(settings: Settings) -> Any:
-    from streams.load import read_grade_fees
-
     return read_grade_fees(settings, topic_prefix=settings.topic_prefix)
 
 
@@ -294,10 +286,6 @@ def month_has_ended(month: str, catalog: Tariffs, at: datetime) -> None:
 
 def catalog(settings: Settings) -> Tariffs:
     return read_catalog(settings, topic_prefix=settings.topic_prefix)
-
-
-def money(units: int) -> str:
-    return format_money(units)
 
 
 def now() -> datetime:

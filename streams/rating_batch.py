@@ -253,7 +253,6 @@ def rate_messages(
     outcome.outputs.extend(_messages_by_key("ledger", fold.event_frame(), keys))
     outcome.outputs.extend(fold.status_messages())
     balances = []
-    known_balances = dict(state.balances.iter_rows())
     for key, (partition, offset) in last_offset.items():
         account = key.decode("utf-8", "replace")
         part = new_parts.get(account)
@@ -267,7 +266,7 @@ def rate_messages(
         elif "ledger" in parts.get(account, {}):
             part["ledger"] = parts[account]["ledger"]
         outcome.states[key] = (partition, encode({**part, "applied_offset": offset}))
-        balances.append(fold.balance_row(account, key_index[key], offset, known_balances, book))
+        balances.append(fold.balance_row(account, key_index[key], offset, state, book))
     if balances:
         outcome.outputs.extend(_messages_by_key("balances", pl.DataFrame(balances, schema=_BALANCE_SCHEMA), keys))
     return outcome
@@ -437,10 +436,10 @@ class _LedgerFold:
         return self.statuses
 
     def balance_row(
-        self, account: str, index: int, offset: int, balances: Mapping[str, int], book: Book | None
+        self, account: str, index: int, offset: int, state: RatingState, book: Book | None
     ) -> dict[str, Any]:
         known = self._accounts.get(account)
-        balance = balances.get(account, int(known["opening_balance"]) if known else 0)
+        balance = self._balance(state, account)
         return {
             "account_id": account,
             "balance": balance,

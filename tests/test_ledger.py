@@ -9,7 +9,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from rating.ledger import Book, Terms, after_calls, apply_command, month_bounds, round_half_up
+from rating.ledger import Book, Terms, after_calls, apply_command, month_bounds
+from rating.tiers import round_half_up
 from schemas.ledger import LedgerCommand
 from tariffs import Plan
 from tariffs.grades import GradeFees, grade
