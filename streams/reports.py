@@ -1,7 +1,7 @@
 """Finance's reports over ClickHouse: statements, revenue, missed calls, usage (issue 6).
 
 Every query reads the deduplicated data: ``FINAL`` on the ReplacingMergeTree tables (or a
-day that is one merged part, :func:`grouped_by_day_range`), so a
+month of a view that is one merged part, :func:`grouped_by_day_range`), so a
 call or event inserted twice (a replay) counts once and a rerated call counts at its
 highest version (docs/finance.md says why and shows the SQL). Money comes back as integer
 units of 0.0001 CNY and durations as whole seconds; :class:`Report` formats them at the
@@ -258,35 +258,35 @@ def grouped_by_day_range(
     """``SELECT keys, sums FROM table WHERE local_day in [first, following) AND where
     GROUP BY keys``, exact in spite of replays: key tuple -> the sums.
 
-    ``table`` is a view partitioned by ``local_day`` (``calls_by_day``, ``missed_calls``)
-    and ``sums`` must be additive (``count()``, ``sum(x)``), so that the answers for parts
-    of the range add up. A day that is one merged part (``level > 0``: the merge collapsed
-    its copies, and it holds the whole day) is *settled* and read without FINAL, which is
-    many times faster; the other days are read with FINAL. Parts never change: if the
-    settled days still are those same parts after the read, the read saw exactly them;
-    else the whole range is read again with FINAL. ``cdrflow retention`` settles past days
-    (docs/finance.md).
+    ``table`` is a view partitioned by the month of ``local_day`` (``calls_by_day``,
+    ``missed_calls``) and ``sums`` must be additive (``count()``, ``sum(x)``), so that the
+    answers for parts of the range add up. A month that is one merged part (``level >
+    0``: the merge collapsed its copies, and it holds the whole month) is *settled* and
+    read without FINAL, which is several times faster; the other months are read with
+    FINAL. Parts never change: if the settled months still are those same parts after the
+    read, the read saw exactly them; else the whole range is read again with FINAL.
+    ``cdrflow retention`` settles past months (docs/finance.md).
     """
-    params = {**params}
+    params = {**params, "first": first, "following": following}
     extra = f" AND {where}" if where else ""
-    before = _day_parts(client, table, first, following)
-    settled = sorted(day for day, (names, levels) in before.items() if len(names) == 1 and levels[0] > 0)
-    unsettled = sorted(day for day in before if day not in settled)
+    before = _month_parts(client, table, first, following)
+    settled = sorted(month for month, (names, levels) in before.items() if len(names) == 1 and levels[0] > 0)
+    unsettled = sorted(month for month in before if month not in settled)
 
-    def read(final: bool, days: list[date]) -> list[tuple[Any, ...]]:
-        if not days:
+    def read(final: bool, months: list[int]) -> list[tuple[Any, ...]]:
+        if not months:
             return []
-        listed = ", ".join(f"'{day.isoformat()}'" for day in days)
         return client.execute(
             f"SELECT {keys}, {sums} FROM {table}{' FINAL' if final else ''} "
-            f"WHERE local_day IN ({listed}){extra} GROUP BY {keys}",
+            f"WHERE local_day >= %(first)s AND local_day < %(following)s "
+            f"AND toYYYYMM(local_day) IN ({', '.join(map(str, months))}){extra} GROUP BY {keys}",
             params,
         )
 
     rows = read(False, settled) + read(True, unsettled)
-    after = _day_parts(client, table, first, following)
-    if any(after.get(day, ((), ()))[0] != before[day][0] for day in settled):
-        # A late call landed in a settled day while reading: read it all with FINAL.
+    after = _month_parts(client, table, first, following)
+    if any(after.get(month, ((), ()))[0] != before[month][0] for month in settled):
+        # A late call landed in a settled month while reading: read it all with FINAL.
         rows = read(True, sorted(after))
     key_count = len(_split_top_level(keys))
     totals: dict[tuple[Any, ...], list[int]] = {}
@@ -299,8 +299,10 @@ def grouped_by_day_range(
     return totals
 
 
-def _day_parts(client: Client, table: str, first: date, following: date) -> dict[date, tuple[list[str], list[int]]]:
-    """The active parts of each day of ``table`` in ``[first, following)``: names, levels."""
+def _month_parts(client: Client, table: str, first: date, following: date) -> dict[int, tuple[list[str], list[int]]]:
+    """The active parts of each month (``YYYYMM``) of ``table`` that overlaps
+    ``[first, following)``: names, levels."""
+    last = following - timedelta(days=1)
     rows = client.execute(
         "SELECT partition, groupArray(name), groupArray(level) FROM system.parts "
         "WHERE database = currentDatabase() AND table = %(table)s AND active GROUP BY partition",
@@ -308,10 +310,10 @@ def _day_parts(client: Client, table: str, first: date, following: date) -> dict
     )
     parts = {}
     for partition, names, levels in rows:
-        day = date.fromisoformat(str(partition).strip("'"))
-        if first <= day < following:
+        month = int(str(partition).strip("'"))
+        if first.year * 100 + first.month <= month <= last.year * 100 + last.month:
             order = sorted(range(len(names)), key=names.__getitem__)
-            parts[day] = ([names[i] for i in order], [levels[i] for i in order])
+            parts[month] = ([names[i] for i in order], [levels[i] for i in order])
     return parts
 
 

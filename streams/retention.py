@@ -6,18 +6,19 @@ partitions: those whose month is before ``as_of``'s month minus ``keep_months`` 
 24, on any day of 2026-11 everything from 2024-11 on is kept).
 
 Dropped: ``rated_calls`` (partitioned by the UTC month of ``charge_time``), ``alerts``
-(by the local month) and the views ``calls_by_day`` and ``missed_calls`` (by local day:
-the days of those months). Before a
+(by the local month) and the views ``calls_by_day`` and ``missed_calls`` (by the month
+of the local day). Before a
 partition of ``rated_calls`` goes, the per-account totals of its calls, per local month,
 are written to ``retained_call_totals``, which the statement adds to the opening balance:
 statements of later months stay exact. Ledger events (``billing_events``) and balances
 are the account's financial record and are never dropped; ``rejected_cdrs`` is not
 partitioned by month and is kept.
 
-Retention also *settles* the past days of the finance views (:func:`settle_days`): each
-daily partition before today is merged into one part (``OPTIMIZE ... FINAL``), which
-collapses its replayed copies, so reports read it without FINAL
-(``streams.reports.grouped_by_day_range``). Run it daily (cron) for fast reports.
+Retention also *settles* the past months of the finance views (:func:`settle_months`):
+each monthly partition before the current month is merged into one part (``OPTIMIZE ...
+FINAL``), which collapses its replayed copies, so reports read it without FINAL
+(``streams.reports.grouped_by_day_range``). Run it daily (cron): a late call of a settled
+month adds a part, which the next run merges again.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from clickhouse_driver import Client
 MIN_KEEP_MONTHS = 24
 #: The tables retention drops partitions of, rated_calls last (after its totals are kept).
 TABLES = ("calls_by_day", "missed_calls", "alerts", "rated_calls")
-#: The finance views (partitioned by local day) whose past days are merged into one part each.
+#: The finance views (partitioned by local month) whose past months are merged into one part each.
 SETTLED_VIEWS = ("calls_by_day", "missed_calls")
 
 
@@ -95,17 +96,18 @@ def apply_retention(client: Client, keep_months: int, *, as_of: date, dry_run: b
     return Dropped(
         cutoff=f"{cutoff // 100:04d}-{cutoff % 100:02d}",
         partitions=[{"table": t, "partition": p, "rows": int(r)} for t, p, r in doomed],
-        settled=settle_days(client, before=as_of, dry_run=dry_run),
+        settled=settle_months(client, before=as_of, dry_run=dry_run),
     )
 
 
-def settle_days(client: Client, *, before: date, dry_run: bool = False) -> list[dict[str, Any]]:
-    """Merge each daily partition of :data:`SETTLED_VIEWS` before the day ``before`` that is
-    not one merged part yet into one (``OPTIMIZE ... FINAL``).
+def settle_months(client: Client, *, before: date, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Merge each monthly partition of :data:`SETTLED_VIEWS` of a month before the month of
+    ``before`` (its last day is before that day) that is not one merged part yet into one
+    (``OPTIMIZE ... FINAL``).
 
-    Reports read such a day without FINAL (exact: the merge collapsed the copies). A late
-    call landing in a settled day adds a part, and reports read that day with FINAL again
-    until the next settling. Returns ``{"table", "partition", "parts"}`` for each
+    Reports read such a month without FINAL (exact: the merge collapsed the copies). A late
+    call landing in a settled month adds a part, and reports read that month with FINAL
+    again until the next settling. Returns ``{"table", "partition", "parts"}`` for each
     partition merged (or that would be, with ``dry_run``).
     """
     rows = client.execute(
@@ -115,7 +117,7 @@ def settle_days(client: Client, *, before: date, dry_run: bool = False) -> list[
     )
     merged = []
     for table, partition, parts, level in sorted(rows):
-        if date.fromisoformat(partition.strip("'")) >= before or (parts == 1 and level > 0):
+        if _month(partition) >= before.year * 100 + before.month or (parts == 1 and level > 0):
             continue
         if not dry_run:
             client.execute(f"OPTIMIZE TABLE {table} PARTITION {_literal(partition)} FINAL")

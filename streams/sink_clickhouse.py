@@ -18,9 +18,10 @@ every table is a ReplacingMergeTree keyed by the identity of its rows, and reade
 need exact figures read with ``FINAL`` (or ``argMax``).
 
 Inserts go straight from polars to clickhouse-driver's numpy path, column by column, no
-pandas frame on the way (the driver still imports pandas for that path). Measured on
-this project's 2-core machines: about 0.45-0.6M rated calls per second (31 columns) with
-a client from :func:`connect`. The calls block: from an asyncio agent, run them in a
+pandas frame on the way (the driver still imports pandas for that path); string columns
+are encoded for the wire by numpy (:mod:`streams.ch_wire`). Measured on this project's
+2-core machines, with a client from :func:`connect`: see bench/sink_bench.py and the
+figures in docs/streaming.md. The calls block: from an asyncio agent, run them in a
 thread (``asyncio.to_thread``), one client per thread.
 """
 
@@ -39,9 +40,11 @@ import polars as pl
 from clickhouse_driver import Client
 from clickhouse_driver import errors as clickhouse_errors
 
+from streams import ch_wire
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
+ch_wire.install()  # string columns may come as ch_wire.EncodedStrings (see _numpy)
 
 T = TypeVar("T")
 
@@ -523,30 +526,13 @@ def _numpy(series: pl.Series) -> np.ndarray:
     if series.dtype == pl.Boolean:
         return series.cast(pl.UInt8).to_numpy()
     if series.dtype == pl.String:
-        return _utf8(series)
+        return ch_wire.encode_strings(series)
     if series.null_count():
         # to_numpy would give floats with NaN: not exact for money beyond 2**53.
         values = series.fill_null(0).to_numpy().astype(object)
         values[series.is_null().to_numpy()] = None
         return values
     return series.to_numpy()
-
-
-def _utf8(series: pl.Series) -> np.ndarray:
-    """A string column as an object array of UTF-8 ``bytes`` (None for null).
-
-    The driver writes ``bytes`` as they are and encodes each ``str`` itself, which costs
-    more than making the bytes (measured: ~3x). Most columns repeat a few values (status,
-    class, plan, file name): those are made once each and gathered by code in numpy.
-    """
-    sample = series.head(10_000)
-    if sample.n_unique() > sample.len() // 4:
-        return series.cast(pl.Binary).to_numpy()
-    distinct = series.drop_nulls().unique()
-    codes = series.cast(pl.Enum(distinct)).to_physical().cast(pl.UInt32).fill_null(distinct.len())
-    values = np.array([*(value.encode() for value in distinct), None], dtype=object)
-    return values[codes.to_numpy()]
-
 
 
 def _fill_value(dtype: pl.DataType) -> object:

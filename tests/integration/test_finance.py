@@ -27,9 +27,9 @@ from rating import Catalog, RatingState, rate
 from schemas.area_names import area_names
 from schemas.cdr_csv import parse_csv
 from schemas.money import format_money
-from streams.migrations import apply_migrations
+from streams.migrations import MIGRATIONS_DIR, apply_migrations
 from streams.rate_files import rate_file
-from streams.retention import settle_days
+from streams.retention import settle_months
 from streams.settings import Settings
 from streams.sink_clickhouse import connect, insert_rated, insert_rejected
 from streams.stack import finance_password
@@ -344,15 +344,54 @@ def test_the_views_count_a_replayed_call_once_and_a_rerated_call_at_its_last_ver
     expected_amount = sum(amount for *_, amount in calls[1:]) + 99_999
     for phase in ("open", "settled"):
         if phase == "settled":
-            settle_days(client, before=date(2026, 4, 1))
+            assert settle_months(client, before=date(2026, 3, 31)) == []  # March is not over
+            settle_months(client, before=date(2026, 4, 1))
             assert client.execute(
                 "SELECT uniqExact(partition), count(), min(level) FROM system.parts "
                 "WHERE database = currentDatabase() AND table = 'calls_by_day' AND active"
-            ) == [(5, 5, 1)]  # one merged part a day
+            ) == [(1, 1, 1)]  # the month: one merged part
         got = _json(database, "report", "revenue", "--from", "2026-03-01", "--to", "2026-03-31", "--by", "class")
         assert got == [{"class": "local", "calls": 50, "minutes": "50.00", "amount": format_money(expected_amount)}]
         missed = _json(database, "report", "missed-calls", "--month", "2026-03", "--by", "number")
         assert missed == [{"number": "4008001234", "missed": 3}]
+
+
+def test_the_monthly_views_migration_keeps_the_calls_landed_before_it(
+    stack: Settings, tmp_path: Path
+) -> None:
+    # A database at 0013 (daily views) with calls in it, then 0014: the new views hold
+    # every call once, at its last version, and are fed by inserts after it.
+    name = "finance_upgrade_0014"
+    params = stack.clickhouse_params()
+    server = Client(**{**params, "database": ""})
+    server.execute(f"DROP DATABASE IF EXISTS {name}")
+    server.execute(f"CREATE DATABASE {name}")
+    try:
+        client = Client(**{**params, "database": name})
+        older = tmp_path / "migrations"
+        older.mkdir()
+        for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+            if path.name < "0014":
+                shutil.copy(path, older / path.name)
+        apply_migrations(client, older)
+        sink = connect(Settings(clickhouse_url=f"clickhouse://default@{params['host']}:{params['port']}/{name}"))
+        calls = [(f"u{n}", datetime(2026, 3, 1 + n % 28, 9, tzinfo=CST), 100 + n) for n in range(40)]
+        missed = _calls("U001", calls).with_columns(disposition=pl.lit("BUSY"))
+        insert_rated(sink, missed)
+        insert_rated(sink, missed)  # a replay
+        insert_rated(sink, _calls("U001", [("u0", calls[0][1], 5_000)], version=3))
+
+        assert apply_migrations(client) == ["0014_finance_views_by_month.sql"]
+        insert_rated(sink, _calls("U001", [("u40", datetime(2026, 4, 2, 9, tzinfo=CST), 7)]))
+        assert client.execute(
+            "SELECT partition, count() FROM system.parts WHERE database = currentDatabase() "
+            "AND table = 'calls_by_day' AND active GROUP BY partition ORDER BY partition"
+        )[-1][0] == "202604"
+        expected = sum(amount for *_, amount in calls[1:]) + 5_000 + 7
+        assert client.execute("SELECT count(), sum(amount) FROM calls_by_day FINAL") == [(41, expected)]
+        assert client.execute("SELECT count() FROM missed_calls FINAL") == [(40,)]
+    finally:
+        server.execute(f"DROP DATABASE IF EXISTS {name}")
 
 
 def test_the_views_collapse_replays_on_current_clickhouse_too() -> None:
@@ -472,7 +511,7 @@ def test_retention_drops_old_months_and_statements_stay_exact(database: Settings
     assert dropped["cutoff"] == "2024-03"
     # o2 (2024-02-01 03:00 in Shanghai) is charged in January UTC: partition 202401.
     assert {(p["table"], p["partition"]) for p in dropped["dropped"]} == {
-        ("rated_calls", "202312"), ("rated_calls", "202401"), ("calls_by_day", "2023-12-20"), ("calls_by_day", "2024-02-01"),
+        ("rated_calls", "202312"), ("rated_calls", "202401"), ("calls_by_day", "202312"), ("calls_by_day", "202402"),
     }
     client = _client(database)
     assert sorted(client.execute("SELECT cdr_id FROM rated_calls FINAL")) == [("k1",), ("k2",)]
