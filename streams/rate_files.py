@@ -95,10 +95,11 @@ def _parsed_chunks(
         chunk = next(chunks, None)
         if chunk is None:
             return None
-        # Line numbers are known before parsing: one per newline of the chunk.
-        first_line = next_line
-        next_line += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
-        return len(chunk), layout.parse(chunk, first_line)
+        batch = layout.parse(chunk, next_line)
+        # One row per physical line (schemas.cdr_csv), so the next chunk starts this many
+        # lines on, without counting the chunk's newlines again.
+        next_line += batch.height
+        return len(chunk), batch
 
     pending = pool.submit(read_and_parse)
 
