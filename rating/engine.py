@@ -19,7 +19,7 @@ from rating.catalog import CLASS_CODES, Catalog, rate_key
 from rating.clock import calendar_keys, local_time, offpeak
 from rating.fields import malformed_detail, malformed_flag, with_typed_fields
 from rating.state import RatingState
-from rating.tiers import round_half_up, tier_columns, tier_seconds, tier_start
+from rating.tiers import round_half_up, tier_columns, tier_seconds, with_tier_start
 from schemas.columns import ALERT_KINDS, CDR_COLUMNS
 
 _BATCH_COLUMNS = ("line", *CDR_COLUMNS, "framing")
@@ -27,6 +27,9 @@ _BATCH_COLUMNS = ("line", *CDR_COLUMNS, "framing")
 # over several string columns. Month keys and day numbers stay below 2**20.
 _SHIFT = 1 << 20
 _DAY_NUMBER = pl.col("local_day").cast(pl.Int32).cast(pl.Int64)
+# The lazy plans here are a few column steps over a batch already in memory: polars'
+# in-memory engine runs them on ~5% less CPU than the streaming one (its default since 2.0).
+_ENGINE = "in-memory"
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         .when(~pl.col("unbilled") & pl.col("rate_idx").is_null())
         .then(pl.lit("no_rate"))
     )
-    return frame.with_columns(reason=reason).collect()
+    return frame.with_columns(reason=reason).collect(engine=_ENGINE)
 
 
 def _duplicate_rows(frame: pl.DataFrame, state: RatingState) -> pl.Series:
@@ -326,12 +329,18 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
             pl.col("plan_day").replace_strict(cap_keys, caps, default=None, return_dtype=pl.Int64),
         ),
     )
-    # Lazy plans from here on (polars runs independent steps side by side), cut once for the
-    # day's running totals, which a sort works out cheaper than a window (rating.running).
+    # Lazy plans from here on (polars runs independent steps side by side), cut for the
+    # running totals per account, month and class and per account and day, which a sort
+    # works out cheaper than a window over their many small groups (rating.running).
     frame = _with_state(frame, state, catalog).lazy()
-    frame = frame.with_columns(allowance_s()).with_columns(charged_s=pl.col("billable_s") - pl.col("allowance_s"))
     frame = (
-        frame.with_columns(tier_start())
+        frame.with_columns(allowance_s())
+        .with_columns(charged_s=pl.col("billable_s") - pl.col("allowance_s"))
+        .collect(engine=_ENGINE)
+    )
+    frame = (
+        with_tier_start(frame)
+        .lazy()
         .with_columns(tier_seconds(catalog.tier_count))
         .with_columns(tier_columns(catalog.tier_count))
         .with_columns(
@@ -352,7 +361,7 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
             .otherwise(0),
         )
         .with_columns(pre=pl.col("base") - pl.col("discount") + pl.col("minimum_uplift"))
-        .collect()
+        .collect(engine=_ENGINE)
     )
     frame = (
         day_running_totals(frame)
@@ -367,7 +376,7 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         low_balance=rated & (pl.col("balance_before") >= threshold) & (pl.col("balance") < threshold),
         arrears=rated & (pl.col("balance_before") >= 0) & (pl.col("balance") < 0),
         offpeak_percent=pl.when(pl.col("offpeak")).then(pl.col("offpeak_percent")).otherwise(0),
-    ).collect()
+    ).collect(engine=_ENGINE)
 
 
 def _with_state(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.DataFrame:
