@@ -211,11 +211,14 @@ def rated_csv_frame(rated: pl.DataFrame) -> pl.DataFrame:
     # UTC instants print the same without their time zone (CSV_DATETIME_FORMAT ends in a
     # literal Z), and the CSV writer then skips a time-zone conversion per value.
     utc = [c for c, t in frame.schema.items() if isinstance(t, pl.Datetime) and t.time_zone == "UTC"]
-    return frame.with_columns(pl.col(c).dt.replace_time_zone(None) for c in utc) if utc else frame
+    frame = frame.with_columns(pl.col(c).dt.replace_time_zone(None) for c in utc) if utc else frame
+    return _days_as_text(frame)
 
 
 def alerts_csv_frame(alerts: pl.DataFrame) -> pl.DataFrame:
-    return _money_as_text(alerts.select(*ALERT_COLUMNS, *[c for c in alerts.columns if c not in ALERT_COLUMNS]))
+    return _days_as_text(
+        _money_as_text(alerts.select(*ALERT_COLUMNS, *[c for c in alerts.columns if c not in ALERT_COLUMNS]))
+    )
 
 
 def rejected_csv_frame(rejected: pl.DataFrame) -> pl.DataFrame:
@@ -224,6 +227,21 @@ def rejected_csv_frame(rejected: pl.DataFrame) -> pl.DataFrame:
 
 def _money_as_text(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(money_expr(c) for c in frame.columns if c in MONEY_COLUMNS)
+
+
+def _days_as_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """Date columns as the text the CSV writer would print (``2026-03-02``).
+
+    A chunk's calls fall on a few dozen days: each is formatted once and looked up, where
+    the writer would format every row's (~10% of writing rated.csv, measured).
+    """
+
+    def as_text(column: str) -> pl.Expr:
+        days = frame.get_column(column).unique().drop_nulls()
+        return pl.col(column).replace_strict(days, days.cast(pl.String), default=None, return_dtype=pl.String)
+
+    days = [c for c, dtype in frame.schema.items() if dtype == pl.Date]
+    return frame.with_columns(as_text(c) for c in days) if days else frame
 
 
 class _Outputs:
