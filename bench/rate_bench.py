@@ -223,7 +223,7 @@ def phase(name):
     figures[name] = {"wall_s": round(wall - mark[0], 3), "cpu_s": round(cpu - mark[1], 3)}
     mark[:] = [wall, cpu]
 import streams.cli
-from rating import Catalog, RatingState, rate
+from rating import Catalog, RatingState, prepare, rate
 from streams.rate_files import _Outputs, iter_chunks, open_cdr_file
 from tariffs import load_tariffs
 phase("imports")
@@ -242,6 +242,8 @@ for chunk in chunks:
     line += chunk.count(b"\\n")
 del chunks
 phase("parse (schemas.cdr_csv)")
+batches = [prepare(batch, catalog) for batch in batches]
+phase("prepare (rating.prepare)")
 state, results = RatingState.empty(), []
 for batch in batches:
     result = rate(batch, state, catalog)

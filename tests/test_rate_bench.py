@@ -33,6 +33,7 @@ def test_phases_time_every_phase_and_write_what_cdrflow_rate_writes(tmp_path: Pa
         "compile the catalogue",
         "read the file",
         "parse (schemas.cdr_csv)",
+        "prepare (rating.prepare)",
         "rate (rating.rate)",
         "write rated/rejected/alerts.csv",
     ]
