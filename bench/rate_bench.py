@@ -223,9 +223,8 @@ def phase(name):
     figures[name] = {"wall_s": round(wall - mark[0], 3), "cpu_s": round(cpu - mark[1], 3)}
     mark[:] = [wall, cpu]
 import streams.cli
-from rating import Catalog, RatingState, rate
+from rating import Catalog, RatingState, prepare, rate
 from streams.rate_files import _Outputs, iter_chunks, open_cdr_file
-from schemas.cdr_csv import parse_chunk
 from tariffs import load_tariffs
 phase("imports")
 cdrs, plans, accounts, out = sys.argv[1:5]
@@ -233,15 +232,18 @@ tariffs = load_tariffs(plans, accounts)
 phase("load plans and accounts")
 catalog = Catalog.from_tariffs(tariffs)
 phase("compile the catalogue")
-handle, columns, header = open_cdr_file(__import__("pathlib").Path(cdrs))
-chunks = list(iter_chunks(handle))
+handle, layout, header = open_cdr_file(__import__("pathlib").Path(cdrs))
+with handle:
+    chunks = list(iter_chunks(handle))
 phase("read the file")
-batches, line = [], 2
+batches, line = [], layout.first_line
 for chunk in chunks:
-    batches.append(parse_chunk(chunk, first_line=line, columns=columns))
+    batches.append(layout.parse(chunk, line))
     line += chunk.count(b"\\n")
 del chunks
 phase("parse (schemas.cdr_csv)")
+batches = [prepare(batch, catalog) for batch in batches]
+phase("prepare (rating.prepare)")
 state, results = RatingState.empty(), []
 for batch in batches:
     result = rate(batch, state, catalog)

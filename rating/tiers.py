@@ -4,16 +4,30 @@ from __future__ import annotations
 
 import polars as pl
 
-from rating.running import running_before
+from rating.running import running_through
 
 
-def tier_start() -> pl.Expr:
-    """``C``: seconds charged before this call in its account, month and class.
+def with_tier_start(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with ``tier_start`` (``C``): seconds charged before this call in its
+    account, month and class.
 
     The call then occupies seconds ``[C, C + charged_s)`` of the month's tiers (all the
-    account's numbers together). Needs ``charged_before_s`` (earlier batches), ``k_class``.
+    account's numbers together). Needs ``charged_before_s`` (earlier batches), ``charged_s``
+    and ``k_class``; the running total is :func:`rating.running.running_through` (a batch
+    has tens of thousands of account-month-classes of a few calls each).
+
+    Examples
+    --------
+    >>> frame = pl.DataFrame(
+    ...     {"k_class": [7, 7, 9, 7], "charged_s": [60, 30, 60, 10], "charged_before_s": [100, 100, 0, 100]}
+    ... )
+    >>> with_tier_start(frame)["tier_start"].to_list()
+    [100, 160, 0, 190]
     """
-    return (pl.col("charged_before_s") + running_before(pl.col("charged_s"), "k_class")).alias("tier_start")
+    through = running_through(frame, "k_class", {"charged_through": pl.col("charged_s")})
+    return frame.with_columns(
+        (pl.col("charged_before_s") + through.get_column("charged_through") - pl.col("charged_s")).alias("tier_start")
+    )
 
 
 def tier_seconds(tier_count: int) -> list[pl.Expr]:

@@ -17,7 +17,7 @@ from typing import IO
 
 import polars as pl
 
-from rating import Catalog, RatingResult, RatingState, rate
+from rating import Catalog, PreparedBatch, RatingResult, RatingState, prepare, rate
 from schemas.cdr_csv import HeaderError
 from schemas.switch_formats import Feed, Layout
 from schemas.columns import (
@@ -78,34 +78,37 @@ def iter_chunks(handle: IO[bytes], chunk_bytes: int = CHUNK_BYTES) -> Iterator[b
         yield block
 
 
-def _parsed_chunks(
-    handle: IO[bytes], layout: Layout, chunk_bytes: int, pool: ThreadPoolExecutor
-) -> Iterator[tuple[int, pl.DataFrame]]:
-    """(bytes, raw batch) per chunk, read and parsed one chunk ahead in ``pool``.
+def _prepared_chunks(
+    handle: IO[bytes], layout: Layout, chunk_bytes: int, pool: ThreadPoolExecutor, catalog: Future[Catalog]
+) -> Iterator[tuple[int, PreparedBatch]]:
+    """(bytes, prepared batch) per chunk, read, parsed and prepared one chunk ahead in ``pool``.
 
     ``pool`` has one worker, so chunks are read in file order. The first chunk is handed
     to it before this returns, so that it is read and parsed while the caller does
-    something else (loads the plans).
+    something else (loads the plans, then sets ``catalog``, which preparing waits for).
+    The state-free part of rating (``rating.prepare``) is thereby done beside the rating
+    of the chunk before.
     """
     chunks = iter_chunks(handle, chunk_bytes)
     next_line = layout.first_line
 
-    def read_and_parse() -> tuple[int, pl.DataFrame] | None:
+    def read_and_prepare() -> tuple[int, PreparedBatch] | None:
         nonlocal next_line
         chunk = next(chunks, None)
         if chunk is None:
             return None
-        # Line numbers are known before parsing: one per newline of the chunk.
-        first_line = next_line
-        next_line += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
-        return len(chunk), layout.parse(chunk, first_line)
+        batch = layout.parse(chunk, next_line)
+        # One row per physical line (schemas.cdr_csv), so the next chunk starts this many
+        # lines on, without counting the chunk's newlines again.
+        next_line += batch.height
+        return len(chunk), prepare(batch, catalog.result())
 
-    pending = pool.submit(read_and_parse)
+    pending = pool.submit(read_and_prepare)
 
-    def results() -> Iterator[tuple[int, pl.DataFrame]]:
+    def results() -> Iterator[tuple[int, PreparedBatch]]:
         nonlocal pending
         while True:
-            upcoming = pool.submit(read_and_parse)
+            upcoming = pool.submit(read_and_prepare)
             parsed = pending.result()
             if parsed is None:
                 return
@@ -167,18 +170,24 @@ def rate_file(
     handle, layout, header = open_cdr_file(cdrs, feed)
     summary = RateSummary()
     done = len(header)
-    # Reading and parsing the next chunk, and writing the last one's results, run in
-    # threads beside the rating (polars releases the GIL): the three overlap.
+    # Reading, parsing and preparing the next chunk, and writing the last one's results, run
+    # in threads beside the rating (polars releases the GIL): the three overlap.
     with handle, ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
-        parsed = _parsed_chunks(handle, layout, chunk_bytes, reader)
-        if not isinstance(catalog, Catalog):
-            catalog = catalog()
+        loaded: Future[Catalog] = Future()
+        prepared = _prepared_chunks(handle, layout, chunk_bytes, reader, loaded)
+        try:
+            if not isinstance(catalog, Catalog):
+                catalog = catalog()
+        except BaseException as exc:
+            loaded.set_exception(exc)  # the reader stops waiting for it
+            raise
+        loaded.set_result(catalog)
         if progress is not None:
             progress(done)
         with _Outputs(out) as outputs:
             state = RatingState.empty()
             written: Future[None] | None = None
-            for size, batch in parsed:
+            for size, batch in prepared:
                 result = rate(batch, state, catalog)
                 state = result.state
                 if written is not None:
@@ -210,11 +219,14 @@ def rated_csv_frame(rated: pl.DataFrame) -> pl.DataFrame:
     # UTC instants print the same without their time zone (CSV_DATETIME_FORMAT ends in a
     # literal Z), and the CSV writer then skips a time-zone conversion per value.
     utc = [c for c, t in frame.schema.items() if isinstance(t, pl.Datetime) and t.time_zone == "UTC"]
-    return frame.with_columns(pl.col(c).dt.replace_time_zone(None) for c in utc) if utc else frame
+    frame = frame.with_columns(pl.col(c).dt.replace_time_zone(None) for c in utc) if utc else frame
+    return _days_as_text(frame)
 
 
 def alerts_csv_frame(alerts: pl.DataFrame) -> pl.DataFrame:
-    return _money_as_text(alerts.select(*ALERT_COLUMNS, *[c for c in alerts.columns if c not in ALERT_COLUMNS]))
+    return _days_as_text(
+        _money_as_text(alerts.select(*ALERT_COLUMNS, *[c for c in alerts.columns if c not in ALERT_COLUMNS]))
+    )
 
 
 def rejected_csv_frame(rejected: pl.DataFrame) -> pl.DataFrame:
@@ -223,6 +235,21 @@ def rejected_csv_frame(rejected: pl.DataFrame) -> pl.DataFrame:
 
 def _money_as_text(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(money_expr(c) for c in frame.columns if c in MONEY_COLUMNS)
+
+
+def _days_as_text(frame: pl.DataFrame) -> pl.DataFrame:
+    """Date columns as the text the CSV writer would print (``2026-03-02``).
+
+    A chunk's calls fall on a few dozen days: each is formatted once and looked up, where
+    the writer would format every row's (~10% of writing rated.csv, measured).
+    """
+
+    def as_text(column: str) -> pl.Expr:
+        days = frame.get_column(column).unique().drop_nulls()
+        return pl.col(column).replace_strict(days, days.cast(pl.String), default=None, return_dtype=pl.String)
+
+    days = [c for c, dtype in frame.schema.items() if dtype == pl.Date]
+    return frame.with_columns(as_text(c) for c in days) if days else frame
 
 
 class _Outputs:

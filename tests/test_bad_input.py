@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from schemas.cdr_csv import parse_chunk
 from schemas.columns import CDR_HEADER
 from tests.conftest import VECTORS, run_cdrflow
 
@@ -50,6 +51,16 @@ def test_a_broken_line_is_rejected_malformed_and_the_rest_is_rated(tmp_path: Pat
     assert rated["cdr_id"].to_list() == ["G1", "G2"]
     assert rejected.select("line", "reason").rows() == [("3", "malformed")]
     assert rejected["detail"][0]
+
+
+@pytest.mark.parametrize("kind", list(BROKEN_LINES))
+def test_a_broken_first_line_of_a_chunk_leaves_the_lines_after_it_whole(kind: str) -> None:
+    # The reader takes no width from the first line: the good lines keep all 12 fields.
+    batch = parse_chunk(b"\n".join([BROKEN_LINES[kind], _good(1), _good(2)]) + b"\n", first_line=2)
+    assert batch["line"].to_list() == [2, 3, 4]
+    assert batch["framing"][0] is not None
+    assert batch["framing"][1:].to_list() == [None, None]
+    assert batch.row(1) == (3, *GOOD.decode().split(","), None)
 
 
 def test_all_broken_lines_together_keep_their_line_numbers(tmp_path: Path) -> None:

@@ -25,8 +25,10 @@ except SystemExit as exit_:
 else:
     code = 0
 import gc
+import os
 print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules}),
-                  "gc_enabled": gc.isenabled(), "gc_frozen": gc.get_freeze_count()}))
+                  "gc_enabled": gc.isenabled(), "gc_frozen": gc.get_freeze_count(),
+                  "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}))
 """
 
 
@@ -48,9 +50,14 @@ def test_rate_imports_no_kafka_or_clickhouse_client(tmp_path: Path) -> None:
     assert (tmp_path / "rated.csv").stat().st_size > 0
     assert "polars" in probe["modules"]
     assert [m for m in _PIPELINE_PACKAGES if m in probe["modules"]] == []
+    # The numbering plan is for switch formats: a canonical file never needs it.
+    assert "phonenumbers" not in probe["modules"]
     # The cycle collector, held off while the plans load, is back on for the rating.
     assert probe["gc_enabled"] is True
     assert probe["gc_frozen"] > 10_000
+    # numpy came in with one OpenBLAS thread, not a pool per core that nothing uses.
+    assert "numpy" in probe["modules"]
+    assert probe["openblas_threads"] == "1"
 
 
 def test_a_pipeline_command_still_gets_its_clients() -> None:
