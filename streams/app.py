@@ -62,6 +62,12 @@ SINK_BATCH_MESSAGES: Final[int] = 2000
 SINK_BATCH_WITHIN_S: Final[float] = 1.0
 #: The sink's own retries per insert; the agent then tries again, for as long as it runs.
 SINK_RETRY: Final = sink_clickhouse.RetryPolicy(budget_s=30.0)
+#: Sends of a batch's outputs before the rating agent gives up, and the first wait between
+#: two (doubled each time): tansu refuses a produce now and then (UnknownError) when two
+#: workers write one partition of ``number.status`` (keyed by number, not by account) at
+#: the same moment.
+OUTPUT_SEND_ATTEMPTS: Final[int] = 5
+OUTPUT_RESEND_FIRST_DELAY_S: Final[float] = 0.25
 #: How often the worker looks for new plans and accounts.
 CATALOG_CHECK_S: Final[float] = 5.0
 #: Exit status of a worker that stopped because it could not go on safely.
@@ -165,8 +171,12 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
                 )
                 rated = time.perf_counter()
                 # Outputs first, acknowledged; the states that cover them after.
-                sent = [await outputs[m.kind].send(key=m.key, value=m.value) for m in outcome.outputs]
-                await asyncio.gather(*sent)
+                await send_in_order(
+                    lambda m: outputs[m.kind].send(key=m.key, value=m.value),
+                    outcome.outputs,
+                    attempts=OUTPUT_SEND_ATTEMPTS,
+                    first_delay_s=OUTPUT_RESEND_FIRST_DELAY_S,
+                )
                 acknowledged = time.perf_counter()
                 # A partition taken away meanwhile (a slow batch outliving a rebalance) is
                 # not written to: its new owner resumed from the changelog as it was, and
@@ -239,6 +249,40 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+async def send_in_order(
+    send: Callable[[Any], Awaitable[Awaitable[object]]],
+    messages: list[Any],
+    *,
+    attempts: int,
+    first_delay_s: float,
+) -> None:
+    """Send ``messages`` in order (``send(m)`` queues one and gives its delivery future)
+    and wait until the broker acknowledged them all.
+
+    When the broker refused some, the whole list is sent again, in order, after a wait
+    (``first_delay_s``, doubled each time), up to ``attempts`` sends in all; then the
+    first refusal is raised. All, not only the refused ones: records after a refused one
+    may have been stored, and a compacted topic (``number.status``) keeps the last record
+    of a key, so only the whole sequence again leaves each key's last record last. The
+    copies are harmless: every output carries a deterministic id and its readers collapse
+    repeats (docs/streaming.md).
+    """
+    for attempt in range(1, attempts + 1):
+        futures = [await send(message) for message in messages]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        refused = [result for result in results if isinstance(result, BaseException)]
+        if not refused:
+            return
+        if attempt == attempts or not all(isinstance(error, Exception) for error in refused):
+            raise refused[0]
+        delay = first_delay_s * 2 ** (attempt - 1)
+        log.warning(
+            "the broker refused %d of %d output messages (%r); sending all %d again in %.2f s (attempt %d of %d)",
+            len(refused), len(messages), refused[0], len(messages), delay, attempt + 1, attempts,
+        )
+        await asyncio.sleep(delay)
 
 
 def faust_datadir(settings: Settings) -> str:

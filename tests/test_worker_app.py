@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from streams.app import build_app
+import pytest
+
+from streams.app import build_app, send_in_order
 from streams.faust_tuning import WORKER_FETCH_MAX_WAIT_MS
 from streams.settings import Settings
 
@@ -36,3 +38,38 @@ def test_the_worker_consumer_lets_the_broker_hold_a_fetch_half_a_second(tmp_path
 
     consumer = asyncio.run(create())
     assert consumer._fetch_max_wait_ms == WORKER_FETCH_MAX_WAIT_MS == 500
+
+
+class _Broker:
+    """Delivery futures for sends; ``refuse`` says which sends (by number, from 0) fail."""
+
+    def __init__(self, refuse: set[int]) -> None:
+        self.refuse = refuse
+        self.stored: list[str] = []
+        self.sends = 0
+
+    async def send(self, message: str) -> asyncio.Future[object]:
+        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        if self.sends in self.refuse:
+            future.set_exception(RuntimeError(f"refused {message}"))
+        else:
+            self.stored.append(message)
+            future.set_result(None)
+        self.sends += 1
+        return future
+
+
+def test_refused_outputs_are_sent_again_whole_and_in_order() -> None:
+    # The second of three is refused on the first send: the records after it got stored,
+    # so all three go again, and each key's last record is the last one sent.
+    broker = _Broker(refuse={1})
+    asyncio.run(send_in_order(broker.send, ["a1", "b1", "a2"], attempts=3, first_delay_s=0.0))
+    assert broker.stored == ["a1", "a2", "a1", "b1", "a2"]
+    assert broker.stored[-3:] == ["a1", "b1", "a2"]
+
+
+def test_a_broker_that_keeps_refusing_fails_the_batch_after_the_attempts() -> None:
+    broker = _Broker(refuse=set(range(100)))
+    with pytest.raises(RuntimeError, match="refused a"):
+        asyncio.run(send_in_order(broker.send, ["a", "b"], attempts=3, first_delay_s=0.0))
+    assert broker.sends == 6
