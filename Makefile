@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/cdrflow demo
 
+# Two pytest-xdist workers, a test file each at a time; each worker that runs a test of
+# tests/integration starts its own embedded stack (a session fixture, on ports of its own).
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25
 
 bench: setup
 	-$(BIN)/python bench/rate_bench.py

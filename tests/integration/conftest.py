@@ -20,7 +20,6 @@ from tests.integration.pipeline import PROJECT, Pipeline
 TEST_PARTITIONS = 3
 
 
-
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings of a running embedded stack; stopped and purged after the session."""

@@ -1,7 +1,8 @@
-"""Throughput of ``cdrflow worker`` on a generated month (200k CDRs, 2k accounts), and its exactness.
+"""``cdrflow worker`` on a generated month (60k CDRs, 600 accounts): exact, and how fast.
 
-Prints the figures (run with ``-s``); asserts only that the streamed results equal the
-offline ``rate`` path's, row for row, balances included. Marked slow: about a minute.
+Asserts that the streamed results equal the offline ``rate`` path's, row for row,
+balances included; prints the figures (run with ``-s``). The speed target lives in
+bench/pipeline_bench.py (200k CDRs); this size keeps several batches per partition.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from tests.integration.pipeline import Pipeline, read_csv_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CDRS = 200_000
-ACCOUNTS = 2_000
+CDRS = 60_000
+ACCOUNTS = 600
 
 
 def _log_time(line: str) -> datetime:
@@ -45,7 +46,7 @@ def test_worker_rates_a_generated_month_exactly_and_reports_its_speed(stack, tmp
         pipeline.produce(messages)
         produced = time.monotonic() - started
         counts = pipeline.wait_until(
-            lambda c: c["rated_calls"] + c["rejected_cdrs"] >= CDRS, timeout_s=300, what="200k lines landing"
+            lambda c: c["rated_calls"] + c["rejected_cdrs"] >= CDRS, timeout_s=300, what=f"{CDRS:,} lines landing"
         )
         landed = time.monotonic() - started
         batches = [line for line in worker.log_text().splitlines() if re.search(r"rated \d+ lines of", line)]
