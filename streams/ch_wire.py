@@ -51,6 +51,8 @@ class EncodedStrings(np.ndarray):
         if len(self) == 0:
             return b""
         first, last = int(self[0]), int(self[-1])
+        if not (np.diff(self.view(np.ndarray)) == 1).all():
+            raise ValueError("EncodedStrings: only a contiguous slice of rows can be written")
         start = int(self.ends[first - 1]) if first else 0
         return self.wire[start : int(self.ends[last])]
 

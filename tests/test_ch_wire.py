@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 from clickhouse_driver.bufferedwriter import BufferedSocketWriter
 from clickhouse_driver.numpy.helpers import column_chunks
 from clickhouse_driver.columns.numpy.stringcolumn import NumpyStringColumn
@@ -100,3 +101,11 @@ def test_values_reads_the_strings_back() -> None:
     encoded = ch_wire.encode_strings(pl.Series(values))
     assert encoded.values() == [value.encode() for value in values]
     assert encoded[2:].values() == [value.encode() for value in values[2:]]
+
+
+def test_rows_picked_out_of_order_are_refused_not_written_wrong() -> None:
+    encoded = ch_wire.encode_strings(pl.Series(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="contiguous"):
+        encoded[[2, 0]].block()
+    with pytest.raises(ValueError, match="contiguous"):
+        ch_wire.encode_strings(pl.Series(list("abcd")))[[0, 2, 1]].block()
