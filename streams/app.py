@@ -63,9 +63,9 @@ SINK_BATCH_WITHIN_S: Final[float] = 1.0
 #: The sink's own retries per insert; the agent then tries again, for as long as it runs.
 SINK_RETRY: Final = sink_clickhouse.RetryPolicy(budget_s=30.0)
 #: Sends of a batch's outputs before the rating agent gives up, and the first wait between
-#: two (doubled each time): tansu refuses a produce now and then (UnknownError) when two
-#: workers write one partition of ``number.status`` (keyed by number, not by account) at
-#: the same moment.
+#: two (doubled each time). tansu refused produces to ``number.status`` (UnknownError)
+#: once, with two workers on a loaded machine: likely both writing one of its partitions
+#: at the same moment (it is keyed by number, every other output by account).
 OUTPUT_SEND_ATTEMPTS: Final[int] = 5
 OUTPUT_RESEND_FIRST_DELAY_S: Final[float] = 0.25
 #: How often the worker looks for new plans and accounts.
