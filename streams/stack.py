@@ -867,10 +867,12 @@ def _check_external(name: str, answers: Callable[[], bool], address: str, timeou
         time.sleep(0.5)
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports nothing listens on, from 20000-30000 (a second stack's ports)."""
+def free_ports(count: int, span: range = range(20000, 30000)) -> list[int]:
+    """``count`` distinct ports nothing listens on, from ``span`` (default 20000-30000: a
+    second stack's ports). Stacks started at the same moment take disjoint spans: a port
+    found free here is only taken when the server binds it."""
     ports: list[int] = []
-    for port in random.sample(range(20000, 30000), 200):
+    for port in random.sample(span, min(200, len(span))):
         with socket.socket() as probe:
             try:
                 probe.bind((EMBEDDED_HOST, port))
@@ -879,7 +881,7 @@ def free_ports(count: int) -> list[int]:
         ports.append(port)
         if len(ports) == count:
             return ports
-    raise StackError("no free ports between 20000 and 30000")
+    raise StackError(f"no free ports between {span.start} and {span.stop - 1}")
 
 
 def start_worker(settings: Settings) -> ServerInfo:

@@ -1,12 +1,14 @@
 """Fixtures that run a real embedded stack (broker, its S3 store, ClickHouse) for tests.
 
-The stack runs in a temporary state folder on ports of its own (20000-30000, below
-Linux's ephemeral range), so it does not collide with a developer's running stack on the
-default ports.
+The stack runs in a temporary state folder on ports of its own (20000-20999 for the first
+pytest-xdist worker, 21000-21999 for the second: below Linux's ephemeral range), so it
+does not collide with a developer's running stack on the default ports, nor with the
+other worker's stack.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +25,11 @@ TEST_PARTITIONS = 3
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """Settings of a running embedded stack; stopped and purged after the session."""
-    kafka_port, s3_port, clickhouse_tcp_port, clickhouse_http_port = free_ports(4)
+    # Each pytest-xdist worker (gw0, gw1, ...: make test) starts a stack of its own at the
+    # same time as the others: from ports of its own.
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    span = range(20000 + 1000 * (worker % 10), 21000 + 1000 * (worker % 10))
+    kafka_port, s3_port, clickhouse_tcp_port, clickhouse_http_port = free_ports(4, span)
     settings = Settings(
         state_dir=tmp_path_factory.mktemp("cdrflow-stack"),
         # Explicit, so a developer's CDRFLOW_* variables cannot point the tests elsewhere.
