@@ -25,6 +25,7 @@ from clickhouse_driver import Client
 
 from schemas.area_names import area_names
 from schemas.money import format_money
+from streams.retention import is_settled
 
 RevenueBy = Literal["day", "segment", "class", "plan", "account"]
 MissedBy = Literal["hour", "number"]
@@ -270,7 +271,7 @@ def grouped_by_day_range(
     params = {**params, "first": first, "following": following}
     extra = f" AND {where}" if where else ""
     before = _month_parts(client, table, first, following)
-    settled = sorted(month for month, (names, levels) in before.items() if len(names) == 1 and levels[0] > 0)
+    settled = sorted(month for month, (names, levels) in before.items() if is_settled(len(names), max(levels)))
     unsettled = sorted(month for month in before if month not in settled)
 
     def read(final: bool, months: list[int]) -> list[tuple[Any, ...]]:

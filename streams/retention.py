@@ -117,7 +117,7 @@ def settle_months(client: Client, *, before: date, dry_run: bool = False) -> lis
     )
     merged = []
     for table, partition, parts, level in sorted(rows):
-        if _month(partition) >= before.year * 100 + before.month or (parts == 1 and level > 0):
+        if _month(partition) >= before.year * 100 + before.month or is_settled(parts, level):
             continue
         if not dry_run:
             client.execute(f"OPTIMIZE TABLE {table} PARTITION {_literal(partition)} FINAL")
@@ -135,6 +135,12 @@ def _literal(partition: str) -> str:
     """A partition value as SQL: ``202603`` or ``'2026-03-01'``."""
     text = partition.strip("'")
     return str(int(text)) if text.isdigit() else f"'{date.fromisoformat(text).isoformat()}'"
+
+
+def is_settled(parts: int, level: int) -> bool:
+    """Whether a partition of ``parts`` active parts, the highest of merge level ``level``,
+    holds no copies: one part made by a merge, which collapsed them."""
+    return parts == 1 and level > 0
 
 
 def _keep_totals(client: Client, partition: int) -> None:
