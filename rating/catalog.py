@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 
 import polars as pl
 
+from rating.horizon import DEFAULT_HORIZON_MONTHS
 from tariffs import Plan, Tariffs
 
 #: Bound of the unbounded last tier, in seconds: far beyond any month of calls.
@@ -48,12 +49,21 @@ class Catalog:
     #: per segment length (longest first): rate key -> rate_idx
     rate_keys: tuple[tuple[int, pl.Series, pl.Series], ...]
     tier_count: int
+    #: Months before an account's latest charge month that are still judged (rating.horizon):
+    #: an operator setting, not part of a plan, so it travels with the catalogue rating uses.
+    horizon_months: int = DEFAULT_HORIZON_MONTHS
     _month_cache: dict[tuple[int, int], int | None] = field(default_factory=dict, compare=False)
     _day_cache: dict[tuple[int, date], int | None] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_tariffs(cls, tariffs: Tariffs) -> Catalog:
-        """Compile validated tariffs (``tariffs.load_tariffs``) into lookup columns."""
+    def from_tariffs(cls, tariffs: Tariffs, *, horizon_months: int = DEFAULT_HORIZON_MONTHS) -> Catalog:
+        """Compile validated tariffs (``tariffs.load_tariffs``) into lookup columns.
+
+        ``horizon_months``: how many months before an account's latest charge month are
+        still rated (older calls are ``late``; docs/rules.md).
+        """
+        if horizon_months < 0:
+            raise ValueError(f"horizon_months must be 0 or more, not {horizon_months}")
         plans = tuple(tariffs.plans.values())
         plan_idx = {plan.id: index for index, plan in enumerate(plans)}
         accounts = pl.DataFrame(
@@ -147,6 +157,7 @@ class Catalog:
             rates=rates,
             rate_keys=rate_keys,
             tier_count=tier_count,
+            horizon_months=horizon_months,
         )
 
     @property

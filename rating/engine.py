@@ -19,6 +19,7 @@ from rating.caps import cap_reached, capped_amount, day_running_totals, spent_af
 from rating.catalog import CLASS_CODES, Catalog, rate_key
 from rating.clock import calendar_keys, local_time, offpeak
 from rating.fields import malformed_detail, malformed_flag, with_typed_fields
+from rating.horizon import Judged, floors, judge_horizon, keep_mask
 from rating.state import RatingState
 from rating.tiers import round_half_up, tier_columns, tier_seconds, with_tier_start
 from schemas.columns import ALERT_KINDS, CDR_COLUMNS
@@ -48,12 +49,16 @@ class RatingResult:
         ``account_id, kind, cdr_id, balance, line, local_day`` in log order.
     state
         The state after this batch: pass it to the next call.
+    remembered
+        ``account_id, cdr_id, month_key``: the ids this batch added to the duplicate
+        check's memory (``state.seen``), for a caller that stores the state by parts.
     """
 
     rated: pl.DataFrame
     rejected: pl.DataFrame
     alerts: pl.DataFrame
     state: RatingState
+    remembered: pl.DataFrame
 
 
 @dataclass(frozen=True)
@@ -129,9 +134,10 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
     if prepared.catalog is not catalog:
         raise ValueError("the batch was prepared with another catalogue than the one it is rated with")
     extra = prepared.extra
-    judged = _judge(prepared.frame, state)
+    judged, horizon_judged = _judge(prepared.frame, state, catalog)
     accepted = judged.filter(pl.col("reason").is_null())
     priced = _price(accepted, state, catalog)
+    next_state, remembered = _next_state(state, judged, horizon_judged, priced, catalog)
     return RatingResult(
         rated=priced.select(
             "cdr_id",
@@ -172,9 +178,10 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
             (pl.col("day_second") // 3600).cast(pl.Int8).alias("local_hour"),
             *extra,
         ),
-        rejected=_rejections(judged.filter(pl.col("reason").is_not_null()), catalog, extra),
+        rejected=_rejections(judged.filter(pl.col("reason").is_not_null()), horizon_judged, catalog, extra),
         alerts=_alerts(priced, extra),
-        state=_next_state(state, judged, priced, catalog),
+        state=next_state,
+        remembered=remembered,
     )
 
 
@@ -217,15 +224,20 @@ def _fields(frame: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
     return frame.collect(engine=_ENGINE)
 
 
-def _judge(frame: pl.DataFrame, state: RatingState) -> pl.DataFrame:
-    """Spec 4 steps 1-7 on a prepared frame: the first rejection wins; ``reason`` stays
-    null for the rest."""
-    duplicates = _duplicate_rows(frame, state)
+def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> tuple[pl.DataFrame, Judged]:
+    """Spec 4 steps 1-7 on a prepared frame, with the horizon's ``late`` after step 2: the
+    first rejection wins; ``reason`` stays null for the rest."""
+    passed = frame.select("passed_identity", "row", "account_idx", "account_id", "cdr_id", "month_key", "seen_hash").filter(
+        pl.col("passed_identity")
+    )
+    judged = judge_horizon(passed, state.seen, _seen_hashes(state), state.latest, catalog.horizon_months)
     reason = (
         pl.when(pl.col("malformed"))
         .then(pl.lit("malformed"))
         .when(pl.col("account_idx").is_null())
         .then(pl.lit("unknown_number"))
+        .when(pl.col("late"))
+        .then(pl.lit("late"))
         .when(pl.col("duplicate"))
         .then(pl.lit("duplicate"))
         .when(pl.col("invalid_time"))
@@ -233,29 +245,12 @@ def _judge(frame: pl.DataFrame, state: RatingState) -> pl.DataFrame:
         .when(~pl.col("unbilled") & pl.col("rate_idx").is_null())
         .then(pl.lit("no_rate"))
     )
-    return frame.with_columns(duplicate=pl.col("row").is_in(pl.lit(duplicates).implode())).with_columns(
-        reason=reason
-    )
-
-
-def _duplicate_rows(frame: pl.DataFrame, state: RatingState) -> pl.Series:
-    """Rows of CDRs whose (account, cdr_id) passed steps 1-2 earlier in the log (spec 4.3)."""
-    passed = frame.select("passed_identity", "row", "account_idx", "account_id", "cdr_id", "seen_hash").filter(
-        pl.col("passed_identity")
-    )
-    # A hash finds the few candidates cheaply; the exact ids then decide.
-    maybe = passed.filter(pl.col("seen_hash").is_duplicated())
-    repeated = maybe.filter(~pl.struct("account_idx", "cdr_id").is_first_distinct()).get_column("row")
-    if state.seen.height == 0:
-        return repeated
-    # The ids of earlier batches: their hashes are kept with the state (the seen table
-    # grows with the log), so only the few ids whose hash matches are compared exactly.
-    hashes = passed.get_column("seen_hash")
-    candidates = state.seen.filter(_seen_hashes(state).is_in(hashes.implode()))
-    if candidates.height == 0:
-        return repeated
-    seen_before = passed.join(candidates, on=["account_id", "cdr_id"], how="semi").get_column("row")
-    return pl.concat([repeated, seen_before])
+    row = pl.col("row")
+    frame = frame.with_columns(
+        late=row.is_in(pl.lit(judged.late).implode()),
+        duplicate=row.is_in(pl.lit(judged.duplicate).implode()),
+    ).with_columns(reason=reason)
+    return frame, judged
 
 
 _SEEN_KEY = pl.struct("account_id", "cdr_id").hash().alias("seen_hash")
@@ -266,8 +261,12 @@ def _seen_hashes(state: RatingState) -> pl.Series:
     return state.derived("seen_hash", (state.seen,), lambda: state.seen.select(_SEEN_KEY).to_series())
 
 
-def _rejections(rejected: pl.DataFrame, catalog: Catalog, extra: list[str]) -> pl.DataFrame:
+def _rejections(rejected: pl.DataFrame, judged: Judged, catalog: Catalog, extra: list[str]) -> pl.DataFrame:
     """The rejected rows with a sentence each saying what was wrong (few rows: cheap)."""
+    if judged.watermark.height:
+        rejected = rejected.join(judged.watermark, on="row", how="left", maintain_order="left")
+    else:
+        rejected = rejected.with_columns(watermark=pl.lit(None, dtype=pl.Int64))
     rejected = rejected.with_columns(
         _from(catalog.accounts, "plan_id", "account_idx"),
         _from(catalog.versions, "plan_version", "version_idx"),
@@ -279,6 +278,19 @@ def _rejections(rejected: pl.DataFrame, catalog: Catalog, extra: list[str]) -> p
         .then(malformed_detail())
         .when(reason == "unknown_number")
         .then(pl.format("called number {} belongs to no account", pl.col("called").fill_null("")))
+        .when(reason == "late")
+        .then(
+            pl.format(
+                "charge time {} is in {}, older than the horizon: account {} has calls of {}, "
+                "so calls before {} are late ({} month(s) back are judged; a correction run can rate it)",
+                pl.col("charge").dt.to_string("%Y-%m-%dT%H:%M:%SZ"),
+                _month_text(pl.col("month_key")),
+                pl.col("account_id"),
+                _month_text(pl.col("watermark")),
+                _month_text(pl.col("watermark") - catalog.horizon_months),
+                pl.lit(catalog.horizon_months),
+            )
+        )
         .when(reason == "duplicate")
         .then(pl.format("cdr_id {} was already seen for account {}", pl.col("cdr_id"), pl.col("account_id")))
         .when((reason == "invalid_time") & (pl.col("end") < pl.col("start")))
@@ -313,6 +325,13 @@ def _rejections(rejected: pl.DataFrame, catalog: Catalog, extra: list[str]) -> p
         # The fields of a malformed line are not trusted, its number included.
         pl.when(reason != "malformed").then(pl.col("account_id")).alias("account_id"),
         *extra,
+    )
+
+
+def _month_text(month_key: pl.Expr) -> pl.Expr:
+    """``YYYY-MM`` of a month key (year * 12 + month - 1)."""
+    return pl.format(
+        "{}-{}", (month_key // 12).cast(pl.String), (month_key % 12 + 1).cast(pl.String).str.zfill(2)
     )
 
 
@@ -508,8 +527,12 @@ def _alerts(priced: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
     return pl.concat(parts).sort("row", "kind_order").drop("row", "kind_order")
 
 
-def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, catalog: Catalog) -> RatingState:
-    """Fold the batch into the state: totals add up, the last balance wins."""
+def _next_state(
+    state: RatingState, judged: pl.DataFrame, horizon: Judged, priced: pl.DataFrame, catalog: Catalog
+) -> tuple[RatingState, pl.DataFrame]:
+    """Fold the batch into the state: totals add up, the last balance wins, and what falls
+    out of an account's horizon is forgotten (rating.horizon). Also gives the ids the
+    batch remembered."""
     account = _from(catalog.accounts, "account_id", "account_idx")
     rated = priced.select(
         "status", "account_idx", "month_key", "class", "local_day", "k_month", "k_class", "k_day",
@@ -538,24 +561,51 @@ def _next_state(state: RatingState, judged: pl.DataFrame, priced: pl.DataFrame, 
     daily = rated.group_by(pl.col("k_day").alias("key")).agg(
         spent_before=pl.col("amount").sum(), cap_alerted=pl.col("cap_reached").any()
     )
-    remembered = judged.select("passed_identity", "duplicate", "account_id", "cdr_id", "seen_hash").filter(
-        pl.col("passed_identity") & ~pl.col("duplicate")
-    )
-    seen = pl.concat([state.seen, remembered.select("account_id", "cdr_id")])
+    remembered = judged.select(
+        "passed_identity", "late", "duplicate", "account_id", "cdr_id", "month_key", "seen_hash"
+    ).filter(pl.col("passed_identity") & ~pl.col("late") & ~pl.col("duplicate"))
+    seen = pl.concat([state.seen, remembered.select("account_id", "cdr_id", "month_key")])
+    seen_hashes = pl.concat([_seen_hashes(state), remembered.get_column("seen_hash")])
     daily_table, daily_keyed = _add_daily(state, daily, catalog)
-    new_state = RatingState(
-        balances=pl.concat([state.balances.join(balances, on="account_id", how="anti"), balances]),
-        allowance=_add(state.allowance, allowance, ["account_id", "month_key"]),
-        charged=_add(state.charged, charged, ["account_id", "month_key", "class"]),
-        daily=daily_table,
-        seen=seen,
+    latest = pl.concat([state.latest.join(horizon.latest, on="account_id", how="anti"), horizon.latest])
+    tables = {
+        "balances": pl.concat([state.balances.join(balances, on="account_id", how="anti"), balances]),
+        "allowance": _add(state.allowance, allowance, ["account_id", "month_key"]),
+        "charged": _add(state.charged, charged, ["account_id", "month_key", "class"]),
+        "daily": daily_table,
+        "seen": seen,
+    }
+    # Accounts whose watermark moved on forget the months now out of their horizon.
+    moved = horizon.latest.join(state.latest, on="account_id", how="left", suffix="_before").filter(
+        pl.col("latest_month_before").is_null() | (pl.col("latest_month") > pl.col("latest_month_before"))
     )
-    # What the next batch looks up in the two tables that grow with the log, worked out
+    account_floors = floors(moved, catalog.horizon_months)
+    if account_floors.height:
+        for name, month in _MONTH_OF.items():
+            table = tables[name]
+            if table.height == 0:
+                continue
+            keep = keep_mask(table, month, account_floors)
+            if not keep.all():
+                tables[name] = table.filter(keep)
+                if name == "seen":
+                    seen_hashes = seen_hashes.filter(keep)
+    new_state = RatingState(**tables, latest=latest)
+    # What the next batch looks up in the tables that grow with the traffic, worked out
     # from this batch's part rather than again from the whole table.
-    new_state.remember("seen_hash", (seen,), pl.concat([_seen_hashes(state), remembered.get_column("seen_hash")]))
-    if daily_keyed is not None:
+    new_state.remember("seen_hash", (new_state.seen,), seen_hashes)
+    if daily_keyed is not None and new_state.daily is daily_table:
         new_state.remember("daily_keyed", (daily_table, catalog.accounts), daily_keyed)
-    return new_state
+    return new_state, remembered.select("account_id", "cdr_id", "month_key")
+
+
+#: The charge month of a state table's rows, for forgetting what leaves the horizon.
+_MONTH_OF: dict[str, pl.Expr] = {
+    "allowance": pl.col("month_key"),
+    "charged": pl.col("month_key"),
+    "daily": pl.col("local_day").dt.year().cast(pl.Int64) * 12 + pl.col("local_day").dt.month().cast(pl.Int64) - 1,
+    "seen": pl.col("month_key"),
+}
 
 
 def _add_daily(state: RatingState, delta: pl.DataFrame, catalog: Catalog) -> tuple[pl.DataFrame, pl.DataFrame | None]:

@@ -29,6 +29,10 @@ REFUND_WORKING_DAYS: Final[int] = 45
 #: lifecycle states in which an account's numbers take no calls (CDRs: account_inactive)
 INACTIVE: Final = frozenset({"kept", "frozen", "closed"})
 _MICRO: Final = timedelta(microseconds=1)
+#: Months of payment references, month closes and SLA days the book holds before the
+#: month of the command it folds: a bank statement's reach (a reference older than
+#: that is checked against ClickHouse by the CLI; docs/rules.md).
+LEDGER_MEMORY_MONTHS: Final[int] = 13
 
 
 @dataclass
@@ -56,6 +60,11 @@ class Book:
     refund_pending: bool = False
     #: ledger events this account's log produced so far (a command waits for them to land)
     event_count: int = 0
+    #: the month of each payment reference, so that old ones can be forgotten
+    topup_months: dict[str, str] = field(default_factory=dict)
+    #: "YYYY-MM": the book no longer holds what is older (LEDGER_MEMORY_MONTHS); a month
+    #: close or SLA credit before it counts as recorded
+    forgotten_before: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -63,6 +72,28 @@ class Book:
     @classmethod
     def from_json(cls, value: dict[str, Any] | None) -> Book:
         return cls(**{k: v for k, v in (value or {}).items() if k in cls.__dataclass_fields__})
+
+    def forget_before(self, month: str) -> None:
+        """Drop what no command can still need: the usage of closed months, and month
+        closes, SLA days and payment references older than ``month`` ("YYYY-MM").
+
+        Keeps the book (a part of the worker's state, rewritten with every batch of the
+        account) bounded by time rather than by the account's age (docs/rules.md).
+        """
+        if month <= self.forgotten_before:
+            return
+        self.forgotten_before = month
+        self.usage = {m: v for m, v in self.usage.items() if m >= month and m not in self.closed_months}
+        self.closed_months = [m for m in self.closed_months if m >= month]
+        self.sla_days = [d for d in self.sla_days if d[:7] >= month]
+        old = [ref for ref, at in self.topup_months.items() if at < month]
+        for ref in old:
+            self.topups.pop(ref, None)
+            self.topup_months.pop(ref, None)
+
+    def remembers(self, month: str) -> bool:
+        """Whether the book still holds what happened in ``month`` ("YYYY-MM")."""
+        return month >= self.forgotten_before
 
     # ------------------------------------------------------------------ lifecycle
     def state_at(self, instant: datetime) -> str | None:
@@ -264,7 +295,14 @@ def apply_command(book: Book, balance: int, command: LedgerCommand, terms: Terms
     refusal = handler(fold, command)
     if refusal:
         fold.out.refusal = refusal
+    local = at.astimezone(terms.plan.zone)
+    fold.book.forget_before(_month_text(local.year * 12 + local.month - 1 - LEDGER_MEMORY_MONTHS))
     return fold.book, fold.balance, fold.out
+
+
+def _month_text(month_key: int) -> str:
+    year, month0 = divmod(month_key, 12)
+    return f"{year:04d}-{month0 + 1:02d}"
 
 
 def _open(fold: _Fold, command: LedgerCommand) -> str | None:
@@ -306,6 +344,7 @@ def _topup(fold: _Fold, command: LedgerCommand) -> str | None:
             return None
         return f"payment reference {command.ref!r} was already used for another amount ({known})"
     fold.book.topups[command.ref] = command.amount
+    fold.book.topup_months[command.ref] = command.at.astimezone(fold.terms.plan.zone).strftime("%Y-%m")
     fold.post(
         "TopUpReceived",
         f"{fold.terms.account_id}/TopUpReceived/{command.ref}",
@@ -377,7 +416,7 @@ def _cancel(fold: _Fold, command: LedgerCommand) -> str | None:
 
 def _close_month(fold: _Fold, command: LedgerCommand) -> str | None:
     book, terms, month = fold.book, fold.terms, command.month
-    if month in book.closed_months:
+    if month in book.closed_months or not book.remembers(month):
         return None
     zone = terms.plan.zone
     start, end = month_bounds(month, zone)
@@ -469,7 +508,12 @@ def _sla_credit(fold: _Fold, command: LedgerCommand) -> str | None:
         m_start, m_end = month_bounds(month, zone)
         version = month_version(terms.plan, m_start, m_end)
         limit = version.sla_credit_after_minutes if version else 0
-        if version and touched > timedelta(minutes=limit) and day.isoformat() not in book.sla_days:
+        if (
+            version
+            and touched > timedelta(minutes=limit)
+            and day.isoformat() not in book.sla_days
+            and book.remembers(month)
+        ):
             days = calendar.monthrange(day.year, day.month)[1]
             credit = round_half_up(version.monthly_rent, days)
             book.sla_days.append(day.isoformat())

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Any, TypeVar
 
 import polars as pl
@@ -17,7 +16,8 @@ BALANCES_SCHEMA = {"account_id": pl.String, "balance": pl.Int64}
 ALLOWANCE_SCHEMA = {"account_id": pl.String, "month_key": pl.Int64, "allowance_used_s": pl.Int64}
 CHARGED_SCHEMA = {"account_id": pl.String, "month_key": pl.Int64, "class": pl.String, "charged_before_s": pl.Int64}
 DAILY_SCHEMA = {"account_id": pl.String, "local_day": pl.Date, "spent_before": pl.Int64, "cap_alerted": pl.Boolean}
-SEEN_SCHEMA = {"account_id": pl.String, "cdr_id": pl.String}
+SEEN_SCHEMA = {"account_id": pl.String, "cdr_id": pl.String, "month_key": pl.Int64}
+LATEST_SCHEMA = {"account_id": pl.String, "latest_month": pl.Int64}
 
 _T = TypeVar("_T")
 
@@ -40,7 +40,12 @@ class RatingState:
         ``account_id, local_day, spent_before, cap_alerted``: amounts charged per local day
         and whether that day's ``daily_cap_reached`` alert was raised.
     seen
-        ``account_id, cdr_id``: ids that passed steps 1-2, for the duplicate check.
+        ``account_id, cdr_id, month_key``: ids that passed steps 1-2, for the duplicate
+        check, with the month of their charge time.
+    latest
+        ``account_id, latest_month``: each account's watermark, the latest charge month of
+        its log so far (``rating.horizon``). Every table above keeps only the months
+        within the horizon of it.
 
     Examples
     --------
@@ -53,6 +58,7 @@ class RatingState:
     charged: pl.DataFrame
     daily: pl.DataFrame
     seen: pl.DataFrame
+    latest: pl.DataFrame
     #: Lookups the engine derives from the tables above (e.g. hashes of ``seen``), each kept
     #: with the table it came from: see :meth:`derived`. Not part of the state's value.
     _derived: dict[str, tuple[tuple[object, ...], Any]] = field(
@@ -86,55 +92,7 @@ class RatingState:
             charged=pl.DataFrame(schema=CHARGED_SCHEMA),
             daily=pl.DataFrame(schema=DAILY_SCHEMA),
             seen=pl.DataFrame(schema=SEEN_SCHEMA),
-        )
-
-    def to_accounts(self) -> dict[str, dict[str, object]]:
-        """Each account's part of the state as a JSON-ready dict (a Faust table value).
-
-        Examples
-        --------
-        >>> state = RatingState.empty()
-        >>> RatingState.from_accounts(state.to_accounts()).balances.height
-        0
-        """
-        out: dict[str, dict[str, object]] = {}
-
-        def slot(account_id: str) -> dict[str, object]:
-            return out.setdefault(
-                account_id, {"balance": None, "allowance": {}, "charged": {}, "daily": {}, "seen": []}
-            )
-
-        for account_id, balance in self.balances.iter_rows():
-            slot(account_id)["balance"] = balance
-        for account_id, month_key, used in self.allowance.iter_rows():
-            slot(account_id)["allowance"][str(month_key)] = used
-        for account_id, month_key, call_class, charged in self.charged.iter_rows():
-            slot(account_id)["charged"][f"{month_key}|{call_class}"] = charged
-        for account_id, day, spent, alerted in self.daily.iter_rows():
-            slot(account_id)["daily"][day.isoformat()] = [spent, alerted]
-        for account_id, ids in self.seen.group_by("account_id").agg("cdr_id").iter_rows():
-            slot(account_id)["seen"] = ids
-        return out
-
-    @classmethod
-    def from_accounts(cls, accounts: dict[str, dict[str, object]]) -> RatingState:
-        """The inverse of :meth:`to_accounts`."""
-        balances, allowance, charged, daily, seen = [], [], [], [], []
-        for account_id, part in accounts.items():
-            if part.get("balance") is not None:
-                balances.append((account_id, part["balance"]))
-            allowance += [(account_id, int(k), v) for k, v in part.get("allowance", {}).items()]
-            for key, value in part.get("charged", {}).items():
-                month_key, call_class = key.split("|", 1)
-                charged.append((account_id, int(month_key), call_class, value))
-            daily += [(account_id, date.fromisoformat(k), v[0], v[1]) for k, v in part.get("daily", {}).items()]
-            seen += [(account_id, cdr_id) for cdr_id in part.get("seen", [])]
-        return cls(
-            balances=pl.DataFrame(balances, schema=BALANCES_SCHEMA, orient="row"),
-            allowance=pl.DataFrame(allowance, schema=ALLOWANCE_SCHEMA, orient="row"),
-            charged=pl.DataFrame(charged, schema=CHARGED_SCHEMA, orient="row"),
-            daily=pl.DataFrame(daily, schema=DAILY_SCHEMA, orient="row"),
-            seen=pl.DataFrame(seen, schema=SEEN_SCHEMA, orient="row"),
+            latest=pl.DataFrame(schema=LATEST_SCHEMA),
         )
 
     def account_ids(self) -> pl.Series:
@@ -148,4 +106,5 @@ class RatingState:
             ("charged", self.charged),
             ("daily", self.daily),
             ("seen", self.seen),
+            ("latest", self.latest),
         ]

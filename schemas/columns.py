@@ -24,12 +24,14 @@ CDR_HEADER: Final[str] = ",".join(CDR_COLUMNS)
 DISPOSITIONS: Final[tuple[str, ...]] = ("ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION")
 
 RejectReason = Literal[
-    "malformed", "unknown_number", "duplicate", "invalid_time", "no_rate", "account_inactive"
+    "malformed", "unknown_number", "late", "duplicate", "invalid_time", "no_rate", "account_inactive"
 ]
-#: spec 4: rejection codes, in the order the steps run (account_inactive: ledger.md 5).
+#: spec 4: rejection codes, in the order the steps run (late: the horizon, docs/rules.md;
+#: account_inactive: ledger.md 5).
 REJECT_REASONS: Final[tuple[str, ...]] = (
     "malformed",
     "unknown_number",
+    "late",
     "duplicate",
     "invalid_time",
     "no_rate",

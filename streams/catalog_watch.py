@@ -40,6 +40,7 @@ class CatalogWatch:
 
     def __init__(self, settings: Settings, topic_prefix: str = ""):
         self.bootstrap = settings.kafka_servers()
+        self.horizon_months = settings.horizon_months
         self.plans_topic = topic_name(PLANS_TOPIC, topic_prefix)
         self.accounts_topic = topic_name(ACCOUNTS_TOPIC, topic_prefix)
         self._records: dict[TP, list[tuple[bytes | None, Any]]] = {}
@@ -77,7 +78,9 @@ class CatalogWatch:
             plans = [r for tp, rs in self._records.items() if tp.topic == self.plans_topic for r in rs]
             accounts = [r for tp, rs in self._records.items() if tp.topic == self.accounts_topic for r in rs]
             tariffs = await asyncio.to_thread(fold_catalog, plans, accounts)
-            self._catalog = await asyncio.to_thread(Catalog.from_tariffs, tariffs)
+            self._catalog = await asyncio.to_thread(
+                lambda: Catalog.from_tariffs(tariffs, horizon_months=self.horizon_months)
+            )
             self._accounts = frozenset(account.id for account in tariffs.accounts)
             log.info("catalogue loaded: %d plans, %d accounts", len(tariffs.plans), len(tariffs.accounts))
             return True

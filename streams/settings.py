@@ -83,6 +83,25 @@ class Settings(BaseSettings):
         "unset = one generated once into STATE/clickhouse/finance.password. Never printed.",
     )
     app_id: str = Field("cdrflow", min_length=1, description="Faust app id / consumer group.")
+    producer_max_request_bytes: int = Field(
+        1_048_576,
+        ge=64 * 1024,
+        description=(
+            "Largest produce request the worker sends (Kafka's default message limit). An output the "
+            "broker refuses for its size blocks its account, not the worker (docs/streaming.md)."
+        ),
+    )
+    # rating.horizon.DEFAULT_HORIZON_MONTHS (not imported: settings load without polars;
+    # tests/test_horizon.py holds the two equal)
+    horizon_months: int = Field(
+        1,
+        ge=0,
+        le=24,
+        description=(
+            "Months before an account's latest call month that are still rated; older calls are "
+            "rejected `late` (docs/rules.md, 'The horizon'). Offline `rate` takes --horizon-months."
+        ),
+    )
     topic_prefix: str = Field(
         "", description="Prefix of every topic name the ledger commands use (several pipelines on one broker)."
     )

@@ -12,6 +12,11 @@ Decisions for what the spec leaves open (agreed with the engine):
   is malformed too.
 - Every CDR that passed steps 1-2 is remembered for the duplicate check, even when it is
   later rejected or unbilled.
+- The horizon (docs/rules.md): an account's watermark is the latest local charge month of
+  the CDRs of its log that passed steps 1-2, the current one included; a CDR whose month
+  is before ``watermark - horizon_months`` is ``late`` (checked after step 2, not
+  remembered), and a duplicate needs an earlier id remembered with a month of at least
+  ``watermark - horizon_months``.
 - ``daily_cap_reached`` is raised on the first rated call of an account's day after
   which ``spent >= cap`` while the call's pre-cap price was above 0.
 - A time-of-day ``t`` is inside a window ``[s, e)`` when ``s <= t < e`` for ``s < e``,
@@ -57,7 +62,9 @@ class _Cdr:
 @dataclass
 class _AccountState:
     balance: int
-    seen_cdr_ids: set[str] = field(default_factory=set)
+    #: cdr_id -> the charge month (year * 12 + month - 1) it was remembered with
+    seen_cdr_ids: dict[str, int] = field(default_factory=dict)
+    watermark: int | None = None
     allowance_used_s: dict[tuple[int, int], int] = field(default_factory=dict)
     charged_s: dict[tuple[int, int, str], int] = field(default_factory=dict)
     spent_today: dict[date, int] = field(default_factory=dict)
@@ -219,7 +226,7 @@ def _rated_row(line: int, cdr: _Cdr, account_id: str, status: str, call_class: s
 
 
 def rate_reference(
-    tariffs: Tariffs, rows: Iterable[tuple[int, list[str] | None]]
+    tariffs: Tariffs, rows: Iterable[tuple[int, list[str] | None]], horizon_months: int = 1
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Rate CDRs in log order (spec 3-5) and return ``(rated, rejected, alerts)``.
 
@@ -248,20 +255,26 @@ def rate_reference(
             reject(line, cdr.cdr_id, "unknown_number")
             continue
         state = states[account_id]
-        if cdr.cdr_id in state.seen_cdr_ids:
-            reject(line, cdr.cdr_id, "duplicate")
-            continue
-        # decision: remembered even if rejected below or unbilled.
-        state.seen_cdr_ids.add(cdr.cdr_id)
-        if _invalid_time(cdr):
-            reject(line, cdr.cdr_id, "invalid_time")
-            continue
-
         account = accounts[account_id]
         plan = tariffs.plans[account.plan]
         zone = ZoneInfo(plan.timezone)
         charge_time = cdr.answer if cdr.answer is not None else cdr.start
         local = charge_time.astimezone(zone)
+        month_key = local.year * 12 + local.month - 1
+        state.watermark = month_key if state.watermark is None else max(state.watermark, month_key)
+        oldest_judged = state.watermark - horizon_months
+        if month_key < oldest_judged:
+            reject(line, cdr.cdr_id, "late")
+            continue
+        if state.seen_cdr_ids.get(cdr.cdr_id, oldest_judged - 1) >= oldest_judged:
+            reject(line, cdr.cdr_id, "duplicate")
+            continue
+        # decision: remembered even if rejected below or unbilled.
+        state.seen_cdr_ids[cdr.cdr_id] = month_key
+        if _invalid_time(cdr):
+            reject(line, cdr.cdr_id, "invalid_time")
+            continue
+
         call_class = _call_class(cdr)
 
         if cdr.disposition != "ANSWERED" or cdr.billsec == 0:
@@ -367,11 +380,11 @@ def split_csv_lines(data: str | bytes) -> list[tuple[int, list[str] | None, str]
 
 
 def rate_reference_csv(
-    tariffs: Tariffs, data: str | bytes
+    tariffs: Tariffs, data: str | bytes, horizon_months: int = 1
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """:func:`rate_reference` over a canonical CSV text (header on line 1)."""
     lines = split_csv_lines(data)
-    rated, rejected, alerts = rate_reference(tariffs, [(n, fields) for n, fields, _ in lines])
+    rated, rejected, alerts = rate_reference(tariffs, [(n, fields) for n, fields, _ in lines], horizon_months)
     first_field = {n: first for n, _, first in lines}
     for row in rejected:
         row["cdr_id"] = first_field[row["line"]]  # spec 6: the raw first field

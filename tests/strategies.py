@@ -286,6 +286,8 @@ class Scenario:
     plan_dicts: list[dict]
     account_dicts: list[dict]
     csv_text: str
+    #: months before an account's latest charge month still judged (rating.horizon)
+    horizon_months: int = 1
 
     @cached_property
     def tariffs(self) -> Tariffs:
@@ -311,4 +313,6 @@ def scenarios(draw: st.DrawFn, max_rows: int = 60) -> Scenario:
     lines = [draw(cdr_lines(numbers, cdr_ids)) for _ in range(row_count)]
     newline = draw(st.sampled_from(["\n", "\r\n"]))
     text = newline.join([CDR_HEADER, *lines]) + draw(st.sampled_from([newline, ""]))
-    return Scenario(plan_dicts=plan_dicts, account_dicts=account_dicts, csv_text=text)
+    # The log spans three local months: 0 and 1 make late calls common, 2 rare.
+    horizon_months = draw(st.sampled_from([0, 1, 1, 2]))
+    return Scenario(plan_dicts=plan_dicts, account_dicts=account_dicts, csv_text=text, horizon_months=horizon_months)

@@ -221,7 +221,7 @@ def _engine_results(scenario: Scenario, cuts: list[int] | None = None) -> list:
     from schemas.cdr_csv import parse_csv
 
     batch = parse_csv(scenario.csv_bytes)
-    catalog = Catalog.from_tariffs(scenario.tariffs)
+    catalog = Catalog.from_tariffs(scenario.tariffs, horizon_months=scenario.horizon_months)
     state = RatingState.empty()
     bounds = [0, *(min(cut, batch.height) for cut in cuts or []), batch.height]
     results = []
@@ -241,7 +241,9 @@ def _engine_results(scenario: Scenario, cuts: list[int] | None = None) -> list:
 @example(scenario=NON_SHANGHAI_TIMEZONES)
 @example(scenario=WINDOW_WRAPS_MIDNIGHT)
 def test_engine_equals_reference_on_random_logs(scenario: Scenario) -> None:
-    want_rated, want_rejected, want_alerts = rate_reference_csv(scenario.tariffs, scenario.csv_bytes)
+    want_rated, want_rejected, want_alerts = rate_reference_csv(
+        scenario.tariffs, scenario.csv_bytes, scenario.horizon_months
+    )
     (result,) = _engine_results(scenario)
 
     got_rated = result.rated.select(RATED_KEYS).rows()
