@@ -59,6 +59,11 @@ TOPICS: Final[dict[str, Topic]] = {
             configs={"cleanup.policy": "compact"},
         ),
         Topic(
+            "worker.status",
+            key="the cdr.raw partition number",
+            carries="each partition's state figures and blocked accounts, from the worker holding it",
+        ),
+        Topic(
             "ingest.files",
             key="sha256 of the file's content",
             carries="one event per ingested file: name, sha256, lines, ingest_id, at",

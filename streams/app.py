@@ -4,19 +4,21 @@ Agents move, batch and commit; rules live in ``rating/`` and the batch decisions
 ``streams.rating_batch``. How the pieces make billing effectively once without Kafka
 transactions is told in docs/streaming.md; in short:
 
-- **rate_cdrs** takes ``cdr.raw`` messages in batches, skips what each account's state
-  already holds (``applied_offset``), rates the rest in one ``rating.rate`` call, sends
-  the rated calls, rejections and alerts and waits for the broker's acknowledgements,
-  and only then writes each account's new state and the partition's checkpoint;
-- after every rebalance :class:`streams.resume.Resumer` completes the table from its
-  changelog and makes the agent resume at the checkpoint;
+- **rate_cdrs** takes ``cdr.raw`` messages in batches and hands them to
+  :class:`streams.rating_worker.RatingWorker`: it skips what each account's state already
+  holds (``applied_offset``), rates the rest in one ``rating.rate`` call, sends the rated
+  calls, rejections and alerts and waits for the broker's acknowledgements, and only then
+  writes each account's changed state records and the partition's checkpoint
+  (streams.state_log); a failing account is blocked, never the worker;
+- after every rebalance :class:`streams.resume.Resumer` loads the assigned partitions'
+  state and makes the agent resume at the checkpoint;
 - **sink_rated / sink_rejected / sink_alerts** insert batches into ClickHouse, whose
   tables collapse re-inserted rows; an offset is committed only after its insert;
 - **notify_alerts** logs each alert and POSTs it to the webhook with an idempotency key.
 
-The table is keyed like ``cdr.raw`` (the raw account id) and every state is written to
-the changelog partition of the message it came from, so a table key lives in the same
-partition number as its account's CDRs, whatever the number of workers.
+The state of ``cdr.raw`` partition ``p``'s accounts is kept on topics of its own
+(``<app_id>-state.p<p>.g<generation>``), so it follows its partition to whichever worker
+holds it, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -39,14 +41,11 @@ from streams.catalog_watch import CatalogWatch
 from streams.faust_tuning import tune_faust_consumer
 from streams.kafka_io import topic_name
 from streams.notify import Notifier
-from streams.rating_batch import (
-    OutputKind,
-    SourceMessage,
-    checkpoint_key,
-    checkpoint_value,
-    rate_messages,
-)
+from streams.stack import remove_topic_files
+from streams.rating_batch import OutputKind, SourceMessage
+from streams.rating_worker import RatingWorker
 from streams.resume import Resumer
+from streams.state_log import StateLog
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,12 +61,6 @@ SINK_BATCH_MESSAGES: Final[int] = 2000
 SINK_BATCH_WITHIN_S: Final[float] = 1.0
 #: The sink's own retries per insert; the agent then tries again, for as long as it runs.
 SINK_RETRY: Final = sink_clickhouse.RetryPolicy(budget_s=30.0)
-#: Sends of a batch's outputs before the rating agent gives up, and the first wait between
-#: two (doubled each time). tansu refused produces to ``number.status`` (UnknownError)
-#: once, with two workers on a loaded machine: likely both writing one of its partitions
-#: at the same moment (it is keyed by number, every other output by account).
-OUTPUT_SEND_ATTEMPTS: Final[int] = 5
-OUTPUT_RESEND_FIRST_DELAY_S: Final[float] = 0.25
 #: How often the worker looks for new plans and accounts.
 CATALOG_CHECK_S: Final[float] = 5.0
 #: Exit status of a worker that stopped because it could not go on safely.
@@ -118,6 +111,7 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         # Fewer, larger produce requests: on tansu's s3 store each one is an object,
         # and reading the changelog back (recovery) costs per object.
         producer_max_batch_size=512 * 1024,
+        producer_max_request_size=settings.producer_max_request_bytes,
         consumer_max_fetch_size=16 * 1024 * 1024,
         web_enabled=False,
         autodiscover=False,
@@ -133,18 +127,31 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
     cdr_raw = raw_topic("cdr.raw")
     outputs = {kind: raw_topic(name) for kind, name in _OUTPUT_TOPICS.items()}
 
-    # ------------------------------------------------------------------------ tables
-    # Raw keys, as cdr.raw: JSON keys would hash to other partitions (shared/infra.md).
-    account_state = app.Table(
-        "account_state",
-        default=None,
-        key_type=bytes,  # bytes: the raw codec for keys and values
-        value_type=bytes,
-        partitions=settings.topic_partitions,
+    # ------------------------------------------------------------------------ state
+    # The accounts' state is kept by streams.state_log, not in a Faust table; this empty
+    # table is declared for its recovery callback only: Faust calls it after every
+    # rebalance, before it positions the source partitions (streams.resume).
+    rebalance_hook = app.Table("rebalance_hook", default=None, key_type=bytes, value_type=bytes,
+                               partitions=settings.topic_partitions)
+    status_topic = raw_topic("worker.status")
+    state_log = StateLog(
+        settings.kafka_servers(),
+        topic_name(f"{settings.app_id}-state", topic_prefix),
+        on_deleted=_embedded_topic_cleaner(settings),
     )
-    account_state.on_recover(
-        Resumer(app, account_state, cdr_raw.get_topic_name(), settings.kafka_servers(), on_failure=_stop_unsafe)
+
+    def assigned() -> set[int]:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == cdr_raw.get_topic_name()}
+
+    worker = RatingWorker(
+        state_log,
+        send_output=lambda m: outputs[m.kind].send(key=m.key, value=m.value),
+        send_status=lambda key, value: status_topic.send(key=key, value=value),
+        mine=assigned,
+        source_topic=cdr_raw.get_topic_name(),
     )
+    rebalance_hook.on_recover(Resumer(app, worker, cdr_raw.get_topic_name(), on_failure=_stop_unsafe))
+    app.rating_worker = worker  # for tests and the status timer
 
     catalog = CatalogWatch(settings, topic_prefix)
     notifier = Notifier(settings.alert_webhook)
@@ -152,54 +159,25 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
     # ------------------------------------------------------------------------ agents
     @app.agent(cdr_raw, name="rate_cdrs")
     async def rate_cdrs(stream: faust.StreamT) -> None:
-        await _declare(outputs.values())
+        await _declare([*outputs.values(), status_topic])
         await _until_done(catalog.refresh, "loading the tariff catalogue")
         last_forced = 0.0
-        async for events in stream.take_events(RATE_BATCH_MESSAGES, within=RATE_BATCH_WITHIN_S):
-            try:
+        try:
+            async for events in stream.take_events(RATE_BATCH_MESSAGES, within=RATE_BATCH_WITHIN_S):
                 messages = [
                     SourceMessage(e.message.key or b"", e.message.partition, e.message.offset, e.message.value)
                     for e in events
                 ]
                 if time.monotonic() - last_forced > 1.0 and _names_unknown_account(messages, catalog):
                     last_forced = time.monotonic()
-                    await catalog.refresh()
-                stored = {m.key: account_state.get(m.key) for m in messages}
-                started = time.perf_counter()
-                outcome = await asyncio.to_thread(
-                    rate_messages, messages, stored, catalog.catalog, cdr_raw.get_topic_name()
-                )
-                rated = time.perf_counter()
-                # Outputs first, acknowledged; the states that cover them after.
-                await send_in_order(
-                    lambda m: outputs[m.kind].send(key=m.key, value=m.value),
-                    outcome.outputs,
-                    attempts=OUTPUT_SEND_ATTEMPTS,
-                    first_delay_s=OUTPUT_RESEND_FIRST_DELAY_S,
-                )
-                acknowledged = time.perf_counter()
-                # A partition taken away meanwhile (a slow batch outliving a rebalance) is
-                # not written to: its new owner resumed from the changelog as it was, and
-                # re-rates these messages. No await from here on: the check holds.
-                mine = {tp.partition for tp in app.consumer.assignment() if tp.topic == cdr_raw.get_topic_name()}
-                for key, (partition, value) in outcome.states.items():
-                    if partition in mine:
-                        _write(account_state, partition, key, value)
-                for partition, next_offset in outcome.checkpoints.items():
-                    if partition in mine:
-                        _write(account_state, partition, checkpoint_key(partition), checkpoint_value(next_offset))
-                log.info(
-                    "rated %d lines of %d messages (%d replays skipped, %d not CDR chunks) in %.3f s; "
-                    "%d output messages acknowledged in %.3f s",
-                    outcome.lines, outcome.messages, outcome.skipped, outcome.garbage, rated - started,
-                    len(outcome.outputs), acknowledged - rated,
-                )
-            except Exception as error:
-                # A batch is taken from the stream: retrying it here would need the same
-                # events again, which Faust does not give. Stop, and let a restart
-                # resume at the checkpoint.
-                log.critical("the rating agent failed: %r", error, exc_info=True)
-                await _stop_unsafe(error)
+                    await _until_done(catalog.refresh, "reading the tariff catalogue")
+                try:
+                    await worker.rate_batch(messages, catalog.catalog)
+                except Exception as error:  # a bug in the glue: hold what it touched, go on
+                    for partition in {m.partition for m in messages}:
+                        worker.hold(partition, [m for m in messages if m.partition == partition], error)
+        finally:
+            await state_log.stop()
 
     def sink(kind: OutputKind, insert: Callable[..., int]) -> None:
         @app.agent(outputs[kind], name=f"sink_{kind}")
@@ -251,50 +229,22 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 # ---------------------------------------------------------------------------- helpers
 
 
-async def send_in_order(
-    send: Callable[[Any], Awaitable[Awaitable[object]]],
-    messages: list[Any],
-    *,
-    attempts: int,
-    first_delay_s: float,
-) -> None:
-    """Send ``messages`` in order (``send(m)`` queues one and gives its delivery future)
-    and wait until the broker acknowledged them all.
-
-    When the broker refused some, the whole list is sent again, in order, after a wait
-    (``first_delay_s``, doubled each time), up to ``attempts`` sends in all; then the
-    first refusal is raised. All, not only the refused ones: records after a refused one
-    may have been stored, and a compacted topic (``number.status``) keeps the last record
-    of a key, so only the whole sequence again leaves each key's last record last. The
-    copies are harmless: every output carries a deterministic id and its readers collapse
-    repeats (docs/streaming.md).
-    """
-    for attempt in range(1, attempts + 1):
-        futures = [await send(message) for message in messages]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        refused = [result for result in results if isinstance(result, BaseException)]
-        if not refused:
-            return
-        if attempt == attempts or not all(isinstance(error, Exception) for error in refused):
-            raise refused[0]
-        delay = first_delay_s * 2 ** (attempt - 1)
-        log.warning(
-            "the broker refused %d of %d output messages (%r); sending all %d again in %.2f s (attempt %d of %d)",
-            len(refused), len(messages), refused[0], len(messages), delay, attempt + 1, attempts,
-        )
-        await asyncio.sleep(delay)
-
-
 def faust_datadir(settings: Settings) -> str:
     """Faust's data folder of this app: ``STATE_DIR/faust/APP_ID`` (braces escaped:
     Faust formats the setting with ``str.format``)."""
     return str(settings.state_dir / "faust" / settings.app_id).replace("{", "{{").replace("}", "}}")
 
 
-def _write(table: Any, partition: int, key: bytes, value: bytes) -> None:
-    """Set a table key and send it to the changelog partition its source message came from."""
-    table.data[key] = value
-    table.send_changelog(partition, key, value)
+def _embedded_topic_cleaner(settings: Settings) -> Callable[[str], None] | None:
+    """For the embedded broker: remove a deleted topic's files from its S3 store (tansu
+    deletes the topic but cannot delete the objects in the local store; docs/infra.md)."""
+    if not settings.embedded_kafka:
+        return None
+
+    def clean(topic: str) -> None:
+        remove_topic_files(settings, topic)
+
+    return clean
 
 
 def _names_unknown_account(messages: list[SourceMessage], catalog: CatalogWatch) -> bool:

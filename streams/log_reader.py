@@ -61,6 +61,16 @@ async def partitions_of(bootstrap: list[str], topics: Iterable[str]) -> list[TP]
         await consumer.stop()
 
 
+async def topic_names(bootstrap: list[str]) -> set[str]:
+    """The names of the broker's topics, as a fresh metadata request gives them."""
+    consumer = _consumer(bootstrap)
+    try:
+        await consumer.start()
+        return set(await consumer.topics())
+    finally:
+        await consumer.stop()
+
+
 async def read_to_end(
     bootstrap: list[str], starts: Mapping[TP, int], *, timeout_s: float = READ_TIMEOUT_S
 ) -> dict[TP, list[Any]]:

@@ -21,7 +21,6 @@ states to write. Everything effectively-once needs from a batch is decided here
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +37,16 @@ from rating.fields import with_typed_fields
 from rating.ledger import Book, Terms, after_calls, apply_command
 from schemas.ledger import LedgerCommand, command_from_value
 from schemas.messages import cdr_chunks_frame, frame_value
+from streams.state_records import (
+    AccountRecords,
+    AccountUpdate,
+    Core,
+    Record,
+    account_records,
+    core_of,
+    month_values,
+    rating_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +54,9 @@ OutputKind = Literal["rated", "rejected", "alerts", "ledger", "balances", "statu
 #: Rows per output message: a large account batch is cut so that a message stays well
 #: under Kafka's default 1 MB limit (a rated row is ~300 bytes of JSON).
 OUTPUT_ROWS: Final[int] = 1000
-#: The table key of a partition's checkpoint; account keys are UTF-8 text, never NUL.
-CHECKPOINT_PREFIX: Final[bytes] = b"\x00checkpoint/"
+#: ... and rows of long lines (a line may hold 4 kB) cut it further: a message stays
+#: under half the producer's 1 MB request limit.
+OUTPUT_MAX_BYTES: Final[int] = 512 * 1024
 _KEY_INDEX = "_key_index"
 
 
@@ -62,11 +72,16 @@ class SourceMessage:
 
 @dataclass(frozen=True)
 class OutputMessage:
-    """A message for ``billing.events`` (rated), ``cdr.rejected`` or ``alerts``."""
+    """A message for ``billing.events`` (rated), ``cdr.rejected``, ``alerts``, ...
+
+    ``account`` is the ``cdr.raw`` key it came from (an output keyed otherwise, like
+    ``number.status`` by number, still belongs to one account's batch).
+    """
 
     kind: OutputKind
     key: bytes
     value: bytes
+    account: bytes = b""
 
 
 @dataclass
@@ -78,55 +93,21 @@ class BatchOutcome:
     outputs
         Messages to send, and to see acknowledged, before any state is written.
     states
-        Table key -> (partition, encoded value) to write afterwards: each account the
-        batch advanced, with its new ``applied_offset``.
+        Account key -> (partition, records to write afterwards: its changed parts, then
+        its core with the new ``applied_offset``; streams.state_records).
     checkpoints
         Partition -> the offset after the batch's last message, written after the states.
     """
 
     outputs: list[OutputMessage] = field(default_factory=list)
-    states: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    states: dict[bytes, tuple[int, list[tuple[bytes, bytes]]]] = field(default_factory=dict)
     checkpoints: dict[int, int] = field(default_factory=dict)
     messages: int = 0
     skipped: int = 0
     garbage: int = 0
     lines: int = 0
-
-
-def checkpoint_key(partition: int) -> bytes:
-    """The table key under which a ``cdr.raw`` partition's checkpoint is kept.
-
-    Examples
-    --------
-    >>> checkpoint_key(2)
-    b'\\x00checkpoint/2'
-    """
-    return CHECKPOINT_PREFIX + str(partition).encode()
-
-
-def checkpoint_value(next_offset: int) -> bytes:
-    """The stored value of a checkpoint: the first offset not yet folded into the states."""
-    return encode({"next_offset": next_offset})
-
-
-def checkpoint_offset(value: bytes | None) -> int:
-    """The offset a stored checkpoint names; 0 (the log's start) when there is none.
-
-    Examples
-    --------
-    >>> checkpoint_offset(checkpoint_value(42)), checkpoint_offset(None)
-    (42, 0)
-    """
-    if value is None:
-        return 0
-    return int(json.loads(value)["next_offset"])
-
-
-def applied_offset(value: bytes | None) -> int:
-    """The ``cdr.raw`` offset of the last message an account's stored state holds (-1: none)."""
-    if value is None:
-        return -1
-    return int(json.loads(value).get("applied_offset", -1))
+    #: messages of blocked accounts, left in the log for the next try
+    held: int = 0
 
 
 def encode(value: Any) -> bytes:
@@ -136,9 +117,12 @@ def encode(value: Any) -> bytes:
 
 def rate_messages(
     messages: Sequence[SourceMessage],
-    stored: Mapping[bytes, bytes | None],
+    stored: Mapping[bytes, AccountRecords | None],
     catalog: Catalog,
     topic: str,
+    *,
+    retry: frozenset[bytes] = frozenset(),
+    hold: frozenset[bytes] = frozenset(),
 ) -> BatchOutcome:
     """Rate the messages of one batch that the stored states do not hold yet.
 
@@ -147,23 +131,28 @@ def rate_messages(
     messages
         The batch, in the order taken (offset order within each partition).
     stored
-        Each message key's stored state (``None``: the account has none yet).
+        Each message key's stored records (``None``: the account has none yet).
     catalog
         The tariff catalogue to rate with.
     topic
         The source topic's name, carried in every output row with partition and offset.
+    retry
+        Blocked accounts to try again (the others' messages are held: left in the log).
+    hold
+        Accounts whose messages are held whatever their state says (the worker could not
+        write their state).
 
     Examples
     --------
-    >>> from schemas.messages import cdr_chunk_value
     >>> from tariffs import load_tariffs
-    >>> catalog = Catalog.from_tariffs(load_tariffs("../shared/vectors/basic/plans",
-    ...                                             "../shared/vectors/basic/accounts.toml"))
+    >>> catalog = Catalog.from_tariffs(load_tariffs("tests/vectors/basic/plans",
+    ...                                             "tests/vectors/basic/accounts.toml"))
     >>> garbage = SourceMessage(b"A001", 0, 7, b"not json")
     >>> outcome = rate_messages([garbage], {}, catalog, "cdr.raw")
     >>> [(m.kind, m.key) for m in outcome.outputs], outcome.checkpoints
     ([('rejected', b'A001')], {0: 8})
-    >>> outcome = rate_messages([garbage], {b"A001": outcome.states[b"A001"][1]}, catalog, "cdr.raw")
+    >>> records = {b"": Record(outcome.states[b"A001"][1][-1][1])}
+    >>> outcome = rate_messages([garbage], {b"A001": records}, catalog, "cdr.raw")
     >>> outcome.skipped, outcome.outputs
     (1, [])
     """
@@ -172,6 +161,7 @@ def rate_messages(
     keys: list[bytes] = []
     key_index: dict[bytes, int] = {}
     last_offset: dict[bytes, tuple[int, int]] = {}
+    cores: dict[bytes, Core] = {}
     pending: list[tuple[SourceMessage, int, int]] = []  # to decode, with their key index and round
     garbage: list[dict[str, Any]] = []
     positions: list[tuple[int, int, int, int, int]] = []  # partition, offset, key index, lines, round
@@ -183,7 +173,13 @@ def rate_messages(
         outcome.checkpoints[message.partition] = max(
             outcome.checkpoints.get(message.partition, 0), message.offset + 1
         )
-        done = last_offset.get(message.key, (message.partition, applied_offset(stored.get(message.key))))[1]
+        core = cores.get(message.key)
+        if core is None:
+            core = cores[message.key] = core_of(stored.get(message.key))
+        if message.key in hold or (core.blocked is not None and message.key not in retry):
+            outcome.held += 1  # a blocked account: its lines stay in the log for the next try
+            continue
+        done = last_offset.get(message.key, (message.partition, core.applied_offset))[1]
         if message.offset <= done:
             outcome.skipped += 1  # a replay: the state holds this message already
             continue
@@ -214,11 +210,12 @@ def rate_messages(
         else:
             positions.append((message.partition, message.offset, index, decoded.heights[number], round_number))
 
-    accounts = {key.decode("utf-8", "replace"): stored.get(key) for key in keys}
-    parts = {a: orjson.loads(v) for a, v in accounts.items() if v is not None}
-    fold = _LedgerFold(catalog, topic, keys, parts)
-    state = RatingState.from_accounts(parts)
+    accounts = {key.decode("utf-8", "replace"): key for key in keys}
+    fold = _LedgerFold(catalog, topic, keys, {a: cores[k].ledger for a, k in accounts.items() if cores[k].ledger})
+    state = rating_state({a: stored.get(k) for a, k in accounts.items()})
     collected: dict[str, list[pl.DataFrame]] = {"rated": [], "rejected": [], "alerts": []}
+    remembered: list[pl.DataFrame] = []
+    charged_months: list[pl.DataFrame] = []
     batch = _with_positions(decoded.frame, positions, topic) if positions else None
     if batch is not None:
         outcome.lines = batch.height
@@ -233,6 +230,10 @@ def rate_messages(
                 state = fold.after_calls(result)
                 for kind in collected:
                     collected[kind].append(getattr(result, kind))
+                remembered.append(result.remembered)
+                charged_months.append(
+                    result.rated.filter(pl.col("status") == "rated").select("account_id", _MONTH_OF_DAY.alias("month_key"))
+                )
         for command_round, index, message, command in commands:
             if command_round == round_number:
                 state = fold.apply(state, index, message, command)
@@ -242,8 +243,7 @@ def rate_messages(
         collected["rejected"].append(_garbage_frame(fold.refusals))
     collected["alerts"].extend(fold.alert_frames())
     state = fold.flush(state)
-    new_parts = state.to_accounts()
-    _warn_misrouted(new_parts, accounts)
+    _warn_misrouted(state, accounts)
     for kind, frames_of_kind in collected.items():
         if frames_of_kind:
             frame = pl.concat(frames_of_kind, how="diagonal_relaxed")
@@ -252,24 +252,56 @@ def rate_messages(
             outcome.outputs.extend(_messages_by_key(kind, frame, keys))  # type: ignore[arg-type]
     outcome.outputs.extend(_messages_by_key("ledger", fold.event_frame(), keys))
     outcome.outputs.extend(fold.status_messages())
+    updates = _updates(state, accounts, cores, remembered, charged_months, catalog.horizon_months)
     balances = []
     for key, (partition, offset) in last_offset.items():
         account = key.decode("utf-8", "replace")
-        part = new_parts.get(account)
-        if part is None:  # no rated row and no earlier state: nothing to remember but the offset
-            before = stored.get(key)
-            part = orjson.loads(before) if before is not None else {}
-            part.pop("applied_offset", None)
+        update = updates[account]
+        update.core.applied_offset = offset
+        update.core.blocked = None  # rated: a blocked account that was retried is free again
         book = fold.books.get(account)
         if book is not None:
-            part["ledger"] = book.to_json()
-        elif "ledger" in parts.get(account, {}):
-            part["ledger"] = parts[account]["ledger"]
-        outcome.states[key] = (partition, encode({**part, "applied_offset": offset}))
+            update.core.ledger = book.to_json()
+        outcome.states[key] = (partition, account_records(key, stored.get(key), update))
         balances.append(fold.balance_row(account, key_index[key], offset, state, book))
     if balances:
         outcome.outputs.extend(_messages_by_key("balances", pl.DataFrame(balances, schema=_BALANCE_SCHEMA), keys))
     return outcome
+
+
+_MONTH_OF_DAY = pl.col("local_day").dt.year().cast(pl.Int64) * 12 + pl.col("local_day").dt.month().cast(pl.Int64) - 1
+
+
+def _updates(
+    state: RatingState,
+    accounts: Mapping[str, bytes],
+    cores: Mapping[bytes, Core],
+    remembered: list[pl.DataFrame],
+    charged_months: list[pl.DataFrame],
+    horizon_months: int,
+) -> dict[str, AccountUpdate]:
+    """Each account's change after the batch: its core, the months it charged, the ids it
+    remembered, and the horizon below which its records go."""
+    balances = dict(state.balances.iter_rows())
+    latest = dict(state.latest.iter_rows())
+    updates: dict[str, AccountUpdate] = {}
+    for account, key in accounts.items():
+        core = cores[key]
+        core.balance = balances.get(account, core.balance)
+        core.latest_month = latest.get(account, core.latest_month)
+        floor = None if core.latest_month is None else core.latest_month - horizon_months
+        updates[account] = AccountUpdate(core=core, floor=floor)
+    wanted = pl.concat(charged_months).unique() if charged_months else pl.DataFrame(
+        schema={"account_id": pl.String, "month_key": pl.Int64}
+    )
+    for (account, month_key), payload in month_values(state, wanted).items():
+        if account in updates:
+            updates[account].months[month_key] = payload
+    if remembered:
+        ids = pl.concat(remembered).filter(pl.col("account_id").is_in(list(updates)))
+        for (account, month_key), group in ids.group_by("account_id", "month_key", maintain_order=True):
+            updates[account].remembered[month_key] = group.get_column("cdr_id").to_list()  # type: ignore[index]
+    return updates
 
 
 _ROUND = "_round"
@@ -306,11 +338,11 @@ _EVENT_SCHEMA = {
 class _LedgerFold:
     """The ledger side of a batch: books, balances, and the events they give."""
 
-    def __init__(self, catalog: Catalog, topic: str, keys: list[bytes], parts: Mapping[str, Any]) -> None:
+    def __init__(self, catalog: Catalog, topic: str, keys: list[bytes], ledgers: Mapping[str, Any]) -> None:
         self.catalog = catalog
         self.topic = topic
         self.keys = keys
-        self.books: dict[str, Book] = {a: Book.from_json(p["ledger"]) for a, p in parts.items() if "ledger" in p}
+        self.books: dict[str, Book] = {a: Book.from_json(ledger) for a, ledger in ledgers.items()}
         self.events: list[dict[str, Any]] = []
         self.alerts: list[dict[str, Any]] = []
         self.statuses: list[OutputMessage] = []
@@ -373,6 +405,8 @@ class _LedgerFold:
             )
             for account, month, amount in usage.iter_rows():
                 book = self.books[account]
+                if month in book.closed_months or not book.remembers(month):
+                    continue  # closed: later calls do not re-open its minimum spend (docs/rules.md)
                 book.usage[month] = book.usage.get(month, 0) + amount
         if rated.height:
             latest = rated.group_by("account_id").agg(pl.col("charge_time").max())
@@ -515,7 +549,9 @@ class _LedgerFold:
         for number, status, event_id, at in applied.statuses:
             value = {"number": number, "status": status, "account_id": terms.account_id,
                      "event_id": event_id, "at": at.isoformat()}
-            self.statuses.append(OutputMessage("status", number.encode(), encode(value)))
+            self.statuses.append(
+                OutputMessage("status", number.encode(), encode(value), terms.account_id.encode())
+            )
 
     def _refuse(self, message: SourceMessage, index: int, command: LedgerCommand, why: str) -> None:
         log.warning("ledger command %s of %s refused: %s", command.command_id, command.account_id, why)
@@ -560,10 +596,23 @@ def _messages_by_key(kind: OutputKind, frame: pl.DataFrame, keys: list[bytes]) -
     columns: dict[str, list[Any]] = value["rows"]  # type: ignore[assignment]
     bounds = [0, *(np.flatnonzero(np.diff(index)) + 1).tolist(), frame.height]
     for first, end in zip(bounds, bounds[1:]):
+        key = keys[int(index[first])]
         for start in range(first, end, OUTPUT_ROWS):
-            stop = min(start + OUTPUT_ROWS, end)
-            rows = {name: column[start:stop] for name, column in columns.items()}
-            yield OutputMessage(kind, keys[int(index[first])], encode({**value, "rows": rows}))
+            yield from _bounded(kind, key, value, columns, start, min(start + OUTPUT_ROWS, end))
+
+
+def _bounded(
+    kind: OutputKind, key: bytes, value: dict[str, Any], columns: dict[str, list[Any]], start: int, stop: int
+) -> Iterable[OutputMessage]:
+    """Rows ``start:stop`` as one message, or as halves until each is under
+    ``OUTPUT_MAX_BYTES`` (rows of long lines: a CDR line may be 4 kB)."""
+    encoded = encode({**value, "rows": {name: column[start:stop] for name, column in columns.items()}})
+    if len(encoded) <= OUTPUT_MAX_BYTES or stop - start == 1:
+        yield OutputMessage(kind, key, encoded, key)
+        return
+    middle = (start + stop) // 2
+    yield from _bounded(kind, key, value, columns, start, middle)
+    yield from _bounded(kind, key, value, columns, middle, stop)
 
 
 def _garbage_row(message: SourceMessage, topic: str, index: int, error: Exception) -> dict[str, Any]:
@@ -603,13 +652,76 @@ def _garbage_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     )
 
 
-def _warn_misrouted(new_parts: Mapping[str, object], accounts: Mapping[str, object]) -> None:
+def _warn_misrouted(state: RatingState, accounts: Mapping[str, object]) -> None:
     # cdr.raw is keyed by account (ingest routes with the catalogue); lines of another
     # account mean a number moved between ingest and rating, or a foreign producer.
-    strangers = sorted(set(new_parts) - set(accounts))
+    strangers = sorted(set(state.account_ids().to_list()) - set(accounts))
     if strangers:
         log.warning(
             "cdr.raw lines of account(s) %s came in messages keyed by other accounts: their "
             "state is not kept (messages must be keyed by the account of their numbers)",
             ", ".join(strangers[:5]),
         )
+
+
+def rate_isolated(
+    messages: Sequence[SourceMessage],
+    stored: Mapping[bytes, AccountRecords | None],
+    catalog: Catalog,
+    topic: str,
+    *,
+    retry: frozenset[bytes] = frozenset(),
+    hold: frozenset[bytes] = frozenset(),
+) -> tuple[BatchOutcome, dict[bytes, str]]:
+    """:func:`rate_messages`, with a failing account kept from stopping the others.
+
+    When rating the batch raises, its accounts are halved and each half rated on its own,
+    down to the accounts that fail alone: those come back in the second value (account
+    key -> the error), with no state written for them and none of their outputs; every
+    other account is rated as usual. An account's messages only ever change its own
+    state, so rating the halves apart gives what rating them together would.
+    """
+    try:
+        return rate_messages(messages, stored, catalog, topic, retry=retry, hold=hold), {}
+    except Exception as error:  # a bug or a record no rule foresaw: find whose
+        keys = sorted({m.key for m in messages})
+        if len(keys) == 1:
+            log.error("rating account %r failed: %r", keys[0], error, exc_info=True)
+            outcome = BatchOutcome(messages=len(messages))
+            for message in messages:
+                outcome.checkpoints[message.partition] = max(
+                    outcome.checkpoints.get(message.partition, 0), message.offset + 1
+                )
+            return outcome, {keys[0]: f"{type(error).__name__}: {error}"[:500]}
+    half = set(keys[: len(keys) // 2])
+    merged = BatchOutcome()
+    failed: dict[bytes, str] = {}
+    for part in ([m for m in messages if m.key in half], [m for m in messages if m.key not in half]):
+        outcome, part_failed = rate_isolated(part, stored, catalog, topic, retry=retry, hold=hold)
+        failed.update(part_failed)
+        merged.outputs.extend(outcome.outputs)
+        merged.states.update(outcome.states)
+        for partition, offset in outcome.checkpoints.items():
+            merged.checkpoints[partition] = max(merged.checkpoints.get(partition, 0), offset)
+        for name in ("messages", "skipped", "garbage", "lines", "held"):
+            setattr(merged, name, getattr(merged, name) + getattr(outcome, name))
+    return merged, failed
+
+
+def blocked_core(
+    key: bytes, stored: AccountRecords | None, messages: Sequence[SourceMessage], error: str, at: datetime
+) -> tuple[int, tuple[bytes, bytes]] | None:
+    """The core record that blocks an account after a failure: its state as it was, with
+    the first message it did not apply (kept in the log for the next try) and why.
+
+    None when the account had no message past its state in ``messages``.
+    """
+    core = core_of(stored)
+    mine = [m for m in messages if m.key == key and m.offset > core.applied_offset]
+    if not mine:
+        return None
+    first = min(m.offset for m in mine)
+    if core.blocked is not None:
+        first = min(first, int(core.blocked["offset"]))
+    core.blocked = {"offset": first, "partition": mine[0].partition, "error": error[:500], "at": at.isoformat()}
+    return mine[0].partition, (key, core.encode())

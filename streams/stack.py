@@ -58,6 +58,8 @@ from streams.settings import EMBEDDED_HOST, Settings
 
 #: The embedded servers, in start order (the broker needs its S3 store first).
 SERVERS = ("s3", "kafka", "clickhouse")
+#: The cluster id tansu stores its topics under (its default; the broker is started without one).
+TANSU_CLUSTER = "tansu_cluster"
 #: The keys of :func:`status`'s answer.
 STATUS_KEYS = (
     "state_dir",
@@ -385,6 +387,8 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
         "consumer_groups": {},
         "clickhouse_tables": {},
         "rejects_by_reason": {},
+        "worker_state": {},
+        "blocked_accounts": {},
         "notes": [],
         "errors": [],
     }
@@ -400,6 +404,15 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
             answer["topics"], answer["consumer_groups"] = _kafka_status(settings, timeout_s)
         except Exception as error:  # status reports, it does not fail
             answer["errors"].append(f"kafka: {error}")
+        try:
+            answer["worker_state"] = worker_state(settings, answer["topics"])
+        except Exception as error:
+            answer["errors"].append(f"worker.status: {error}")
+        answer["blocked_accounts"] = {
+            account: {**failure, "partition": partition}
+            for partition, figures in answer["worker_state"].items()
+            for account, failure in figures.get("blocked", {}).items()
+        }
     if answer["servers"]["clickhouse"]["state"] == "up":
         try:
             answer["clickhouse_tables"] = _clickhouse_tables(settings)
@@ -415,6 +428,24 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
         )
         answer["notes"].append(f"finance (read-only) connects as user finance, password {where}")
     return answer
+
+
+def worker_state(settings: Settings, topics: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
+    """Each ``cdr.raw`` partition's state figures and blocked accounts, as the worker
+    holding it last published them on ``worker.status`` (streams.rating_worker)."""
+    name = f"{settings.topic_prefix}worker.status"
+    if topics is not None and name not in topics:
+        return {}
+    from streams.log_reader import read_topics  # aiokafka: only when asked
+
+    latest: dict[int, dict[str, Any]] = {}
+    for record in read_topics(settings.kafka_servers(), [name], timeout_s=30)[name]:
+        try:
+            figures = json.loads(record.value)
+            latest[int(figures["partition"])] = figures
+        except (ValueError, KeyError, TypeError):
+            continue  # not a figures message: nothing to show
+    return dict(sorted(latest.items()))
 
 
 def log_end_offsets(
@@ -865,6 +896,20 @@ def _check_external(name: str, answers: Callable[[], bool], address: str, timeou
             variable = "CDRFLOW_KAFKA_BOOTSTRAP" if name == "kafka" else "CDRFLOW_CLICKHOUSE_URL"
             raise StackError(f"{name} at {address} (from {variable}) does not answer")
         time.sleep(0.5)
+
+
+def remove_topic_files(settings: Settings, topic: str) -> bool:
+    """Remove a deleted topic's files from the embedded broker's S3 folder.
+
+    tansu deletes a topic from its metadata, then fails to delete its objects in the
+    local store (localbucket answers 501 to S3's multi-object delete; docs/infra.md), so
+    the files would stay forever. Only for a topic the broker no longer lists.
+    """
+    folder = settings.state_dir / "s3" / BROKER_BUCKET / "clusters" / TANSU_CLUSTER / "topics" / topic
+    if folder.parent.name != "topics" or not folder.is_dir():
+        return False
+    shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def free_ports(count: int, span: range = range(20000, 30000)) -> list[int]:

@@ -126,10 +126,11 @@ def status(
         bool, typer.Option("--json", help="Print the status as JSON for scripts.")
     ] = False,
 ) -> None:
-    """Show servers, topics, partitions, consumer lag and ClickHouse tables.
+    """Show servers, topics, partitions, consumer lag, the rating state and ClickHouse tables.
 
-    Topics with their end offsets, consumer-group lag, rows per table. Exits with 1 when a
-    server is not up.
+    Topics with their end offsets, consumer-group lag, each partition's rating state
+    (generation, size, blocked accounts) as its worker last published it, rows per table.
+    Exits with 1 when a server is not up, 3 when an account is blocked.
 
     Example: cdrflow status --json
     """
@@ -143,6 +144,8 @@ def status(
         _print_status(answer)
     if any(server["state"] != "up" for server in answer["servers"].values()):
         raise typer.Exit(1)
+    if answer["blocked_accounts"]:
+        raise typer.Exit(3)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -223,6 +226,33 @@ def _print_status(answer: dict[str, Any]) -> None:
         for reason, count in answer["rejects_by_reason"].items():
             rejects.add_row(reason, f"{count:,}")
         console.print(rejects)
+    if answer.get("worker_state"):
+        state = Table(title="rating state (worker.status)", title_justify="left")
+        for column, justify in (
+            ("partition", "right"), ("worker", "left"), ("generation", "right"), ("accounts", "right"),
+            ("live bytes", "right"), ("largest value", "right"), ("appended since roll", "right"),
+            ("checkpoint", "right"), ("blocked", "right"), ("at", "left"),
+        ):
+            state.add_column(column, justify=justify)
+        for partition, figures in answer["worker_state"].items():
+            blocked = len(figures.get("blocked", {}))
+            state.add_row(
+                str(partition), figures.get("worker", ""), str(figures.get("generation", "")),
+                f"{figures.get('accounts', 0):,}", f"{figures.get('live_bytes', 0):,}",
+                f"{figures.get('largest_value', 0):,}", f"{figures.get('appended_bytes', 0):,}",
+                f"{figures.get('checkpoint', 0):,}", f"[red]{blocked}[/]" if blocked else "0",
+                str(figures.get("at", ""))[:19],
+            )
+        console.print(state)
+    if answer.get("blocked_accounts"):
+        blocked = Table(title="blocked accounts: their lines wait in cdr.raw; a worker restart tries them again",
+                        title_justify="left")
+        for column in ("account", "partition", "first offset", "since", "error"):
+            blocked.add_column(column)
+        for account, failure in answer["blocked_accounts"].items():
+            blocked.add_row(account, str(failure.get("partition", "")), str(failure.get("offset", "")),
+                            str(failure.get("at", ""))[:19], str(failure.get("error", "")))
+        console.print(blocked)
     for note in answer["notes"]:
         console.print(f"note: {note}", highlight=False)
     for error in answer["errors"]:

@@ -15,9 +15,9 @@ from streams.rating_batch import (
     OUTPUT_ROWS,
     BatchOutcome,
     SourceMessage,
-    applied_offset,
     rate_messages,
 )
+from streams.state_records import RecordFold, core_of
 from tariffs import load_tariffs
 from tests.conftest import VECTORS
 
@@ -48,14 +48,29 @@ def _messages(batch: pl.DataFrame, owner: dict[str, str], chunk_lines: int, part
     return messages
 
 
-def _run_batches(messages: list[SourceMessage], catalog: Catalog, batch_size: int, table: dict[bytes, bytes]) -> list[BatchOutcome]:
+def _run_batches(messages: list[SourceMessage], catalog: Catalog, batch_size: int, table: RecordFold) -> list[BatchOutcome]:
+    """Batches rated one after the other, each one's records written to ``table`` (the
+    worker's store of them) as the worker writes them."""
     outcomes = []
     for start in range(0, len(messages), batch_size):
         batch = messages[start : start + batch_size]
-        outcome = rate_messages(batch, {m.key: table.get(m.key) for m in batch}, catalog, TOPIC)
-        table.update({key: value for key, (_, value) in outcome.states.items()})
+        outcome = rate_messages(batch, {m.key: table.accounts.get(m.key) for m in batch}, catalog, TOPIC)
+        _write(table, outcome)
         outcomes.append(outcome)
     return outcomes
+
+
+def _write(table: RecordFold, outcome: BatchOutcome) -> None:
+    for _, (_, records) in outcome.states.items():
+        for key, value in records:
+            table.apply(key, value)
+
+
+def _copy(table: RecordFold) -> RecordFold:
+    copy = RecordFold()
+    for key, value in table.records():
+        copy.apply(key, value)
+    return copy
 
 
 def _outputs(outcomes: list[BatchOutcome], kind: str) -> pl.DataFrame:
@@ -72,7 +87,7 @@ def _outputs(outcomes: list[BatchOutcome], kind: str) -> pl.DataFrame:
 def test_any_split_into_messages_and_batches_rates_as_the_whole_file(chunk_lines: int, batch_size: int) -> None:
     catalog, batch, owner = _vector("mixed")
     whole = rate(batch, RatingState.empty(), catalog)
-    outcomes = _run_batches(_messages(batch, owner, chunk_lines), catalog, batch_size, {})
+    outcomes = _run_batches(_messages(batch, owner, chunk_lines), catalog, batch_size, RecordFold())
     rated = _outputs(outcomes, "rated")
     columns = [c for c in whole.rated.columns if c not in ("source", "ingest_id")]
     expected = whole.rated.select(columns).sort("account_id", "line")
@@ -84,9 +99,9 @@ def test_any_split_into_messages_and_batches_rates_as_the_whole_file(chunk_lines
 def test_messages_the_states_already_hold_are_skipped_and_send_nothing() -> None:
     catalog, batch, owner = _vector("basic")
     messages = _messages(batch, owner, chunk_lines=3)
-    table: dict[bytes, bytes] = {}
+    table = RecordFold()
     _run_batches(messages, catalog, 4, table)
-    again = rate_messages(messages, dict(table), catalog, TOPIC)
+    again = rate_messages(messages, dict(table.accounts), catalog, TOPIC)
     assert again.skipped == len(messages) and again.outputs == [] and again.lines == 0
 
 
@@ -94,12 +109,12 @@ def test_a_replay_from_an_older_state_gives_the_same_outputs_again() -> None:
     catalog, batch, owner = _vector("basic")
     messages = _messages(batch, owner, chunk_lines=2)
     half = len(messages) // 2
-    table: dict[bytes, bytes] = {}
+    table = RecordFold()
     _run_batches(messages[:half], catalog, 3, table)
-    before = dict(table)
+    before = _copy(table)
     first = _run_batches(messages[half:], catalog, 5, table)
     # The states after the first half come back (a lost changelog tail): replay it all.
-    replayed = _run_batches(messages, catalog, 50, dict(before))
+    replayed = _run_batches(messages, catalog, 50, before)
     assert sum(o.skipped for o in replayed) == half
     for kind in ("rated", "rejected", "alerts"):
         assert _outputs(replayed, kind).equals(_outputs(first, kind))
@@ -119,7 +134,9 @@ def test_a_message_that_is_no_cdr_chunk_becomes_a_malformed_rejection_at_its_pos
     assert rejected["reason"].to_list() == ["malformed"] * 3
     assert rejected["source"].to_list() == ["cdr.raw[2]@7", f"cdr.raw[{good.partition}]@100", f"cdr.raw[{good.partition}]@101"]
     assert _outputs([outcome], "rated").height > 0  # the good message after them is rated
-    assert applied_offset(outcome.states[b"A001"][1]) == 102
+    table = RecordFold()
+    _write(table, outcome)
+    assert core_of(table.accounts[b"A001"]).applied_offset == 102
 
 
 def test_checkpoints_name_the_offset_after_each_partitions_last_message() -> None:

@@ -14,6 +14,7 @@ from rating import Catalog, RatingState, rate
 from schemas.cdr_csv import parse_csv
 from tariffs import load_tariffs
 from tests.conftest import VECTORS
+from tests.records import via_records
 
 MIXED = VECTORS / "mixed"
 
@@ -58,9 +59,7 @@ def test_a_state_whose_seen_table_was_replaced_is_not_judged_by_the_old_hashes()
     assert _resent_ids(later, first).height > 0, "the vector set must resend ids across the cut"
     # Same balances and totals, but the ids of the first half forgotten: a new seen frame.
     forgetful = replace(first, seen=first.seen.clear())
-    from_json = RatingState.from_accounts(
-        {k: {**v, "seen": []} for k, v in first.to_accounts().items()}
-    )
+    from_json = via_records(replace(first, seen=first.seen.clear()))
     forgetting = rate(later, forgetful, catalog)
     expected = rate(later, from_json, catalog)
     assert forgetting.rejected.equals(expected.rejected)
@@ -87,6 +86,6 @@ def test_daily_totals_of_an_account_the_catalogue_no_longer_knows_are_kept() -> 
     others = after.daily.filter(pl.col("account_id") != gone).sort("account_id", "local_day")
     assert others.equals(full.daily.filter(pl.col("account_id") != gone).sort("account_id", "local_day"))
     # ... and a chained run reads its daily totals back exactly as a fresh state would.
-    fresh = RatingState.from_accounts(after.to_accounts())
+    fresh = via_records(after)
     tail = batch[half + 200 :]
     assert rate(tail, after, smaller).rated.equals(rate(tail, fresh, smaller).rated)

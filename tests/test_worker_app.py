@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
+from aiokafka.errors import MessageSizeTooLargeError
 
-from streams.app import build_app, send_in_order
+from streams.app import build_app
+from streams.rating_worker import send_in_order
 from streams.faust_tuning import WORKER_FETCH_MAX_WAIT_MS
 from streams.settings import Settings
 
@@ -41,17 +42,18 @@ def test_the_worker_consumer_lets_the_broker_hold_a_fetch_half_a_second(tmp_path
 
 
 class _Broker:
-    """Delivery futures for sends; ``refuse`` says which sends (by number, from 0) fail."""
+    """Delivery futures for sends; ``refuse(number, message)`` says which sends fail, and how."""
 
-    def __init__(self, refuse: set[int]) -> None:
+    def __init__(self, refuse) -> None:  # type: ignore[no-untyped-def]
         self.refuse = refuse
         self.stored: list[str] = []
         self.sends = 0
 
     async def send(self, message: str) -> asyncio.Future[object]:
         future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        if self.sends in self.refuse:
-            future.set_exception(RuntimeError(f"refused {message}"))
+        error = self.refuse(self.sends, message)
+        if error is not None:
+            future.set_exception(error)
         else:
             self.stored.append(message)
             future.set_result(None)
@@ -62,14 +64,28 @@ class _Broker:
 def test_refused_outputs_are_sent_again_whole_and_in_order() -> None:
     # The second of three is refused on the first send: the records after it got stored,
     # so all three go again, and each key's last record is the last one sent.
-    broker = _Broker(refuse={1})
-    asyncio.run(send_in_order(broker.send, ["a1", "b1", "a2"], attempts=3, first_delay_s=0.0))
+    broker = _Broker(lambda n, m: RuntimeError(f"refused {m}") if n == 1 else None)
+    refused = asyncio.run(send_in_order(broker.send, ["a1", "b1", "a2"], attempts=3, first_delay_s=0.0))
+    assert refused == {}
     assert broker.stored == ["a1", "a2", "a1", "b1", "a2"]
     assert broker.stored[-3:] == ["a1", "b1", "a2"]
 
 
-def test_a_broker_that_keeps_refusing_fails_the_batch_after_the_attempts() -> None:
-    broker = _Broker(refuse=set(range(100)))
-    with pytest.raises(RuntimeError, match="refused a"):
-        asyncio.run(send_in_order(broker.send, ["a", "b"], attempts=3, first_delay_s=0.0))
-    assert broker.sends == 6
+def test_a_broker_that_refuses_everything_is_waited_for_past_the_attempts() -> None:
+    # Away for 5 rounds of sends (more than the 3 attempts), then back: nothing is given up.
+    broker = _Broker(lambda n, m: RuntimeError("broker away") if n < 10 else None)
+    refused = asyncio.run(send_in_order(broker.send, ["a", "b"], attempts=3, first_delay_s=0.0))
+    assert refused == {} and broker.stored == ["a", "b"] and broker.sends == 12
+
+
+def test_a_message_refused_while_the_others_are_taken_is_given_back_after_the_attempts() -> None:
+    broker = _Broker(lambda n, m: RuntimeError("refused b") if m == "b" else None)
+    refused = asyncio.run(send_in_order(broker.send, ["a", "b", "c"], attempts=3, first_delay_s=0.0))
+    assert list(refused) == [1] and broker.sends == 9
+
+
+def test_a_message_too_large_is_given_back_at_once() -> None:
+    broker = _Broker(lambda n, m: MessageSizeTooLargeError() if m == "big" else None)
+    refused = asyncio.run(send_in_order(broker.send, ["a", "big"], attempts=5, first_delay_s=0.0))
+    assert list(refused) == [1] and isinstance(refused[1], MessageSizeTooLargeError)
+    assert broker.sends == 2

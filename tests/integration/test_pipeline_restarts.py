@@ -193,7 +193,7 @@ def test_down_then_up_and_a_new_worker_continue_the_same_accounts(
     assert second.alive()
     wait_for_log(second, "resumed ", timeout_s=5)
     # The second worker resumed the partitions where the first left them, not at 0.
-    resumed = second.log_text().split("resumed ", 1)[1].split(" after", 1)[0]
+    resumed = second.log_text().split("resumed ", 1)[1].split(" with the state", 1)[0]
     assert any(not position.endswith("@0") for position in resumed.split(", ")), resumed
 
     # Part 2's lines renumbered as lines of the whole file: then it is the whole file rated at once.

@@ -24,7 +24,7 @@ import pytest
 
 from streams.kafka_io import make_producer, read_to_end
 from streams.notify import alert_id
-from streams.rating_batch import CHECKPOINT_PREFIX, checkpoint_offset
+from streams.state_records import CHECKPOINT_KEY, checkpoint_offset
 from streams.settings import Settings
 from streams.stack import up
 from tests.conftest import VECTORS, compare_with_expected
@@ -174,11 +174,11 @@ def test_a_garbage_message_becomes_a_rejection_and_the_worker_goes_on(pipeline: 
 
 
 def test_a_worker_resuming_from_older_states_charges_nothing_twice(pipeline: Pipeline, tmp_path: Path) -> None:
-    """Rewind each partition's state to its first checkpoint, as a lost changelog tail would.
+    """Rewind each partition's state to its first checkpoint, as a lost state tail would.
 
-    The changelog gets the table as it stood at each partition's first checkpoint written
-    again on top: the next worker resumes there, re-rates what those states lack
-    (re-sending outputs that ClickHouse collapses) and skips what the others hold.
+    Each partition's state log gets its records up to the first checkpoint written again
+    on top: the next worker resumes there, re-rates what those states lack (re-sending
+    outputs that ClickHouse collapses) and skips what the others hold.
     """
     vectors = VECTORS / "mixed"
     messages = _run(pipeline, vectors, chunk_lines=20)
@@ -188,26 +188,28 @@ def test_a_worker_resuming_from_older_states_charges_nothing_twice(pipeline: Pip
     pipeline.wait_until(_everything_landed(lines, alerts), timeout_s=LAND_TIMEOUT_S, what="the first run")
     first.kill()
 
-    changelog = f"{pipeline.settings.app_id}-account_state-changelog"
-    records = read_to_end(pipeline.settings, changelog)
+    # Each partition's state log (generation 0: too short a run to roll) gets its records
+    # up to its first checkpoint written again at its end.
     rewound: dict[int, int] = {}
-    snapshot: dict[tuple[int, bytes], bytes] = {}
-    for record in records:  # per partition in log order
-        if record.partition in rewound:
-            continue
-        snapshot[(record.partition, record.key)] = record.value
-        if record.key.startswith(CHECKPOINT_PREFIX):
-            rewound[record.partition] = checkpoint_offset(record.value)
-    assert rewound, "the first run wrote no checkpoint"
     producer = make_producer(pipeline.settings)
-    for (partition, key), value in snapshot.items():
-        producer.send(changelog, key=key, value=value, partition=partition)
+    for partition in range(pipeline.settings.topic_partitions):
+        topic = pipeline.topic(f"{pipeline.settings.app_id}-state") + f".p{partition}.g0"
+        again = []
+        for record in read_to_end(pipeline.settings, topic)[1:]:  # after the generation's header
+            if not record.key.startswith(b"\x00snapshot"):
+                again.append((record.key, record.value))
+            if record.key == CHECKPOINT_KEY:
+                rewound[partition] = checkpoint_offset(record.value)
+                break
+        for key, value in again if partition in rewound else []:
+            producer.send(topic, key=key, value=value, partition=0)
     producer.flush()
     producer.close()
+    assert rewound, "the first run wrote no checkpoint"
 
     second = pipeline.start_worker()
     _wait_for_log(second, "resumed ", timeout_s=LAND_TIMEOUT_S)
-    resumed = second.log_text().split("resumed ", 1)[1].split(" after", 1)[0]
+    resumed = second.log_text().split("resumed ", 1)[1].split(" with the state", 1)[0]
     for partition, offset in rewound.items():
         assert f"cdr.raw[{partition}]@{offset}" in resumed
     # The rewound messages are all read again: count them in the worker's log.

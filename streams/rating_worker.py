@@ -1,0 +1,306 @@
+"""One rating batch from taken messages to written state, and what a failure may stop.
+
+The rating agent of streams/app.py hands each batch here. The order is the design of
+docs/streaming.md: rate (streams.rating_batch, in a thread), send every output and wait
+for the acknowledgements, then append each partition's account records and, after
+them, its checkpoint (streams.state_log).
+
+A failure is kept to the accounts it concerns (docs/streaming.md, "When something
+fails"): an account whose rating raises, whose outputs or records the broker refuses for
+what they are (too large, invalid), is **blocked**: its state stays as it was, a failure
+note is written in its core with the first message it did not apply, and its messages
+stay in the log; every other account goes on. A blocked account is tried again when a
+worker next takes its partition (a restart), from that message. A broker that refuses
+everything (away, restarting) is waited for, with backoff, however long it takes: the
+worker never exits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timezone
+from typing import Any, Final
+
+import orjson
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+
+from rating import Catalog
+from streams.rating_batch import BatchOutcome, OutputMessage, SourceMessage, blocked_core, rate_isolated
+from streams.state_log import PartitionState, StateLog, StateWriteError
+from streams.state_records import CHECKPOINT_KEY, AccountRecords, checkpoint_value
+
+log = logging.getLogger(__name__)
+
+#: Sends of a batch's outputs before refusals of some of them block their accounts (a
+#: refusal of all of them is the broker away: waited for, without end).
+OUTPUT_SEND_ATTEMPTS: Final[int] = 5
+OUTPUT_RESEND_FIRST_DELAY_S: Final[float] = 0.25
+RETRY_MAX_DELAY_S: Final[float] = 30.0
+#: How often each partition's state figures go to the ``worker.status`` topic.
+STATUS_EVERY_S: Final[float] = 5.0
+#: Refusals no retry can mend: they are about the record, not the broker.
+_RECORD_ERRORS: Final = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
+
+
+def is_record_error(error: BaseException) -> bool:
+    """Whether the broker refused a record for what it is (size), not for its own state."""
+    return isinstance(error, _RECORD_ERRORS)
+
+
+async def send_in_order(
+    send: Callable[[Any], Awaitable[Awaitable[object]]],
+    messages: Sequence[Any],
+    *,
+    attempts: int = OUTPUT_SEND_ATTEMPTS,
+    first_delay_s: float = OUTPUT_RESEND_FIRST_DELAY_S,
+    max_delay_s: float = RETRY_MAX_DELAY_S,
+) -> dict[int, BaseException]:
+    """Send ``messages`` in order (``send(m)`` queues one and gives its delivery future)
+    and wait until the broker acknowledged them; give back the ones it would not take.
+
+    When the broker refused some, the whole list is sent again, in order, after a wait
+    (``first_delay_s``, doubled each time up to ``max_delay_s``): records after a refused
+    one may have been stored, and a compacted topic (``number.status``) keeps the last
+    record of a key, so only the whole sequence again leaves each key's last record last.
+    The copies are harmless: every output carries a deterministic id and its readers
+    collapse repeats (docs/streaming.md).
+
+    It stops, giving back ``{index: error}`` of the refused messages, when every refusal
+    is about the record itself (too large), or after ``attempts`` sends when the broker
+    took the others (so the refusals concern those records). While it refuses all of
+    them it is away, and the sends go on, for as long as that lasts.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        futures: list[Any] = []
+        for message in messages:
+            try:
+                futures.append(await send(message))
+            except Exception as error:  # refused before it was queued (its size)
+                futures.append(error)
+        results = await asyncio.gather(
+            *[f for f in futures if not isinstance(f, BaseException)], return_exceptions=True
+        )
+        waited = iter(results)
+        outcome = [f if isinstance(f, BaseException) else next(waited) for f in futures]
+        refused = {i: r for i, r in enumerate(outcome) if isinstance(r, BaseException)}
+        if not refused:
+            return {}
+        if not all(isinstance(error, Exception) for error in refused.values()):
+            raise next(e for e in refused.values() if not isinstance(e, Exception))
+        if all(is_record_error(e) for e in refused.values()):
+            return refused
+        if attempt >= attempts and len(refused) < len(messages):
+            return refused
+        delay = min(first_delay_s * 2 ** (attempt - 1), max_delay_s)
+        first = next(iter(refused.values()))
+        log.warning(
+            "the broker refused %d of %d output messages (%r); sending all %d again in %.2f s (attempt %d)",
+            len(refused), len(messages), first, len(messages), delay, attempt + 1,
+        )
+        await asyncio.sleep(delay)
+
+
+class RatingWorker:
+    """The rating agent's state and its batch step (streams/app.py drives it).
+
+    Parameters
+    ----------
+    state_log
+        Where the partitions' states are kept.
+    send_output
+        Queues one output message and gives its delivery future (Faust's producer).
+    send_status
+        Queues one ``worker.status`` message (key, value).
+    mine
+        The ``cdr.raw`` partitions assigned to this worker now.
+    source_topic
+        The name of ``cdr.raw`` (it goes into every output row).
+    """
+
+    def __init__(
+        self,
+        state_log: StateLog,
+        send_output: Callable[[OutputMessage], Awaitable[Awaitable[object]]],
+        send_status: Callable[[bytes, bytes], Awaitable[object]],
+        mine: Callable[[], set[int]],
+        source_topic: str,
+    ):
+        self.state_log = state_log
+        self.send_output = send_output
+        self.send_status = send_status
+        self.mine = mine
+        self.source_topic = source_topic
+        #: cdr.raw partition -> its accounts' committed state (loaded by streams.resume)
+        self.states: dict[int, PartitionState] = {}
+        #: blocked accounts to try once more (those of partitions loaded since the last start)
+        self.retry: set[bytes] = set()
+        #: accounts whose last batch could not be written at all, and their partitions: their
+        #: messages are held, and those partitions' checkpoints stay where they were, for the
+        #: rest of this worker's life (a restart rates them again from there)
+        self.unwritten: set[bytes] = set()
+        self.frozen: set[int] = set()
+        self._status_sent = 0.0
+        self._who = f"{socket.gethostname()}:{os.getpid()}"
+
+    # ------------------------------------------------------------------------ a batch
+    async def rate_batch(self, messages: list[SourceMessage], catalog: Catalog) -> BatchOutcome:
+        """Rate, send, write: one batch, with failures kept to their accounts."""
+        # A message of a partition this worker holds no state for (taken just before a
+        # rebalance moved it) is left to the partition's owner.
+        held = {p: self.states[p] for p in {m.partition for m in messages} if p in self.states}
+        messages = [m for m in messages if m.partition in held]
+        if not messages:
+            return BatchOutcome()
+        stored: dict[bytes, AccountRecords | None] = {
+            m.key: held[m.partition].fold.accounts.get(m.key) for m in messages
+        }
+        started = time.perf_counter()
+        outcome, failed = await asyncio.to_thread(
+            rate_isolated, messages, stored, catalog, self.source_topic,
+            retry=frozenset(self.retry), hold=frozenset(self.unwritten),
+        )
+        rated = time.perf_counter()
+        outputs = [m for m in outcome.outputs if m.account not in failed]
+        refused = await send_in_order(self.send_output, outputs)
+        for index, error in refused.items():
+            account = outputs[index].account
+            failed.setdefault(account, f"output {outputs[index].kind} refused by the broker: {error!r}"[:500])
+        acknowledged = time.perf_counter()
+        for partition, state in held.items():
+            # Taken away, or loaded again by a rebalance meanwhile (its owner may have
+            # written since): these messages are re-rated from the checkpoint instead.
+            if self.states.get(partition) is not state or partition not in self.mine():
+                continue
+            if partition in self.frozen:
+                outcome.checkpoints.pop(partition, None)
+            try:
+                await self._write(state, outcome, failed, messages, stored)
+            except Exception as error:
+                self.hold(partition, [m for m in messages if m.partition == partition], error)
+        self.retry -= {m.key for m in messages}
+        if failed:
+            log.error(
+                "%d account(s) blocked, their lines kept in %s for the next try: %s",
+                len(failed), self.source_topic,
+                "; ".join(f"{k.decode('utf-8', 'replace')}: {e}" for k, e in list(failed.items())[:5]),
+            )
+        log.info(
+            "rated %d lines of %d messages (%d replays skipped, %d held for blocked accounts, %d not CDR chunks) "
+            "in %.3f s; %d output messages acknowledged in %.3f s; state written in %.3f s",
+            outcome.lines, outcome.messages, outcome.skipped, outcome.held, outcome.garbage, rated - started,
+            len(outputs), acknowledged - rated, time.perf_counter() - acknowledged,
+        )
+        await self.publish_status()
+        return outcome
+
+    async def _write(
+        self,
+        state: PartitionState,
+        outcome: BatchOutcome,
+        failed: dict[bytes, str],
+        messages: list[SourceMessage],
+        stored: dict[bytes, AccountRecords | None],
+    ) -> None:
+        """The partition's account records, then its checkpoint; refusals block accounts."""
+        partition = state.partition
+        now = datetime.now(timezone.utc)
+        while True:
+            records: list[tuple[bytes, bytes]] = []
+            for key, (part, writes) in outcome.states.items():
+                if part == partition and key not in failed:
+                    records.extend(writes)
+            for key, error in failed.items():
+                blocked = blocked_core(key, stored.get(key), messages, error, now)
+                if blocked is not None and blocked[0] == partition:
+                    records.append(blocked[1])
+            try:
+                await self._append_until_taken(state, records)
+                break
+            except StateWriteError as error:  # some records refused for what they are
+                for key, why in error.refused.items():
+                    account = key.partition(b"\x00")[0]
+                    if key == account and account in failed:
+                        raise  # even its blocked core (a few hundred bytes): nothing to narrow down
+                    failed[account] = f"state record refused by the broker: {why!r}"[:500]
+        if partition in outcome.checkpoints:
+            await self._append_until_taken(state, [(CHECKPOINT_KEY, checkpoint_value(outcome.checkpoints[partition]))])
+        if self.state_log.should_roll(state) and partition in self.mine():
+            started = time.perf_counter()
+            before = state.generation
+            if await self.state_log.roll(state, lambda: partition in self.mine()):
+                log.info(
+                    "state of %s[%d]: generation %d -> %d (%d live bytes) in %.2f s",
+                    self.source_topic, partition, before, state.generation, state.live_bytes(),
+                    time.perf_counter() - started,
+                )
+
+    async def _append_until_taken(self, state: PartitionState, records: list[tuple[bytes, bytes]]) -> None:
+        """Append, waiting out a broker that refuses everything; record errors are raised."""
+        delay = 0.5
+        while True:
+            try:
+                await self.state_log.append(state, records)
+                return
+            except StateWriteError as error:
+                if any(is_record_error(e) for e in error.refused.values()) or len(error.refused) < len(records):
+                    raise
+                log.error("the broker refused the state of %s[%d] (%r); again in %.1f s",
+                          self.source_topic, state.partition, next(iter(error.refused.values())), delay)
+            except Exception as error:  # not even queued: the producer could not reach the broker
+                log.error("could not write the state of %s[%d] (%r); again in %.1f s",
+                          self.source_topic, state.partition, error, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+
+    def hold(self, partition: int, messages: list[SourceMessage], error: BaseException) -> None:
+        """A partition's writes failed in a way nothing narrowed down to an account (a bug,
+        or the broker refusing even a blocked core): hold its batch's accounts and its
+        checkpoint for the rest of this life, and go on with everything else."""
+        log.critical(
+            "could not write the state of %s[%d] (%r): holding %d account(s) and the partition's checkpoint "
+            "until the worker restarts",
+            self.source_topic, partition, error, len({m.key for m in messages}), exc_info=True,
+        )
+        self.unwritten |= {m.key for m in messages}
+        self.frozen.add(partition)
+
+    # ------------------------------------------------------------------------ figures
+    def figures(self, state: PartitionState) -> dict[str, Any]:
+        """What ``cdrflow status`` shows of a partition's state."""
+        blocked = state.blocked()
+        return {
+            "partition": state.partition,
+            "worker": self._who,
+            "generation": state.generation,
+            "accounts": len(state.fold.accounts),
+            "records": sum(len(r) for r in state.fold.accounts.values()),
+            "live_bytes": state.live_bytes(),
+            "largest_value": state.largest_value(),
+            "appended_bytes": state.appended_bytes,
+            "appended_total": state.appended_total,
+            "checkpoint": state.checkpoint,
+            "loaded_in_s": round(state.loaded_in_s, 3),
+            "blocked": {k.decode("utf-8", "replace"): v for k, v in blocked.items()},
+            "held_in_memory": sorted(
+                k.decode("utf-8", "replace") for k in self.unwritten if k in state.fold.accounts
+            ) if state.partition in self.frozen else [],
+            "at": datetime.now(timezone.utc).isoformat(),
+        }
+
+    async def publish_status(self, *, now: bool = False) -> None:
+        """Each held partition's figures on ``worker.status`` (at most every few seconds)."""
+        if not now and time.monotonic() - self._status_sent < STATUS_EVERY_S:
+            return
+        self._status_sent = time.monotonic()
+        for partition, state in list(self.states.items()):
+            try:
+                await self.send_status(str(partition).encode(), orjson.dumps(self.figures(state)))
+            except Exception as error:  # figures only: the next batch sends them again
+                log.warning("could not publish the state figures of partition %d: %r", partition, error)
