@@ -150,6 +150,18 @@ def rate(
     profile: ProfileOption = None,
     switch_timezone: SwitchTimezoneOption = None,
     switch_id: SwitchIdOption = None,
+    horizon_months: Annotated[
+        int,
+        typer.Option(
+            "--horizon-months",
+            min=0,
+            max=24,
+            help=(
+                "Months before an account's latest call month still rated; older calls are "
+                "rejected `late` (docs/rules.md). Same default as the worker's CDRFLOW_HORIZON_MONTHS."
+            ),
+        ),
+    ] = 1,
     json_: JsonOption = False,
 ) -> None:
     """Rate a CDR file offline into rated.csv, rejected.csv and alerts.csv.
@@ -164,7 +176,7 @@ def rate(
 
     def load_catalog() -> Catalog:
         # Called by rate_file while it parses the first chunk of the CDR file.
-        catalog = Catalog.from_tariffs(load_or_fail(plans, accounts))
+        catalog = Catalog.from_tariffs(load_or_fail(plans, accounts), horizon_months=horizon_months)
         # What startup built (modules, the plans and accounts) lives until the end of the
         # run: frozen out of the cycle collector, which main() held off until now.
         gc.freeze()
@@ -257,6 +269,15 @@ def generate(
             show_default=True,
         ),
     ] = "canonical",
+    hot_share: Annotated[
+        float,
+        typer.Option(
+            "--hot-share",
+            min=0.0,
+            max=0.9,
+            help="Share of the calls that go to the first account (A00001): a large hotline. 0: the usual skew only.",
+        ),
+    ] = 0.0,
     json_: JsonOption = False,
 ) -> None:
     """Generate a month of realistic synthetic traffic in the layout of a vector set.
@@ -271,6 +292,7 @@ def generate(
             made = generate_dataset(
                 out, cdrs=cdrs, accounts=accounts, month=month, seed=seed,
                 progress=lambda done: bar.update(task, completed=done), cdr_format=format_,
+                hot_share=hot_share,
             )
         except ValueError as exc:
             raise fail(str(exc)) from None

@@ -170,6 +170,7 @@ def generate_dataset(
     seed: int,
     progress: Callable[[int], None] | None = None,
     cdr_format: str = "canonical",
+    hot_share: float = 0.0,
 ) -> GeneratedDataset:
     """Write a realistic data set: reference plans, accounts and a month of CDRs.
 
@@ -195,6 +196,9 @@ def generate_dataset(
     progress
         Called a few times with the number of CDR lines written so far (the last call
         with ``cdrs``).
+    hot_share
+        Share of the calls (0 to 0.9) that go to the first account, a large hotline, on top
+        of the usual long tail; 0 leaves the draw as it is.
     cdr_format
         ``canonical`` writes ``cdrs.csv``; ``asterisk`` writes the same calls as Asterisk
         cdr_csv's ``Master.csv`` (no header, 18 quoted columns, local times of
@@ -232,6 +236,8 @@ def generate_dataset(
         raise ValueError(f"cdrs and accounts must not be negative, got cdrs={cdrs}, accounts={accounts}")
     if cdrs > 0 and accounts == 0:
         raise ValueError("CDRs need at least one account to call (accounts=0)")
+    if not 0.0 <= hot_share <= 0.9:
+        raise ValueError(f"hot_share must be between 0 and 0.9, got {hot_share}")
 
     rng = np.random.default_rng(seed)
     out = Path(out)
@@ -244,7 +250,7 @@ def generate_dataset(
     n_unknown = round(cdrs * _UNKNOWN_SHARE)
     n_malformed = round(cdrs * _MALFORMED_SHARE)
 
-    book = _draw_accounts(rng, accounts, unknown_pool=_unknown_pool_size(n_unknown))
+    book = _draw_accounts(rng, accounts, unknown_pool=_unknown_pool_size(n_unknown), hot_share=hot_share)
     balances = _place_balances(rng, book, expected_calls=cdrs)
     accounts_file = out / "accounts.toml"
     accounts_file.write_text(_accounts_toml(book, balances, month=month, seed=seed), encoding="utf-8")
@@ -304,11 +310,14 @@ class _Balances:
     daily_cap_cents: np.ndarray  # -1: the plan's daily cap applies
 
 
-def _draw_accounts(rng: np.random.Generator, n: int, *, unknown_pool: int) -> _Book:
+def _draw_accounts(rng: np.random.Generator, n: int, *, unknown_pool: int, hot_share: float = 0.0) -> _Book:
     plan = rng.choice(len(_PLAN_IDS), size=n, p=_PLAN_SHARES)
     # Long-tailed traffic: a few call centres take hundreds of calls a day, most accounts a few.
     weight = rng.lognormal(0.0, 1.3, size=n) * np.where(plan == _PLAN_IDS.index("vip-500"), 2.0, 1.0)
     weight /= max(weight.sum(), 1e-300)
+    if hot_share > 0 and n > 1:  # the first account a hotline taking that share of the calls
+        weight[1:] *= (1.0 - hot_share) / max(weight[1:].sum(), 1e-300)
+        weight[0] = hot_share
     home_area = rng.choice(len(_DOMESTIC_AREAS), size=n, p=_DOMESTIC_AREA_P)
 
     per_account = rng.choice(len(_NUMBERS_PER_ACCOUNT_P), size=n, p=_NUMBERS_PER_ACCOUNT_P) + 1
@@ -483,7 +492,10 @@ def _draw_calls(rng: np.random.Generator, book: _Book, n: int, *, first_day: dat
     # spec 3: switches write a CDR at hang-up, so the log is in end-time order.
     calls = calls.sort("end", "start", maintain_order=True)
     # Each switch numbers its own CDRs in the order it writes them.
-    return calls.with_columns(seq=pl.int_range(1, pl.len() + 1).over("switch"))
+    # Switch sequence numbers run on from month to month: the month (YYMM) leads, so the
+    # months of one seed never share a cdr_id (they would be duplicates within the horizon).
+    month_base = ((first_day.year % 100) * 100 + first_day.month) * 10**8
+    return calls.with_columns(seq=month_base + pl.int_range(1, pl.len() + 1).over("switch"))
 
 
 def _mobile_numbers(rng: np.random.Generator, area: np.ndarray) -> np.ndarray:
