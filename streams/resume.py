@@ -1,7 +1,7 @@
 """Where the rating agent resumes after each rebalance: a complete table, then the checkpoint.
 
 Faust rebuilds a table from its changelog after every rebalance and stops at the end
-offset the broker reports. tansu reports that end too low (shared/infra.md: by up to a
+offset the broker reports. tansu reports that end too low (docs/infra.md: by up to a
 record batch on the memory store, by up to a second of writes on the s3 store), so a
 recovered table can miss its last updates. Worse, a table short of its tail and then
 written again makes the changelog non-monotone: an older state written later hides a

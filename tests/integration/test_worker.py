@@ -43,7 +43,7 @@ from tests.integration.pipeline import wait_for_log as _wait_for_log
 pytestmark = pytest.mark.integration
 
 #: A worker's first batch comes ~5-20 s after its start (group join, recovery); a crash
-#: restart with the same group can take longer (shared/infra.md).
+#: restart with the same group can take longer (docs/infra.md).
 LAND_TIMEOUT_S = 120.0
 
 
