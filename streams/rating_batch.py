@@ -157,8 +157,8 @@ def rate_messages(
     --------
     >>> from schemas.messages import cdr_chunk_value
     >>> from tariffs import load_tariffs
-    >>> catalog = Catalog.from_tariffs(load_tariffs("../shared/vectors/basic/plans",
-    ...                                             "../shared/vectors/basic/accounts.toml"))
+    >>> catalog = Catalog.from_tariffs(load_tariffs("tests/vectors/basic/plans",
+    ...                                             "tests/vectors/basic/accounts.toml"))
     >>> garbage = SourceMessage(b"A001", 0, 7, b"not json")
     >>> outcome = rate_messages([garbage], {}, catalog, "cdr.raw")
     >>> [(m.kind, m.key) for m in outcome.outputs], outcome.checkpoints
