@@ -310,7 +310,7 @@ def compare(
     if json_:
         console.print_json(data=comparison.to_json(limit))
     else:
-        console.print(comparison.report(limit), markup=False, highlight=False)
+        console.print(comparison.report(limit), markup=False, highlight=False, soft_wrap=True)
     if not comparison.ok:
         raise typer.Exit(1)
 

@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import csv
 import difflib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
 from schemas.columns import ALERT_COLUMNS, MONEY_COLUMNS, RATED_COLUMNS
 
-#: The files a rating run writes (spec 6), in the order they are compared.
-OUTPUT_FILES = ("rated", "rejected", "alerts")
 #: spec 6: what a rated row must carry besides its key (cdr_id, account_id).
 _RATED_COMPARED = tuple(column for column in RATED_COLUMNS if column != "cdr_id")
 #: spec 6: the columns of an alert (cdrflow adds line and local_day, not compared).
@@ -127,7 +124,11 @@ def compare_outputs(expected: Path, actual: Path) -> Comparison:
     'rated 42/42, rejected 15/15, alerts 8/8'
     """
     expected, actual = Path(expected), Path(actual)
-    want = {name: _expected_rows(expected / f"{name}.csv") for name in OUTPUT_FILES}
+    want = {
+        "rated": _expected_rows(expected / "rated.csv", RATED_COLUMNS),
+        "rejected": _expected_rows(expected / "rejected.csv", ("line", "reason")),
+        "alerts": _expected_rows(expected / "alerts.csv", _ALERT_COMPARED),
+    }
     rated_got = _rows(actual / "rated.csv")
     rated = (
         _compare_rated(want["rated"], rated_got)
@@ -170,10 +171,14 @@ def canonical(column: str, text: str | None) -> str:
     return text.lower() if column == "offpeak" else text
 
 
-def _expected_rows(path: Path) -> list[dict[str, str]]:
+def _expected_rows(path: Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
+    # Only expected files are checked: a column missing from ACTUAL shows as a difference.
     rows = _rows(path)
     if rows is None:
         raise CompareError(f"{path}: no such file (an expected folder holds rated.csv, rejected.csv, alerts.csv)")
+    missing = [column for column in columns if rows and column not in rows[0]]
+    if missing:
+        raise CompareError(f"{path}: no column {', '.join(missing)} (spec 6)")
     return rows
 
 
@@ -189,18 +194,10 @@ def _rows(path: Path) -> list[dict[str, str]] | None:
     return rows
 
 
-def _require(rows: list[dict[str, str]], columns: Iterable[str], name: str) -> None:
-    # Only expected rows are checked: a column missing from ACTUAL shows as a difference.
-    missing = [column for column in columns if rows and column not in rows[0]]
-    if missing:
-        raise CompareError(f"expected {name}.csv has no column {', '.join(missing)} (spec 6)")
-
-
 def _compare_rated(want: list[dict[str, str]], got: list[dict[str, str]]) -> FileComparison:
-    _require(want, RATED_COLUMNS, "rated")
     by_key: dict[tuple[str, str], dict[str, str]] = {}
     for row in got:
-        by_key.setdefault(((row.get("cdr_id") or ""), (row.get("account_id") or "").strip()), row)
+        by_key.setdefault((row.get("cdr_id") or "", (row.get("account_id") or "").strip()), row)
     differences = []
     for row in want:
         key = (row["cdr_id"], row["account_id"])
@@ -208,11 +205,10 @@ def _compare_rated(want: list[dict[str, str]], got: list[dict[str, str]]) -> Fil
         if other is None:
             differences.append(f"rated {key[0]} ({key[1]}): missing")
             continue
-        fields = [
-            f"{column}: want {canonical(column, row[column])} got {canonical(column, other.get(column))}"
-            for column in _RATED_COMPARED
-            if canonical(column, row[column]) != canonical(column, other.get(column))
+        values = [
+            (column, canonical(column, row[column]), canonical(column, other.get(column))) for column in _RATED_COMPARED
         ]
+        fields = [f"{column}: want {wanted} got {found}" for column, wanted, found in values if wanted != found]
         if fields:
             differences.append(f"rated {key[0]} ({key[1]}): " + "; ".join(fields))
     matched = len(want) - len(differences)
@@ -224,7 +220,6 @@ def _compare_rated(want: list[dict[str, str]], got: list[dict[str, str]]) -> Fil
 
 
 def _compare_rejected(want_rows: list[dict[str, str]], got_rows: list[dict[str, str]]) -> FileComparison:
-    _require(want_rows, ("line", "reason"), "rejected")
     want = {(row["line"], row["reason"]) for row in want_rows}
     got = {((row.get("line") or "").strip(), (row.get("reason") or "").strip()) for row in got_rows}
     differences = [f"rejected line {line} ({reason}): missing" for line, reason in sorted(want - got, key=_by_line)]
@@ -240,8 +235,6 @@ def _by_line(row: tuple[str, str]) -> tuple[int, str, str]:
 
 
 def _compare_alerts(want_rows: list[dict[str, str]], got_rows: list[dict[str, str]]) -> FileComparison:
-    _require(want_rows, _ALERT_COMPARED, "alerts")
-
     def in_account_order(rows: list[dict[str, str]]) -> list[tuple[str, ...]]:
         # A stable sort on the account: each account's alerts keep their order (spec 5).
         alerts = [tuple(canonical(column, row.get(column)) for column in _ALERT_COMPARED) for row in rows]
