@@ -5,7 +5,7 @@ In one run, on a throwaway stack (temporary state folder, free ports):
 
 1. **raw round trip**: every CDR line produced as one message with kafka-python and
    consumed back by a consumer started first; time from the first send to the last
-   message received (shared/infra.md measured ~12.8k lines/s here);
+   message received (docs/infra.md measured ~12.8k lines/s here);
 2. **cdrflow end to end**: `cdrflow load`, a background `cdrflow worker`, a small warm-up
    file ingested and landed (so the group join is not counted), then the generated month
    ingested with `--wait`: ingest start to the last row landed in ClickHouse (watched by

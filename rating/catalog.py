@@ -31,7 +31,7 @@ class Catalog:
     --------
     >>> from tariffs import load_tariffs
     >>> catalog = Catalog.from_tariffs(
-    ...     load_tariffs("../shared/vectors/basic/plans", "../shared/vectors/basic/accounts.toml")
+    ...     load_tariffs("tests/vectors/basic/plans", "tests/vectors/basic/accounts.toml")
     ... )
     >>> catalog.accounts.filter(pl.col("account_id") == "A001")["plan_id"].item()
     'std-100'

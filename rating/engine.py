@@ -92,7 +92,7 @@ def prepare(batch: pl.DataFrame, catalog: Catalog) -> PreparedBatch:
     --------
     >>> from schemas.cdr_csv import parse_csv
     >>> from tariffs import load_tariffs
-    >>> vectors = "../shared/vectors/basic/"
+    >>> vectors = "tests/vectors/basic/"
     >>> catalog = Catalog.from_tariffs(load_tariffs(vectors + "plans", vectors + "accounts.toml"))
     >>> batch = parse_csv(open(vectors + "cdrs.csv", "rb").read())
     >>> whole = rate(batch, RatingState.empty(), catalog)
@@ -123,7 +123,7 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
     --------
     >>> from schemas.cdr_csv import parse_csv
     >>> from tariffs import load_tariffs
-    >>> vectors = "../shared/vectors/basic/"
+    >>> vectors = "tests/vectors/basic/"
     >>> catalog = Catalog.from_tariffs(load_tariffs(vectors + "plans", vectors + "accounts.toml"))
     >>> batch = parse_csv(open(vectors + "cdrs.csv", "rb").read())
     >>> result = rate(batch, RatingState.empty(), catalog)

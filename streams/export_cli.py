@@ -30,7 +30,7 @@ def export(
 ) -> None:
     """Write what ClickHouse holds as rated.csv, rejected.csv (with the file of each
     line) and alerts.csv, in the format of `cdrflow rate`, so a streaming run can be
-    compared with an offline one (shared/tools/compare_rating.py EXPECTED OUT).
+    compared with an offline one (cdrflow compare EXPECTED OUT).
 
     Example: cdrflow export --out /tmp/run
     """

@@ -5,7 +5,7 @@ faust-streaming's aiokafka driver creates the worker's consumer with
 answers a fetch only after about ``fetch_max_wait_ms`` even when records are waiting
 (measured with aiokafka on the s3 store, 1 kB records: 1,500 ms -> ~1.55 s per fetch,
 500 ms -> ~0.6 s, 100 ms -> ~0.2 s), so the worker's input arrived at most once every
-1.5 s per fetch. 500 ms is the shortest wait shared/infra.md found safe on the s3 store
+1.5 s per fetch. 500 ms is the shortest wait docs/infra.md found safe on the s3 store
 (shorter waits got empty fetches of older data, again and again).
 
 :func:`tune_faust_consumer` wraps the driver's consumer factory once per process and sets

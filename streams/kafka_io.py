@@ -1,6 +1,6 @@
 """Producing JSON events to cdrflow's topics and reading a topic back to its end.
 
-Both are tuned for the embedded tansu broker (shared/infra.md) and work the same on a
+Both are tuned for the embedded tansu broker (docs/infra.md) and work the same on a
 real Kafka:
 
 - the producer batches (``linger_ms`` 20, 512 kB batches: one ``cdr.raw`` chunk of 500
@@ -76,7 +76,7 @@ def unreachable(settings: Settings, error: BaseException) -> BrokerError:
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
-    """A producer of raw bytes tuned as shared/infra.md measured (no topic auto-creation)."""
+    """A producer of raw bytes tuned as docs/infra.md measured (no topic auto-creation)."""
     try:
         return KafkaProducer(
             bootstrap_servers=settings.kafka_servers(),

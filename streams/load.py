@@ -68,7 +68,7 @@ def plan_value(tariffs: Tariffs, plan_id: str) -> dict[str, Any]:
     Examples
     --------
     >>> from tariffs import load_tariffs
-    >>> vectors = "../shared/vectors/basic/"
+    >>> vectors = "tests/vectors/basic/"
     >>> tariffs = load_tariffs(vectors + "plans", vectors + "accounts.toml")
     >>> value = plan_value(tariffs, "std-100")
     >>> value["versions"][0]["rates"][0]["tiers"][0]

@@ -1,6 +1,6 @@
 """Reading partitions to their real end with aiokafka, from inside the worker's event loop.
 
-tansu reports the end of a partition too low through ListOffsets (shared/infra.md); the
+tansu reports the end of a partition too low through ListOffsets (docs/infra.md); the
 high watermark that comes with each Fetch response is exact. So a read is done when the
 position reaches the high watermark last fetched, checked after every fetch.
 

@@ -63,7 +63,7 @@ def route(batch: pl.DataFrame, account_of_number: Mapping[str, str], *, source: 
     Examples
     --------
     >>> from schemas.cdr_csv import parse_csv
-    >>> batch = parse_csv(open("../shared/vectors/basic/cdrs.csv", "rb").read())
+    >>> batch = parse_csv(open("tests/vectors/basic/cdrs.csv", "rb").read())
     >>> routed = route(batch, {"4008001234": "A001"}, source="cdrs.csv", ingest_id="i1")
     >>> routed.accepted.select("line", "account_id").row(0)
     (2, 'A001')

@@ -5,7 +5,7 @@ under the state folder, each in its own session with its own log and pid file:
 
 - ``s3``: a localbucket S3 server keeping the broker's log as files in ``STATE/s3``;
 - ``kafka``: the tansu Kafka-protocol broker, storing in ``s3://tansu/`` on that server,
-  so ``down`` then ``up`` loses nothing (shared/infra.md: durable storage);
+  so ``down`` then ``up`` loses nothing (docs/infra.md: durable storage);
 - ``clickhouse``: the Debian ClickHouse server with a config written to
   ``STATE/clickhouse``, a ``default`` user for the pipeline and a read-only ``finance``
   user (``readonly=1``: SELECT only) whose password is ``CDRFLOW_FINANCE_PASSWORD``, else
@@ -457,7 +457,7 @@ def log_end_offsets(
     its s3 storage, tansu 0.6.0 answers the base offset + 1 of the first record batch of
     the newest second of the partition, so it can be low by a whole second of traffic
     (measured: 1 for a partition holding 4,102 records written within a second; the
-    memory engine is low by up to one batch, shared/infra.md). The high watermark that
+    memory engine is low by up to one batch, docs/infra.md). The high watermark that
     comes with each Fetch response is right, so this fetches once from each partition
     and reads it (None for a partition that did not answer in time).
     """

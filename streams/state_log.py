@@ -3,7 +3,7 @@
 The state of the accounts of ``cdr.raw`` partition ``p`` is a log of records
 (streams.state_records) on the topic ``<app_id>-state.p<p>.g<G>``. A log that is only
 appended to grows with the age of the system, and a restart that reads it gets slower
-with it; tansu neither compacts nor deletes records (shared/infra.md, docs/infra.md:
+with it; tansu neither compacts nor deletes records (docs/infra.md:
 DeleteRecords panics, retention is not applied). So the log is cut into **generations**:
 when a generation has taken more than ``max(ROLL_MIN_BYTES, ROLL_FACTOR x the live
 state)`` of appends, the worker writes the partition's whole live state to generation

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-# Faust's worker takes `warn`, not `warning` (shared/infra.md).
+# Faust's worker takes `warn`, not `warning` (docs/infra.md).
 _LEVELS = {"debug": "debug", "info": "info", "warn": "warn", "warning": "warn", "error": "error", "critical": "critical"}
 
 

@@ -60,6 +60,13 @@ def test_rate_imports_no_kafka_or_clickhouse_client(tmp_path: Path) -> None:
     assert probe["openblas_threads"] == "1"
 
 
+def test_compare_imports_no_kafka_or_clickhouse_client() -> None:
+    expected = VECTORS / "basic" / "expected"
+    probe = _run_entry_point("compare", str(expected), str(expected))
+    assert probe["code"] == 0
+    assert [m for m in _PIPELINE_PACKAGES if m in probe["modules"]] == []
+
+
 def test_a_pipeline_command_still_gets_its_clients() -> None:
     probe = _run_entry_point("export", "--help")
     assert probe["code"] == 0
@@ -70,7 +77,7 @@ def test_the_imported_app_has_every_command() -> None:
     from streams.cli import app
 
     commands = set(get_command(app).commands)
-    offline = {"rate", "generate", "plans"}
+    offline = {"rate", "generate", "plans", "compare"}
     pipeline = {"up", "down", "status", "load", "ingest", "export", "worker", "demo", "rebuild"}
     assert offline | pipeline <= commands
 

@@ -1,4 +1,4 @@
-"""Every shared vector set through the offline rating path, exactly (spec 6)."""
+"""Every vector set through the offline rating path, exactly (spec 6)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 import polars as pl
 
 from rating import Catalog
+from streams.compare import compare_outputs
 from streams.rate_files import rate_file
 from tariffs import load_tariffs
-from tests.conftest import compare_with_expected, run_cdrflow
+from tests.conftest import run_cdrflow
 
 
 def test_cdrflow_rate_reproduces_the_vector_set_exactly(vector_set: Path, tmp_path: Path) -> None:
@@ -19,8 +20,8 @@ def test_cdrflow_rate_reproduces_the_vector_set_exactly(vector_set: Path, tmp_pa
         "--accounts", vector_set / "accounts.toml", "--out", out,
     )
     assert run.returncode == 0, run.stderr
-    compared = compare_with_expected(vector_set / "expected", out)
-    assert compared.returncode == 0, compared.stdout
+    compared = compare_outputs(vector_set / "expected", out)
+    assert compared.ok, compared.report()
 
 
 def test_rating_in_small_chunks_writes_the_same_files_as_rating_whole(vector_set: Path, tmp_path: Path) -> None:

@@ -24,10 +24,11 @@ from schemas.switch_formats import (
     asterisk_profile,
     load_profile,
 )
+from streams.compare import compare_outputs
 from streams.generate import GeneratedDataset, generate_dataset
 from streams.rate_files import rate_file
 from tariffs import load_tariffs
-from tests.conftest import VECTOR_SETS, VECTORS, compare_with_expected, run_cdrflow
+from tests.conftest import VECTORS, run_cdrflow
 
 FREESWITCH = PROFILES_DIR / "freeswitch.toml"
 CANONICAL = PROFILES_DIR / "canonical.toml"
@@ -95,24 +96,22 @@ def test_asterisk_master_csv_rates_exactly_like_the_canonical_file(
     differ = actual["rejected"].filter(pl.col("detail") != expected["rejected"].get_column("detail"))
     assert differ.height > 0
     assert differ.get_column("detail").str.contains(r"^start_time '|^wrong number of columns: 17 \(expected 18\)$").all()
-    # And the shared comparison tool agrees, given the shifted expectation.
+    # And `cdrflow compare` agrees, given the shifted expectation.
     want = tmp_path / "want"
     want.mkdir()
     for name, frame in expected.items():
         frame.write_csv(want / f"{name}.csv")
-    compared = compare_with_expected(want, tmp_path / "asterisk")
-    assert compared.returncode == 0, compared.stdout
+    compared = compare_outputs(want, tmp_path / "asterisk")
+    assert compared.ok, compared.report()
 
 
-@pytest.mark.parametrize("vector_set", VECTOR_SETS)
-def test_the_canonical_profile_rates_exactly_like_the_canonical_format(vector_set: str, tmp_path: Path) -> None:
-    vectors = VECTORS / vector_set
-    catalog = Catalog.from_tariffs(load_tariffs(vectors / "plans", vectors / "accounts.toml"))
-    rate_file(vectors / "cdrs.csv", catalog, tmp_path / "canonical")
-    rate_file(vectors / "cdrs.csv", catalog, tmp_path / "mapped", feed=Feed.of("mapped", profile=CANONICAL))
+def test_the_canonical_profile_rates_exactly_like_the_canonical_format(vector_set: Path, tmp_path: Path) -> None:
+    catalog = Catalog.from_tariffs(load_tariffs(vector_set / "plans", vector_set / "accounts.toml"))
+    rate_file(vector_set / "cdrs.csv", catalog, tmp_path / "canonical")
+    rate_file(vector_set / "cdrs.csv", catalog, tmp_path / "mapped", feed=Feed.of("mapped", profile=CANONICAL))
     for name in ("rated", "rejected", "alerts"):
         assert (tmp_path / "mapped" / f"{name}.csv").read_bytes() == (tmp_path / "canonical" / f"{name}.csv").read_bytes()
-    assert compare_with_expected(vectors / "expected", tmp_path / "mapped").returncode == 0
+    assert compare_outputs(vector_set / "expected", tmp_path / "mapped").ok
 
 
 def _freeswitch_line(row: dict[str, str]) -> str:

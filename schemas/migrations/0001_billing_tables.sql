@@ -5,7 +5,7 @@
 -- ReplacingMergeTree whose sorting key is the identity of a fact, so copies collapse;
 -- read with FINAL (or argMax) where exactness matters, as finance does. No materialized
 -- view may be fed from these tables: a view sees every inserted block, replays included
--- (shared/infra.md), and would count a replayed row twice.
+-- (docs/infra.md), and would count a replayed row twice.
 --
 -- Portable to ClickHouse 18.16 and current versions: no LowCardinality, DateTime64, Map,
 -- TTL. Money is Int64 units of 0.0001 CNY (spec/rating.md 1). Text codes (status, class,

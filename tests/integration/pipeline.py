@@ -29,6 +29,7 @@ from kafka import KafkaAdminClient
 from schemas.cdr_csv import parse_csv
 from schemas.messages import CDR_CHUNK_LINES, cdr_chunk_value
 from schemas.topics import TOPICS
+from streams.compare import compare_outputs
 from streams.export import export
 from streams.kafka_io import encode_json, make_producer
 from streams.load import publish_tariffs
@@ -38,7 +39,6 @@ from streams.stack import ensure_schema
 from rating import Catalog
 from streams.rate_files import rate_file
 from tariffs import Tariffs, load_tariffs
-from tests.conftest import compare_with_expected
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -267,8 +267,8 @@ def offline_balances(tariffs: Tariffs, cdrs: Path, out: Path) -> dict[tuple[str,
 def assert_same_as_expected(pipeline: Pipeline, vectors: Path, tmp_path: Path) -> None:
     """The export equals expected/, and every balance equals the offline path's."""
     actual = pipeline.export(tmp_path / "export")
-    compared = compare_with_expected(vectors / "expected", actual)
-    assert compared.returncode == 0, compared.stdout + compared.stderr
+    compared = compare_outputs(vectors / "expected", actual)
+    assert compared.ok, compared.report()
     offline = offline_balances(pipeline.tariffs, vectors / "cdrs.csv", tmp_path / "offline")
     streamed = {(r["cdr_id"], r["account_id"]): r["balance"] for r in read_csv_rows(actual / "rated.csv")}
     assert streamed == offline

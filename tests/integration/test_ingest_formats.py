@@ -15,11 +15,11 @@ import pytest
 
 from rating import Catalog
 from schemas.switch_formats import Feed
+from streams.compare import compare_outputs
 from streams.generate import generate_dataset
 from streams.ingest import ingest_paths
 from streams.rate_files import rate_file
 from tariffs import load_tariffs
-from tests.conftest import compare_with_expected
 from tests.integration.pipeline import Pipeline, read_csv_rows
 
 pytestmark = [pytest.mark.integration]
@@ -57,8 +57,8 @@ def test_ingest_of_an_asterisk_master_csv_lands_as_the_canonical_run(pipeline: P
         what="Master.csv landing",
     )
     exported = pipeline.export(tmp_path / "export")
-    compared = compare_with_expected(want, exported)
-    assert compared.returncode == 0, compared.stdout
+    compared = compare_outputs(want, exported)
+    assert compared.ok, compared.report()
     rejected = read_csv_rows(exported / "rejected.csv")
     assert {row["file"] for row in rejected} == {"Master.csv"}
     wanted = read_csv_rows(want / "rejected.csv")

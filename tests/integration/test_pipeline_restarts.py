@@ -30,9 +30,10 @@ import typer
 from typer.testing import CliRunner
 
 from streams import ingest, ingest_cli
+from streams.compare import compare_outputs
 from streams.settings import Settings
 from streams.stack import _stop, up
-from tests.conftest import CDRFLOW, VECTORS, compare_with_expected
+from tests.conftest import CDRFLOW, VECTORS
 from tests.integration.pipeline import (
     Pipeline,
     assert_same_as_expected,
@@ -207,8 +208,8 @@ def test_down_then_up_and_a_new_worker_continue_the_same_accounts(
         writer = csv.DictWriter(handle, fieldnames=list(rejected[0]))
         writer.writeheader()
         writer.writerows(rejected)
-    compared = compare_with_expected(MIXED / "expected", actual)
-    assert compared.returncode == 0, compared.stdout + compared.stderr
+    compared = compare_outputs(MIXED / "expected", actual)
+    assert compared.ok, compared.report()
     offline = offline_balances(pipeline.tariffs, MIXED / "cdrs.csv", tmp_path / "offline")
     streamed = {(r["cdr_id"], r["account_id"]): r["balance"] for r in read_csv_rows(actual / "rated.csv")}
     assert streamed == offline

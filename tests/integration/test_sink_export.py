@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from rating import Catalog, RatingResult, RatingState, rate
 from schemas.cdr_csv import parse_csv
+from streams.compare import compare_outputs
 from streams.export import export
 from streams.export_cli import export as export_command
 from streams.migrations import MIGRATIONS_DIR, apply_migrations, read_migrations
@@ -41,7 +42,7 @@ from streams.sink_clickhouse import (
 )
 from streams.stack import status
 from tariffs import load_tariffs
-from tests.conftest import VECTORS, compare_with_expected
+from tests.conftest import VECTORS
 from streams.stack import free_ports
 
 pytestmark = pytest.mark.integration
@@ -107,8 +108,8 @@ def test_every_vector_set_replayed_exports_the_expected_files(
         "rejected": result.rejected.height,
         "alerts": result.alerts.height,
     }
-    compared = compare_with_expected(vector_set / "expected", tmp_path)
-    assert compared.returncode == 0, compared.stdout + compared.stderr
+    compared = compare_outputs(vector_set / "expected", tmp_path)
+    assert compared.ok, compared.report()
 
 
 def test_a_large_frame_is_sent_over_two_connections_and_lands_once(
@@ -123,8 +124,8 @@ def test_a_large_frame_is_sent_over_two_connections_and_lands_once(
 
     assert client.sibling().connection.connected
     export(client, tmp_path)
-    compared = compare_with_expected(vectors / "expected", tmp_path)
-    assert compared.returncode == 0, compared.stdout + compared.stderr
+    compared = compare_outputs(vectors / "expected", tmp_path)
+    assert compared.ok, compared.report()
 
 
 def test_export_writes_the_files_of_the_offline_rate_command(database: Settings, tmp_path: Path) -> None:

@@ -50,7 +50,7 @@ def _produce(settings: Settings, topic: str, count: int) -> list[tuple[bytes, by
 
 
 def _consume_all(settings: Settings, topic: str, count: int, timeout_s: float = 60.0) -> list:
-    # Counted, not compared with the broker's end offsets (shared/infra.md).
+    # Counted, not compared with the broker's end offsets (docs/infra.md).
     consumer = KafkaConsumer(
         bootstrap_servers=settings.kafka_servers(), enable_auto_commit=False, fetch_max_wait_ms=100
     )

@@ -3,7 +3,7 @@
 Each test runs its own pipeline (topic prefix, consumer group, database) with workers as
 subprocesses, feeds ``cdr.raw`` directly with kafka-python (every line of a vector set,
 rejected ones too, so the worker's engine judges them all) and compares what lands in
-ClickHouse with the vector set's expected files (shared/tools/compare_rating.py) and, for
+ClickHouse with the vector set's expected files (``cdrflow compare``) and, for
 balances (which the expected files do not carry), with the offline ``rate`` path.
 """
 
@@ -22,12 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from streams.compare import compare_outputs
 from streams.kafka_io import make_producer, read_to_end
 from streams.notify import alert_id
 from streams.state_records import CHECKPOINT_KEY, checkpoint_offset
 from streams.settings import Settings
 from streams.stack import up
-from tests.conftest import VECTORS, compare_with_expected
+from tests.conftest import VECTORS
 from tests.integration.pipeline import (
     Pipeline,
     WebhookReceiver,
@@ -43,7 +44,7 @@ from tests.integration.pipeline import wait_for_log as _wait_for_log
 pytestmark = pytest.mark.integration
 
 #: A worker's first batch comes ~5-20 s after its start (group join, recovery); a crash
-#: restart with the same group can take longer (shared/infra.md).
+#: restart with the same group can take longer (docs/infra.md).
 LAND_TIMEOUT_S = 120.0
 
 
@@ -54,20 +55,18 @@ def _run(pipeline: Pipeline, vectors: Path, **cdr_options: int) -> list[tuple[by
     return pipeline.cdr_messages(vectors / "cdrs.csv", pipeline.tariffs, ingest_id=pipeline.name, **cdr_options)
 
 
-@pytest.mark.parametrize("vector_set", sorted(p.name for p in VECTORS.iterdir() if (p / "expected").is_dir()))
 def test_every_vector_set_through_the_worker_equals_expected(
-    pipeline: Pipeline, vector_set: str, tmp_path: Path
+    pipeline: Pipeline, vector_set: Path, tmp_path: Path
 ) -> None:
-    vectors = VECTORS / vector_set
-    messages = _run(pipeline, vectors)
+    messages = _run(pipeline, vector_set)
     pipeline.produce(messages)
     pipeline.start_worker()
     pipeline.wait_until(
-        _everything_landed(_lines(vectors / "cdrs.csv"), _expected_alerts(vectors)),
+        _everything_landed(_lines(vector_set / "cdrs.csv"), _expected_alerts(vector_set)),
         timeout_s=LAND_TIMEOUT_S,
         what="the vector set landing",
     )
-    _assert_same_as_expected(pipeline, vectors, tmp_path)
+    _assert_same_as_expected(pipeline, vector_set, tmp_path)
 
 
 def test_worker_killed_three_times_still_charges_every_call_once(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -169,8 +168,8 @@ def test_a_garbage_message_becomes_a_rejection_and_the_worker_goes_on(pipeline: 
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(r for r in rows if r["line"] != "0")
-    compared = compare_with_expected(vectors / "expected", exported)
-    assert compared.returncode == 0, compared.stdout
+    compared = compare_outputs(vectors / "expected", exported)
+    assert compared.ok, compared.report()
 
 
 def test_a_worker_resuming_from_older_states_charges_nothing_twice(pipeline: Pipeline, tmp_path: Path) -> None:
