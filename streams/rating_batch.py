@@ -150,7 +150,7 @@ def rate_messages(
     >>> garbage = SourceMessage(b"A001", 0, 7, b"not json")
     >>> outcome = rate_messages([garbage], {}, catalog, "cdr.raw")
     >>> [(m.kind, m.key) for m in outcome.outputs], outcome.checkpoints
-    ([('rejected', b'A001')], {0: 8})
+    ([('rejected', b'A001'), ('balances', b'A001')], {0: 8})
     >>> records = {b"": Record(outcome.states[b"A001"][1][-1][1])}
     >>> outcome = rate_messages([garbage], {b"A001": records}, catalog, "cdr.raw")
     >>> outcome.skipped, outcome.outputs
