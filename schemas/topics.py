@@ -62,6 +62,7 @@ TOPICS: Final[dict[str, Topic]] = {
             "worker.status",
             key="the cdr.raw partition number",
             carries="each partition's state figures and blocked accounts, from the worker holding it",
+            configs={"cleanup.policy": "compact"},
         ),
         Topic(
             "ingest.files",

@@ -43,7 +43,7 @@ from streams.kafka_io import topic_name
 from streams.notify import Notifier
 from streams.stack import remove_topic_files
 from streams.rating_batch import OutputKind, SourceMessage
-from streams.rating_worker import RatingWorker
+from streams.rating_worker import STATUS_EVERY_S, RatingWorker
 from streams.resume import Resumer
 from streams.state_log import StateLog
 from streams.settings import Settings
@@ -138,6 +138,7 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         settings.kafka_servers(),
         topic_name(f"{settings.app_id}-state", topic_prefix),
         on_deleted=_embedded_topic_cleaner(settings),
+        roll_min_bytes=settings.state_roll_bytes,
     )
 
     def assigned() -> set[int]:
@@ -215,6 +216,10 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
                     await notifier.notify(frame)
         finally:
             await notifier.close()
+
+    @app.timer(STATUS_EVERY_S)
+    async def publish_state_figures() -> None:
+        await worker.publish_status(now=True)
 
     @app.timer(CATALOG_CHECK_S)
     async def watch_catalog() -> None:

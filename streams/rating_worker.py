@@ -41,15 +41,22 @@ log = logging.getLogger(__name__)
 OUTPUT_SEND_ATTEMPTS: Final[int] = 5
 OUTPUT_RESEND_FIRST_DELAY_S: Final[float] = 0.25
 RETRY_MAX_DELAY_S: Final[float] = 30.0
-#: How often each partition's state figures go to the ``worker.status`` topic.
-STATUS_EVERY_S: Final[float] = 5.0
+#: How often each partition's state figures go to the ``worker.status`` topic while the
+#: worker runs (and at once after a rebalance, a roll or a failure). The topic is
+#: compacted on Kafka; tansu keeps every record (~200 MB a year per partition at this pace).
+STATUS_EVERY_S: Final[float] = 60.0
 #: Refusals no retry can mend: they are about the record, not the broker.
 _RECORD_ERRORS: Final = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
 
-def is_record_error(error: BaseException) -> bool:
-    """Whether the broker refused a record for what it is (size), not for its own state."""
-    return isinstance(error, _RECORD_ERRORS)
+def is_record_error(error: BaseException | None) -> bool:
+    """Whether the broker refused a record for what it is (size), not for its own state
+    (Faust's producer wraps the client's error: its cause is looked at too)."""
+    while error is not None:
+        if isinstance(error, _RECORD_ERRORS):
+            return True
+        error = error.__cause__
+    return False
 
 
 async def send_in_order(
@@ -184,7 +191,8 @@ class RatingWorker:
                 await self._write(state, outcome, failed, messages, stored)
             except Exception as error:
                 self.hold(partition, [m for m in messages if m.partition == partition], error)
-        self.retry -= {m.key for m in messages}
+        retried = self.retry & {m.key for m in messages}
+        self.retry -= retried
         if failed:
             log.error(
                 "%d account(s) blocked, their lines kept in %s for the next try: %s",
@@ -197,7 +205,8 @@ class RatingWorker:
             outcome.lines, outcome.messages, outcome.skipped, outcome.held, outcome.garbage, rated - started,
             len(outputs), acknowledged - rated, time.perf_counter() - acknowledged,
         )
-        await self.publish_status()
+        # A failure, or a blocked account freed, shows in `cdrflow status` at once.
+        await self.publish_status(now=bool(failed or retried))
         return outcome
 
     async def _write(
@@ -235,6 +244,7 @@ class RatingWorker:
             started = time.perf_counter()
             before = state.generation
             if await self.state_log.roll(state, lambda: partition in self.mine()):
+                self._status_sent = 0.0  # the new generation shows at the end of the batch
                 log.info(
                     "state of %s[%d]: generation %d -> %d (%d live bytes) in %.2f s",
                     self.source_topic, partition, before, state.generation, state.live_bytes(),

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
             "broker refuses for its size blocks its account, not the worker (docs/streaming.md)."
         ),
     )
+    state_roll_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=64 * 1024,
+        description=(
+            "A partition's state log starts a new generation (a snapshot) once this much was appended "
+            "to it, or its live size if larger: what a restart reads (docs/streaming.md)."
+        ),
+    )
     # rating.horizon.DEFAULT_HORIZON_MONTHS (not imported: settings load without polars;
     # tests/test_horizon.py holds the two equal)
     horizon_months: int = Field(

@@ -57,8 +57,9 @@ def worker(
 ) -> None:
     """Run a worker: rate CDRs from Kafka, land results in ClickHouse, send alerts.
 
-    Rates the cdr.raw topic with per-account state in a Faust table, sends rated calls,
-    rejections and alerts to their topics and inserts them into ClickHouse; alerts are
+    Rates the cdr.raw topic with per-account state kept on the broker (docs/streaming.md),
+    sends rated calls, rejections and alerts to their topics and inserts them into
+    ClickHouse; alerts are
     logged and POSTed to CDRFLOW_ALERT_WEBHOOK when set. Start several workers (same
     CDRFLOW_APP_ID) to share the partitions. Runs until stopped (Ctrl-C, SIGTERM).
 
@@ -85,7 +86,7 @@ def worker(
     if level != "debug":
         # kafka-python (the catalogue reads) logs every connection at INFO.
         logging.getLogger("kafka").setLevel(logging.WARNING)
-    app = build_app(settings, topic_prefix=topic_prefix)
+    app = build_app(settings, topic_prefix=topic_prefix or settings.topic_prefix)
     # Faust makes its data folder (app.conf.datadir) but not the folders above it.
     (settings.state_dir / "faust").mkdir(parents=True, exist_ok=True)
     faust.Worker(

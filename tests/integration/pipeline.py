@@ -96,6 +96,23 @@ class Pipeline:
         self._create_topics()
         ensure_schema(self.settings)
 
+    def cli_env(self) -> dict[str, str]:
+        """The ``CDRFLOW_*`` variables that point a ``cdrflow`` command at this pipeline."""
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CDRFLOW_")},
+            "CDRFLOW_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap or "",
+            "CDRFLOW_CLICKHOUSE_URL": self.settings.clickhouse_url or "",
+            "CDRFLOW_APP_ID": self.settings.app_id,
+            "CDRFLOW_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+            "CDRFLOW_TOPIC_PREFIX": self.prefix,
+            # Not the stack's folder: its embedded servers would show as this command's own.
+            "CDRFLOW_STATE_DIR": str(self.workdir / "cli-state"),
+        }
+
+    def prefixed_settings(self) -> Settings:
+        """The pipeline's settings with its topic prefix (what ``cli_env`` gives a command)."""
+        return Settings(**{**self.settings.model_dump(), "topic_prefix": self.prefix})
+
     # ------------------------------------------------------------------ kafka side
 
     def topic(self, name: str) -> str:
