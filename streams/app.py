@@ -43,7 +43,7 @@ from streams.kafka_io import topic_name
 from streams.notify import Notifier
 from streams.stack import remove_topic_files
 from streams.rating_batch import OutputKind, SourceMessage
-from streams.rating_worker import STATUS_EVERY_S, RatingWorker
+from streams.rating_worker import STATUS_IDLE_S, RatingWorker
 from streams.resume import Resumer
 from streams.state_log import StateLog
 from streams.settings import Settings
@@ -217,9 +217,9 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         finally:
             await notifier.close()
 
-    @app.timer(STATUS_EVERY_S)
+    @app.timer(STATUS_IDLE_S)
     async def publish_state_figures() -> None:
-        await worker.publish_status(now=True)
+        await worker.publish_if_due()
 
     @app.timer(CATALOG_CHECK_S)
     async def watch_catalog() -> None:

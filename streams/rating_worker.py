@@ -41,10 +41,13 @@ log = logging.getLogger(__name__)
 OUTPUT_SEND_ATTEMPTS: Final[int] = 5
 OUTPUT_RESEND_FIRST_DELAY_S: Final[float] = 0.25
 RETRY_MAX_DELAY_S: Final[float] = 30.0
-#: How often each partition's state figures go to the ``worker.status`` topic while the
-#: worker runs (and at once after a rebalance, a roll or a failure). The topic is
-#: compacted on Kafka; tansu keeps every record (~200 MB a year per partition at this pace).
+#: Each partition's state figures go to the ``worker.status`` topic at once after a
+#: rebalance, a roll or a failure; otherwise, when batches changed them, once the worker
+#: has been idle for ``STATUS_IDLE_S`` or at most every ``STATUS_EVERY_S`` while busy.
+#: The topic is compacted on Kafka; tansu keeps every record (under 300 MB a year per
+#: partition busy all the time at this pace).
 STATUS_EVERY_S: Final[float] = 60.0
+STATUS_IDLE_S: Final[float] = 5.0
 #: Refusals no retry can mend: they are about the record, not the broker.
 _RECORD_ERRORS: Final = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError)
 
@@ -154,6 +157,8 @@ class RatingWorker:
         self.unwritten: set[bytes] = set()
         self.frozen: set[int] = set()
         self._status_sent = 0.0
+        self._changed = False
+        self._last_batch = 0.0
         self._who = f"{socket.gethostname()}:{os.getpid()}"
 
     # ------------------------------------------------------------------------ a batch
@@ -206,7 +211,10 @@ class RatingWorker:
             len(outputs), acknowledged - rated, time.perf_counter() - acknowledged,
         )
         # A failure, or a blocked account freed, shows in `cdrflow status` at once.
-        await self.publish_status(now=bool(failed or retried))
+        self._changed = True
+        self._last_batch = time.monotonic()
+        if failed or retried:
+            await self.publish_status()
         return outcome
 
     async def _write(
@@ -244,7 +252,7 @@ class RatingWorker:
             started = time.perf_counter()
             before = state.generation
             if await self.state_log.roll(state, lambda: partition in self.mine()):
-                self._status_sent = 0.0  # the new generation shows at the end of the batch
+                self._status_sent = 0.0  # the new generation shows at the next tick
                 log.info(
                     "state of %s[%d]: generation %d -> %d (%d live bytes) in %.2f s",
                     self.source_topic, partition, before, state.generation, state.live_bytes(),
@@ -304,13 +312,18 @@ class RatingWorker:
             "at": datetime.now(timezone.utc).isoformat(),
         }
 
-    async def publish_status(self, *, now: bool = False) -> None:
-        """Each held partition's figures on ``worker.status`` (at most every few seconds)."""
-        if not now and time.monotonic() - self._status_sent < STATUS_EVERY_S:
-            return
+    async def publish_status(self) -> None:
+        """Each held partition's figures on ``worker.status``."""
         self._status_sent = time.monotonic()
+        self._changed = False
         for partition, state in list(self.states.items()):
             try:
                 await self.send_status(str(partition).encode(), orjson.dumps(self.figures(state)))
-            except Exception as error:  # figures only: the next batch sends them again
+            except Exception as error:  # figures only: the next tick sends them again
                 log.warning("could not publish the state figures of partition %d: %r", partition, error)
+
+    async def publish_if_due(self) -> None:
+        """The figures, if batches changed them and the worker is idle or they are old."""
+        now = time.monotonic()
+        if self._changed and (now - self._last_batch >= STATUS_IDLE_S or now - self._status_sent >= STATUS_EVERY_S):
+            await self.publish_status()

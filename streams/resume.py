@@ -82,7 +82,7 @@ class Resumer:
                     ", ".join(loaded) or "all kept in memory",
                     time.monotonic() - started,
                 )
-                await self.worker.publish_status(now=True)
+                await self.worker.publish_status()
                 return
             except Exception as error:  # the callback's errors would be swallowed by Faust
                 if attempt == RESUME_ATTEMPTS:
