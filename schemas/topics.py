@@ -37,7 +37,12 @@ TOPICS: Final[dict[str, Topic]] = {
         Topic(
             "cdr.rejected",
             key="account_id (the called number when no account is known)",
-            carries="rejected CDR lines with file, line and reason",
+            carries="CDR lines ingest rejected (malformed, unknown_number) with file, line and reason",
+        ),
+        Topic(
+            "rating.rejected",
+            key="account_id",
+            carries="CDR lines the worker rejected (late, duplicate, invalid_time, no_rate, ...), same form",
         ),
         Topic("alerts", key="account_id", carries="low-balance, daily-cap and arrears alerts"),
         Topic("accounts", key="account_id", carries="account definitions and their changes"),

@@ -79,7 +79,9 @@ OUTPUT_SCHEMAS: Final[dict[OutputKind, dict[str, pl.DataType]]] = {
 }
 _OUTPUT_TOPICS: Final[dict[OutputKind, str]] = {
     "rated": "billing.events",
-    "rejected": "cdr.rejected",
+    # Not cdr.rejected, which ingest writes: tansu refuses one of two producers writing one
+    # partition at the same moment (docs/infra.md); the rejected sink reads both.
+    "rejected": "rating.rejected",
     "alerts": "alerts",
     "ledger": "ledger.events",
     "balances": "account.balances",
@@ -121,8 +123,10 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
     )
 
     # ------------------------------------------------------------------------ topics
-    def raw_topic(name: str) -> faust.TopicT:
-        return app.topic(topic_name(name, topic_prefix), key_serializer="raw", value_serializer="raw")
+    def raw_topic(*names: str) -> faust.TopicT:
+        return app.topic(
+            *(topic_name(name, topic_prefix) for name in names), key_serializer="raw", value_serializer="raw"
+        )
 
     cdr_raw = raw_topic("cdr.raw")
     outputs = {kind: raw_topic(name) for kind, name in _OUTPUT_TOPICS.items()}
@@ -180,8 +184,11 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         finally:
             await state_log.stop()
 
+    # What each sink reads: its output topic, and for rejections ingest's too.
+    sink_sources = {**outputs, "rejected": raw_topic("cdr.rejected", _OUTPUT_TOPICS["rejected"])}
+
     def sink(kind: OutputKind, insert: Callable[..., int]) -> None:
-        @app.agent(outputs[kind], name=f"sink_{kind}")
+        @app.agent(sink_sources[kind], name=f"sink_{kind}")
         async def sink_agent(stream: faust.StreamT) -> None:
             client = sink_clickhouse.connect(settings)
             stopping = threading.Event()  # ends the insert retries of a worker that stops

@@ -1,8 +1,8 @@
 """``cdrflow rebuild``: drop the ClickHouse projections and fill them again from the Kafka log.
 
 ClickHouse is a projection: every row it holds came from an output topic of the worker
-(``billing.events``, ``cdr.rejected``, ``alerts``, ``ledger.events``,
-``account.balances``), which keep every message. Rebuilding empties each table and
+(``billing.events``, ``cdr.rejected`` and ``rating.rejected``, ``alerts``,
+``ledger.events``, ``account.balances``), which keep every message. Rebuilding empties each table and
 inserts every message of its topic again through the sink; copies of a replayed
 message collapse as they always do, so the tables read (FINAL) exactly as before.
 """
@@ -21,13 +21,13 @@ from streams import sink_clickhouse
 from streams.kafka_io import BrokerError, read_to_end, topic_name
 from streams.stack_cli import StateDirOption, _fail, _settings, console
 
-#: table <- output topic, and the sink's insert for it
+#: table <- output topics, and the sink's insert for it
 PROJECTIONS = (
-    ("rated_calls", "billing.events", "rated", sink_clickhouse.insert_rated),
-    ("rejected_cdrs", "cdr.rejected", "rejected", sink_clickhouse.insert_rejected),
-    ("alerts", "alerts", "alerts", sink_clickhouse.insert_alerts),
-    ("billing_events", "ledger.events", "ledger", sink_clickhouse.insert_billing_events),
-    ("account_balances", "account.balances", "balances", sink_clickhouse.insert_balances),
+    ("rated_calls", ("billing.events",), "rated", sink_clickhouse.insert_rated),
+    ("rejected_cdrs", ("cdr.rejected", "rating.rejected"), "rejected", sink_clickhouse.insert_rejected),
+    ("alerts", ("alerts",), "alerts", sink_clickhouse.insert_alerts),
+    ("billing_events", ("ledger.events",), "ledger", sink_clickhouse.insert_billing_events),
+    ("account_balances", ("account.balances",), "balances", sink_clickhouse.insert_balances),
 )
 
 
@@ -42,10 +42,11 @@ def rebuild(
     db = sink_clickhouse.connect(settings)
     counts: dict[str, int] = {}
     started = time.monotonic()
-    for table, topic, kind, insert in PROJECTIONS:
-        with console.status(f"reading {topic_name(topic, settings.topic_prefix)}"):
+    for table, topics, kind, insert in PROJECTIONS:
+        names = [topic_name(topic, settings.topic_prefix) for topic in topics]
+        with console.status(f"reading {', '.join(names)}"):
             try:
-                records = read_to_end(settings, topic_name(topic, settings.topic_prefix), timeout_s=300)
+                records = read_to_end(settings, names, timeout_s=300)
             except BrokerError as error:
                 raise _fail(f"{error}; nothing was dropped") from None
         frames = []
