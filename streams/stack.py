@@ -71,6 +71,8 @@ STATUS_KEYS = (
     "consumer_groups",
     "clickhouse_tables",
     "rejects_by_reason",
+    "worker_state",
+    "blocked_accounts",
     "notes",
     "errors",
 )
