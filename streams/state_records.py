@@ -295,7 +295,9 @@ def month_values(state: RatingState, wanted: pl.DataFrame) -> dict[tuple[str, in
     days = state.daily.with_columns(month_key=_MONTH_OF_DAY).join(wanted, on=keys, how="semi")
     for account, day, spent, alerted, month_key in days.iter_rows():
         part(account, month_key)["daily"][day.isoformat()] = [spent, alerted]
-    return {key: orjson.dumps(value) for key, value in parts.items()}
+    # Sorted keys: the same month gives the same bytes whatever the order of the state's
+    # rows, so an unchanged month is recognised and not written again.
+    return {key: orjson.dumps(value, option=orjson.OPT_SORT_KEYS) for key, value in parts.items()}
 
 
 _MONTH_OF_DAY = pl.col("local_day").dt.year().cast(pl.Int64) * 12 + pl.col("local_day").dt.month().cast(pl.Int64) - 1

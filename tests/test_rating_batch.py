@@ -165,3 +165,30 @@ def test_output_schemas_read_back_every_column_the_engine_gives() -> None:
         assert set(sent) <= set(OUTPUT_SCHEMAS[message.kind]), set(sent) - set(OUTPUT_SCHEMAS[message.kind])
 
 
+
+
+def test_an_account_whose_rating_fails_is_set_apart_and_the_others_are_rated(monkeypatch) -> None:
+    catalog, batch, owner = _vector("mixed")
+    messages = _messages(batch, owner, chunk_lines=50)
+    whole = rate_messages(messages, {}, catalog, TOPIC)
+    import streams.rating_batch as rating_batch
+
+    real_rate = rating_batch.rate
+
+    def failing(lines, state, catalog):  # type: ignore[no-untyped-def]
+        if lines.get_column("called").is_in(_numbers_of("A003", owner)).any():
+            raise RuntimeError("a rule no test foresaw")
+        return real_rate(lines, state, catalog)
+
+    monkeypatch.setattr(rating_batch, "rate", failing)
+    outcome, failed = rating_batch.rate_isolated(messages, {}, catalog, TOPIC)
+    assert list(failed) == [b"A003"] and "a rule no test foresaw" in failed[b"A003"]
+    assert b"A003" not in outcome.states and all(m.account != b"A003" for m in outcome.outputs)
+    # Every other account: the same records and outputs as when nothing failed.
+    assert {k: v for k, v in whole.states.items() if k != b"A003"} == outcome.states
+    assert sorted(m.value for m in whole.outputs if m.account != b"A003") == sorted(m.value for m in outcome.outputs)
+    assert outcome.checkpoints == whole.checkpoints
+
+
+def _numbers_of(account: str, owner: dict[str, str]) -> list[str]:
+    return [number for number, owner_id in owner.items() if owner_id == account]
