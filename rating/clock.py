@@ -20,6 +20,18 @@ def local_time(timezones: dict[str, list[int]]) -> pl.Expr:
 _US_PER_DAY = 86_400_000_000
 
 
+def month_key(day: pl.Expr) -> pl.Expr:
+    """The month key (year * 12 + month - 1) of a date: how months are named in the state.
+
+    Examples
+    --------
+    >>> from datetime import date
+    >>> pl.select(month_key(pl.lit(date(2026, 3, 31)))).item()
+    24314
+    """
+    return day.dt.year().cast(pl.Int64) * 12 + day.dt.month().cast(pl.Int64) - 1
+
+
 def calendar_keys() -> list[pl.Expr]:
     """``local_day``, ``month_key`` (year * 12 + month - 1) and ``day_second`` of ``local``.
 
@@ -39,7 +51,7 @@ def calendar_keys() -> list[pl.Expr]:
     local_day = day.cast(pl.Int32).cast(pl.Date)
     return [
         local_day.alias("local_day"),
-        (local_day.dt.year().cast(pl.Int64) * 12 + local_day.dt.month().cast(pl.Int64) - 1).alias("month_key"),
+        month_key(local_day).alias("month_key"),
         ((us - day * _US_PER_DAY) // 1_000_000).cast(pl.Int32).alias("day_second"),
     ]
 

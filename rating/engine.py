@@ -17,7 +17,7 @@ import polars as pl
 from rating.allowance import allowance_s
 from rating.caps import cap_reached, capped_amount, day_running_totals, spent_after
 from rating.catalog import CLASS_CODES, Catalog, rate_key
-from rating.clock import calendar_keys, local_time, offpeak
+from rating.clock import calendar_keys, local_time, month_key, offpeak
 from rating.fields import malformed_detail, malformed_flag, with_typed_fields
 from rating.horizon import Judged, floors, judge_horizon, keep_mask
 from rating.state import RatingState
@@ -603,7 +603,7 @@ def _next_state(
 _MONTH_OF: dict[str, pl.Expr] = {
     "allowance": pl.col("month_key"),
     "charged": pl.col("month_key"),
-    "daily": pl.col("local_day").dt.year().cast(pl.Int64) * 12 + pl.col("local_day").dt.month().cast(pl.Int64) - 1,
+    "daily": month_key(pl.col("local_day")),
     "seen": pl.col("month_key"),
 }
 

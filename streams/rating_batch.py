@@ -33,6 +33,7 @@ import orjson
 import polars as pl
 
 from rating import Catalog, RatingState, rate
+from rating.clock import month_key
 from rating.fields import with_typed_fields
 from rating.ledger import Book, Terms, after_calls, apply_command
 from schemas.ledger import LedgerCommand, command_from_value
@@ -269,7 +270,7 @@ def rate_messages(
     return outcome
 
 
-_MONTH_OF_DAY = pl.col("local_day").dt.year().cast(pl.Int64) * 12 + pl.col("local_day").dt.month().cast(pl.Int64) - 1
+_MONTH_OF_DAY = month_key(pl.col("local_day"))
 
 
 def _updates(

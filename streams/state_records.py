@@ -33,6 +33,7 @@ from typing import Any, Final
 import orjson
 import polars as pl
 
+from rating.clock import month_key
 from rating.state import (
     ALLOWANCE_SCHEMA,
     BALANCES_SCHEMA,
@@ -300,7 +301,7 @@ def month_values(state: RatingState, wanted: pl.DataFrame) -> dict[tuple[str, in
     return {key: orjson.dumps(value, option=orjson.OPT_SORT_KEYS) for key, value in parts.items()}
 
 
-_MONTH_OF_DAY = pl.col("local_day").dt.year().cast(pl.Int64) * 12 + pl.col("local_day").dt.month().cast(pl.Int64) - 1
+_MONTH_OF_DAY = month_key(pl.col("local_day"))
 
 
 def _json_size(cdr_id: str) -> int:

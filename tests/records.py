@@ -5,6 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from rating import RatingState
+from rating.clock import month_key
 from streams.state_records import AccountUpdate, Core, RecordFold, account_records, month_values, rating_state
 
 
@@ -20,9 +21,7 @@ def via_records(state: RatingState) -> RatingState:
             state.charged.select("account_id", "month_key"),
             state.daily.select(
                 "account_id",
-                (pl.col("local_day").dt.year().cast(pl.Int64) * 12 + pl.col("local_day").dt.month() - 1).alias(
-                    "month_key"
-                ),
+                month_key(pl.col("local_day")).alias("month_key"),
             ),
         ]
     ).unique()
