@@ -299,9 +299,24 @@ def _updates(
         if account in updates:
             updates[account].months[month_key] = payload
     if remembered:
-        ids = pl.concat(remembered).filter(pl.col("account_id").is_in(list(updates)))
-        for (account, month_key), group in ids.group_by("account_id", "month_key", maintain_order=True):
-            updates[account].remembered[month_key] = group.get_column("cdr_id").to_list()  # type: ignore[index]
+        # Grouped by account and month in log order, each column to Python once: a frame
+        # per group would cost more than the ids themselves.
+        ids = (
+            pl.concat(remembered)
+            .filter(pl.col("account_id").is_in(list(updates)))
+            .sort("account_id", "month_key", maintain_order=True)
+        )
+        accounts = ids.get_column("account_id").to_list()
+        months = ids.get_column("month_key").to_list()
+        cdr_ids = ids.get_column("cdr_id").to_list()
+        sizes = (ids.get_column("cdr_id").str.len_bytes().cast(pl.Int64) + 3).to_list()
+        start = 0
+        for end in range(1, len(cdr_ids) + 1):
+            if end == len(cdr_ids) or accounts[end] != accounts[start] or months[end] != months[start]:
+                update = updates[accounts[start]]
+                update.remembered[months[start]] = cdr_ids[start:end]
+                update.sizes[months[start]] = sizes[start:end]
+                start = end
     return updates
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final
 
+import numpy as np
 import orjson
 import polars as pl
 
@@ -304,24 +305,27 @@ def month_values(state: RatingState, wanted: pl.DataFrame) -> dict[tuple[str, in
 _MONTH_OF_DAY = month_key(pl.col("local_day"))
 
 
-def _json_size(cdr_id: str) -> int:
-    return len(cdr_id.encode("utf-8")) + 3  # quotes and comma (escapes are rare, and bounded)
+def _json_sizes(ids: list[str]) -> list[int]:
+    """Bytes each id takes in a JSON list: its UTF-8, quotes and comma (escapes are rare)."""
+    return [len(cdr_id.encode("utf-8")) + 3 for cdr_id in ids]
 
 
-def _chunks(ids: list[str]) -> list[list[str]]:
-    """``ids`` cut into segments of at most ``SEGMENT_MAX_BYTES`` of JSON each."""
-    out: list[list[str]] = []
-    current: list[str] = []
-    size = 2
-    for cdr_id in ids:
-        grown = size + _json_size(cdr_id)
-        if current and grown > SEGMENT_MAX_BYTES:
-            out.append(current)
-            current, grown = [], 2 + _json_size(cdr_id)
-        current.append(cdr_id)
-        size = grown
-    if current:
-        out.append(current)
+def _chunks(ids: list[str], sizes: list[int] | None = None) -> list[tuple[list[str], int]]:
+    """``ids`` cut into segments of at most ``SEGMENT_MAX_BYTES`` of JSON each, with each
+    segment's size (``sizes``: each id's, :func:`_json_sizes`, when the caller has them)."""
+    if not ids:
+        return []
+    sizes = _json_sizes(ids) if sizes is None else sizes
+    total = 2 + sum(sizes)
+    if total <= SEGMENT_MAX_BYTES:  # the usual batch of one account-month
+        return [(ids, total)]
+    through = np.cumsum(sizes)
+    out: list[tuple[list[str], int]] = []
+    start, before = 0, 0
+    while start < len(ids):
+        end = max(int(np.searchsorted(through, before + SEGMENT_MAX_BYTES - 2, side="right")), start + 1)
+        out.append((ids[start:end], 2 + int(through[end - 1]) - before))
+        start, before = end, int(through[end - 1])
     return out
 
 
@@ -342,11 +346,16 @@ class SegmentPlan:
     deleted: list[int] = field(default_factory=list)
 
 
-def plan_segments(existing: Mapping[int, int], new_ids: list[str], ids_of: Callable[[int], list[str]]) -> SegmentPlan:
+def plan_segments(
+    existing: Mapping[int, int],
+    new_ids: list[str],
+    ids_of: Callable[[int], list[str]],
+    new_sizes: list[int] | None = None,
+) -> SegmentPlan:
     """Where ``new_ids`` go among an account-month's seen segments.
 
-    ``existing``: segment number -> its size in bytes; ``ids_of(number)`` reads one. The
-    new ids become new segments; then, size-tiered, ``SEGMENT_FANOUT`` segments of one
+    ``existing``: segment number -> its size in bytes; ``ids_of(number)`` reads one;
+    ``new_sizes``: each new id's JSON size, when known. The new ids become new segments; then, size-tiered, ``SEGMENT_FANOUT`` segments of one
     tier are merged into one of the next, until no tier holds that many. Each id is thus
     written a few times at most (once per tier), and a month holds a few full segments
     plus at most ``SEGMENT_FANOUT - 1`` per tier.
@@ -364,9 +373,9 @@ def plan_segments(existing: Mapping[int, int], new_ids: list[str], ids_of: Calla
     plan = SegmentPlan()
     sizes = dict(existing)
     next_number = max(sizes, default=-1) + 1
-    for chunk in _chunks(new_ids):
+    for chunk, size in _chunks(new_ids, new_sizes):
         plan.written[next_number] = chunk
-        sizes[next_number] = 2 + sum(map(_json_size, chunk))
+        sizes[next_number] = size
         next_number += 1
     while True:
         tiers: dict[int, list[int]] = {}
@@ -384,9 +393,9 @@ def plan_segments(existing: Mapping[int, int], new_ids: list[str], ids_of: Calla
             if number in existing:
                 plan.deleted.append(number)
             del sizes[number]
-        for chunk in _chunks(merged):
+        for chunk, size in _chunks(merged):
             plan.written[next_number] = chunk
-            sizes[next_number] = 2 + sum(map(_json_size, chunk))
+            sizes[next_number] = size
             next_number += 1
 
 
@@ -473,6 +482,8 @@ class AccountUpdate:
     months: dict[int, bytes] = field(default_factory=dict)
     #: month_key -> ids the batch remembered for the duplicate check, in log order
     remembered: dict[int, list[str]] = field(default_factory=dict)
+    #: month_key -> each remembered id's JSON size, when the caller worked them out at once
+    sizes: dict[int, list[int]] = field(default_factory=dict)
     #: months before this one are out of the horizon: their records go
     floor: int | None = None
 
@@ -509,7 +520,7 @@ def account_records(account: bytes, before: AccountRecords | None, update: Accou
             name = segment_name(month_key, number)
             return segment_ids(before[name], account_id, name)
 
-        plan = plan_segments(segments, ids, ids_of)
+        plan = plan_segments(segments, ids, ids_of, update.sizes.get(month_key))
         for number in plan.deleted:
             names.discard(segment_name(month_key, number))
         for number, chunk in sorted(plan.written.items()):
