@@ -154,7 +154,7 @@ class RatingWorker:
         #: accounts whose last batch could not be written at all, and their partitions: their
         #: messages are held, and those partitions' checkpoints stay where they were, for the
         #: rest of this worker's life (a restart rates them again from there)
-        self.unwritten: set[bytes] = set()
+        self.unwritten: dict[bytes, int] = {}  # account -> its partition
         self.frozen: set[int] = set()
         self._status_sent = 0.0
         self._changed = False
@@ -277,6 +277,12 @@ class RatingWorker:
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_DELAY_S)
 
+    def loaded(self, partition: int) -> None:
+        """A partition's state was read again from its log: what this life held of it
+        (accounts it could not write, its checkpoint) is rated again from the log."""
+        self.unwritten = {k: p for k, p in self.unwritten.items() if p != partition}
+        self.frozen.discard(partition)
+
     def hold(self, partition: int, messages: list[SourceMessage], error: BaseException) -> None:
         """A partition's writes failed in a way nothing narrowed down to an account (a bug,
         or the broker refusing even a blocked core): hold its batch's accounts and its
@@ -286,7 +292,7 @@ class RatingWorker:
             "until the worker restarts",
             self.source_topic, partition, error, len({m.key for m in messages}), exc_info=True,
         )
-        self.unwritten |= {m.key for m in messages}
+        self.unwritten.update({m.key: partition for m in messages})
         self.frozen.add(partition)
 
     # ------------------------------------------------------------------------ figures
@@ -307,8 +313,8 @@ class RatingWorker:
             "loaded_in_s": round(state.loaded_in_s, 3),
             "blocked": {k.decode("utf-8", "replace"): v for k, v in blocked.items()},
             "held_in_memory": sorted(
-                k.decode("utf-8", "replace") for k in self.unwritten if k in state.fold.accounts
-            ) if state.partition in self.frozen else [],
+                k.decode("utf-8", "replace") for k, p in self.unwritten.items() if p == state.partition
+            ),
             "at": datetime.now(timezone.utc).isoformat(),
         }
 

@@ -111,8 +111,7 @@ class Resumer:
             states[partition] = state
             blocked = state.blocked()
             self.worker.retry |= set(blocked)
-            self.worker.unwritten -= set(state.fold.accounts)
-            self.worker.frozen.discard(partition)
+            self.worker.loaded(partition)
             loaded.append(
                 f"[{partition}] generation {state.generation}: {len(state.fold.accounts)} accounts, "
                 f"{state.live_bytes():,} bytes, read in {state.loaded_in_s:.2f} s"
