@@ -158,3 +158,45 @@ def test_an_account_whose_outputs_are_refused_is_blocked_and_rated_after_a_resta
         assert not any(f["blocked"] for f in worker_state(pipeline.prefixed_settings()).values())
     finally:
         pipeline.stop_workers()
+
+
+def test_a_generation_cut_short_while_rolling_is_never_used(stack) -> None:
+    import asyncio
+    import uuid
+
+    import orjson
+
+    from streams.state_log import GENERATION_KEY, SNAPSHOT_KEY, StateLog
+    from streams.state_records import CHECKPOINT_KEY, Core, checkpoint_value, record_key, tagged
+
+    base = f"t{uuid.uuid4().hex[:8]}.state"
+
+    async def scenario() -> tuple[int, int, int]:
+        log = StateLog(stack.kafka_servers(), base)
+        try:
+            state = await log.load(0)  # a new partition: generation 0
+            await log.append(state, [
+                (record_key(b"A", b"m1"), tagged(4, b'{"allowance": 60}')),
+                (b"A", Core(applied_offset=4, balance=100, parts=[b"m1"]).encode()),
+                (CHECKPOINT_KEY, checkpoint_value(5)),
+            ])
+            # A worker killed while rolling: generation 1 has its header and part of the
+            # snapshot, no marker; generation 2 has a marker that counts more records.
+            snapshot = list(state.fold.records())
+            for generation, tail in ((1, []), (2, [(SNAPSHOT_KEY, orjson.dumps({"records": len(snapshot) + 1}))])):
+                topic = log.topic(0, generation)
+                await log._create(topic)
+                header = orjson.dumps({"generation": generation, "partition": 0})
+                futures = await log._send(topic, [(GENERATION_KEY, header), *snapshot[:-1], *tail])
+                await asyncio.gather(*futures)
+            loaded = await log.load(0)
+            first = loaded.generation
+            rolled = await log.roll(loaded, lambda: True)
+            again = await log.load(0)
+            return first, again.generation if rolled else -1, again.checkpoint
+        finally:
+            await log.stop()
+
+    loaded, after_roll, checkpoint = asyncio.run(scenario())
+    assert loaded == 0  # neither cut-short generation
+    assert after_roll == 3 and checkpoint == 5  # a roll goes past them, with the whole state
