@@ -118,8 +118,11 @@ class Stack:
         partition's checkpoint at the end of its ``cdr.raw`` partition."""
         settings = self.settings()
         deadline = time.monotonic() + timeout_s
+        from kafka import TopicPartition
+
+        partitions = [TopicPartition("cdr.raw", p) for p in range(settings.topic_partitions)]
         while True:
-            ends = stack.status(settings)["topics"].get("cdr.raw", {}).get("end_offsets", {})
+            ends = {tp.partition: end for tp, end in stack.log_end_offsets(settings.kafka_servers(), partitions, timeout_s=30).items()}
             figures = stack.worker_state(settings)
             if figures and all(figures.get(p, {}).get("checkpoint") == end for p, end in ends.items()):
                 return figures

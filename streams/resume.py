@@ -97,17 +97,22 @@ class Resumer:
         return sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.source_topic)
 
     async def load_states(self) -> list[str]:
-        """Each assigned partition's state, loaded unless the one in memory is current."""
+        """Each assigned partition's state, loaded unless the one in memory is current;
+        the partitions are read at once (each read mostly waits for the broker)."""
         assigned = self.assigned()
         states = self.worker.states
         for partition in [p for p in states if p not in assigned]:
             del states[partition]
-        loaded = []
-        for partition in assigned:
+
+        async def stale(partition: int) -> bool:
             held = states.get(partition)
-            if held is not None and await self.worker.state_log.is_current(held):
-                continue
-            state = await self.worker.state_log.load(partition)
+            return held is None or not await self.worker.state_log.is_current(held)
+
+        flags = await asyncio.gather(*(stale(p) for p in assigned))
+        wanted = [p for p, load in zip(assigned, flags) if load]
+        loaded_states = await asyncio.gather(*(self.worker.state_log.load(p) for p in wanted))
+        loaded = []
+        for partition, state in zip(wanted, loaded_states):
             states[partition] = state
             blocked = state.blocked()
             self.worker.retry |= set(blocked)

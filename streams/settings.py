@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         ),
     )
     state_roll_bytes: int = Field(
-        64 * 1024 * 1024,
+        4 * 1024 * 1024,
         ge=64 * 1024,
         description=(
             "A partition's state log starts a new generation (a snapshot) once this much was appended "

@@ -37,9 +37,11 @@ from streams.state_records import CHECKPOINT_KEY, SEPARATOR, RecordFold, checkpo
 
 log = logging.getLogger(__name__)
 
-#: A generation rolls once its appends pass both: a small state rolls every 64 MB of
-#: writes, a large one when its appends reach its own size again.
-ROLL_MIN_BYTES: Final[int] = 64 * 1024 * 1024
+#: A generation rolls once its appends pass both: a small state every 4 MB of writes, a
+#: larger one when its appends reach its own size again; a restart then reads at most
+#: twice the live state. (64 MB let a partition of 12 MB live read 21 MB of history at a
+#: restart three months in: bench/soak_bench.py, 2026-12-07.)
+ROLL_MIN_BYTES: Final[int] = 4 * 1024 * 1024
 ROLL_FACTOR: Final[float] = 1.0
 #: Records of one produce request: the snapshot goes in few, large requests (each is an
 #: object of tansu's S3 store, and reading back costs per object).
@@ -122,6 +124,7 @@ class StateLog:
         self.on_deleted = on_deleted
         self.roll_min_bytes = roll_min_bytes
         self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()  # partitions load (and may start a generation) at once
         self._pattern = re.compile(re.escape(base) + r"\.p(\d+)\.g(\d+)")
         self._deleting: set[asyncio.Task[None]] = set()
 
@@ -129,6 +132,10 @@ class StateLog:
         return f"{self.base}.p{partition}.g{generation}"
 
     async def producer(self) -> AIOKafkaProducer:
+        async with self._producer_lock:
+            return await self._started_producer()
+
+    async def _started_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.bootstrap,

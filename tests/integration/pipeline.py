@@ -113,6 +113,23 @@ class Pipeline:
         """The pipeline's settings with its topic prefix (what ``cli_env`` gives a command)."""
         return Settings(**{**self.settings.model_dump(), "topic_prefix": self.prefix})
 
+    def settled_state(self, timeout_s: float = 60.0) -> dict[int, dict]:
+        """The workers' state figures (``worker.status``) once they cover every message of
+        ``cdr.raw``: each partition's checkpoint at its end."""
+        from kafka import TopicPartition
+
+        from streams.stack import log_end_offsets, worker_state
+
+        partitions = [TopicPartition(self.topic("cdr.raw"), p) for p in range(self.settings.topic_partitions)]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            ends = {tp.partition: end for tp, end in log_end_offsets(self.settings.kafka_servers(), partitions).items()}
+            figures = worker_state(self.prefixed_settings())
+            if all(figures.get(p, {}).get("checkpoint") == end for p, end in ends.items()):
+                return figures
+            assert time.monotonic() < deadline, f"state figures {figures} never reached the ends {ends}"
+            time.sleep(1.0)
+
     # ------------------------------------------------------------------ kafka side
 
     def topic(self, name: str) -> str:

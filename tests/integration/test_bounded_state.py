@@ -28,7 +28,6 @@ import pytest
 from rating import Catalog
 from streams.generate import generate_dataset
 from streams.rate_files import rate_file
-from streams.stack import worker_state
 from tests.integration.pipeline import Pipeline, read_csv_rows, wait_for_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -81,7 +80,7 @@ def test_a_hotline_month_restarts_after_history_and_stays_exact(stack, tmp_path:
         landed = time.monotonic() - started
         batches = [line for line in worker.log_text().splitlines() if re.search(r"rated \d+ lines of", line)]
         rolls = [line for line in worker.log_text().splitlines() if "generation " in line and " -> " in line]
-        figures = worker_state(pipeline.prefixed_settings())
+        figures = pipeline.settled_state()
         largest = max(f["largest_value"] for f in figures.values())
         print(
             f"\n{lines_first:,} lines ({hot.height:,} of A00001) landed {landed:.1f} s after the first send "
@@ -155,7 +154,7 @@ def test_an_account_whose_outputs_are_refused_is_blocked_and_rated_after_a_resta
         pipeline.wait_until(lambda c: c["rated_calls"] + c["rejected_cdrs"] >= lines, timeout_s=180, what="the hotline")
         _assert_export_equals_offline(pipeline, data.cdrs_file, tmp_path)
         # The retried accounts are free again: the new worker's figures say so.
-        assert not any(f["blocked"] for f in worker_state(pipeline.prefixed_settings()).values())
+        assert not any(f["blocked"] for f in pipeline.settled_state().values())
     finally:
         pipeline.stop_workers()
 
