@@ -101,6 +101,14 @@ class Stack:
             self.worker.send_signal(signal.SIGKILL)
             self.worker.wait(timeout=30)
 
+    def resume_s(self) -> float | None:
+        """How long the current worker's last resume took (loading the state), from its log."""
+        import re
+
+        text = (self.root / f"worker-{self.workers}.log").read_text(errors="replace")
+        found = re.findall(r"resumed .* in ([0-9.]+) s", text)
+        return float(found[-1]) if found else None
+
     def worker_rss_mb(self) -> float:
         assert self.worker is not None
         for line in Path(f"/proc/{self.worker.pid}/status").read_text().splitlines():
@@ -246,6 +254,7 @@ def run_months(root: Path, say: Any, months: int, cdrs: int, accounts: int, hot_
             began = work.start_worker()
             work.ingest(later)
             restart_s = time.perf_counter() - began
+            resume_s = work.resume_s()
             figures = work.state()
             before = _appended(figures)
             rows.append(
@@ -258,6 +267,7 @@ def run_months(root: Path, say: Any, months: int, cdrs: int, accounts: int, hot_
                     "generations": {p: f.get("generation") for p, f in figures.items()},
                     "worker_rss_mb": round(rss, 1),
                     "restart_to_landed_s": round(restart_s, 2),
+                    "state_loaded_in_s": resume_s,
                 }
             )
             say(f"  {month}: {rows[-1]}")
@@ -316,12 +326,15 @@ def _print(figures: dict[str, Any]) -> None:
     soak = figures.get("soak")
     if soak:
         print("soak, month by month:")
-        print(f"  {'month':8} {'ingest s':>9} {'state bytes':>13} {'largest':>8} {'live state':>12} {'RSS MB':>7} {'restart s':>9}")
+        print(
+            f"  {'month':8} {'ingest s':>9} {'state bytes':>13} {'largest':>8} {'live state':>12} {'RSS MB':>7} "
+            f"{'restart s':>9} {'of which loading the state':>27}"
+        )
         for row in soak["months"]:
             print(
                 f"  {row['month']:8} {row['ingest_to_landed_s']:9.1f} {row['state_bytes_appended']:13,} "
                 f"{row['largest_value']:8,} {row['live_state_bytes']:12,} {row['worker_rss_mb']:7.0f} "
-                f"{row['restart_to_landed_s']:9.1f}"
+                f"{row['restart_to_landed_s']:9.1f} {row['state_loaded_in_s'] or 0:27.1f}"
             )
         for name, ok in soak["targets"].items():
             print(f"  {'PASS' if ok else 'FAIL'}  {name}")
