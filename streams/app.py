@@ -41,12 +41,12 @@ from streams.catalog_watch import CatalogWatch
 from streams.faust_tuning import tune_faust_consumer
 from streams.kafka_io import topic_name
 from streams.notify import Notifier
-from streams.stack import remove_topic_files
 from streams.rating_batch import OutputKind, SourceMessage
 from streams.rating_worker import STATUS_IDLE_S, RatingWorker
 from streams.resume import Resumer
-from streams.state_log import StateLog
 from streams.settings import Settings
+from streams.stack import remove_topic_files
+from streams.state_log import StateLog
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,6 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         source_topic=cdr_raw.get_topic_name(),
     )
     rebalance_hook.on_recover(Resumer(app, worker, cdr_raw.get_topic_name(), on_failure=_stop_unsafe))
-    app.rating_worker = worker  # for tests and the status timer
 
     catalog = CatalogWatch(settings, topic_prefix)
     notifier = Notifier(settings.alert_webhook)
