@@ -125,6 +125,9 @@ class StateLog:
         self.roll_min_bytes = roll_min_bytes
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()  # partitions load (and may start a generation) at once
+        # One topic created at a time: tansu answered UnknownError to creates (and to the
+        # first produces) of several new topics at once, on a loaded machine.
+        self._create_lock = asyncio.Lock()
         self._pattern = re.compile(re.escape(base) + r"\.p(\d+)\.g(\d+)")
         self._deleting: set[asyncio.Task[None]] = set()
 
@@ -291,6 +294,10 @@ class StateLog:
         return [await producer.send(topic, value=value, key=key, partition=0) for key, value in records]
 
     async def _create(self, topic: str) -> None:
+        async with self._create_lock:
+            await self._create_one(topic)
+
+    async def _create_one(self, topic: str) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="cdrflow-state")
         await admin.start()
         try:
@@ -300,7 +307,7 @@ class StateLog:
         finally:
             await admin.close()
         # Metadata of a new topic reaches the producer only once it asks again.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while topic not in await topic_names(self.bootstrap):
             if time.monotonic() > deadline:
                 raise KafkaError(f"the state topic {topic} was created but does not show")
