@@ -12,6 +12,7 @@ rating state). Rules the spec leaves open are in docs/rules.md ("Ledger").
 from __future__ import annotations
 
 import calendar
+import copy
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
@@ -71,7 +72,10 @@ class Book:
 
     @classmethod
     def from_json(cls, value: dict[str, Any] | None) -> Book:
-        return cls(**{k: v for k, v in (value or {}).items() if k in cls.__dataclass_fields__})
+        # A deep copy: the value may be the worker's decoded record, which a fold must not
+        # change (a batch whose state is not written leaves it as it was).
+        value = copy.deepcopy(value or {})
+        return cls(**{k: v for k, v in value.items() if k in cls.__dataclass_fields__})
 
     def forget_before(self, month: str) -> None:
         """Drop what no command can still need: the usage of closed months, and month

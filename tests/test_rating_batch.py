@@ -192,3 +192,26 @@ def test_an_account_whose_rating_fails_is_set_apart_and_the_others_are_rated(mon
 
 def _numbers_of(account: str, owner: dict[str, str]) -> list[str]:
     return [number for number, owner_id in owner.items() if owner_id == account]
+
+
+def test_a_batch_whose_state_is_not_written_leaves_the_stored_ledger_book_as_it_was() -> None:
+    # The fold works on a copy of the book: a batch rated again (its state was not
+    # written: a crash, a refused write) finds the book as it was and records the same.
+    from datetime import datetime, timezone
+
+    from schemas.ledger import LedgerCommand
+
+    catalog, _, _ = _vector("basic")
+    opened = LedgerCommand(kind="open", account_id="A001", at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+                           plan="std-100", numbers=["4008001234"], opening_balance=5_000_000, imported=True)
+    topup = LedgerCommand(kind="topup", account_id="A001", at=datetime(2026, 3, 1, tzinfo=timezone.utc),
+                          amount=10_000, ref="PAY-1")
+    table = RecordFold()
+    _write(table, rate_messages([SourceMessage(b"A001", 0, 0, json.dumps(opened.message_value()).encode())], {},
+                               catalog, TOPIC))
+    message = SourceMessage(b"A001", 0, 1, json.dumps(topup.message_value()).encode())
+    first = rate_messages([message], dict(table.accounts), catalog, TOPIC)
+    again = rate_messages([message], dict(table.accounts), catalog, TOPIC)
+    events = [[read_output(m.value, "ledger")["kind"].to_list() for m in o.outputs if m.kind == "ledger"]
+              for o in (first, again)]
+    assert events == [[["TopUpReceived"]], [["TopUpReceived"]]]
