@@ -66,6 +66,11 @@ class Book:
     #: "YYYY-MM": the book no longer holds what is older (LEDGER_MEMORY_MONTHS); a month
     #: close or SLA credit before it counts as recorded
     forgotten_before: str = ""
+    #: correction id -> [month it was applied in, parts applied] (schemas.corrections)
+    corrections: dict[str, list[Any]] = field(default_factory=dict)
+    #: the log offset of the last correction part applied (-1: none): a correction
+    #: computed from the log before it is stale and refused
+    corrected_offset: int = -1
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -94,6 +99,7 @@ class Book:
         for ref in old:
             self.topups.pop(ref, None)
             self.topup_months.pop(ref, None)
+        self.corrections = {cid: entry for cid, entry in self.corrections.items() if entry[0] >= month}
 
     def remembers(self, month: str) -> bool:
         """Whether the book still holds what happened in ``month`` ("YYYY-MM")."""
@@ -156,14 +162,18 @@ class Applied:
 class _Fold:
     """Applies events to a book and balance, with their alerts and consequences."""
 
-    def __init__(self, book: Book, balance: int, terms: Terms) -> None:
+    def __init__(self, book: Book, balance: int, terms: Terms, offset: int = -1) -> None:
         self.book = book
         self.balance = balance
         self.terms = terms
+        #: the log offset of the command being folded (-1: not known)
+        self.offset = offset
         self.out = Applied()
 
     # ------------------------------------------------------------------ posting
-    def post(self, kind: str, event_id: str, at: datetime, amount: int = 0, **extra: Any) -> None:
+    def post(self, kind: str, event_id: str, at: datetime, amount: int = 0, *, quiet: bool = False, **extra: Any) -> None:
+        """Record an event and move the balance; ``quiet``: without the alerts and
+        reactivation the money would bring (the caller sees to them)."""
         before = self.balance
         if kind == "AccountOpened":
             before = extra.get("opening_balance", 0)
@@ -181,6 +191,8 @@ class _Fold:
                 **extra,
             )
         )
+        if quiet:
+            return
         if amount < 0 and kind != "RefundIssued":  # a refund empties the balance on purpose
             self._alerts(before, event_id, at)
         elif amount > 0:
@@ -279,14 +291,17 @@ class _Fold:
 # ---------------------------------------------------------------------------- commands
 
 
-def apply_command(book: Book, balance: int, command: LedgerCommand, terms: Terms) -> tuple[Book, int, Applied]:
+def apply_command(
+    book: Book, balance: int, command: LedgerCommand, terms: Terms, *, offset: int = -1
+) -> tuple[Book, int, Applied]:
     """Fold one command into an account's book and balance.
 
     A command the book already holds (same payment reference, month already closed, ...)
     changes nothing; one the book cannot take (a reference used for another amount, a
-    closed account) changes nothing and says why in ``Applied.refusal``.
+    closed account) changes nothing and says why in ``Applied.refusal``. ``offset`` is the
+    command's place in the account's log (a correction needs it).
     """
-    fold = _Fold(Book.from_json(book.to_json()), balance, terms)
+    fold = _Fold(Book.from_json(book.to_json()), balance, terms, offset)
     account = terms.account_id
     kind = command.kind
     at = command.at
@@ -535,6 +550,57 @@ def _sla_credit(fold: _Fold, command: LedgerCommand) -> str | None:
     return None
 
 
+def _rerate(fold: _Fold, command: LedgerCommand) -> str | None:
+    """One part of a correction (schemas.corrections; docs/rules.md "Corrections").
+
+    Each call's delta is one ``CallRerated`` event (amount ``-(new - old)``) in the month
+    the command is applied; the month's usage (minimum spend) follows while the month is
+    open. Alerts come with the correction (re-evaluated on the corrected history), so the
+    events raise none here; a correction that takes a positive balance below 0 suspends
+    the account, one that brings a suspended account back to >= 0 reactivates it.
+    """
+    correction = command.correction
+    assert correction is not None
+    book, terms = fold.book, fold.terms
+    account = terms.account_id
+    applied = book.corrections.get(correction.correction_id)
+    if applied is not None and correction.part in applied[1]:
+        return None  # this part is recorded already: a retry or a racing copy
+    if applied is None and correction.based_on < book.corrected_offset:
+        return (
+            f"correction {correction.correction_id} was computed from the log up to offset {correction.based_on}, "
+            f"but another correction was applied since (at offset {book.corrected_offset}): run cdrflow rerate again"
+        )
+    local = command.at.astimezone(terms.plan.zone)
+    applied_month = local.strftime("%Y-%m")
+    before = fold.balance
+    for call in correction.calls:
+        fold.post(
+            "CallRerated",
+            f"{account}/CallRerated/{call.cdr_id}/{correction.correction_id}",
+            command.at,
+            -call.delta,
+            quiet=True,
+            reference=f"{call.month}/{call.cdr_id}",
+            detail=f"correction {correction.correction_id}: call of {call.local_day} billed {call.old_amount}, "
+            f"now {call.new_amount}",
+        )
+        if call.month not in book.closed_months and book.remembers(call.month):
+            # An open month's minimum spend counts its calls as corrected; a closed one
+            # stays as it was closed (docs/rules.md).
+            book.usage[call.month] = book.usage.get(call.month, 0) + call.delta
+    part_id = f"{correction.correction_id}.{correction.part}"
+    if before >= 0 > fold.balance:
+        fold.suspend(f"{account}/AccountSuspended/{part_id}", command.at)
+    elif fold.balance > before:
+        fold._credited(f"{account}/CallRerated/{part_id}", command.at)
+    if applied is None:
+        applied = book.corrections[correction.correction_id] = [applied_month, []]
+    applied[1].append(correction.part)
+    book.corrected_offset = max(book.corrected_offset, fold.offset)
+    return None
+
+
 _HANDLERS = {
     "open": _open,
     "topup": _topup,
@@ -544,6 +610,7 @@ _HANDLERS = {
     "cancel": _cancel,
     "close_month": _close_month,
     "sla_credit": _sla_credit,
+    "rerate": _rerate,
 }
 
 

@@ -18,9 +18,13 @@ from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.corrections import Correction
+
 LEDGER_MESSAGE_VERSION: Final[int] = 1
 
-CommandKind = Literal["open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit"]
+CommandKind = Literal[
+    "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate"
+]
 EventKind = Literal[
     "AccountOpened",
     "NumberAssigned",
@@ -40,6 +44,7 @@ EventKind = Literal[
     "NumberFrozen",
     "AccountClosed",
     "RefundIssued",
+    "CallRerated",
 ]
 #: Events that take money (amount <= 0), give it (>= 0); every other kind moves none.
 CHARGES: Final[frozenset[str]] = frozenset(
@@ -54,6 +59,8 @@ CHARGES: Final[frozenset[str]] = frozenset(
     }
 )
 CREDITS: Final[frozenset[str]] = frozenset({"TopUpReceived", "SlaCreditGranted"})
+#: Events whose money may go either way: a correction makes a call dearer or cheaper.
+SIGNED: Final[frozenset[str]] = frozenset({"CallRerated"})
 SERVICES: Final[tuple[str, ...]] = ("ivr", "recording", "blacklist", "sms")
 
 
@@ -98,6 +105,8 @@ class LedgerCommand(BaseModel):
     # sla_credit: the fault
     start: AwareDatetime | None = None
     end: AwareDatetime | None = None
+    # rerate: one part of a correction (schemas.corrections)
+    correction: Correction | None = None
 
     @field_validator("at", "start", "end")
     @classmethod
@@ -118,6 +127,8 @@ class LedgerCommand(BaseModel):
             raise ValueError(f"month must be YYYY-MM, got {self.month!r}")
         if self.kind == "sla_credit" and (self.start is None or self.end is None or self.end <= self.start):
             raise ValueError("an SLA credit needs a fault start and a later end")
+        if (self.kind == "rerate") != (self.correction is not None):
+            raise ValueError("a rerate command carries a correction, and only a rerate command does")
         if not self.command_id:
             object.__setattr__(self, "command_id", self._default_id())
         return self
@@ -131,6 +142,8 @@ class LedgerCommand(BaseModel):
             return f"close_month/{self.month}"
         if self.kind == "sla_credit":
             return f"sla_credit/{self.start.isoformat()}/{self.end.isoformat()}"  # type: ignore[union-attr]
+        if self.kind == "rerate":
+            return f"rerate/{self.correction.correction_id}/{self.correction.part}"  # type: ignore[union-attr]
         return f"{self.kind}/{self.at.isoformat()}"
 
     def message_value(self) -> dict[str, Any]:
@@ -184,6 +197,6 @@ class LedgerEvent(BaseModel):
             raise ValueError(f"{self.kind} takes money: its amount cannot be positive ({self.amount})")
         if self.kind in CREDITS and self.amount < 0:
             raise ValueError(f"{self.kind} gives money: its amount cannot be negative ({self.amount})")
-        if self.kind not in CHARGES | CREDITS and self.amount != 0:
+        if self.kind not in CHARGES | CREDITS | SIGNED and self.amount != 0:
             raise ValueError(f"{self.kind} moves no money (amount {self.amount})")
         return self
