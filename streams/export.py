@@ -52,10 +52,19 @@ def export(client: Client, out: Path) -> dict[str, int]:
     """
     out.mkdir(parents=True, exist_ok=True)
     rated = read_table(client, RATED, order_by=(*_FILE_ORDER, "account_id", "cdr_id"))
-    rejected = read_table(client, REJECTED, order_by=_FILE_ORDER, keep=("source",))
-    # spec 5: one call's alerts come in the order of ALERT_KINDS.
+    # A line a correction rated (a late call of its period...) is a rated row now: its
+    # rejection is left out (docs/rules.md "Corrections"). The key columns only: FINAL-safe.
+    rejected = read_table(
+        client, REJECTED, order_by=_FILE_ORDER, keep=("source",),
+        where="(ingest_id, source, line) NOT IN (SELECT ingest_id, source, line FROM rated_calls WHERE correction_id != '')",
+    )
+    # spec 5: one call's alerts come in the order of ALERT_KINDS. An alert a correction
+    # took back is cancelled in its last version: dropped after FINAL, not by a WHERE.
     kind_order = "indexOf(%(kinds)s, kind)"
-    alerts = read_table(client, ALERTS, order_by=(*_FILE_ORDER, kind_order), params={"kinds": list(ALERT_KINDS)})
+    alerts = read_table(
+        client, ALERTS, order_by=(*_FILE_ORDER, kind_order), params={"kinds": list(ALERT_KINDS)}, keep=("cancelled",)
+    )
+    alerts = alerts.filter(pl.col("cancelled") == 0).drop("cancelled")
 
     rejected_csv = rejected_csv_frame(rejected.rename({"source": "file"}))
     # The file beside the line: together they say where the rejected line is.
@@ -80,10 +89,12 @@ def read_table(
     order_by: Sequence[str],
     keep: Sequence[str] = (),
     params: dict[str, object] | None = None,
+    where: str = "",
 ) -> pl.DataFrame:
     """The rows of ``table`` (``FINAL``) as the frame the sink was given, in order.
 
-    ``order_by`` are SQL expressions, which may use ``%(name)s`` parameters of ``params``.
+    ``order_by`` are SQL expressions, which may use ``%(name)s`` parameters of ``params``;
+    ``where`` a condition on columns no newer version changes (with FINAL, docs/finance.md).
 
     The columns are ``table.schema`` with its dtypes (nulls back where the table stores
     a stand-in value, datetimes joined with their microseconds), then ``keep`` (optional
@@ -97,7 +108,8 @@ def read_table(
             selected.append(f"`{name}`")
     selected += [f"`{name}`" for name in keep]
     columns = client.execute(
-        f"SELECT {', '.join(selected)} FROM {table.name} FINAL ORDER BY {', '.join(order_by)}",
+        f"SELECT {', '.join(selected)} FROM {table.name} FINAL {f'WHERE {where} ' if where else ''}"
+        f"ORDER BY {', '.join(order_by)}",
         params,
         columnar=True,
     )

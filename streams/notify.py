@@ -104,6 +104,11 @@ class Notifier:
         """Log every alert of the frame; POST them (per account in order) when a webhook is set."""
         by_account: dict[str, list[dict[str, Any]]] = {}
         for row in alerts.iter_rows(named=True):
+            if row.get("cancelled"):
+                # A correction took it back (docs/rules.md "Corrections"): nothing to tell.
+                log.info("alert %s of account %s, call %s, cancelled by a correction",
+                         row["kind"], row["account_id"], row["cdr_id"])
+                continue
             payload = alert_payload(row)
             log.warning(
                 "alert %s: account %s, call %s, balance %s (%s)",

@@ -30,6 +30,11 @@ PROJECTIONS = (
     ("account_balances", ("account.balances",), "balances", sink_clickhouse.insert_balances),
 )
 
+#: Tables filled from a projection by materialized views: emptied with it, filled again by
+#: its inserts (the finance views collapse repeats anyway; the history must not keep
+#: versions the log no longer has).
+DERIVED = {"rated_calls": ("rated_call_versions",)}
+
 
 def rebuild(
     json_: Annotated[bool, typer.Option("--json", help="Print the rows per table as JSON.")] = False,
@@ -56,6 +61,8 @@ def rebuild(
             except Exception:  # a foreign message: the sink skipped it too
                 continue
         db.execute(f"TRUNCATE TABLE {table}")
+        for view_target in DERIVED.get(table, ()):
+            db.execute(f"TRUNCATE TABLE {view_target}")
         rows = 0
         for start in range(0, len(frames), 2000):
             chunk = [f for f in frames[start : start + 2000] if f.height]

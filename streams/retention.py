@@ -31,8 +31,9 @@ from clickhouse_driver import Client
 
 #: The fewest months of call records retention may keep.
 MIN_KEEP_MONTHS = 24
-#: The tables retention drops partitions of, rated_calls last (after its totals are kept).
-TABLES = ("calls_by_day", "missed_calls", "alerts", "rated_calls")
+#: The tables retention drops partitions of, rated_calls last (after its totals are kept);
+#: the history of corrected calls is partitioned like rated_calls and goes with it.
+TABLES = ("calls_by_day", "missed_calls", "alerts", "rated_call_versions", "rated_calls")
 #: The finance views (partitioned by local month) whose past months are merged into one part each.
 SETTLED_VIEWS = ("calls_by_day", "missed_calls")
 

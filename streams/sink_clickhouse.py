@@ -137,6 +137,8 @@ RATED = Table(
         "caller_area": pl.String(),
         "billsec": pl.Int64(),
         "local_hour": pl.Int8(),
+        # migration 0015: the correction that made this version ('' for a first rating)
+        "correction_id": pl.String(),
     },
     micros={"charge_time": "charge_us"},
 )
@@ -167,7 +169,8 @@ ALERTS = Table(
             "local_day": pl.Date(),
         }
     ),
-    optional={**ORIGIN_COLUMNS, "version": pl.UInt64()},
+    # migration 0016: 1 when a correction took the alert back (a higher version)
+    optional={**ORIGIN_COLUMNS, "version": pl.UInt64(), "cancelled": pl.UInt8()},
 )
 #: Ledger events (``rating.ledger`` via ``streams.rating_batch``): schemas/migrations/0002.
 BILLING_EVENTS = Table(
@@ -536,7 +539,7 @@ def _numpy(series: pl.Series) -> np.ndarray:
 
 
 def _fill_value(dtype: pl.DataType) -> object:
-    return "" if dtype == pl.String else (0 if dtype == pl.UInt64 else -1)
+    return "" if dtype == pl.String else (0 if dtype.is_unsigned_integer() else -1)
 
 
 def _source_from_kafka_position(frame: pl.DataFrame) -> pl.DataFrame:

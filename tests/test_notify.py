@@ -41,12 +41,12 @@ async def _serve(answers: list[int]) -> tuple[web.AppRunner, str, list[tuple[str
     return runner, f"http://127.0.0.1:{port}/alerts", received
 
 
-def _notify(answers: list[int]) -> tuple[list[tuple[str, dict]], Notifier]:
+def _notify(answers: list[int], alerts: pl.DataFrame = ALERTS) -> tuple[list[tuple[str, dict]], Notifier]:
     async def run() -> tuple[list[tuple[str, dict]], Notifier]:
         runner, url, received = await _serve(answers)
         notifier = Notifier(url, first_delay_s=0.01, max_delay_s=0.02)
         try:
-            await notifier.notify(ALERTS)
+            await notifier.notify(alerts)
         finally:
             await notifier.close()
             await runner.cleanup()
@@ -81,3 +81,9 @@ def test_a_refused_alert_is_not_retried() -> None:
 def test_alert_ids_are_stable_and_distinct() -> None:
     assert alert_id("A1", "arrears", "c") == alert_id("A1", "arrears", "c")
     assert len({alert_id("A1", k, "c") for k in ("arrears", "low_balance", "daily_cap_reached")}) == 3
+
+
+def test_an_alert_a_correction_cancelled_is_not_posted() -> None:
+    received, notifier = _notify([], ALERTS.with_columns(cancelled=pl.Series([0, 1, 0], dtype=pl.UInt8)))
+    assert sorted(body["kind"] for _, body in received) == ["arrears", "daily_cap_reached"]
+    assert notifier.delivered == 2

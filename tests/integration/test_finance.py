@@ -381,7 +381,7 @@ def test_the_monthly_views_migration_keeps_the_calls_landed_before_it(
         insert_rated(sink, missed)  # a replay
         insert_rated(sink, _calls("U001", [("u0", calls[0][1], 5_000)], version=3))
 
-        assert apply_migrations(client) == ["0014_finance_views_by_month.sql"]
+        assert apply_migrations(client)[0] == "0014_finance_views_by_month.sql"  # and the later ones
         insert_rated(sink, _calls("U001", [("u40", datetime(2026, 4, 2, 9, tzinfo=CST), 7)]))
         assert client.execute(
             "SELECT partition, count() FROM system.parts WHERE database = currentDatabase() "

@@ -389,3 +389,56 @@ def test_the_sink_tables_match_the_migrated_tables(database: Settings) -> None:
         expected = [*table.schema, *table.micros.values(), *table.optional, *table.server_filled]
         assert sorted(columns) == sorted(expected), name
     assert dict(stored[RATED.name])["daily_cap"] == "Nullable(Int64)"
+
+
+# ---------------------------------------------------------------- corrections (issue 15)
+
+
+def test_export_leaves_out_rejections_a_correction_rated_and_alerts_it_cancelled(
+    database: Settings, tmp_path: Path
+) -> None:
+    result = _rate(VECTORS / "basic")
+    client = connect(database)
+    _insert(client, result)
+    late = result.rejected.filter(pl.col("reason") == "duplicate").head(1)
+    assert late.height == 1
+    # A correction rated that line (a late call of its period, say), and took an alert back.
+    rated_now = result.rated.head(1).with_columns(
+        cdr_id=pl.lit("rated-now"), line=late.get_column("line"), source=pl.lit("cdrs.csv"),
+        ingest_id=pl.lit("ingest-1"), version=pl.lit(7, dtype=pl.UInt64), correction_id=pl.lit("00112233445566aa"),
+    )
+    insert_rated(client, rated_now)
+    alert = result.alerts.head(1)
+    insert_alerts(client, alert.with_columns(version=pl.lit(7, dtype=pl.UInt64), cancelled=pl.lit(1, dtype=pl.UInt8)))
+    counts = export(client, tmp_path / "out")
+    assert counts == {"rated": result.rated.height + 1, "rejected": result.rejected.height - 1,
+                      "alerts": result.alerts.height - 1}
+    # The history keeps the corrected version (fed by a view of rated_calls).
+    history = Client(**database.clickhouse_params()).execute(
+        "SELECT cdr_id, version, correction_id FROM rated_call_versions FINAL")
+    assert history == [("rated-now", 7, "00112233445566aa")]
+
+
+def test_the_correction_queries_run_on_current_clickhouse_too() -> None:
+    chdb_session = pytest.importorskip("chdb.session")
+    session = chdb_session.Session()
+    try:
+        client = _ChdbClient(session)
+        apply_migrations(client)  # type: ignore[arg-type]
+        for cdr_id, amount, version, correction in (("c1", 100, 0, ""), ("c1", 100, 0, "00112233445566aa"),
+                                                     ("c1", 80, 5, "00112233445566aa"), ("c2", 50, 0, "")):
+            client.execute(
+                "INSERT INTO rated_calls (account_id, cdr_id, amount, charge_time, local_day, source, line, "
+                f"version, correction_id) SELECT 'A1', '{cdr_id}', {amount}, toDateTime('2026-03-01 00:00:00', 'UTC'), "
+                f"toDate('2026-03-01'), 'f.csv', {1 if cdr_id == 'c1' else 2}, {version}, '{correction}'"
+            )
+        client.execute("INSERT INTO rejected_cdrs (line, cdr_id, reason, source) SELECT 1, 'c1', 'late', 'f.csv'")
+        assert client.execute(
+            "SELECT toString(count()) FROM rejected_cdrs FINAL WHERE (ingest_id, source, line) NOT IN "
+            "(SELECT ingest_id, source, line FROM rated_calls WHERE correction_id != '')"
+        ) == [("0",)]
+        assert client.execute(
+            "SELECT toString(version), toString(amount) FROM rated_call_versions FINAL ORDER BY version"
+        ) == [("0", "100"), ("5", "80")]
+    finally:
+        session.close()
