@@ -354,6 +354,7 @@ def _full_app() -> typer.Typer:
     from streams.ingest_cli import ingest, load
     from streams.rebuild_cli import rebuild
     from streams.report_cli import report_app, retention
+    from streams.rerate_cli import rerate
     from streams.stack_cli import down, status, up
     from streams.worker_cli import worker
 
@@ -371,6 +372,7 @@ def _full_app() -> typer.Typer:
     app.command("close-month")(close_month)
     app.command("sla-credit")(sla_credit)
     app.command()(rebuild)
+    app.command()(rerate)
     app.add_typer(report_app, name="report")
     app.command()(retention)
     _pipeline_registered = True

@@ -93,6 +93,11 @@ def events_of(db: Client, account_id: str, *, offsets: list[int] | None = None, 
     return events[-limit:] if limit else events
 
 
+def event_order() -> dict[str, int]:
+    """Event kind -> its rank among the events of one command, in the order the fold posts them."""
+    return dict(_KIND_ORDER)
+
+
 #: Within one command's message, the order the fold posts events in.
 _KIND_ORDER: Final[dict[str, int]] = {
     k: i
@@ -101,7 +106,7 @@ _KIND_ORDER: Final[dict[str, int]] = {
             "RefundIssued", "NumberFrozen", "AccountClosed", "AccountOpened", "NumberAssigned", "KeepNumberEnded",
             "CancellationRequested", "KeepNumberStarted", "TopUpReceived", "ServiceEnabled", "ServiceDisabled",
             "RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged", "SlaCreditGranted",
-            "AccountSuspended", "AccountReactivated",
+            "CallRerated", "AccountSuspended", "AccountReactivated",
         ]
     )
 }
@@ -137,11 +142,16 @@ def account_view(db: Client, catalog: Tariffs, account_id: str, *, at: datetime 
     for event in events:
         if event["kind"] in ("ServiceEnabled", "ServiceDisabled"):
             services[event["reference"]] = event["kind"] == "ServiceEnabled"
-    alerts = db.execute(
-        "SELECT kind, local_day, balance, cdr_id FROM alerts FINAL WHERE account_id = %(a)s "
-        "ORDER BY local_day DESC, `offset` DESC LIMIT 10",
-        {"a": account_id},
-    )
+    # Cancelled alerts (a correction took them back) are dropped after FINAL, not by a WHERE.
+    alerts = [
+        row[:4]
+        for row in db.execute(
+            "SELECT kind, local_day, balance, cdr_id, cancelled FROM alerts FINAL WHERE account_id = %(a)s "
+            "ORDER BY local_day DESC, `offset` DESC",
+            {"a": account_id},
+        )
+        if not row[4]
+    ][:10]
     return {
         "account_id": account_id,
         "state": row["state"],
@@ -160,23 +170,41 @@ def account_view(db: Client, catalog: Tariffs, account_id: str, *, at: datetime 
 
 
 def history(db: Client, account_id: str) -> list[dict[str, Any]]:
-    """Every event of the account, calls included, in log order with the balance after each."""
+    """Every event of the account, calls included, in log order with the balance after each.
+
+    Calls show as they were billed; a correction shows as its CallRerated events, where it
+    was applied (a call a correction rated, billed as a rejection, only so).
+    """
     calls = db.execute(
         "SELECT cdr_id, charge_time, charge_us, amount, balance, `offset`, line, status FROM rated_calls FINAL "
         "WHERE account_id = %(a)s",
         {"a": account_id},
     )
-    rows = [
-        {
-            "kind": "CallRated" if status == "rated" else "CallUnbilled",
-            "at": at.replace(tzinfo=timezone.utc, microsecond=int(us)),
-            "amount": -int(amount),
-            "balance": int(balance),
-            "reference": cdr_id,
-            "_order": (int(offset), 0, int(line)),
-        }
-        for cdr_id, at, us, amount, balance, offset, line, status in calls
-    ]
+    first_rated: dict[str, tuple[Any, ...]] = {}
+    corrected: set[str] = set()
+    for cdr_id, version, amount, balance, status in db.execute(
+        "SELECT cdr_id, version, amount, balance, status FROM rated_call_versions FINAL WHERE account_id = %(a)s",
+        {"a": account_id},
+    ):
+        corrected.add(cdr_id)
+        if int(version) == 0:
+            first_rated[cdr_id] = (amount, balance, status)
+    rows = []
+    for cdr_id, at, us, amount, balance, offset, line, status in calls:
+        if cdr_id in corrected:
+            if cdr_id not in first_rated:
+                continue
+            amount, balance, status = first_rated[cdr_id]
+        rows.append(
+            {
+                "kind": "CallRated" if status == "rated" else "CallUnbilled",
+                "at": at.replace(tzinfo=timezone.utc, microsecond=int(us)),
+                "amount": -int(amount),
+                "balance": int(balance),
+                "reference": cdr_id,
+                "_order": (int(offset), 0, int(line)),
+            }
+        )
     for index, event in enumerate(events_of(db, account_id)):
         rows.append(
             {
@@ -234,7 +262,16 @@ def publish_account(settings: Settings, value: dict[str, Any]) -> None:
 
 def wait_folded(db: Client, published: list[Published], *, timeout_s: float = WAIT_S) -> None:
     """Return once the worker has folded every published command (raises TimeoutError)."""
-    wanted = {p.command.account_id: p.offset for p in published}
+    wanted: dict[str, int] = {}
+    for item in published:
+        wanted[item.command.account_id] = max(item.offset, wanted.get(item.command.account_id, -1))
+    wait_offsets_folded(db, wanted, timeout_s=timeout_s)
+
+
+def wait_offsets_folded(db: Client, offsets: dict[str, int], *, timeout_s: float = WAIT_S) -> None:
+    """Return once the worker has folded each account's log up to its offset, and the
+    ledger events it counted have landed (raises TimeoutError)."""
+    wanted = dict(offsets)
     deadline = time.monotonic() + timeout_s
     while wanted:
         rows = db.execute(

@@ -34,10 +34,12 @@ import polars as pl
 
 from rating import Catalog, RatingState, rate
 from rating.clock import month_key
+from rating.corrected_state import corrected_state
 from rating.fields import with_typed_fields
 from rating.ledger import Book, Terms, after_calls, apply_command
 from schemas.ledger import LedgerCommand, command_from_value
-from schemas.messages import cdr_chunks_frame, frame_value
+from schemas.messages import cdr_chunks_frame, frame_from_value, frame_value
+from streams.sink_clickhouse import ALERTS, RATED, Table
 from streams.state_records import (
     AccountRecords,
     AccountUpdate,
@@ -242,7 +244,12 @@ def rate_messages(
         collected["rejected"].append(_garbage_frame(garbage))
     if fold.refusals:
         collected["rejected"].append(_garbage_frame(fold.refusals))
+    collected["rated"].extend(fold.corrected_rows)
     collected["alerts"].extend(fold.alert_frames())
+    if fold.corrected_months:
+        charged_months.append(
+            pl.DataFrame(fold.corrected_months, schema={"account_id": pl.String, "month_key": pl.Int64}, orient="row")
+        )
     state = fold.flush(state)
     _warn_misrouted(state, accounts)
     for kind, frames_of_kind in collected.items():
@@ -363,6 +370,11 @@ class _LedgerFold:
         self.alerts: list[dict[str, Any]] = []
         self.statuses: list[OutputMessage] = []
         self.refusals: list[dict[str, Any]] = []
+        #: rated rows of corrections (new versions, and the versions they replace)
+        self.corrected_rows: list[pl.DataFrame] = []
+        self._corrected_alerts: list[pl.DataFrame] = []
+        #: (account, month key) of month records a correction changed
+        self.corrected_months: list[tuple[str, int]] = []
         self.latest: dict[str, Any] = {}
         self._accounts = {
             row["account_id"]: row for row in catalog.accounts.select(
@@ -463,14 +475,39 @@ class _LedgerFold:
             return state
         book = self.books.get(account, Book())
         balance = self._balance(state, account)
-        book, balance, applied = apply_command(book, balance, command, terms)
+        correction = command.correction
+        recorded = correction is not None and correction.part in book.corrections.get(correction.correction_id, [0, []])[1]
+        book, balance, applied = apply_command(book, balance, command, terms, offset=message.offset)
         if applied.refusal:
             self._refuse(message, index, command, applied.refusal)
             return state
         self.books[account] = book
         self._record(applied, index, (message.partition, message.offset), terms)
         self._touch(account, command.at)
+        if correction is not None and not recorded:
+            state = self._corrected(self.flush(state), account, index, message, correction)
         self._pending[account] = balance
+        return state
+
+    def _corrected(self, state: RatingState, account: str, index: int, message: SourceMessage, correction: Any) -> RatingState:
+        """A correction part's rows, alerts and month records (docs/rules.md "Corrections")."""
+        # Above every earlier version of these calls: the first rating's (0), or an
+        # earlier correction's (its own offset + 1, lower than this one's).
+        version = message.offset + 1
+        tag = {"correction_id": correction.correction_id, _KEY_INDEX: index}
+        rows = _rows(correction.rows, RATED).with_columns(
+            version=pl.lit(version, dtype=pl.UInt64), **_literals(tag)
+        )
+        self.corrected_rows.append(rows)
+        if correction.billed_rows:
+            self.corrected_rows.append(_rows(correction.billed_rows, RATED).with_columns(**_literals(tag)))
+        if correction.alerts:
+            alerts = _rows(correction.alerts, ALERTS).with_columns(
+                version=pl.lit(version, dtype=pl.UInt64), **_literals({_KEY_INDEX: index})
+            )
+            self._corrected_alerts.append(alerts)
+        state, months = corrected_state(state, account, correction.calls, correction.days, self.catalog.horizon_months)
+        self.corrected_months.extend((account, month) for month in months)
         return state
 
     # --------------------------------------------------------------- outputs
@@ -478,9 +515,10 @@ class _LedgerFold:
         return pl.DataFrame(self.events, schema=_EVENT_SCHEMA)
 
     def alert_frames(self) -> list[pl.DataFrame]:
-        if not self.alerts:
-            return []
-        return [pl.DataFrame(self.alerts).with_columns(pl.col(_KEY_INDEX).cast(pl.Int32))]
+        frames = list(self._corrected_alerts)
+        if self.alerts:
+            frames.insert(0, pl.DataFrame(self.alerts).with_columns(pl.col(_KEY_INDEX).cast(pl.Int32)))
+        return frames
 
     def status_messages(self) -> list[OutputMessage]:
         return self.statuses
@@ -584,6 +622,19 @@ class _LedgerFold:
 #: An account the catalogue does not know yet (opened by command): tariffs.Account's default.
 DEFAULT_LOW_BALANCE: Final[int] = 500_000
 _MONTH_CLOSE: Final = frozenset({"RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged"})
+
+
+def _rows(value: dict[str, Any], table: Table) -> pl.DataFrame:
+    """The rows of a correction's frame value, typed as ``table`` stores them."""
+    schema = {**table.schema, **table.optional}
+    rows = value.get("rows", {})
+    return frame_from_value(value, {name: schema[name] for name in rows if name in schema})
+
+
+def _literals(values: Mapping[str, Any]) -> dict[str, pl.Expr]:
+    return {
+        name: pl.lit(value, dtype=pl.Int32 if name == _KEY_INDEX else None) for name, value in values.items()
+    }
 
 
 def _with_positions(batch: pl.DataFrame, positions: list[tuple[int, int, int, int, int]], topic: str) -> pl.DataFrame:
