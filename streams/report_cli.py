@@ -53,6 +53,11 @@ class RevenueBy(str, Enum):
     account = "account"
 
 
+class RevenueAs(str, Enum):
+    corrected = "corrected"
+    billed = "billed"
+
+
 class MissedBy(str, Enum):
     hour = "hour"
     number = "number"
@@ -103,15 +108,22 @@ def revenue(
     from_: Annotated[str, typer.Option("--from", help="First local day, YYYY-MM-DD.")],
     to: Annotated[str, typer.Option("--to", help="Last local day (included), YYYY-MM-DD.")],
     by: Annotated[RevenueBy, typer.Option("--by", help="Group by day, segment, class, plan or account.")],
+    as_: Annotated[
+        RevenueAs,
+        typer.Option("--as", help="corrected: calls at their current version (corrections restate their days); "
+                     "billed: as first billed."),
+    ] = RevenueAs.corrected,
     format_: FormatOption = Format.table,
     state_dir: StateDirOption = None,
 ) -> None:
     """Revenue of rated calls over local days: calls, billable minutes and amount.
 
-    Example: cdrflow report revenue --from 2026-03-01 --to 2026-03-31 --by segment
+    Example: cdrflow report revenue --from 2026-03-01 --to 2026-03-31 --by segment --as billed
     """
     start, end = _day(from_, "--from"), _day(to, "--to")
-    found = _query(state_dir, lambda client: reports.revenue(client, start, end, by.value))  # type: ignore[arg-type]
+    found = _query(
+        state_dir, lambda client: reports.revenue(client, start, end, by.value, as_.value)  # type: ignore[arg-type]
+    )
     _print_report(found, format_)
 
 

@@ -28,6 +28,8 @@ from schemas.money import format_money
 from streams.retention import is_settled
 
 RevenueBy = Literal["day", "segment", "class", "plan", "account"]
+#: ``revenue --as``: the calls as corrected (their current versions), or as first billed.
+RevenueAs = Literal["corrected", "billed"]
 MissedBy = Literal["hour", "number"]
 UsageBy = Literal["day", "hour", "duration", "origin"]
 
@@ -62,9 +64,12 @@ LINE_KINDS: Mapping[str, str] = {
     "TopUpReceived": "top_ups",
     "SlaCreditGranted": "credits",
     "RefundIssued": "refunds",
+    "CallRerated": "corrections",
 }
 #: The order of a statement's lines: calls first, then these kinds.
-LINE_ORDER = ("calls", "rent", "services", "minimum_spend_true_up", "fees", "top_ups", "credits", "refunds", "other")
+LINE_ORDER = (
+    "calls", "corrections", "rent", "services", "minimum_spend_true_up", "fees", "top_ups", "credits", "refunds", "other",
+)
 _DESCRIPTIONS: Mapping[str, str] = {
     "RentCharged": "monthly rent",
     "ServiceFeeCharged": "service fee",
@@ -156,6 +161,11 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
     ``opening_balance`` plus the lines. ``calls_amount`` is what the month's calls cost
     (positive); the call lines carry it negated, one line per call class.
 
+    Calls count **as billed** (their first rating; a call a correction rated, billed as a
+    rejection, not at all): a correction is a line of the month it was applied in, one per
+    correction and month of the calls it corrected (docs/rules.md "Corrections"), so a
+    statement once issued does not change.
+
     Raises
     ------
     ReportError
@@ -167,9 +177,10 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
         "SELECT sumIf(amount, local_day < %(first)s), count() FROM rated_calls FINAL WHERE account_id = %(account)s",
         where,
     )[0]
-    events_before, opened_with, events_seen = client.execute(
+    events_before, opened_with, events_seen, corrected_before = client.execute(
         "SELECT sumIf(opening_balance + amount, month < %(month)s), "
-        "sumIf(opening_balance, month = %(month)s), count() "
+        "sumIf(opening_balance, month = %(month)s), count(), "
+        "sumIf(amount, kind = 'CallRerated' AND substring(reference, 1, 7) < %(month)s) "
         "FROM billing_events FINAL WHERE account_id = %(account)s",
         where,
     )[0]
@@ -177,15 +188,10 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
         "SELECT sum(amount) FROM retained_call_totals FINAL WHERE account_id = %(account)s AND month < %(month)s",
         where,
     )[0][0]
-    by_class = client.execute(
-        "SELECT class, count(), sum(billable_s), sum(amount) FROM rated_calls FINAL "
-        "WHERE account_id = %(account)s AND local_day >= %(first)s AND local_day < %(next)s "
-        "AND status = 'rated' GROUP BY class ORDER BY class",
-        where,
-    )
+    by_class = calls_as_billed(client, account_id, first, following)
     events = client.execute(
-        "SELECT kind, local_day, amount, reference, detail FROM billing_events FINAL "
-        "WHERE account_id = %(account)s AND month = %(month)s AND amount != 0 "
+        "SELECT kind, local_day, amount, reference, detail, event_id FROM billing_events FINAL "
+        "WHERE account_id = %(account)s AND month = %(month)s AND (amount != 0 OR kind = 'CallRerated') "
         "ORDER BY effective_time, effective_us, event_id",
         where,
     )
@@ -193,7 +199,7 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
         raise ReportError(f"--account: account {account_id!r} has no calls and no ledger events in ClickHouse")
 
     lines: list[dict[str, Any]] = []
-    for call_class, calls, billable_s, amount in by_class:
+    for call_class, (calls, billable_s, amount) in sorted(by_class.items()):
         lines.append(
             {
                 "kind": "calls",
@@ -204,7 +210,18 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
                 "minutes": billable_s,
             }
         )
-    for kind, local_day, amount, reference, detail in events:
+    corrections: dict[tuple[str, str], dict[str, Any]] = {}
+    for kind, local_day, amount, reference, detail, event_id in events:
+        if kind == "CallRerated":
+            # One line per correction and month of calls; the event id ends with the correction's id.
+            key = (event_id.rsplit("/", 1)[-1], reference[:7])
+            line = corrections.setdefault(key, {
+                "kind": "corrections", "amount": 0, "calls": 0, "correction_id": key[0],
+                "calls_month": key[1], "local_day": local_day,
+            })
+            line["amount"] += amount
+            line["calls"] += 1
+            continue
         words = _DESCRIPTIONS.get(kind, kind)
         about = "; ".join(part for part in (reference, detail) if part)
         lines.append(
@@ -214,9 +231,16 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
                 "amount": amount,
             }
         )
+    for line in corrections.values():
+        day = line.pop("local_day")
+        line["description"] = (
+            f"{day.isoformat()} correction {line['correction_id']} of {line['calls']} call(s) of {line['calls_month']}"
+        )
+        lines.append(line)
     lines.sort(key=lambda line: LINE_ORDER.index(line["kind"]))  # stable: dates stay in order
-    opening = opened_with + events_before - calls_before - retained
-    calls_amount = sum(amount for *_, amount in by_class)
+    # Calls before the month as billed: their current amounts less what corrections added.
+    opening = opened_with + events_before - (calls_before + corrected_before) - retained
+    calls_amount = sum(amount for _, _, amount in by_class.values())
     return {
         "account_id": account_id,
         "month": month,
@@ -225,6 +249,29 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
         "calls_amount": calls_amount,
         "lines": lines,
     }
+
+
+def calls_as_billed(client: Client, account_id: str, first: date, following: date) -> dict[str, list[int]]:
+    """Class -> [calls, billable seconds, amount] of the account's rated calls of local days
+    ``[first, following)`` as first billed: the current version of calls never corrected,
+    the first-rating version (rated_call_versions, version 0) of corrected ones."""
+    where = {"account": account_id, "first": first, "next": following}
+    days = "local_day >= %(first)s AND local_day < %(next)s AND status = 'rated'"
+    found: dict[str, list[int]] = {}
+    for call_class, calls, billable_s, amount in client.execute(
+        f"SELECT class, count(), sum(billable_s), sum(amount) FROM rated_calls FINAL WHERE account_id = %(account)s "
+        f"AND {days} AND cdr_id NOT IN (SELECT cdr_id FROM rated_call_versions WHERE account_id = %(account)s) "
+        "GROUP BY class",
+        where,
+    ) + client.execute(
+        f"SELECT class, count(), sum(billable_s), sum(amount) FROM rated_call_versions FINAL "
+        f"WHERE account_id = %(account)s AND version = 0 AND {days} GROUP BY class",
+        where,
+    ):
+        totals = found.setdefault(call_class, [0, 0, 0])
+        for index, value in enumerate((calls, billable_s, amount)):
+            totals[index] += int(value)
+    return found
 
 
 def statement_json(statement_: Mapping[str, Any]) -> dict[str, Any]:
@@ -335,9 +382,14 @@ def _split_top_level(expressions: str) -> list[str]:
 # -------------------------------------------------------------------------------- revenue
 
 
-def revenue(client: Client, start: date, end: date, by: RevenueBy) -> Report:
+def revenue(client: Client, start: date, end: date, by: RevenueBy, as_: RevenueAs = "corrected") -> Report:
     """Rated calls from ``start`` to ``end`` (local days, both included) grouped by ``by``:
-    ``calls`` (rated calls), ``minutes`` (billable seconds), ``amount``."""
+    ``calls`` (rated calls), ``minutes`` (billable seconds), ``amount``.
+
+    ``as_``: ``corrected`` counts each call at its current version (corrections restate
+    the days of the calls); ``billed`` at its first rating (a call a correction rated,
+    billed as a rejection, not at all).
+    """
     if end < start:
         raise ReportError(f"--to {end} is before --from {start}")
     key = REVENUE_KEYS[by]
@@ -345,14 +397,48 @@ def revenue(client: Client, start: date, end: date, by: RevenueBy) -> Report:
         client, "calls_by_day", key, "count(), sum(billable_s), sum(amount)", "status = 'rated'", {},
         start, end + timedelta(days=1),
     )
+    if as_ == "billed":
+        for group, change in _as_billed(client, key, start, end + timedelta(days=1)).items():
+            totals = [a + b for a, b in zip(found.get(group, [0, 0, 0]), change, strict=True)]
+            if any(totals):
+                found[group] = totals
+            else:
+                found.pop(group, None)
     return Report(
-        f"revenue {start} to {end} by {by}",
+        f"revenue {start} to {end} by {by}" + (" as billed" if as_ == "billed" else ""),
         (by, "calls", "minutes", "amount"),
         [
             {by: k, "calls": calls, "minutes": seconds, "amount": amount}
             for (k,), (calls, seconds, amount) in sorted(found.items())
         ],
     )
+
+
+def _as_billed(client: Client, key: str, first: date, following: date) -> dict[tuple[Any, ...], list[int]]:
+    """What turns the corrected figures of ``calls_by_day`` into the billed ones, per group:
+    each corrected call's current version out, its first rating (version 0) in."""
+    key_sql = "substring(called, 1, 4)" if key == "segment" else key
+    rows = client.execute(
+        f"SELECT account_id, cdr_id, version, status, {key_sql}, billable_s, amount FROM rated_call_versions FINAL "
+        "WHERE local_day >= %(first)s AND local_day < %(next)s",
+        {"first": first, "next": following},
+    )
+    latest: dict[tuple[str, str], tuple[Any, ...]] = {}
+    change: dict[tuple[Any, ...], list[int]] = {}
+    for row in rows:
+        call, version = (row[0], row[1]), row[2]
+        if version == 0 and row[3] == "rated":
+            totals = change.setdefault((row[4],), [0, 0, 0])
+            for index, value in enumerate((1, row[5], row[6])):
+                totals[index] += int(value)
+        if call not in latest or version > latest[call][2]:
+            latest[call] = row
+    for row in latest.values():
+        if row[3] == "rated":
+            totals = change.setdefault((row[4],), [0, 0, 0])
+            for index, value in enumerate((1, row[5], row[6])):
+                totals[index] -= int(value)
+    return change
 
 
 def daily_revenue_by_class(client: Client, month: str) -> list[tuple[date, str, int]]:
