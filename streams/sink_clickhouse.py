@@ -6,9 +6,12 @@ A frame may also carry where its rows came from, as optional columns:
 
 - ``source`` (the ingested file's name), ``ingest_id`` (the ingest run);
 - ``topic``, ``partition``, ``offset`` (the Kafka position the rows were read from);
-- ``version`` (rated calls and alerts: a rerating inserts with a higher version, which
+- ``version`` (rated calls and alerts: a correction inserts with a higher version, which
   replaces the row; default 0) and ``event_id`` (rated calls; default
-  ``account_id/cdr_id``, computed by the table).
+  ``account_id/cdr_id``, computed by the table);
+- ``correction_id`` (rated calls: the correction that made the row, docs/rules.md
+  "Corrections"; such rows also reach ``rated_call_versions``) and ``cancelled`` (alerts:
+  1 when a correction took the alert back).
 
 An absent optional column is filled by the table (``''``, ``-1``, ``0``); other columns a
 frame carries (the rating engine passes batch columns through) are not stored.

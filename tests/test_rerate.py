@@ -224,3 +224,11 @@ def test_calls_the_corrected_catalogue_rejects_are_problems_not_corrections(tmp_
 def test_a_period_ending_before_it_starts_is_refused(first: date, last: date) -> None:
     with pytest.raises(ValueError, match="ends"):
         Period(first, last)
+
+
+def test_a_period_with_no_calls_has_nothing_to_correct() -> None:
+    tariffs = load_tariffs(VECTORS / "basic" / "plans", VECTORS / "basic" / "accounts.toml")
+    empty = _log(_calls())
+    billed, _ = _billed(empty, tariffs)
+    found = _correct(empty, billed, tariffs, Period(date(2026, 3, 1), date(2026, 3, 31)))
+    assert found.empty and found.problems == [] and found.totals.height == 0
