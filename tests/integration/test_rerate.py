@@ -7,6 +7,7 @@ show exactly the difference of two offline runs; ``--apply`` runs with the worke
 In the end every balance and ``cdrflow export`` equal an offline run with the right plans
 from the start, a second ``--apply`` changes nothing, and finance sees the correction in
 the month it was applied (the call lines as billed) and revenue as billed or as corrected.
+Last, a call rejected ``late`` is rated by a correction of its day.
 """
 
 from __future__ import annotations
@@ -291,3 +292,32 @@ def test_a_month_with_a_wrong_rate_corrected_through_a_kill_equals_the_right_run
         for row in rows:
             amounts = [_units(r["amount"]) for (a, _), r in run.items() if a == row["account"] and r["status"] == "rated"]
             assert _units(row["amount"]) == sum(amounts), (row, len(amounts))
+    _a_late_call_is_rated_by_a_correction_of_its_period(pipeline, tmp_path, tariffs, total)
+
+
+def _a_late_call_is_rated_by_a_correction_of_its_period(pipeline: Pipeline, tmp_path: Path, tariffs, landed: int) -> None:
+    # A3's switch sends a call of 28 March after one of May: rejected late (horizon 1).
+    late = _write(tmp_path / "late.csv", [
+        "may-1,sw1,13800138000,4001300003,01088886666,010,010,2026-05-02T10:00:00+08:00,"
+        "2026-05-02T10:00:04+08:00,2026-05-02T10:02:04+08:00,120,ANSWERED",
+        "late-1,sw1,13800138000,4001300003,01088886666,010,010,2026-03-28T10:00:00+08:00,"
+        "2026-03-28T10:00:04+08:00,2026-03-28T10:05:04+08:00,300,ANSWERED",
+    ])
+    pipeline.produce(pipeline.cdr_messages(late, tariffs, "late"))
+    pipeline.wait_until(lambda c: c["rated_calls"] + c["rejected_cdrs"] >= landed + 2, timeout_s=120, what="late")
+    db = pipeline.client()
+    assert db.execute("SELECT cdr_id, reason FROM rejected_cdrs FINAL WHERE account_id = 'A3'") == [("late-1", "late")]
+    before = db.execute("SELECT argMax(balance, version) FROM account_balances WHERE account_id = 'A3'")[0][0]
+
+    done = json.loads(_cli(pipeline, "rerate", "--accounts", "A3", "--from", "2026-03-28", "--to", "2026-03-28",
+                           "--apply", "--json").stdout)
+    # 5 minutes of local calls on std: 0.15 a minute past A3's 200 first minutes of March.
+    [call] = done["calls"]
+    assert (call["cdr_id"], call["old_amount"], call["old_status"], call["in_period"]) == ("late-1", "0.0000", "late", True)
+    amount = _units(call["new_amount"])
+    assert amount > 0 and done["applied"]["applied"] == 1
+    export = pipeline.export(tmp_path / "export-late")
+    assert [r["cdr_id"] for r in read_csv_rows(export / "rated.csv") if r["cdr_id"] == "late-1"] == ["late-1"]
+    assert [r for r in read_csv_rows(export / "rejected.csv") if r["cdr_id"] == "late-1"] == []
+    after = db.execute("SELECT argMax(balance, version) FROM account_balances WHERE account_id = 'A3'")[0][0]
+    assert after == before - amount
