@@ -12,7 +12,8 @@ The rules are pure and live in ``rating.rerate`` and ``rating.corrected_history`
 2. **Wait for the worker.** What ClickHouse holds must be the fold of exactly that log:
    the worker has folded each account's last message read (``account_balances``), its
    ledger events, rated rows and rejections have landed, and so have the rows and alerts
-   of the corrections on the log (:func:`landing_gaps`).
+   of the corrections on the log (:func:`landing_gaps`); other alerts, which carry no
+   count, once they have not changed for :data:`ALERTS_SETTLE_S`.
 3. **What was billed**: the current versions (``FINAL``) of the window's calls, its
    rejections, its ledger events with money, the cap alerts in force, and the balance
    before the window.
@@ -305,16 +306,22 @@ def landing_gaps(window: Window, billed: Billed, alerts: pl.DataFrame) -> list[s
     return gaps
 
 
-def _alert_versions(db: Client, accounts: Sequence[str]) -> pl.DataFrame:
-    return pl.DataFrame(
+def _alert_versions(db: Client, window: Window, accounts: Sequence[str]) -> pl.DataFrame:
+    """The latest version of each alert of the accounts raised in the window (or by a
+    ledger event, which carries no position)."""
+    found = pl.DataFrame(
         db.execute(
-            "SELECT account_id, kind, cdr_id, max(version) FROM alerts WHERE account_id IN %(a)s "
-            "GROUP BY account_id, kind, cdr_id",
+            "SELECT account_id, kind, cdr_id, max(version), any(`partition`), any(`offset`) FROM alerts "
+            "WHERE account_id IN %(a)s GROUP BY account_id, kind, cdr_id",
             {"a": tuple(accounts)},
         ),
-        schema={"account_id": pl.String, "kind": pl.String, "cdr_id": pl.String, "version": pl.UInt64},
+        schema={"account_id": pl.String, "kind": pl.String, "cdr_id": pl.String, "version": pl.UInt64,
+                "partition": pl.Int32, "offset": pl.Int64},
         orient="row",
-    ).with_columns(pl.col("version").cast(pl.Int64))
+    )
+    return found.filter(_in_window(window) | (pl.col("offset") < 0)).select(
+        "account_id", "kind", "cdr_id", pl.col("version").cast(pl.Int64)
+    )
 
 
 # ---------------------------------------------------------------------------- the whole run
@@ -332,8 +339,6 @@ class Prepared:
     catalogue: str
     #: lines read and rated
     lines: int = 0
-    #: accounts whose new rows the catalogue would rate otherwise than the worker's does
-    stale_catalogue: bool = False
 
     @property
     def correction_id(self) -> str:
@@ -414,13 +419,26 @@ def prepare(
     )
 
 
+#: Alerts land through a sink of their own and carry no count to wait for: they are taken
+#: as landed once they have not changed for this long (as ``ingest --wait`` does).
+ALERTS_SETTLE_S: Final[float] = 1.0
+
+
 def _landed_billed(db: Client, frames: Client, topic: str, window: Window, accounts: list[str], timeout_s: float) -> Billed:
     deadline = time.monotonic() + timeout_s
+    settled: pl.DataFrame | None = None
     while True:
         billed = read_billed(db, frames, topic, window, accounts)
-        gaps = landing_gaps(window, billed, _alert_versions(db, accounts))
-        if not gaps:
+        alerts = _alert_versions(db, window, accounts)
+        gaps = landing_gaps(window, billed, alerts)
+        if not gaps and settled is not None and alerts.sort(alerts.columns).equals(settled):
             return billed
+        if not gaps and time.monotonic() > deadline:
+            return billed  # alerts still coming: taken as they stand
+        settled = None if gaps else alerts.sort(alerts.columns)
+        if not gaps:
+            time.sleep(ALERTS_SETTLE_S)
+            continue
         if time.monotonic() > deadline:
             raise RerateError(
                 "what the worker made of the log read has not all landed in ClickHouse within "
@@ -430,10 +448,8 @@ def _landed_billed(db: Client, frames: Client, topic: str, window: Window, accou
 
 
 def _no_billed(accounts: list[str]) -> Billed:
-    from rating.rerate import Billed as _Billed
-
     rated_schema = {**RATED.schema, **{name: RATED.optional[name] for name in _RATED_KEEP}}
-    return _Billed(
+    return Billed(
         rated=pl.DataFrame(schema=rated_schema),
         rejected=pl.DataFrame(schema={**REJECTED.schema, **{n: REJECTED.optional[n] for n in _ORIGIN_KEEP}}),
         events=pl.DataFrame(schema={"account_id": pl.String, "event_id": pl.String, "kind": pl.String,
