@@ -172,12 +172,13 @@ def _instant(text: str | None) -> datetime:
 # ---------------------------------------------------------------------------- output
 
 
+#: Money columns of the diff's frames besides those of a rated row (old_/new_ of them included).
+_DIFF_MONEY = frozenset({"delta", "corrected_balance"})
+
+
 def _money_columns(frame: pl.DataFrame) -> list[str]:
     def is_money(name: str) -> bool:
-        bare = name.removeprefix("old_").removeprefix("new_")
-        return bare in MONEY_COLUMNS or bare in ("old_amount", "new_amount") or name in (
-            "old_amount", "new_amount", "delta", "balance", "corrected_balance", "old_balance", "new_balance",
-        )
+        return name.removeprefix("old_").removeprefix("new_") in MONEY_COLUMNS | _DIFF_MONEY
 
     return [name for name in frame.columns if is_money(name) and frame.schema[name].is_integer()]
 

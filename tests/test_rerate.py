@@ -232,3 +232,24 @@ def test_a_period_with_no_calls_has_nothing_to_correct() -> None:
     billed, _ = _billed(empty, tariffs)
     found = _correct(empty, billed, tariffs, Period(date(2026, 3, 1), date(2026, 3, 31)))
     assert found.empty and found.problems == [] and found.totals.height == 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--accounts", "A1", "--from", "2026-03-01", "--to", "2026-03-31"], "exactly one of --dry-run and --apply"),
+        (["--accounts", "A1", "--all", "--from", "2026-03-01", "--to", "2026-03-31", "--dry-run"],
+         "exactly one of --accounts"),
+        (["--all", "--from", "2026-03-01", "--to", "2026-02-31", "--dry-run"], "--to '2026-02-31': expected a day"),
+        (["--all", "--from", "2026-03-02", "--to", "2026-03-01", "--apply"], "ends (2026-03-01) before it starts"),
+        (["--all", "--from", "2026-03-01", "--to", "2026-03-31", "--apply", "--at", "2026-04-01T10:00:00"],
+         "give the offset"),
+    ],
+)
+def test_rerate_refuses_bad_options_before_anything_is_read(args: list[str], message: str) -> None:
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+
+    result = CliRunner().invoke(app, ["rerate", *args], env={"CDRFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
