@@ -48,7 +48,7 @@ from streams.kafka_io import topic_name
 from streams.landing import query_client
 from streams.log_reader import TP, read_to_end
 from streams.settings import Settings
-from streams.sink_clickhouse import ALERTS, RATED, REJECTED, connect
+from streams.sink_clickhouse import RATED, REJECTED, connect
 from tariffs import Account, Plan, TariffError, Tariffs, load_accounts, load_plans
 
 CDR_TOPIC: Final[str] = "cdr.raw"
@@ -469,15 +469,21 @@ def correction_commands(prepared: Prepared, at: datetime) -> list[LedgerCommand]
     calls in log order; the last part carries the account's alert changes."""
     found = prepared.diff
     correction_id = prepared.correction_id
+    by_account = {
+        name: _by_account(frame)
+        for name, frame in (("calls", found.calls), ("rows", found.new_rows), ("days", found.days),
+                            ("alerts", found.alerts),
+                            ("billed", found.billed_rows.drop("correction_id", strict=False)))
+    }
     commands = []
     for account in prepared.accounts:
-        calls = found.calls.filter(pl.col("account_id") == account)
-        if calls.height == 0:
+        calls = by_account["calls"].get(account)
+        if calls is None or calls.height == 0:
             continue
-        rows = found.new_rows.filter(pl.col("account_id") == account)
-        billed_rows = found.billed_rows.filter(pl.col("account_id") == account).drop("correction_id", strict=False)
-        days = found.days.filter(pl.col("account_id") == account)
-        alerts = found.alerts.filter(pl.col("account_id") == account)
+        rows = by_account["rows"][account]
+        billed_rows = by_account["billed"].get(account, found.billed_rows.clear())
+        days = by_account["days"][account]
+        alerts = by_account["alerts"].get(account, found.alerts.clear())
         bounds = _parts(calls, rows)
         for part, (start, stop) in enumerate(bounds):
             part_calls = calls.slice(start, stop - start)
@@ -500,6 +506,10 @@ def correction_commands(prepared: Prepared, at: datetime) -> list[LedgerCommand]
             )
             commands.append(LedgerCommand(kind="rerate", account_id=account, at=at, correction=correction))
     return commands
+
+
+def _by_account(frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    return {key[0]: part for key, part in frame.partition_by("account_id", as_dict=True, maintain_order=True).items()}
 
 
 def _parts(calls: pl.DataFrame, rows: pl.DataFrame) -> list[tuple[int, int]]:

@@ -19,7 +19,6 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import polars as pl
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 from typer.testing import CliRunner
