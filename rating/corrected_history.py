@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Final
 
 import polars as pl
 
+from rating.clock import month_key
 from schemas.columns import ALERT_KINDS
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 #: A threshold for an account the catalogue does not know (tariffs.Account's default).
 DEFAULT_LOW_BALANCE: Final[int] = 500_000
 _ORIGIN = ("source", "ingest_id", "topic", "partition", "offset")
-_MONTH_KEY = pl.col("local_day").dt.year().cast(pl.Int64) * 12 + pl.col("local_day").dt.month().cast(pl.Int64) - 1
+_MONTH_KEY = month_key(pl.col("local_day"))
 _ITEM_SCHEMA: Final = {
     "account_id": pl.String,
     "id": pl.String,

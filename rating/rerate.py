@@ -35,6 +35,7 @@ from typing import Final
 import polars as pl
 
 from rating.catalog import Catalog
+from rating.clock import month_key
 from rating.corrected_history import Trajectory, alert_changes, corrected_balances
 from rating.engine import prepare, rate
 from rating.state import RatingState
@@ -67,7 +68,7 @@ COMPARED_COLUMNS: Final[tuple[str, ...]] = (
 LINE_KEY: Final[tuple[str, ...]] = ("ingest_id", "source", "line")
 #: Rejections a correction run leaves as they were billed.
 _KEPT_REJECTIONS: Final = ("account_inactive",)
-_MONTH_KEY = pl.col("local_day").dt.year().cast(pl.Int64) * 12 + pl.col("local_day").dt.month().cast(pl.Int64) - 1
+_MONTH_KEY = month_key(pl.col("local_day"))
 
 
 @dataclass(frozen=True)
