@@ -281,7 +281,7 @@ def test_a_month_with_a_wrong_rate_corrected_through_a_kill_equals_the_right_run
         assert _units(statement["closing_balance"]) == _units(march[-1]["balance"])
         assert sum(_units(line["amount"]) for line in statement["lines"]) == (
             _units(statement["closing_balance"]) - _units(statement["opening_balance"]))
-    history = db.execute("SELECT count() FROM rated_call_versions WHERE version = 0")[0][0]
+    history = db.execute("SELECT count() FROM rated_call_versions FINAL WHERE version = 0")[0][0]
     assert history == len(got)
     corrected = json.loads(_cli(pipeline, "report", "revenue", "--from", "2026-03-01", "--to", "2026-03-20",
                                 "--by", "account", "--format", "json").stdout)
