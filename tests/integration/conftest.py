@@ -1,7 +1,7 @@
 """Fixtures that run a real embedded stack (broker, its S3 store, ClickHouse) for tests.
 
 The stack runs in a temporary state folder on ports of its own (20000-20999 for the first
-pytest-xdist worker, 21000-21999 for the second: below Linux's ephemeral range), so it
+pytest-xdist worker, 21000-21999 for the second, and so on: below Linux's ephemeral range), so it
 does not collide with a developer's running stack on the default ports, nor with the
 other worker's stack.
 """
