@@ -24,7 +24,8 @@ demo: setup
 	$(BIN)/cdrflow demo
 
 # Four pytest-xdist workers, a test file each at a time (the integration tests mostly wait
-# on the broker: on 2 cores, 4 workers took 9.4 min where 2 took 13); each worker that runs a test of
+# on the broker: on these 2 cores 4 workers took 9.4-9.8 min, 2 workers 13 min on a busier
+# machine the same day); each worker that runs a test of
 # tests/integration starts its own embedded stack (a session fixture, on ports of its own).
 test: setup
 	$(BIN)/python -m pytest -n 4 --dist loadfile --durations=25
