@@ -197,21 +197,33 @@ class Sender:
 
     kafka-python's ``flush`` does not raise for a record the broker refused; its future
     does. :meth:`flush` waits and raises :class:`BrokerError` if any send failed.
+
+    ``acked_ends`` holds, per ``(topic, partition)`` written, the offset after the last
+    record the broker acknowledged: every record sent after a :meth:`flush` lands at or
+    beyond it (the edges' positions rest on that, streams.positions).
     """
 
     def __init__(self, settings: Settings, producer: KafkaProducer | None = None):
         self.settings = settings
         self.producer = producer or make_producer(settings)
         self.messages = 0
+        self.acked_ends: dict[tuple[str, int], int] = {}
         self._failures: list[BaseException] = []
 
-    def send(self, topic: str, key: bytes, value: Any) -> None:
+    def send(self, topic: str, key: bytes, value: Any, *, partition: int | None = None) -> None:
         try:
-            future = self.producer.send(topic, key=key, value=encode_json(value))
+            future = self.producer.send(topic, key=key, value=encode_json(value), partition=partition)
         except KafkaError as error:
             raise BrokerError(f"could not send to {topic} on {_bootstrap(self.settings)}: {error}") from None
+        future.add_callback(self._acked)
         future.add_errback(self._failures.append)
         self.messages += 1
+
+    def _acked(self, metadata: Any) -> None:
+        # Runs in the producer's I/O thread; one writer per key, so no lock is needed.
+        where = (metadata.topic, metadata.partition)
+        if metadata.offset + 1 > self.acked_ends.get(where, 0):
+            self.acked_ends[where] = metadata.offset + 1
 
     def flush(self, timeout_s: float = 120.0) -> None:
         try:
