@@ -304,6 +304,7 @@ def _full_app() -> typer.Typer:
     from streams.ingest_cli import ingest, load
     from streams.rebuild_cli import rebuild
     from streams.report_cli import report_app, retention
+    from streams.route_cli import route
     from streams.stack_cli import down, status, up
     from streams.worker_cli import worker
 
@@ -313,6 +314,7 @@ def _full_app() -> typer.Typer:
     app.command()(status)
     app.command()(load)
     app.command()(ingest)
+    app.command()(route)
     app.command()(export)
     app.command()(worker)
     app.command()(demo)
