@@ -75,8 +75,13 @@ def unreachable(settings: Settings, error: BaseException) -> BrokerError:
     )
 
 
-def make_producer(settings: Settings) -> KafkaProducer:
-    """A producer of raw bytes tuned as shared/infra.md measured (no topic auto-creation)."""
+def make_producer(settings: Settings, *, linger_ms: int = 20) -> KafkaProducer:
+    """A producer of raw bytes tuned as shared/infra.md measured (no topic auto-creation).
+
+    ``linger_ms``: how long a batch waits for more records. A caller that flushes after
+    each burst of sends (the live edges) gives a long one, so that a burst goes out as one
+    batch per partition (streams.tail: the embedded broker reads back ~15 batches a fetch).
+    """
     try:
         return KafkaProducer(
             bootstrap_servers=settings.kafka_servers(),
@@ -91,7 +96,7 @@ def make_producer(settings: Settings) -> KafkaProducer:
             # across retries without sequence numbers.
             enable_idempotence=False,
             max_in_flight_requests_per_connection=1,
-            linger_ms=20,
+            linger_ms=linger_ms,
             # Under real Kafka's default message.max.bytes (1 MB), which bounds a batch.
             batch_size=512 * 1024,
             max_request_size=1024 * 1024,

@@ -50,9 +50,17 @@ from schemas.cdr_csv import HeaderError
 from schemas.columns import CDR_COLUMNS
 from schemas.shipped_lines import field_path, message_lines
 from schemas.switch_formats import Feed, Layout
-from streams.edge import EdgeTopics, Tally, send_batch
+from streams.edge import EDGE_LINGER_MS, EdgeTopics, Tally, send_batch
 from streams.ingest import NothingLoaded
-from streams.kafka_io import BOOTSTRAP_TIMEOUT_S, Sender, make_reader, require_topics, topic_name, unreachable
+from streams.kafka_io import (
+    BOOTSTRAP_TIMEOUT_S,
+    Sender,
+    make_producer,
+    make_reader,
+    require_topics,
+    topic_name,
+    unreachable,
+)
 from streams.load import ACCOUNTS_TOPIC, PLANS_TOPIC
 from streams.positions import Position, PositionBook, held_ends, now_text, reported_raw_ends, route_key, sent_lines
 from streams.routing_table import RoutingTable
@@ -179,7 +187,7 @@ class Router:
                 f"no accounts on the {names} topics, so every line would be rejected as unknown_number: "
                 "run `cdrflow load --plans DIR --accounts FILE` first"
             )
-        self._sender = Sender(self.settings)
+        self._sender = Sender(self.settings, make_producer(self.settings, linger_ms=EDGE_LINGER_MS))
         try:
             self._consumer = KafkaConsumer(
                 bootstrap_servers=self.settings.kafka_servers(),
