@@ -214,13 +214,17 @@ class Router:
         self.table.start()
 
     def run(self, stop: Any) -> None:
-        """:meth:`start`, then :meth:`step` until ``stop`` (a ``threading.Event``) is set,
-        then :meth:`close`. A broker error ends the run (exit 1 in the command): a
-        restart resumes exactly, from the positions."""
+        """:meth:`start`, then a :meth:`step` every ``Settings.edge_pass`` (at most) until
+        ``stop`` (a ``threading.Event``) is set, then :meth:`close`. A broker error ends
+        the run (exit 1 in the command): a restart resumes exactly, from the positions."""
         self.start()
+        pass_s = self.settings.edge_pass()
         try:
             while not stop.is_set():
-                self.step()
+                started = time.monotonic()
+                if self.step():
+                    # A pass's sends are one record batch per partition (streams.tail).
+                    stop.wait(max(0.0, pass_s - (time.monotonic() - started)))
             self.close()
         finally:
             self.table.stop()

@@ -1,17 +1,17 @@
 """``cdrflow ingest --tail``: follow CDR files a switch is still writing, like ``tail -F``.
 
 A switch appends to its CSV all day (Asterisk's ``Master.csv``, FreeSWITCH's cdr-csv)
-and rotates it. :class:`Tailer` reads each followed path every ``poll_s`` (0.5 s): every
-whole line that appeared is framed with the path's format, judged and sent like
-``cdrflow ingest`` sends it (streams.edge), at once, without waiting for a chunk to fill;
-a half-written last line waits for its newline.
+and rotates it. :class:`Tailer` reads each followed path every ``poll_s``
+(``Settings.edge_pass``: 0.5 s on a Kafka, 2 s on the embedded broker): every whole line
+that appeared is framed with the path's format, judged and sent like ``cdrflow ingest``
+sends it (streams.edge), at once, without waiting for a chunk to fill; a half-written
+last line waits for its newline.
 
-Why 0.5 s and not less: each pass sends a record batch to every ``cdr.raw`` partition
-its lines go to, and the embedded broker's s3 store reads back only ~15-25 record
-batches a second in all (docs/streaming.md, "Live feeds"): at 0.1 s a tail alone sent
-40 a second and the worker fell minutes behind. Each pass also makes one message per
-account, and the worker's cost goes with messages: a longer pass puts more lines in
-each.
+Why not more often: each pass sends a record batch to every ``cdr.raw`` partition its
+lines go to, and the embedded broker's s3 store reads back only ~20 record batches a
+second in all (docs/streaming.md, "Live feeds"): at 0.1 s a tail alone sent ~40 a
+second and the worker fell minutes behind. Each pass also makes one message per
+account, and the worker's cost goes with messages.
 
 **Generations.** What a path names changes: a rotation renames the file and the switch
 starts a new one; ``copytruncate`` empties it in place. Each file a path names, from its
@@ -75,7 +75,6 @@ from streams.rate_files import InputError
 from streams.routing_table import RoutingTable
 from streams.settings import Settings
 
-POLL_S: Final[float] = 0.5
 SETTLE_S: Final[float] = 1.0
 POSITION_EVERY_S: Final[float] = 1.0
 #: At most this much of a file is read per pass (a backlog goes in pieces of ~50k lines).
@@ -160,7 +159,7 @@ class Tailer:
         *,
         topic_prefix: str = "",
         on_event: Callable[[TailEvent], None] = lambda event: None,
-        poll_s: float = POLL_S,
+        poll_s: float | None = None,
         settle_s: float = SETTLE_S,
         position_every_s: float = POSITION_EVERY_S,
     ):
@@ -170,7 +169,7 @@ class Tailer:
         self.topic_prefix = topic_prefix
         self.topics = EdgeTopics.under(topic_prefix)
         self.on_event = on_event
-        self.poll_s = poll_s
+        self.poll_s = poll_s if poll_s is not None else settings.edge_pass()
         self.settle_s = settle_s
         self.position_every_s = position_every_s
         self.book = PositionBook(settings.kafka_servers(), topic_prefix)
