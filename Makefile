@@ -35,6 +35,7 @@ bench: setup
 	-$(BIN)/python bench/sink_bench.py
 	-$(BIN)/python bench/pipeline_bench.py
 	-$(BIN)/python bench/finance_bench.py
+	-$(BIN)/python bench/latency_bench.py
 
 clean:
 	rm -rf demo-data .pytest_cache .hypothesis

@@ -97,7 +97,15 @@ def _work_out(distinct: pl.DataFrame) -> pl.DataFrame:
         pl.when(mobile).then(national.str.slice(0, 7)).alias("segment"),
         pl.when(national.is_not_null() & ~mobile).then(national).alias("fixed"),
     )
-    segments = _segment_areas().select("segment", pl.col("area_code").alias("mobile_area"))
+    # Only the segments asked for: a join with the whole database (~500k rows) cost ~30 ms
+    # a call however few the numbers (a tail's batch of a few lines, every 0.1 s), and
+    # filtering first is also faster on big batches (200k numbers: 75 -> 49 ms).
+    asked = frame.get_column("segment").drop_nulls().unique()
+    segments = (
+        _segment_areas()
+        .filter(pl.col("segment").is_in(asked.implode()))
+        .select("segment", pl.col("area_code").alias("mobile_area"))
+    )
     frame = frame.join(segments, on="segment", how="left", maintain_order="left")
     frame = frame.with_columns(
         pl.col("fixed").str.contains(f"^(?:{_cn_fixed_line_pattern()})$").fill_null(False).alias("fixed_valid"),

@@ -74,5 +74,12 @@ TOPICS: Final[dict[str, Topic]] = {
             key="sha256 of the file's content",
             carries="one event per ingested file: name, sha256, lines, ingest_id, at",
         ),
+        Topic(
+            "ingest.positions",
+            key="tail:<absolute path> | route:<topic>:<partition>",
+            carries="how far `ingest --tail` and `route` have sent their feeds (streams.positions)",
+            # Only the last value of a key is ever read.
+            configs={"cleanup.policy": "compact"},
+        ),
     )
 }

@@ -355,6 +355,7 @@ def _full_app() -> typer.Typer:
     from streams.rebuild_cli import rebuild
     from streams.report_cli import report_app, retention
     from streams.rerate_cli import rerate
+    from streams.route_cli import route
     from streams.stack_cli import down, status, up
     from streams.worker_cli import worker
 
@@ -364,6 +365,7 @@ def _full_app() -> typer.Typer:
     app.command()(status)
     app.command()(load)
     app.command()(ingest)
+    app.command()(route)
     app.command()(export)
     app.command()(worker)
     app.command()(demo)

@@ -123,6 +123,15 @@ def ingest(
             "Ctrl-C or SIGTERM stops after the file being sent.",
         ),
     ] = False,
+    tail: Annotated[
+        bool,
+        typer.Option(
+            "--tail",
+            help="Follow the files given while a switch writes them (like tail -F): send each whole line as it "
+            "appears, through rotations and truncations, resuming exactly after a restart. Runs until Ctrl-C "
+            "or SIGTERM.",
+        ),
+    ] = False,
     force: Annotated[
         bool, typer.Option("--force", help="Send files already ingested again (their lines come out as duplicates).")
     ] = False,
@@ -142,6 +151,7 @@ def ingest(
     Exit 1: broker or ClickHouse unreachable, or --wait gave up; 2: bad input.
 
     Example: cdrflow ingest spool/cdrs-20260302.csv --wait
+    (a switch's live file: cdrflow ingest --tail /var/log/asterisk/cdr-csv/Master.csv --format asterisk)
     """
     from streams.ingest import AlreadyIngested, NothingLoaded, ingest_paths
     from streams.kafka_io import BrokerError
@@ -154,6 +164,11 @@ def ingest(
     except ValueError as error:
         raise cli.fail(str(error), EXIT_BAD_INPUT) from None
     settings = _settings()
+    if tail:
+        if follow_ or wait or force:
+            raise cli.fail("--tail follows files as they grow; it takes neither --follow, --wait nor --force", EXIT_BAD_INPUT)
+        _tail(settings, paths, feed=feed, json_=json_)
+        return
     if follow_:
         if len(paths) != 1:
             raise cli.fail("--follow watches one spool folder; give exactly one", EXIT_BAD_INPUT)
@@ -395,3 +410,59 @@ def _follow(
             f"stopped: {counts['ingested']} ingested, {counts['refused']} refused, {counts['error']} errors",
             highlight=False,
         )
+
+
+def _tail(settings: Settings, paths: list[Path], *, feed: Any, json_: bool) -> None:
+    """Run :class:`streams.tail.Tailer` until Ctrl-C or SIGTERM, showing its progress."""
+    from streams.edge_cli import EdgeDisplay, run_until_stopped, tally_figures
+    from streams.ingest import NothingLoaded
+    from streams.kafka_io import BrokerError
+    from streams.load import CatalogError
+    from streams.rate_files import InputError
+    from streams.tail import Tailer, TailEvent
+
+    cli = _cli()
+    display = EdgeDisplay(
+        f"following {len(paths)} file{'s' if len(paths) != 1 else ''} (Ctrl-C to stop)",
+        ("file", "source", "next line", "lines", "to cdr.raw", "rejected", "behind (bytes)"),
+        json_=json_,
+    )
+
+    def on_event(event: TailEvent) -> None:
+        figures = {
+            "event": event.kind,
+            "path": str(event.path),
+            "source": event.source,
+            "next_line": event.next_line,
+            **({"message": event.message} if event.message else {}),
+            **tally_figures(event.tally),
+            **({"behind_bytes": event.behind_bytes} if event.kind == "progress" else {}),
+        }
+        style = {"lost": "red", "error": "red", "truncated": "yellow", "rotated": "green"}.get(event.kind, "cyan")
+        shown = None if event.kind == "progress" else f"[{style}]{event.kind}[/] {event.source or event.path}: {event.message}"
+        display.event(figures, shown)
+        if event.tally is not None or event.kind == "following":
+            tally = event.tally
+            display.row(
+                str(event.path),
+                (
+                    event.path.name,
+                    event.source,
+                    f"{event.next_line:,}",
+                    f"{tally.lines:,}" if tally else "-",
+                    f"{tally.accepted:,}" if tally else "-",
+                    f"{sum(tally.rejected.values()):,}" if tally else "-",
+                    f"{event.behind_bytes:,}",
+                ),
+            )
+
+    tailer = Tailer(settings, paths, feed, topic_prefix=settings.topic_prefix, on_event=on_event)
+    with display:
+        failure = run_until_stopped(tailer.run)
+    if isinstance(failure, (InputError, NothingLoaded)):
+        raise cli.fail(str(failure), EXIT_BAD_INPUT) from None
+    if isinstance(failure, (BrokerError, CatalogError)):
+        raise cli.fail(str(failure), EXIT_UNREACHABLE) from None
+    if failure is not None:
+        raise failure
+    display.event({"event": "stopped"}, "stopped: every position recorded")

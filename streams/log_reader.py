@@ -71,6 +71,24 @@ async def topic_names(bootstrap: list[str]) -> set[str]:
         await consumer.stop()
 
 
+async def reported_ends(bootstrap: list[str], partitions: Iterable[TP]) -> dict[TP, int]:
+    """The end offset the broker reports for each partition (ListOffsets).
+
+    tansu reports it too low (by up to the last record batch), so it is only a lower
+    bound: good as a place to read *from*, never as the place to stop.
+    """
+    wanted = list(partitions)
+    if not wanted:
+        return {}
+    consumer = _consumer(bootstrap)
+    try:
+        await consumer.start()
+        ends = await consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in wanted])
+        return {TP(tp.topic, tp.partition): offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
 async def read_to_end(
     bootstrap: list[str], starts: Mapping[TP, int], *, timeout_s: float = READ_TIMEOUT_S
 ) -> dict[TP, list[Any]]:
