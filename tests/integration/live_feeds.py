@@ -16,7 +16,8 @@ import orjson
 import polars as pl
 
 from streams.kafka_io import read_to_end
-from tests.conftest import CDRFLOW, compare_with_expected
+from streams.compare import compare_outputs
+from tests.conftest import CDRFLOW
 from tests.integration.pipeline import Pipeline
 
 
@@ -176,8 +177,8 @@ def assert_lands_as_offline(pipeline: Pipeline, offline: Path, work: Path, shift
     rejected = pl.read_csv(exported / "rejected.csv", infer_schema=False)
     assert set(rejected.get_column("file")) <= set(shift), set(rejected.get_column("file"))
     renumbered(rejected, shift).write_csv(exported / "rejected.csv")
-    compared = compare_with_expected(offline, exported)
-    assert compared.returncode == 0, compared.stdout + compared.stderr
+    compared = compare_outputs(offline, exported)
+    assert compared.ok, compared.report()
     client = pipeline.client()
     try:
         rows = client.execute("SELECT source, line, account_id, cdr_id FROM rated_calls FINAL")
