@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import json
 import os
@@ -64,7 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     say = (lambda _: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     needed = WARMUP_LINES + sum(rate * args.seconds for rate in args.rates)
     results: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="cdrflow-latency-bench-") as tmp:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    folder = (
+        contextlib.nullcontext(tempfile.mkdtemp(prefix="cdrflow-latency-bench-", dir=args.keep))
+        if args.keep is not None
+        else tempfile.TemporaryDirectory(prefix="cdrflow-latency-bench-")
+    )
+    with folder as tmp:
         root = Path(tmp)
         receiver = _Receiver()
         env = _stack_env(root, receiver.url)
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             lines = data.cdrs_file.read_bytes().splitlines(keepends=True)
             rated_lines = _rated_lines(data, root / "offline")
             _cdrflow(env, "load", "--plans", data.plans_dir, "--accounts", data.accounts_file)
-            stack.start_worker(settings)
+            # info: each batch's figures in the worker's log (state/logs/worker.log, --keep)
+            stack.start_worker(settings, loglevel="info")
             master = root / "spool" / "Master.csv"
             master.parent.mkdir()
             master.touch()
@@ -387,6 +396,7 @@ def _cdrflow(env: dict[str, str], *args: object, check: bool = True) -> str:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (the worker's log among it)")
     parser.add_argument("--rates", type=lambda text: [int(r) for r in text.split(",")], default=[200, 2_000],
                         help="lines/s of each phase, comma-separated (default 200,2000)")  # fmt: skip
     parser.add_argument("--seconds", type=int, default=60, help="length of each phase")

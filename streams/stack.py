@@ -931,7 +931,7 @@ def free_ports(count: int, span: range = range(20000, 30000)) -> list[int]:
     raise StackError(f"no free ports between {span.start} and {span.stop - 1}")
 
 
-def start_worker(settings: Settings) -> ServerInfo:
+def start_worker(settings: Settings, *, loglevel: str = "warn") -> ServerInfo:
     """Start a ``cdrflow worker`` in the background under the state folder.
 
     ``cdrflow demo`` runs it so the stack rates on its own afterwards; ``down`` stops it.
@@ -946,7 +946,7 @@ def start_worker(settings: Settings) -> ServerInfo:
         env = {**os.environ, "CDRFLOW_STATE_DIR": str(state_dir)}
         launch = _Launch(
             name="worker",
-            command=lambda: [sys.executable, "-m", "streams.worker_cli", "--loglevel", "warn"],
+            command=lambda: [sys.executable, "-m", "streams.worker_cli", "--loglevel", loglevel],
             env=lambda: env,
             address="-",
             ports={},
