@@ -36,6 +36,7 @@ bench: setup
 	-$(BIN)/python bench/pipeline_bench.py
 	-$(BIN)/python bench/finance_bench.py
 	-$(BIN)/python bench/latency_bench.py
+	-$(BIN)/python bench/soak_bench.py
 
 clean:
 	rm -rf demo-data .pytest_cache .hypothesis
