@@ -90,11 +90,6 @@ _S3_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_ALLOW_HTTP": "true",
 }
-# localbucket logs every request at INFO: its log would grow with every produce.
-_LOCALBUCKET_QUIET = (
-    "import logging, sys, localbucket; logging.disable(logging.INFO); "
-    "sys.argv[0] = 'localbucket'; localbucket.main()"
-)
 # Popen objects of the servers this process started, so that stopping them reaps them.
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
@@ -597,7 +592,8 @@ def _localbucket_command() -> list[str]:
             f"the S3 server localbucket is not installed in {sys.prefix}: run `make setup` "
             "(or pip install localbucket)"
         )
-    return [sys.executable, "-c", _LOCALBUCKET_QUIET]
+    # localbucket with TCP_NODELAY and listings walked from the prefix, quiet below WARNING.
+    return [sys.executable, "-m", "streams.s3_server"]
 
 
 def _clean_env() -> dict[str, str]:

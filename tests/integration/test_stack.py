@@ -26,14 +26,14 @@ def _pids(settings: Settings) -> dict[str, int | None]:
 
 
 def _server_processes() -> set[int]:
-    """Pids of every tansu, ClickHouse and localbucket process on the machine."""
+    """Pids of every tansu, ClickHouse and S3 server (localbucket) process on the machine."""
     found = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmdline.read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if any(name in text for name in (b"tansu broker", b"clickhouse-server", b"localbucket")):
+        if any(name in text for name in (b"tansu broker", b"clickhouse-server", b"streams.s3_server")):
             found.add(int(cmdline.parent.name))
     return found
 
