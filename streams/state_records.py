@@ -209,8 +209,8 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
     for parsing them again.
     """
     balances, latest, allowance, charged, daily = [], [], [], [], []
-    seen_frames: list[pl.DataFrame] = []
-    hash_parts: list[pl.Series] = []
+    segments: list[Record] = []
+    undecoded: list[tuple[str, bytes, Record]] = []
     for account, records in accounts.items():
         if not records:
             continue
@@ -228,9 +228,12 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
                 charged.extend((account, month_key, call_class, s) for call_class, s in part["charged"].items())
                 daily.extend((account, day, spent, alerted) for day, (spent, alerted) in part["daily"].items())
             elif name.startswith(b"s"):
-                frame, hashes = _decoded_segment(account, name, record)
-                seen_frames.append(frame)
-                hash_parts.append(hashes)
+                segments.append(record)
+                if record.decoded is None:
+                    undecoded.append((account, name, record))
+    _decode_segments(undecoded)
+    seen_frames = [record.decoded[0] for record in segments]
+    hash_parts = [record.decoded[1] for record in segments]
     seen = pl.concat(seen_frames) if seen_frames else pl.DataFrame(schema=SEEN_SCHEMA)
     state = RatingState(
         balances=pl.DataFrame(balances, schema=BALANCES_SCHEMA, orient="row"),
@@ -257,16 +260,38 @@ def _decoded_month(record: Record) -> dict[str, Any]:
     return record.decoded
 
 
+def _decode_segments(segments: list[tuple[str, bytes, Record]]) -> None:
+    """Decode seen segments (account, record name, record) all at once: one frame and one
+    hash pass for all of them, each record keeping its slice (``Record.decoded``).
+
+    A live feed's batch brings a few new small segments for each of ~1,000 accounts: a
+    frame and a hash pass per segment cost ~0.16 ms each, half of such a batch's rating.
+    """
+    if not segments:
+        return
+    ids = [orjson.loads(untag(record.value)[1]) for _, _, record in segments]
+    lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+    owner = np.repeat(np.arange(len(segments)), lengths)
+    accounts = pl.Series([account for account, _, _ in segments], dtype=pl.String)
+    months = pl.Series([parse_segment_name(name)[0] for _, name, _ in segments], dtype=pl.Int64)  # type: ignore[index]
+    frame = pl.DataFrame(
+        {
+            "account_id": accounts.gather(owner),
+            "cdr_id": pl.Series([cdr_id for part in ids for cdr_id in part], dtype=pl.String),
+            "month_key": months.gather(owner),
+        },
+        schema=SEEN_SCHEMA,
+    )
+    hashes = frame.select(_SEEN_KEY).to_series()
+    start = 0
+    for (_, _, record), length in zip(segments, lengths.tolist(), strict=True):
+        record.decoded = (frame.slice(start, length), hashes.slice(start, length))
+        start += length
+
+
 def _decoded_segment(account: str, name: bytes, record: Record) -> tuple[pl.DataFrame, pl.Series]:
     if record.decoded is None:
-        month_key, _ = parse_segment_name(name)  # type: ignore[misc]
-        _, payload = untag(record.value)
-        ids = orjson.loads(payload)
-        frame = pl.DataFrame(
-            {"account_id": [account] * len(ids), "cdr_id": ids, "month_key": [month_key] * len(ids)},
-            schema=SEEN_SCHEMA,
-        )
-        record.decoded = (frame, frame.select(_SEEN_KEY).to_series())
+        _decode_segments([(account, name, record)])
     return record.decoded
 
 
