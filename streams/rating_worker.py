@@ -179,11 +179,9 @@ class RatingWorker:
             retry=frozenset(self.retry), hold=frozenset(self.unwritten),
         )
         rated = time.perf_counter()
-        outputs = [m for m in outcome.outputs if m.account not in failed]
-        refused = await send_in_order(self.send_output, outputs)
-        for index, error in refused.items():
-            account = outputs[index].account
-            failed.setdefault(account, f"output {outputs[index].kind} refused by the broker: {error!r}"[:500])
+        outputs = outcome.outputs  # a failed account has none (rate_isolated)
+        for message, error in await self._send_outputs(outputs):
+            failed.setdefault(message.account, f"output {message.kind} refused by the broker: {error!r}"[:500])
         acknowledged = time.perf_counter()
         for partition, state in held.items():
             # Taken away, or loaded again by a rebalance meanwhile (its owner may have
@@ -216,6 +214,22 @@ class RatingWorker:
         if failed or retried:
             await self.publish_status()
         return outcome
+
+    async def _send_outputs(self, outputs: list[OutputMessage]) -> list[tuple[OutputMessage, BaseException]]:
+        """Send the batch's outputs (:func:`send_in_order`); give back the messages of one
+        account each that the broker would not take.
+
+        A message of several accounts' rows that is refused is sent again as one message
+        per account: only the accounts whose own rows are refused (too large) are blocked.
+        """
+        refused = await send_in_order(self.send_output, outputs)
+        left = [(outputs[i], error) for i, error in sorted(refused.items()) if outputs[i].split is None]
+        alone = [m for i in sorted(refused) if (split := outputs[i].split) is not None for m in split()]
+        if alone:
+            log.warning("%d output messages of several accounts refused: sending their %d accounts' rows apart",
+                        len(refused) - len(left), len(alone))
+            left += [(alone[i], error) for i, error in sorted((await send_in_order(self.send_output, alone)).items())]
+        return left
 
     async def _write(
         self,

@@ -147,14 +147,43 @@ def test_checkpoints_name_the_offset_after_each_partitions_last_message() -> Non
         assert outcome.checkpoints[partition] == max(m.offset for m in messages if m.partition == partition) + 1
 
 
-def test_outputs_are_keyed_by_their_message_and_cut_into_bounded_messages() -> None:
+@pytest.mark.parametrize("chunk_lines", [3000, 1])
+def test_outputs_are_grouped_by_source_partition_and_cut_into_bounded_messages(chunk_lines: int) -> None:
     catalog, batch, owner = _vector("mixed")
-    outcome = rate_messages(_messages(batch, owner, chunk_lines=3000), {}, catalog, TOPIC)
+    messages = _messages(batch, owner, chunk_lines=chunk_lines)
+    partition_of = {m.key: m.partition for m in messages}
+    outcome = rate_messages(messages, {}, catalog, TOPIC)
+    grouped = 0
     for message in outcome.outputs:
+        if message.kind == "status":
+            continue
         rows = read_output(message.value, message.kind)
         assert rows.height <= OUTPUT_ROWS
-        if message.kind != "rejected":
-            assert rows["account_id"].unique().to_list() == [message.key.decode()]
+        assert message.key == f"{TOPIC}[{message.partition}]".encode()
+        assert {partition_of[a] for a in message.accounts} == {message.partition}
+        if message.kind != "rejected":  # a rejection may name no account
+            assert rows["account_id"].unique().sort().to_list() == sorted(a.decode() for a in message.accounts)
+            # Each account's rows together.
+            runs = rows.select(pl.col("account_id").rle_id()).to_series()
+            assert runs.n_unique() == rows["account_id"].n_unique()
+        if len(message.accounts) > 1:
+            grouped += 1
+            assert message.account == b"" and message.split is not None
+            alone = message.split()
+            assert [m.account for m in alone] == list(message.accounts)
+            assert all(m.partition == message.partition and m.key == m.account for m in alone)
+            assert pl.concat([read_output(m.value, m.kind) for m in alone]).equals(rows)
+        else:
+            assert message.account == message.accounts[0]
+    assert grouped
+    # One message per kind and partition, cut only every OUTPUT_ROWS rows (these rows are
+    # far under the byte limit): not one per account.
+    counts: dict[tuple[str, int], list[int]] = {}
+    for message in outcome.outputs:
+        if message.kind != "status":
+            counts.setdefault((message.kind, message.partition), []).append(read_output(message.value, message.kind).height)
+    for heights in counts.values():
+        assert len(heights) == -(-sum(heights) // OUTPUT_ROWS)
 
 
 def test_output_schemas_read_back_every_column_the_engine_gives() -> None:
@@ -183,10 +212,17 @@ def test_an_account_whose_rating_fails_is_set_apart_and_the_others_are_rated(mon
     monkeypatch.setattr(rating_batch, "rate", failing)
     outcome, failed = rating_batch.rate_isolated(messages, {}, catalog, TOPIC)
     assert list(failed) == [b"A003"] and "a rule no test foresaw" in failed[b"A003"]
-    assert b"A003" not in outcome.states and all(m.account != b"A003" for m in outcome.outputs)
-    # Every other account: the same records and outputs as when nothing failed.
+    assert b"A003" not in outcome.states and all(b"A003" not in m.accounts for m in outcome.outputs)
+    # Every other account: the same records and output rows as when nothing failed.
     assert {k: v for k, v in whole.states.items() if k != b"A003"} == outcome.states
-    assert sorted(m.value for m in whole.outputs if m.account != b"A003") == sorted(m.value for m in outcome.outputs)
+    for kind in ("rated", "rejected", "alerts"):
+        expected = _outputs([whole], kind).filter(pl.col("account_id").fill_null("") != "A003")
+        assert _outputs([outcome], kind).equals(expected), kind
+    balances = [read_output(m.value, "balances") for m in outcome.outputs if m.kind == "balances"]
+    expected = [read_output(m.value, "balances") for m in whole.outputs if m.kind == "balances"]
+    assert pl.concat(balances).sort("account_id").equals(
+        pl.concat(expected).filter(pl.col("account_id") != "A003").sort("account_id")
+    )
     assert outcome.checkpoints == whole.checkpoints
 
 

@@ -89,3 +89,33 @@ def test_a_message_too_large_is_given_back_at_once() -> None:
     refused = asyncio.run(send_in_order(broker.send, ["a", "big"], attempts=5, first_delay_s=0.0))
     assert list(refused) == [1] and isinstance(refused[1], MessageSizeTooLargeError)
     assert broker.sends == 2
+
+
+def test_a_grouped_output_refused_for_its_size_blocks_only_the_accounts_whose_own_rows_are_too_large() -> None:
+    from streams.rating_batch import rate_messages
+    from streams.rating_worker import RatingWorker
+    from tests.test_rating_batch import TOPIC, _messages, _vector
+
+    catalog, batch, owner = _vector("mixed")
+    outcome = rate_messages(_messages(batch, owner, chunk_lines=3000), {}, catalog, TOPIC)
+    rated = [m for m in outcome.outputs if m.kind == "rated"]
+    assert any(len(m.accounts) > 1 for m in rated)
+    parts = [part for m in rated for part in (m.split() if m.split else [m])]
+    largest = max(parts, key=lambda m: len(m.value))
+    limit = max(len(m.value) for m in parts if m is not largest) + 1  # only the largest account's rows pass it
+    assert len(largest.value) >= limit and all(len(m.value) < limit for m in outcome.outputs if m.kind != "rated")
+
+    broker = _Broker(lambda n, m: MessageSizeTooLargeError() if len(m.value) >= limit else None)
+    worker = RatingWorker(None, broker.send, None, lambda: set(), TOPIC)  # type: ignore[arg-type]
+    refused = asyncio.run(worker._send_outputs(outcome.outputs))
+    assert [(m.account, m.kind) for m, _ in refused] == [(largest.account, "rated")]
+    assert all(isinstance(error, MessageSizeTooLargeError) for _, error in refused)
+    # Every row of every other account reached the broker, the refused ones' included apart.
+    stored_rows = sum(len(json_rows(m)) for m in broker.stored if m.kind == "rated")
+    assert stored_rows == sum(len(json_rows(m)) for m in rated) - len(json_rows(largest))
+
+
+def json_rows(message) -> list[str]:  # type: ignore[no-untyped-def]
+    import orjson
+
+    return orjson.loads(message.value)["rows"]["cdr_id"]
