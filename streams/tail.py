@@ -2,7 +2,7 @@
 
 A switch appends to its CSV all day (Asterisk's ``Master.csv``, FreeSWITCH's cdr-csv)
 and rotates it. :class:`Tailer` reads each followed path every ``poll_s``
-(``Settings.edge_pass``: 0.5 s on a Kafka, 2 s on the embedded broker): every whole line
+(``Settings.edge_pass``: 0.5 s on a Kafka, 1 s on the embedded broker): every whole line
 that appeared is framed with the path's format, judged and sent like ``cdrflow ingest``
 sends it (streams.edge), at once, without waiting for a chunk to fill; a half-written
 last line waits for its newline.
