@@ -182,7 +182,12 @@ def test_a_worker_resuming_from_older_states_charges_nothing_twice(pipeline: Pip
     vectors = VECTORS / "mixed"
     messages = _run(pipeline, vectors, chunk_lines=20)
     first = pipeline.start_worker()
-    pipeline.produce(messages, pace_s=5.0)
+    # A third of the messages first, the rest once a batch is rated: the first checkpoint
+    # of each partition then lies before messages of the second part (however fast the
+    # worker joins), so the rewind has something to rate again.
+    pipeline.produce(messages[: len(messages) // 3])
+    _wait_for_log(first, "rated ", timeout_s=LAND_TIMEOUT_S)
+    pipeline.produce(messages[len(messages) // 3 :], pace_s=3.0)
     lines, alerts = _lines(vectors / "cdrs.csv"), _expected_alerts(vectors)
     pipeline.wait_until(_everything_landed(lines, alerts), timeout_s=LAND_TIMEOUT_S, what="the first run")
     first.kill()
