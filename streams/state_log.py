@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 #: A generation rolls once its appends pass both: a small state every 4 MB of writes, a
 #: larger one when its appends reach its own size again; a restart then reads at most
 #: twice the live state. (64 MB let a partition of 12 MB live read 21 MB of history at a
-#: restart three months in: bench/soak_bench.py, 2026-12-07.)
+#: restart three months in: bench/soak_bench.py, 2026-12-06.)
 ROLL_MIN_BYTES: Final[int] = 4 * 1024 * 1024
 ROLL_FACTOR: Final[float] = 1.0
 #: Records of one produce request: the snapshot goes in few, large requests (each is an
