@@ -25,7 +25,8 @@ demo: setup
 
 # Four pytest-xdist workers, a test file each at a time (the integration tests mostly wait
 # on the broker: on these 2 cores 4 workers took 9.4-9.8 min, 2 workers 13 min on a busier
-# machine the same day); each worker that runs a test of
+# machine the same day; 5.7 min once the embedded S3 server lost its 40 ms a request,
+# 2026-12-07); each worker that runs a test of
 # tests/integration starts its own embedded stack (a session fixture, on ports of its own).
 test: setup
 	$(BIN)/python -m pytest -n 4 --dist loadfile --durations=25

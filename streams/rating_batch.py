@@ -85,7 +85,8 @@ class OutputMessage:
     ----------
     key
         The message key: the source partition's name (``cdr.raw[2]``) for rows grouped
-        by partition, the number for ``number.status``.
+        by partition, the account for a message that ``split`` made, the number for
+        ``number.status``.
     account
         The ``cdr.raw`` key whose rows it carries when that is one account (a status is
         one account's); ``b""`` when it carries several (``accounts``).
