@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 #: twice the live state. (64 MB let a partition of 12 MB live read 21 MB of history at a
 #: restart three months in: bench/soak_bench.py, 2026-12-06.)
 ROLL_MIN_BYTES: Final[int] = 4 * 1024 * 1024
+#: How long a state write may wait for the broker's acknowledgement before it fails (and
+#: is tried again: streams.rating_worker, streams.resume).
+STATE_REQUEST_TIMEOUT_MS: Final[int] = 10_000
 ROLL_FACTOR: Final[float] = 1.0
 #: Records of one produce request: the snapshot goes in few, large requests (each is an
 #: object of tansu's S3 store, and reading back costs per object).
@@ -151,6 +154,11 @@ class StateLog:
                 max_batch_size=PRODUCE_BATCH_BYTES,
                 max_request_size=PRODUCE_BATCH_BYTES + 64 * 1024,
                 client_id="cdrflow-state",
+                # A write the broker cannot take fails after 10 s, not aiokafka's 40 s: the
+                # first write to a brand-new state topic was once answered
+                # NotLeaderForPartition until the timeout (docs/streaming.md, Limits), and
+                # the resume then starts a next generation at once.
+                request_timeout_ms=STATE_REQUEST_TIMEOUT_MS,
             )
             await producer.start()
             self._producer = producer
