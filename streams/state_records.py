@@ -55,7 +55,6 @@ SEGMENT_MAX_BYTES: Final[int] = 32 * 1024
 #: Segments of one size tier merged together once there are this many.
 SEGMENT_FANOUT: Final[int] = 4
 _TIER_BASE_BYTES: Final[int] = 256
-_SEEN_KEY = pl.struct("account_id", "cdr_id").hash()
 
 
 # ---------------------------------------------------------------------------- keys
@@ -209,8 +208,7 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
     for parsing them again.
     """
     balances, latest, allowance, charged, daily = [], [], [], [], []
-    segments: list[Record] = []
-    undecoded: list[tuple[str, bytes, Record]] = []
+    segments: list[tuple[str, int, list[str]]] = []  # account, month key, ids
     for account, records in accounts.items():
         if not records:
             continue
@@ -228,13 +226,8 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
                 charged.extend((account, month_key, call_class, s) for call_class, s in part["charged"].items())
                 daily.extend((account, day, spent, alerted) for day, (spent, alerted) in part["daily"].items())
             elif name.startswith(b"s"):
-                segments.append(record)
-                if record.decoded is None:
-                    undecoded.append((account, name, record))
-    _decode_segments(undecoded)
-    seen_frames = [record.decoded[0] for record in segments]
-    hash_parts = [record.decoded[1] for record in segments]
-    seen = pl.concat(seen_frames) if seen_frames else pl.DataFrame(schema=SEEN_SCHEMA)
+                segments.append((account, *_decoded_segment(name, record)))
+    seen = _seen_frame(segments)
     state = RatingState(
         balances=pl.DataFrame(balances, schema=BALANCES_SCHEMA, orient="row"),
         allowance=pl.DataFrame(allowance, schema=ALLOWANCE_SCHEMA, orient="row"),
@@ -243,8 +236,6 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
         seen=seen,
         latest=pl.DataFrame(latest, schema=LATEST_SCHEMA, orient="row"),
     )
-    if hash_parts:
-        state.remember("seen_hash", (state.seen,), pl.concat(hash_parts))
     return state
 
 
@@ -260,45 +251,39 @@ def _decoded_month(record: Record) -> dict[str, Any]:
     return record.decoded
 
 
-def _decode_segments(segments: list[tuple[str, bytes, Record]]) -> None:
-    """Decode seen segments (account, record name, record) all at once: one frame and one
-    hash pass for all of them, each record keeping its slice (``Record.decoded``).
+def _decoded_segment(name: bytes, record: Record) -> tuple[int, list[str]]:
+    """A seen segment's month key and ids (parsed once per record)."""
+    if record.decoded is None:
+        month_key, _ = parse_segment_name(name)  # type: ignore[misc]
+        record.decoded = (month_key, orjson.loads(untag(record.value)[1]))
+    return record.decoded
 
-    A live feed's batch brings a few new small segments for each of ~1,000 accounts: a
-    frame and a hash pass per segment cost ~0.16 ms each, half of such a batch's rating.
+
+def _seen_frame(segments: list[tuple[str, int, list[str]]]) -> pl.DataFrame:
+    """The ids of the batch's segments (account, month key, ids) as one frame.
+
+    Built once per batch from the segments' parsed ids: a frame per segment cost ~0.16 ms
+    each (half of a live batch's rating, ~1,000 accounts with a few new segments each),
+    and a frame cut from a batch-wide one would keep the whole of it alive for as long as
+    any segment of it lives (polars slices share their buffers).
     """
     if not segments:
-        return
-    ids = [orjson.loads(untag(record.value)[1]) for _, _, record in segments]
-    lengths = np.fromiter((len(i) for i in ids), dtype=np.int64, count=len(ids))
+        return pl.DataFrame(schema=SEEN_SCHEMA)
+    lengths = np.fromiter((len(ids) for _, _, ids in segments), dtype=np.int64, count=len(segments))
     owner = np.repeat(np.arange(len(segments)), lengths)
-    accounts = pl.Series([account for account, _, _ in segments], dtype=pl.String)
-    months = pl.Series([parse_segment_name(name)[0] for _, name, _ in segments], dtype=pl.Int64)  # type: ignore[index]
-    frame = pl.DataFrame(
+    return pl.DataFrame(
         {
-            "account_id": accounts.gather(owner),
-            "cdr_id": pl.Series([cdr_id for part in ids for cdr_id in part], dtype=pl.String),
-            "month_key": months.gather(owner),
+            "account_id": pl.Series([account for account, _, _ in segments], dtype=pl.String).gather(owner),
+            "cdr_id": pl.Series([cdr_id for _, _, ids in segments for cdr_id in ids], dtype=pl.String),
+            "month_key": pl.Series([month for _, month, _ in segments], dtype=pl.Int64).gather(owner),
         },
         schema=SEEN_SCHEMA,
     )
-    hashes = frame.select(_SEEN_KEY).to_series()
-    start = 0
-    for (_, _, record), length in zip(segments, lengths.tolist(), strict=True):
-        record.decoded = (frame.slice(start, length), hashes.slice(start, length))
-        start += length
-
-
-def _decoded_segment(account: str, name: bytes, record: Record) -> tuple[pl.DataFrame, pl.Series]:
-    if record.decoded is None:
-        _decode_segments([(account, name, record)])
-    return record.decoded
 
 
 def segment_ids(record: Record, account: str, name: bytes) -> list[str]:
     """The ids a seen segment holds."""
-    frame, _ = _decoded_segment(account, name, record)
-    return frame.get_column("cdr_id").to_list()
+    return list(_decoded_segment(name, record)[1])
 
 
 # ---------------------------------------------------------------------------- encoding
