@@ -74,7 +74,8 @@ class Trajectory:
         keys = ["account_id", "cdr_id"]
         update = changed.select(*keys, pl.col("status").alias("status_new"), pl.col("amount").alias("amount_new"))
         calls = billed.rated.join(update, on=keys, how="left", maintain_order="left")
-        billed_calls = calls.select(
+        # A call's place in the history, billed or rated now (the same columns for both).
+        call = (
             "account_id",
             pl.col("cdr_id").alias("id"),
             pl.lit("call").alias("item"),
@@ -83,6 +84,9 @@ class Trajectory:
             "local_day",
             "line",
             *_ORIGIN[:4],
+        )
+        billed_calls = calls.select(
+            *call,
             (-pl.col("amount")).alias("effect_cur"),
             (-pl.coalesce("amount_new", "amount")).alias("effect_new"),
             (-pl.col("amount")).alias("own_cur"),
@@ -92,14 +96,7 @@ class Trajectory:
         )
         # Calls billed as rejections that the correction rates (a late call of the period...).
         new_calls = changed.join(billed.rated.select(keys), on=keys, how="anti").select(
-            "account_id",
-            pl.col("cdr_id").alias("id"),
-            pl.lit("call").alias("item"),
-            "offset",
-            pl.col("line").alias("seq"),
-            "local_day",
-            "line",
-            *_ORIGIN[:4],
+            *call,
             pl.lit(0).alias("effect_cur"),
             (-pl.col("amount")).alias("effect_new"),
             pl.lit(0).alias("own_cur"),

@@ -27,6 +27,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -39,23 +40,14 @@ from rating.clock import month_key
 from rating.corrected_history import Trajectory, alert_changes, corrected_balances
 from rating.engine import prepare, rate
 from rating.state import RatingState
+from schemas.columns import RATED_COLUMNS
 
 #: The horizon of a correction run: nothing is late in it (docs/rules.md, "Corrections").
 RERUN_HORIZON_MONTHS: Final[int] = 1200
 #: What a correction compares of a call: spec 6's columns and what explains the price
 #: (not ``balance``: it follows from the amounts, rating.corrected_history).
 COMPARED_COLUMNS: Final[tuple[str, ...]] = (
-    "status",
-    "class",
-    "offpeak",
-    "billable_s",
-    "allowance_s",
-    "charged_s",
-    "base",
-    "discount",
-    "minimum_uplift",
-    "cap_waived",
-    "amount",
+    *(column for column in RATED_COLUMNS if column not in ("cdr_id", "account_id")),
     "plan_id",
     "plan_version",
     "rate_segment",
@@ -99,16 +91,7 @@ def _month_key(day: date) -> int:
 
 def correction_catalog(catalog: Catalog) -> Catalog:
     """``catalog`` with the horizon of a correction run (nothing is late)."""
-    return Catalog(
-        plans=catalog.plans,
-        numbers=catalog.numbers,
-        accounts=catalog.accounts,
-        versions=catalog.versions,
-        rates=catalog.rates,
-        rate_keys=catalog.rate_keys,
-        tier_count=catalog.tier_count,
-        horizon_months=RERUN_HORIZON_MONTHS,
-    )
+    return dataclasses.replace(catalog, horizon_months=RERUN_HORIZON_MONTHS)
 
 
 @dataclass(frozen=True)
