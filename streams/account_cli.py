@@ -37,7 +37,9 @@ WaitOption = Annotated[float, typer.Option("--wait-s", help="How long to wait fo
 # ---------------------------------------------------------------------------- helpers
 
 
-def _instant(text: str | None, option: str = "--at") -> datetime:
+def parse_instant(text: str | None, option: str = "--at") -> datetime:
+    """An instant option (ISO 8601 with its offset), or now when it is not given; a bad
+    one ends the command with exit 2, naming the option."""
     if text is None:
         return ops.now()
     try:
@@ -156,7 +158,7 @@ def account_open(
     """Open an account: charges the plan's opening fee and each number's selection fee by grade."""
     balance = _money(opening_balance, "--opening-balance", signed=True)
     wanted = [n.strip() for n in numbers.split(",") if n.strip()]
-    instant = _instant(at)
+    instant = parse_instant(at)
     settings, catalog, db = _context(state_dir)
     try:
         if plan not in catalog.plans:
@@ -225,7 +227,7 @@ def account_topup(
             )
     except ops.LedgerRefused as error:
         raise _refuse(error) from None
-    command = _command(kind="topup", account_id=account, at=_instant(at), amount=units, ref=ref)
+    command = _command(kind="topup", account_id=account, at=parse_instant(at), amount=units, ref=ref)
     db, published = _run(state_dir, [command], wait_s)
     _report(db, published, json_, "top-up")
 
@@ -288,7 +290,7 @@ def _lifecycle(state_dir: Any, account: str, kind: str, at: str | None, json_: b
             raise ops.LedgerRefused(f"account {account} is {row['state']}: {why}")
     except ops.LedgerRefused as error:
         raise _refuse(error) from None
-    command = _command(kind=kind, account_id=account, at=_instant(at), **fields)
+    command = _command(kind=kind, account_id=account, at=parse_instant(at), **fields)
     db, published = _run(state_dir, [command], wait_s)
     _report(db, published, json_, kind)
 
@@ -368,7 +370,7 @@ def close_month(
     state_dir: StateDirOption = None,
 ) -> None:
     """Charge the month's rent, services, minimum-spend true-up and keep-number fees (once)."""
-    instant = _instant(at)
+    instant = parse_instant(at)
     probe = _command(kind="close_month", account_id="-", at=instant, month=month)
     _, catalog, db = _context(state_dir)
     try:
@@ -409,7 +411,7 @@ def sla_credit(
     state_dir: StateDirOption = None,
 ) -> None:
     """Credit a day's rent for each local day a fault touched longer than the plan allows."""
-    began, ended = _instant(start, "--start"), _instant(end, "--end")
+    began, ended = parse_instant(start, "--start"), parse_instant(end, "--end")
     if ended <= began:
         raise _fail("--end must be after --start; nothing was written", code=2)
     _, catalog, db = _context(state_dir)
@@ -417,7 +419,7 @@ def sla_credit(
         ops.require_account(db, catalog, account)
     except ops.LedgerRefused as error:
         raise _refuse(error) from None
-    command = _command(kind="sla_credit", account_id=account, at=_instant(at) if at else ended, start=began, end=ended)
+    command = _command(kind="sla_credit", account_id=account, at=parse_instant(at) if at else ended, start=began, end=ended)
     db, published = _run(state_dir, [command], wait_s)
     _report(db, published, json_, "SLA credit")
 

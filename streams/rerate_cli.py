@@ -7,7 +7,7 @@ docs/rules.md ("Corrections").
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +20,7 @@ from rating.rerate import Diff, Period
 from schemas.columns import MONEY_COLUMNS
 from schemas.money import format_money, money_expr
 from streams import ledger_ops as ops
+from streams.account_cli import parse_instant
 from streams import rerate as work
 from streams.kafka_io import BrokerError
 from streams.stack_cli import StateDirOption, _fail, _settings, console, errors
@@ -75,7 +76,7 @@ def rerate(
         period = Period(_day(from_, "--from"), _day(to, "--to"))
     except ValueError as error:
         raise _fail(f"--from/--to: {error}", code=2) from None
-    applied_at = _instant(at)
+    applied_at = parse_instant(at)
     chosen = None if all_ else [a.strip() for a in (accounts or "").split(",") if a.strip()]
     if chosen is not None and not chosen:
         raise _fail("--accounts: no account id given", code=2)
@@ -155,18 +156,6 @@ def _day(text: str, option: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise _fail(f"{option} {text!r}: expected a day, YYYY-MM-DD", code=2) from None
-
-
-def _instant(text: str | None) -> datetime:
-    if text is None:
-        return ops.now()
-    try:
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise _fail(f"--at {text!r}: not an ISO 8601 instant (e.g. 2026-04-02T10:00:00+08:00)", code=2) from None
-    if value.tzinfo is None:
-        raise _fail(f"--at {text!r}: give the offset (e.g. +08:00 or Z)", code=2)
-    return value
 
 
 # ---------------------------------------------------------------------------- output
