@@ -25,6 +25,12 @@ starts at the later of the two, reads ``cdr.raw`` back from the position's ends 
 the lines of the partition it finds there: sent by the previous owner after its last
 position, before it died or lost the partition.
 
+**Refusals and a broker away.** When a send is refused (two producers writing one
+partition at the same moment on tansu, docs/infra.md) or the broker stops answering, the
+sends in flight may or may not have landed: the router reports it (``error``), leaves the
+group, waits and joins again, recovering its partitions as a restart would. A line whose
+send was refused while later lines of its partition landed is sent again after them.
+
 **Header formats.** A line of a canonical (or header-naming profile's) feed that reads as
 its header line names the columns for the lines after it on that partition (and is no
 CDR); it is kept with the position. A canonical partition without one reads the columns
@@ -54,6 +60,7 @@ from streams.edge import EDGE_LINGER_MS, EdgeTopics, Tally, send_batch
 from streams.ingest import NothingLoaded
 from streams.kafka_io import (
     BOOTSTRAP_TIMEOUT_S,
+    BrokerError,
     Sender,
     make_producer,
     make_reader,
@@ -69,8 +76,11 @@ from streams.settings import Settings
 POLL_MS: Final[int] = 200
 MAX_RECORDS: Final[int] = 5_000
 POSITION_EVERY_S: Final[float] = 1.0
+#: The wait before joining again after a refused send or a broker away, doubling up to RETRY_MAX_S.
+RETRY_S: Final[float] = 1.0
+RETRY_MAX_S: Final[float] = 30.0
 
-RouteEventKind = Literal["assigned", "revoked", "progress"]
+RouteEventKind = Literal["assigned", "revoked", "progress", "error"]
 
 
 def default_group(topic: str) -> str:
@@ -90,6 +100,7 @@ class RouteEvent:
 
     kind: RouteEventKind
     topic: str
+    #: -1 for an ``error`` (the router's, not a partition's).
     partition: int
     message: str = ""
     #: The next offset of the partition to route.
@@ -187,6 +198,12 @@ class Router:
                 f"no accounts on the {names} topics, so every line would be rejected as unknown_number: "
                 "run `cdrflow load --plans DIR --accounts FILE` first"
             )
+        self._join()
+        self.table.start()
+
+    def _join(self) -> None:
+        """Open the sender and join the group (partitions come with the next polls)."""
+        self._listener = _Listener()  # nothing of an earlier membership's changes carries over
         self._sender = Sender(self.settings, make_producer(self.settings, linger_ms=EDGE_LINGER_MS))
         try:
             self._consumer = KafkaConsumer(
@@ -211,18 +228,34 @@ class Router:
         except KafkaError as error:
             raise unreachable(self.settings, error) from None
         self._consumer.subscribe([self.topic], listener=self._listener)
-        self.table.start()
 
-    def run(self, stop: Any) -> None:
+    def run(self, stop: Any, *, retry_s: float = RETRY_S) -> None:
         """:meth:`start`, then a :meth:`step` every ``Settings.edge_pass`` (at most) until
-        ``stop`` (a ``threading.Event``) is set, then :meth:`close`. A broker error ends
-        the run (exit 1 in the command): a restart resumes exactly, from the positions."""
+        ``stop`` (a ``threading.Event``) is set, then :meth:`close`.
+
+        A broker error at the start ends the run (exit 1 in the command). Later, a refused
+        send or a broker away is reported (``error``) and recovered from: the router leaves
+        the group, waits ``retry_s`` (doubling up to ``RETRY_MAX_S`` while it lasts) and
+        joins again, taking its partitions over from the positions as a restart would.
+        """
         self.start()
         pass_s = self.settings.edge_pass()
+        wait_s = retry_s
         try:
             while not stop.is_set():
                 started = time.monotonic()
-                if self.step():
+                try:
+                    if self._consumer is None:
+                        self._join()
+                    routed = self.step()
+                except (BrokerError, KafkaError, AioKafkaError, TimeoutError, OSError) as error:
+                    self.on_event(RouteEvent("error", self.topic, -1, f"{error} (joining again in {wait_s:g} s)"))
+                    self._drop()  # its partitions go to the group; ours come back from the positions
+                    stop.wait(wait_s)
+                    wait_s = min(RETRY_MAX_S, wait_s * 2)
+                    continue
+                wait_s = retry_s
+                if routed:
                     # A pass's sends are one record batch per partition (streams.tail).
                     stop.wait(max(0.0, pass_s - (time.monotonic() - started)))
             self.close()

@@ -81,6 +81,10 @@ def route(
             **({"message": event.message} if event.message else {}),
             **tally_figures(event.tally),
         }
+        if event.kind == "error":  # the router's, not a partition's: it joins again
+            del figures["partition"], figures["next_offset"]
+            display.event(figures, f"[red]error[/] {event.topic}: {event.message}")
+            return
         shown = None if event.kind == "progress" else f"[cyan]{event.kind}[/] {event.topic}[{event.partition}] {event.message}"
         display.event(figures, shown)
         tally = event.tally

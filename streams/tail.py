@@ -279,7 +279,7 @@ class Tailer:
                 try:
                     busy = self.step()
                 except (BrokerError, KafkaError, AioKafkaError, TimeoutError) as error:
-                    self.on_event(TailEvent("error", self.paths[0], message=f"{error} (resuming in {retry_s:.0f} s)"))
+                    self.on_event(TailEvent("error", self.paths[0], message=f"{error} (resuming in {retry_s:g} s)"))
                     self._drop()
                     if stop.wait(retry_s):
                         return
@@ -298,7 +298,7 @@ class Tailer:
                 self._resume()
                 return
             except BrokerError as error:
-                self.on_event(TailEvent("error", self.paths[0], message=f"{error} (again in {retry_s:.0f} s)"))
+                self.on_event(TailEvent("error", self.paths[0], message=f"{error} (again in {retry_s:g} s)"))
                 self._drop()
                 stop.wait(retry_s)
 

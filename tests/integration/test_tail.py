@@ -4,6 +4,8 @@ the tailing process killed.
 - In process, step by step: a tail that dies after sending lines it never recorded, while
   its file is rotated, is resumed by another: every line reaches the topics once, in
   order, the rotated file found again by its inode.
+- In process, running: a tail refused a position write once, after sends no position
+  covered, reports it and resumes by itself: every line once, in order.
 - The command as a process: a Master.csv written line by line (half-written lines
   included), the ingest process killed with SIGKILL, the file rotated while it is down,
   a worker rating all along: the export equals ``cdrflow rate`` of the concatenated file,
@@ -22,6 +24,7 @@ from rating import Catalog
 from schemas.switch_formats import Feed
 from streams.generate import generate_dataset
 from streams.ingest import ingested_files
+from streams.kafka_io import BrokerError
 from streams.rate_files import rate_file
 from streams.tail import Tailer, TailEvent
 from tariffs import load_tariffs
@@ -113,6 +116,62 @@ def test_a_tail_that_died_after_sending_is_resumed_without_a_line_twice(pipeline
     # The rotated generation is recorded like an ingested file: `cdrflow ingest Master.csv.1` is refused.
     recorded = ingested_files(pipeline.settings, topic_prefix=pipeline.prefix)
     assert recorded[rotated_sha256(spool / "Master.csv.1")]["name"] == first_source
+
+
+class _RefusedOnce(Tailer):
+    """A tail whose first timed position write is refused (as tansu refuses one of two
+    producers writing a partition at the same moment, docs/infra.md), its lines sent."""
+
+    refused = False
+
+    def _record(self, *, force: bool, only=None, done: bool = False) -> None:  # type: ignore[no-untyped-def]
+        if not self.refused and not force and self.generations:
+            self.refused = True
+            raise BrokerError("the broker refused 1 message: [Error -1] UnknownError (injected)")
+        super()._record(force=force, only=only, done=done)
+
+
+def test_a_tail_refused_a_send_reports_it_and_resumes_by_itself(pipeline: Pipeline, tmp_path: Path) -> None:
+    lines = _master_csv(tmp_path, pipeline, cdrs=900, accounts=30, seed=13)
+    master = tmp_path / "Master.csv"
+    master.write_bytes(b"".join(lines[:400]))
+    events: list[TailEvent] = []
+    tailer = _RefusedOnce(
+        pipeline.settings, [master], Feed.of("asterisk"), topic_prefix=pipeline.prefix, on_event=events.append,
+        position_every_s=0.0,
+    )
+    stop = threading.Event()
+    escaped: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            tailer.run(stop, retry_s=0.2)
+        except BaseException as error:  # the tail's own recovery must have held it
+            escaped.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        for _ in range(600):
+            if tailer.refused:
+                break
+            stop.wait(0.1)
+        with master.open("ab") as handle:
+            handle.write(b"".join(lines[400:]))
+        for _ in range(600):
+            progress = [e for e in events if e.kind == "progress" and e.next_line > len(lines)]
+            if progress:
+                break
+            stop.wait(0.1)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert escaped == [] and tailer.refused
+    errors = [e.message for e in events if e.kind == "error"]
+    assert errors and errors[0] == "the broker refused 1 message: [Error -1] UnknownError (injected) (resuming in 0.2 s)"
+    output = edge_output(pipeline)
+    output.assert_each_line_once()
+    assert list(output.lines_by_source().values()) == [set(range(1, len(lines) + 1))]
 
 
 def rotated_sha256(path: Path) -> str:
