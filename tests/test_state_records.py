@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import date
+from typing import Any
+
+import orjson
+import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rating import Catalog, RatingState, rate
+from rating.clock import month_key
+from rating.state import ALLOWANCE_SCHEMA, CHARGED_SCHEMA, DAILY_SCHEMA
 from schemas.cdr_csv import parse_csv
 from streams.generate import generate_dataset
 from streams.rating_batch import rate_messages
@@ -16,6 +24,7 @@ from streams.state_records import (
     Core,
     RecordFold,
     core_of,
+    month_values,
     parse_segment_name,
     plan_segments,
     record_key,
@@ -23,6 +32,7 @@ from streams.state_records import (
 )
 from tariffs import load_tariffs
 from tests.conftest import VECTORS
+from tests.records import via_records
 from tests.test_rating_batch import _messages
 
 TOPIC = "cdr.raw"
@@ -141,3 +151,68 @@ def test_source_message_keys_name_the_state_they_advance() -> None:
         assert records[-1][0] == key  # the core last: it commits the rest
         assert all(k.startswith(key + b"\x00") for k, _ in records[:-1])
         assert partition == next(m.partition for m in messages if m.key == key)
+
+
+def _month_values_one_by_one(state: RatingState, wanted: pl.DataFrame) -> dict[tuple[str, int], bytes]:
+    """month_values as it was first written: a dict per month filled row by row, dumped
+    with sorted keys (the reference for the vectorized one)."""
+    parts: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def part(account: str, month: int) -> dict[str, Any]:
+        return parts.setdefault((account, month), {"allowance": 0, "charged": {}, "daily": {}})
+
+    keys = ["account_id", "month_key"]
+    for account, month, used in state.allowance.join(wanted, on=keys, how="semi").iter_rows():
+        part(account, month)["allowance"] = used
+    for account, month, call_class, seconds in state.charged.join(wanted, on=keys, how="semi").iter_rows():
+        part(account, month)["charged"][call_class] = seconds
+    days = state.daily.with_columns(month_key=month_key(pl.col("local_day"))).join(wanted, on=keys, how="semi")
+    for account, day, spent, alerted, month in days.iter_rows():
+        part(account, month)["daily"][day.isoformat()] = [spent, alerted]
+    return {key: orjson.dumps(value, option=orjson.OPT_SORT_KEYS) for key, value in parts.items()}
+
+
+_ACCOUNTS = st.sampled_from(["A001", "A002", "B\u00e9", 'q"uote'])
+_MONTHS = st.sampled_from([24314, 24315, 24316])  # 2026-03 .. 2026-05
+_DAYS = st.dates(date(2026, 2, 25), date(2026, 6, 3))
+_AMOUNTS = st.one_of(st.none(), st.integers(-(2**40), 2**40))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    allowance=st.lists(st.tuples(_ACCOUNTS, _MONTHS, _AMOUNTS), max_size=6),
+    charged=st.lists(st.tuples(_ACCOUNTS, _MONTHS, st.sampled_from(["local", "long_distance", "x\"y"]), _AMOUNTS), max_size=10),
+    daily=st.lists(st.tuples(_ACCOUNTS, _DAYS, _AMOUNTS, st.one_of(st.none(), st.booleans())), max_size=60),
+    wanted=st.lists(st.tuples(_ACCOUNTS, _MONTHS), max_size=8, unique=True),
+)
+def test_month_values_are_the_bytes_of_the_month_dumped_with_sorted_keys(
+    allowance: list[Any], charged: list[Any], daily: list[Any], wanted: list[Any]
+) -> None:
+    state = replace(
+        RatingState.empty(),
+        allowance=pl.DataFrame(allowance, schema=ALLOWANCE_SCHEMA, orient="row"),
+        charged=pl.DataFrame(charged, schema=CHARGED_SCHEMA, orient="row"),
+        daily=pl.DataFrame(daily, schema=DAILY_SCHEMA, orient="row"),
+    )
+    frame = pl.DataFrame(wanted, schema={"account_id": pl.String, "month_key": pl.Int64}, orient="row")
+    assert month_values(state, frame) == _month_values_one_by_one(state, frame)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    daily=st.lists(st.tuples(_ACCOUNTS, _DAYS, st.integers(0, 2**40), st.booleans()), max_size=60, unique_by=lambda r: r[:2]),
+    charged=st.lists(
+        st.tuples(_ACCOUNTS, _MONTHS, st.sampled_from(["local", "long_distance"]), st.integers(0, 10**7)),
+        max_size=10, unique_by=lambda r: r[:3],
+    ),
+)
+def test_a_state_through_month_records_reads_back_the_same(daily: list[Any], charged: list[Any]) -> None:
+    state = replace(
+        RatingState.empty(),
+        charged=pl.DataFrame(charged, schema=CHARGED_SCHEMA, orient="row"),
+        daily=pl.DataFrame(daily, schema=DAILY_SCHEMA, orient="row"),
+    )
+    back = via_records(state)
+    for name in ("charged", "daily"):
+        columns = getattr(state, name).columns
+        assert getattr(back, name).select(columns).sort(columns).equals(getattr(state, name).sort(columns)), name
