@@ -36,6 +36,7 @@ bench: setup
 	-$(BIN)/python bench/sink_bench.py
 	-$(BIN)/python bench/pipeline_bench.py
 	-$(BIN)/python bench/finance_bench.py
+	-$(BIN)/python bench/live_batch_bench.py
 	-$(BIN)/python bench/latency_bench.py
 	-$(BIN)/python bench/soak_bench.py
 
