@@ -25,16 +25,18 @@ def _pids(settings: Settings) -> dict[str, int | None]:
     return {name: server["pid"] for name, server in status(settings)["servers"].items()}
 
 
-def _server_processes() -> set[int]:
-    """Pids of every tansu, ClickHouse and S3 server (localbucket) process on the machine."""
+def _server_processes(naming: tuple[bytes, ...] = ()) -> set[int]:
+    """Pids of every tansu, ClickHouse and S3 server (localbucket) process on the machine
+    (whose command line holds one of ``naming``, when given)."""
     found = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            text = cmdline.read_bytes().replace(b"\0", b" ")
+            text = cmdline.read_bytes().replace(b"\0", b" ") + b" "
         except OSError:
             continue
         if any(name in text for name in (b"tansu broker", b"clickhouse-server", b"streams.s3_server")):
-            found.add(int(cmdline.parent.name))
+            if not naming or any(name in text for name in naming):
+                found.add(int(cmdline.parent.name))
     return found
 
 
@@ -179,11 +181,14 @@ def test_external_variables_start_nothing(stack: Settings, tmp_path: Path) -> No
         kafka_bootstrap=",".join(stack.kafka_servers()),
         clickhouse_url=f"clickhouse://default:@127.0.0.1:{stack.clickhouse_tcp_port}/cdrflow_ext",
     )
-    processes = _server_processes()
+    # Only servers of `external` count: test files running in parallel start and stop
+    # stacks of their own meanwhile (comparing every server on the machine was flaky).
+    mine = (str(external.state_dir).encode(), b"127.0.0.1:%d " % external.kafka_port)
+    processes = _server_processes(mine)
 
     info = up(external)
 
-    assert _server_processes() == processes
+    assert _server_processes(mine) == processes
     assert not external.state_dir.exists()
     assert [(server.name, server.pid) for server in info.servers] == [
         ("kafka", None),
