@@ -7,8 +7,9 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,21 @@ from streams.kafka_io import read_to_end
 from streams.compare import compare_outputs
 from tests.conftest import CDRFLOW
 from tests.integration.pipeline import Pipeline
+
+
+def running(run: Callable[[], None], escaped: list[BaseException]) -> threading.Thread:
+    """``run`` started in a thread; what it raises goes to ``escaped`` (an edge's own
+    recovery must hold every broker error: a test asserts that nothing escaped)."""
+
+    def target() -> None:
+        try:
+            run()
+        except BaseException as error:
+            escaped.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
 
 
 #: The reasons judged at the edge (spec 4 steps 1-2); the worker rejects for the others.

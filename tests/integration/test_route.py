@@ -32,7 +32,7 @@ from streams.route import RouteEvent, Router
 from streams.routing import route
 from tariffs import load_tariffs
 from tests.conftest import VECTORS
-from tests.integration.live_feeds import EdgeProcess, assert_lands_as_offline, edge_output
+from tests.integration.live_feeds import EdgeProcess, assert_lands_as_offline, edge_output, running
 from tests.integration.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration]
@@ -144,18 +144,6 @@ class _RefusedOnce(Router):
         super()._record(partitions, force=force)
 
 
-def _running(router: Router, escaped: list[BaseException], stop: threading.Event) -> threading.Thread:
-    def run() -> None:
-        try:
-            router.run(stop, retry_s=0.5)
-        except BaseException as error:  # the router's own recovery must have held it
-            escaped.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def test_routers_in_a_group_take_over_and_judge_every_line_as_ingest_once(pipeline: Pipeline) -> None:
     tariffs = pipeline.load_catalog(VECTORS / "mixed")
     text = (VECTORS / "mixed" / "cdrs.csv").read_bytes().splitlines()
@@ -182,7 +170,7 @@ def test_routers_in_a_group_take_over_and_judge_every_line_as_ingest_once(pipeli
         for kind in (_RefusedOnce, Router)
     ]
     escaped: list[BaseException] = []
-    threads = [_running(router, escaped, stop) for router in routers]
+    threads = [running(lambda router=router: router.run(stop, retry_s=0.5), escaped) for router in routers]
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:

@@ -33,6 +33,7 @@ from tests.integration.live_feeds import (
     append_slowly,
     assert_lands_as_offline,
     edge_output,
+    running,
 )
 from tests.conftest import VECTORS
 from tests.integration.pipeline import Pipeline
@@ -142,15 +143,7 @@ def test_a_tail_refused_a_send_reports_it_and_resumes_by_itself(pipeline: Pipeli
     )
     stop = threading.Event()
     escaped: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            tailer.run(stop, retry_s=0.2)
-        except BaseException as error:  # the tail's own recovery must have held it
-            escaped.append(error)
-
-    thread = threading.Thread(target=run)
-    thread.start()
+    thread = running(lambda: tailer.run(stop, retry_s=0.2), escaped)
     try:
         for _ in range(600):
             if tailer.refused:
