@@ -160,8 +160,9 @@ def test_a_tail_refused_a_send_reports_it_and_resumes_by_itself(pipeline: Pipeli
         stop.set()
         thread.join(60)
     assert escaped == [] and tailer.refused
+    # Reported (a loaded machine may add real refusals, recovered from alike).
     errors = [e.message for e in events if e.kind == "error"]
-    assert errors and errors[0] == "the broker refused 1 message: [Error -1] UnknownError (injected) (resuming in 0.2 s)"
+    assert "the broker refused 1 message: [Error -1] UnknownError (injected) (resuming in 0.2 s)" in errors
     output = edge_output(pipeline)
     output.assert_each_line_once()
     assert list(output.lines_by_source().values()) == [set(range(1, len(lines) + 1))]
