@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
@@ -39,7 +40,8 @@ from schemas.messages import frame_from_value, frames_from_values
 from streams import sink_clickhouse
 from streams.catalog_watch import CatalogWatch
 from streams.faust_tuning import tune_faust_consumer
-from streams.kafka_io import partition_counts, topic_name
+from streams.kafka_io import topic_name
+from streams.log_reader import partitions_of
 from streams.notify import Notifier
 from streams.rating_batch import OutputKind, OutputMessage, SourceMessage
 from streams.rating_worker import STATUS_IDLE_S, RatingWorker
@@ -181,7 +183,10 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 
         async def count_partitions() -> None:
             names = {kind: topic.get_topic_name() for kind, topic in outputs.items()}
-            counts = await asyncio.to_thread(partition_counts, settings, list(names.values()))
+            counts = Counter(tp.topic for tp in await partitions_of(settings.kafka_servers(), names.values()))
+            missing = sorted(name for name in names.values() if not counts[name])
+            if missing:  # declared above, but not known to the broker yet: tried again
+                raise RuntimeError(f"no partitions of {', '.join(missing)} yet")
             output_partitions.update({kind: counts[name] for kind, name in names.items()})
 
         await _until_done(count_partitions, "reading the output topics' partitions")

@@ -144,23 +144,6 @@ def require_topics(settings: Settings, reader: KafkaConsumer, names: Iterable[st
         )
 
 
-def partition_counts(settings: Settings, names: Iterable[str]) -> dict[str, int]:
-    """Each topic's number of partitions (:class:`BrokerError` for a missing topic)."""
-    reader = make_reader(settings)
-    try:
-        names = list(names)
-        require_topics(settings, reader, names)
-        counts = {name: len(reader.partitions_for_topic(name) or ()) for name in names}
-    except KafkaError as error:
-        raise unreachable(settings, error) from None
-    finally:
-        reader.close()
-    empty = [name for name, count in counts.items() if not count]
-    if empty:
-        raise BrokerError(f"the broker at {_bootstrap(settings)} knows no partitions of {', '.join(empty)} yet")
-    return counts
-
-
 def read_to_end(
     settings: Settings, topic: str | Sequence[str], *, reader: KafkaConsumer | None = None, timeout_s: float = 60.0
 ) -> list[ConsumerRecord]:
