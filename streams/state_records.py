@@ -358,7 +358,7 @@ def month_values(state: RatingState, wanted: pl.DataFrame) -> dict[tuple[str, in
     days = (
         state.daily.with_columns(month_key=_MONTH_OF_DAY)
         .join(wanted, on=keys, how="semi")
-        .unique(["account_id", "local_day"], keep="last", maintain_order=True)  # as a dict keeps the last
+        .unique(["account_id", "local_day"], keep="last")  # as a dict keeps the last (sorted next)
         .sort("account_id", "month_key", "local_day")
         .group_by(keys, maintain_order=True)
         .agg(
@@ -545,7 +545,7 @@ class RecordFold:
             core = records.get(CORE)
             if core is None:
                 continue
-            tag = Core.decode(core.value).applied_offset
+            tag = _stored_core(records).applied_offset  # decoded when it was folded in
             for name, record in records.items():
                 if name:
                     _, payload = untag(record.value)
