@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                         "to_webhook_s": _percentiles(alerts),
                     }
                 )
+                results[-1]["stages_s"] = _stages(settings, source, appended, landed)
                 first += len(batch)
         finally:
             if tail is not None and tail.poll() is None:
@@ -177,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{hook_text:>40}"
                 + (f"   {r['rated_lines_missing']} rated lines never seen" if r["rated_lines_missing"] else "")
             )
+        for r in results:
+            print(f"stages at {r['rate']:,} lines/s, p50 / p99 / max:")
+            for stage, figures in r["stages_s"].items():
+                print(f"  {stage:<44} {_fmt(figures)}")
         verdict = "PASS" if met else "FAIL"
         print(f"target: p99 append -> landed < {TARGET_P99_S:.0f} s at {TARGET_RATE:,} lines/s: {verdict}")
     return 0 if met else 1
@@ -350,6 +355,35 @@ class _Receiver:
 
 
 # ------------------------------------------------------------------------ figures
+
+
+def _stages(settings: Settings, source: str, appended: dict[int, float], landed: dict[int, float]) -> dict:
+    """Where a line's time went: its append, its ``cdr.raw`` message's send by the tail
+    (the record's CreateTime), the send of its rated row's ``billing.events`` message by
+    the worker, its row seen in ClickHouse. Read back from the topics after the phase."""
+    import orjson
+
+    from streams.kafka_io import read_to_end
+
+    to_monotonic = time.monotonic() - time.time()  # CreateTime is wall-clock ms
+    raw_sent: dict[int, float] = {}
+    for record in read_to_end(settings, "cdr.raw", timeout_s=300):
+        value = orjson.loads(record.value)
+        if value.get("source") == source:
+            for line in value["line"]:
+                raw_sent.setdefault(line, record.timestamp / 1000 + to_monotonic)
+    rated_sent: dict[int, float] = {}
+    for record in read_to_end(settings, "billing.events", timeout_s=300):
+        rows = orjson.loads(record.value).get("rows", {})
+        for row_source, line in zip(rows.get("source", ()), rows.get("line", ())):
+            if row_source == source:
+                rated_sent.setdefault(line, record.timestamp / 1000 + to_monotonic)
+    timed = [n for n in landed if n in raw_sent and n in rated_sent]
+    return {
+        "append -> cdr.raw (ingest --tail)": _percentiles([raw_sent[n] - appended[n] for n in timed]),
+        "cdr.raw -> billing.events (worker: fetch, batch, rate)": _percentiles([rated_sent[n] - raw_sent[n] for n in timed]),
+        "billing.events -> ClickHouse (ack, sink, poll)": _percentiles([landed[n] - rated_sent[n] for n in timed]),
+    }
 
 
 def _percentiles(values: list[float]) -> dict[str, float | None]:
