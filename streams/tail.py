@@ -276,6 +276,7 @@ class Tailer:
         self.start()
         try:
             while not stop.is_set():
+                started = time.monotonic()
                 try:
                     busy = self.step()
                 except (BrokerError, KafkaError, AioKafkaError, TimeoutError) as error:
@@ -285,8 +286,8 @@ class Tailer:
                         return
                     self._resume_after_error(stop, retry_s)
                     continue
-                if not busy:
-                    stop.wait(self.poll_s)
+                if not busy:  # a pass every poll_s, however long its sends took
+                    stop.wait(max(0.0, self.poll_s - (time.monotonic() - started)))
             self.close()
         finally:
             self._drop()
