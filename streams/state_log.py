@@ -149,8 +149,10 @@ class StateLog:
                 enable_idempotence=False,
                 linger_ms=5,
                 # ids and JSON compress several times over: fewer bytes through the broker
-                # and its store, so a restart reads the state sooner (zlib: no extra package)
-                compression_type="gzip",
+                # and its store, so a restart reads the state sooner. zstd (cramjam), not
+                # gzip: aiokafka compresses on the event loop, and its gzip is level 9: a
+                # live batch's 0.7 MB of records took 42 ms (ratio 7.6), zstd 4.7 ms (6.3).
+                compression_type="zstd",
                 max_batch_size=PRODUCE_BATCH_BYTES,
                 max_request_size=PRODUCE_BATCH_BYTES + 64 * 1024,
                 client_id="cdrflow-state",
