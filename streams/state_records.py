@@ -536,6 +536,28 @@ class RecordFold:
         records[CORE] = record = Record(value)
         record.decoded = core  # decoded once (core_of hands out copies)
 
+    def after(self, account: bytes, writes: Iterable[tuple[bytes, bytes | None]]) -> dict[bytes, Record] | None:
+        """An account's records once ``writes`` are folded in, this fold unchanged (None:
+        none). Folding writes a second time changes nothing, so writes already folded in
+        may be among them.
+
+        Examples
+        --------
+        >>> fold = RecordFold()
+        >>> fold.apply(b"A", Core(applied_offset=5).encode())
+        >>> later = fold.after(b"A", [(b"A", Core(applied_offset=9).encode())])
+        >>> core_of(later).applied_offset, core_of(fold.accounts[b"A"]).applied_offset
+        (9, 5)
+        """
+        probe = RecordFold()
+        if account in self.accounts:
+            probe.accounts[account] = dict(self.accounts[account])
+        if account in self._waiting:
+            probe._waiting[account] = dict(self._waiting[account])
+        for key, value in writes:
+            probe.apply(key, value)
+        return probe.accounts.get(account)
+
     def records(self) -> Iterable[tuple[bytes, bytes]]:
         """The committed state as records, each account's parts before its core (a
         snapshot: reading it back gives this state again)."""

@@ -216,3 +216,27 @@ def test_a_state_through_month_records_reads_back_the_same(daily: list[Any], cha
     for name in ("charged", "daily"):
         columns = getattr(state, name).columns
         assert getattr(back, name).select(columns).sort(columns).equals(getattr(state, name).sort(columns)), name
+
+
+def test_a_batch_rated_on_the_state_the_one_before_will_leave_is_rated_as_after_its_write() -> None:
+    # The worker rates a batch while the one before is written (streams.rating_worker):
+    # on RecordFold.after, the state that write will leave, not on the fold itself.
+    catalog, batch, owner = _vector("mixed")
+    messages = _messages(batch, owner, chunk_lines=3)
+    first, second = messages[: len(messages) // 2], messages[len(messages) // 2 :]
+    written = RecordFold()
+    before = rate_messages(first, {}, catalog, TOPIC)
+    _write(written, before)
+    after_write = rate_messages(second, {m.key: written.accounts.get(m.key) for m in second}, catalog, TOPIC)
+
+    pending = RecordFold()  # the first batch not folded in yet
+    ahead = {m.key: pending.after(m.key, before.states[m.key][1]) if m.key in before.states else None for m in second}
+    assert any(records is not None for records in ahead.values())
+    on_projection = rate_messages(second, ahead, catalog, TOPIC)
+    assert on_projection.outputs == after_write.outputs
+    assert on_projection.states == after_write.states
+    # Writes folded in already change nothing when folded again (the write may land first).
+    for key, (_, records) in before.states.items():
+        again = written.after(key, records)
+        assert again is not None
+        assert {n: r.value for n, r in again.items()} == {n: r.value for n, r in written.accounts[key].items()}
