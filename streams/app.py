@@ -24,6 +24,7 @@ holds it, whatever the number of workers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -65,6 +66,8 @@ SINK_BATCH_MESSAGES: Final[int] = 2000
 SINK_BATCH_WITHIN_S: Final[float] = 0.25
 #: The sink's own retries per insert; the agent then tries again, for as long as it runs.
 SINK_RETRY: Final = sink_clickhouse.RetryPolicy(budget_s=30.0)
+#: How long a stopping worker waits for the batch it is writing.
+STOP_WRITE_WAIT_S: Final[float] = 30.0
 #: How often the worker looks for new plans and accounts.
 CATALOG_CHECK_S: Final[float] = 5.0
 #: Exit status of a worker that stopped because it could not go on safely.
@@ -202,12 +205,25 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
                     last_forced = time.monotonic()
                     await _until_done(catalog.refresh, "reading the tariff catalogue")
                 try:
+                    # Rated now (while the batch before is written), written next: the
+                    # take and the rating of the next batch overlap this one's writing.
                     await worker.rate_batch(messages, catalog.catalog)
                 except Exception as error:  # a bug in the glue: hold what it touched, go on
                     for partition in {m.partition for m in messages}:
                         worker.hold(partition, [m for m in messages if m.partition == partition], error)
         finally:
+            # A stopping worker finishes the batch it is writing if it can (a write cut
+            # short is safe: it is what a kill -9 leaves).
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(worker.settled(), STOP_WRITE_WAIT_S)
             await state_log.stop()
+
+    @app.on_partitions_revoked.connect
+    async def write_before_letting_go(app: faust.App, revoked: set, **kwargs: Any) -> None:
+        # Faust waits for the taken events to be acknowledged before a rebalance moves
+        # partitions; a batch's events are acknowledged once it is rated, so the batch
+        # being written is waited for here: no write lands after its partition moved on.
+        await worker.settled()
 
     # What each sink reads: its output topic, and for rejections ingest's too.
     sink_sources = {**outputs, "rejected": raw_topic("cdr.rejected", _OUTPUT_TOPICS["rejected"])}

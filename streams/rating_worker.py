@@ -3,7 +3,9 @@
 The rating agent of streams/app.py hands each batch here. The order is the design of
 docs/streaming.md: rate (streams.rating_batch, in a thread), send every output and wait
 for the acknowledgements, then append each partition's account records and, after
-them, its checkpoint (streams.state_log).
+them, its checkpoint (streams.state_log). Batches are written one at a time, in order;
+the next batch is rated while one is written, on the state that write will leave, and
+rated again on what was written if it was not written whole.
 
 A failure is kept to the accounts it concerns (docs/streaming.md, "When something
 fails"): an account whose rating raises, whose outputs or records the broker refuses for
@@ -23,6 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Final
 
@@ -117,6 +120,30 @@ async def send_in_order(
         await asyncio.sleep(delay)
 
 
+@dataclass(eq=False)
+class RatedBatch:
+    """A batch rated and not written yet (streams.rating_worker.RatingWorker.rate_batch)."""
+
+    #: its messages of partitions this worker held a state for
+    messages: list[SourceMessage]
+    #: those partitions, and the states they were rated on
+    held: dict[int, PartitionState]
+    #: the accounts' records they were rated on
+    stored: dict[bytes, AccountRecords | None]
+    outcome: BatchOutcome
+    #: accounts that could not be rated, sent or written -> why
+    failed: dict[bytes, str]
+    #: the batch whose writes it was rated on, being written then (None: rated on the written state)
+    ahead: RatedBatch | None
+    rated_in_s: float
+    #: once written: why not every account and partition was (None: all were)
+    why_not_whole: str | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.why_not_whole is None
+
+
 class RatingWorker:
     """The rating agent's state and its batch step (streams/app.py drives it).
 
@@ -156,44 +183,114 @@ class RatingWorker:
         #: rest of this worker's life (a restart rates them again from there)
         self.unwritten: dict[bytes, int] = {}  # account -> its partition
         self.frozen: set[int] = set()
+        #: the batch being written (one at a time, in order), and that batch
+        self._writing: asyncio.Task[None] | None = None
+        self._written_next: RatedBatch | None = None
         self._status_sent = 0.0
         self._changed = False
         self._last_batch = 0.0
         self._who = f"{socket.gethostname()}:{os.getpid()}"
 
     # ------------------------------------------------------------------------ a batch
-    async def rate_batch(self, messages: list[SourceMessage], catalog: Catalog) -> BatchOutcome:
-        """Rate, send, write: one batch, with failures kept to their accounts."""
+    async def rate_batch(self, messages: list[SourceMessage], catalog: Catalog) -> RatedBatch:
+        """Rate a batch, then start writing it (:meth:`settled` waits for the writing).
+
+        Batches are written one after the other, each whole before the next one starts;
+        a batch is rated while the one before is being written, on the state that one
+        will leave (its accounts' records with its writes folded in). If that batch was
+        not written whole (an account blocked, a partition held or taken away), this one
+        is rated again on what was written.
+        """
+        writing = self._writing
+        ahead = self._written_next if writing is not None and not writing.done() else None
+        batch = await self._rate(messages, catalog, ahead)
+        await self.settled()
+        if batch.ahead is not None and not batch.ahead.whole:
+            log.warning(
+                "a batch was rated on the state of one not written whole (%s): rating it again on the state written",
+                batch.ahead.why_not_whole,
+            )
+            batch = await self._rate(messages, catalog, None)
+        self._written_next = batch
+        self._writing = asyncio.create_task(self._write_batch(batch), name="cdrflow-write-batch")
+        return batch
+
+    async def settled(self) -> None:
+        """Wait until the batch being written (if any) is written or held."""
+        writing = self._writing
+        if writing is None:
+            return
+        try:
+            await asyncio.shield(writing)  # the caller's cancellation does not cut the write
+        except asyncio.CancelledError:
+            if not writing.cancelled():
+                raise  # the caller is cancelled, not the write
+
+    async def _rate(self, messages: list[SourceMessage], catalog: Catalog, ahead: RatedBatch | None) -> RatedBatch:
         # A message of a partition this worker holds no state for (taken just before a
         # rebalance moved it) is left to the partition's owner.
         held = {p: self.states[p] for p in {m.partition for m in messages} if p in self.states}
         messages = [m for m in messages if m.partition in held]
-        if not messages:
-            return BatchOutcome()
-        stored: dict[bytes, AccountRecords | None] = {
-            m.key: held[m.partition].fold.accounts.get(m.key) for m in messages
-        }
+        stored: dict[bytes, AccountRecords | None] = {}
+        for message in messages:
+            if message.key in stored:
+                continue
+            state = held[message.partition]
+            writes = ahead.outcome.states.get(message.key) if ahead is not None else None
+            if writes is not None and ahead is not None and ahead.held.get(message.partition) is state:
+                # What the batch being written will leave (a copy: the write folds in meanwhile).
+                stored[message.key] = state.fold.after(message.key, writes[1])
+            else:
+                records = state.fold.accounts.get(message.key)
+                stored[message.key] = None if records is None else dict(records)
         started = time.perf_counter()
-        outcome, failed = await asyncio.to_thread(
-            rate_isolated, messages, stored, catalog, self.source_topic,
-            retry=frozenset(self.retry), hold=frozenset(self.unwritten),
-        )
-        rated = time.perf_counter()
+        if messages:
+            outcome, failed = await asyncio.to_thread(
+                rate_isolated, messages, stored, catalog, self.source_topic,
+                retry=frozenset(self.retry), hold=frozenset(self.unwritten),
+            )
+        else:
+            outcome, failed = BatchOutcome(), {}
+        return RatedBatch(messages, held, stored, outcome, failed, ahead, time.perf_counter() - started)
+
+    async def _write_batch(self, batch: RatedBatch) -> None:
+        """Send, write, or hold: never raises (a bug in the glue holds what it touched)."""
+        try:
+            await self._write_rated(batch)
+        except Exception as error:  # a bug in the glue: hold what it touched, go on
+            batch.why_not_whole = f"not written: {error!r}"
+            for partition in batch.held:
+                self.hold(partition, [m for m in batch.messages if m.partition == partition], error)
+
+    async def _write_rated(self, batch: RatedBatch) -> None:
+        """The batch's outputs, acknowledged, then each partition's state: with failures
+        kept to their accounts."""
+        messages, held, stored, outcome, failed = batch.messages, batch.held, batch.stored, batch.outcome, batch.failed
+        if not messages:
+            return
+        started = time.perf_counter()
         outputs = outcome.outputs  # a failed account has none (rate_isolated)
         for message, error in await self._send_outputs(outputs):
             failed.setdefault(message.account, f"output {message.kind} refused by the broker: {error!r}"[:500])
         acknowledged = time.perf_counter()
+        skipped = []
         for partition, state in held.items():
             # Taken away, or loaded again by a rebalance meanwhile (its owner may have
             # written since): these messages are re-rated from the checkpoint instead.
             if self.states.get(partition) is not state or partition not in self.mine():
+                skipped.append(partition)
                 continue
             if partition in self.frozen:
                 outcome.checkpoints.pop(partition, None)
             try:
                 await self._write(state, outcome, failed, messages, stored)
             except Exception as error:
+                skipped.append(partition)
                 self.hold(partition, [m for m in messages if m.partition == partition], error)
+        if failed:
+            batch.why_not_whole = f"{len(failed)} account(s) blocked"
+        elif skipped:
+            batch.why_not_whole = f"partition(s) {sorted(skipped)} not written"
         retried = self.retry & {m.key for m in messages}
         self.retry -= retried
         if failed:
@@ -204,16 +301,16 @@ class RatingWorker:
             )
         log.info(
             "rated %d lines of %d messages (%d replays skipped, %d held for blocked accounts, %d not CDR chunks) "
-            "in %.3f s; %d output messages acknowledged in %.3f s; state written in %.3f s",
-            outcome.lines, outcome.messages, outcome.skipped, outcome.held, outcome.garbage, rated - started,
-            len(outputs), acknowledged - rated, time.perf_counter() - acknowledged,
+            "in %.3f s%s; %d output messages acknowledged in %.3f s; state written in %.3f s",
+            outcome.lines, outcome.messages, outcome.skipped, outcome.held, outcome.garbage, batch.rated_in_s,
+            " (while the batch before was written)" if batch.ahead is not None else "",
+            len(outputs), acknowledged - started, time.perf_counter() - acknowledged,
         )
         # A failure, or a blocked account freed, shows in `cdrflow status` at once.
         self._changed = True
         self._last_batch = time.monotonic()
         if failed or retried:
             await self.publish_status()
-        return outcome
 
     async def _send_outputs(self, outputs: list[OutputMessage]) -> list[tuple[OutputMessage, BaseException]]:
         """Send the batch's outputs (:func:`send_in_order`); give back the messages of one
