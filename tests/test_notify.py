@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import date
 
 import polars as pl
@@ -87,3 +88,19 @@ def test_an_alert_a_correction_cancelled_is_not_posted() -> None:
     received, notifier = _notify([], ALERTS.with_columns(cancelled=pl.Series([0, 1, 0], dtype=pl.UInt8)))
     assert sorted(body["kind"] for _, body in received) == ["arrears", "daily_cap_reached"]
     assert notifier.delivered == 2
+
+
+def test_without_a_webhook_each_alert_is_logged_and_with_one_each_batch(caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    caplog.set_level(logging.INFO, logger="streams.notify")
+    asyncio.run(Notifier(None).notify(ALERTS))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3 and all(w.startswith("alert ") for w in warnings)
+
+    caplog.clear()
+    _notify([400])
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    summaries = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(summaries) == 1
+    assert re.fullmatch(r"alerts: 2 posted to the webhook, 1 refused by it \(2 accounts\) in \d+\.\d\d s", summaries[0])
