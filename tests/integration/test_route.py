@@ -168,24 +168,37 @@ def test_routers_in_a_group_take_over_and_judge_every_line_as_ingest_once(pipeli
 
     stop = threading.Event()
     events: list[RouteEvent] = []
+    timeline: list[str] = []  # for a failure's message: who did what, when
+    began = time.monotonic()
+
+    def on_event(event: RouteEvent, router: int) -> None:
+        events.append(event)
+        timeline.append(f"{time.monotonic() - began:6.1f} s router {router}: {event.kind} "
+                        f"[{event.partition}]@{event.next_offset} {event.message}")
+
     once = threading.Lock()
     routers = [
-        _RefusedOnce(pipeline.settings, topic, topic_prefix=pipeline.prefix, on_event=events.append, once=once)
-        for _ in range(2)
+        _RefusedOnce(pipeline.settings, topic, topic_prefix=pipeline.prefix,
+                     on_event=lambda event, n=n: on_event(event, n), once=once)
+        for n in range(2)
     ]
     escaped: list[BaseException] = []
     threads = [running(lambda router=router: router.run(stop, retry_s=0.5), escaped) for router in routers]
+    dealt_lines = 0
     try:
-        deadline = time.monotonic() + 90
+        # ~17 s alone; a CI machine running four test files at once has taken over 90 s
+        # (group joins and the take-over's read-back wait for the machine).
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            dealt = edge_output(pipeline).lines_by_source()
-            if sum(len(n) for n in dealt.values()) >= len(lines):
+            dealt_lines = sum(len(n) for n in edge_output(pipeline).lines_by_source().values())
+            if dealt_lines >= len(lines):
                 break
             time.sleep(1.0)
     finally:
         stop.set()
         for thread in threads:
             thread.join(60)
+    assert dealt_lines >= len(lines), f"{dealt_lines} of {len(lines)} lines routed:\n" + "\n".join(timeline[-40:])
     assert escaped == []
     assert all(router.partitions == {} for router in routers)  # both stopped cleanly
     # Reported (a loaded machine may add real refusals, recovered from alike).

@@ -249,7 +249,7 @@ def test_clickhouse_stopped_mid_run_loses_nothing(pipeline: Pipeline, stack: Set
     record = json.loads((stack.state_dir / "run" / "clickhouse.json").read_text())
     os.kill(record["pid"], signal.SIGTERM)
     try:
-        _wait_for_log(worker, "failed (", timeout_s=60)  # the sink saw it go and retries
+        _wait_for_log(worker, "failed (", timeout_s=150)  # the sink saw it go (its own retries: 30 s), retries on
         time.sleep(10)
     finally:
         up(stack)
