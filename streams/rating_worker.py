@@ -133,9 +133,12 @@ class RatedBatch:
     outcome: BatchOutcome
     #: accounts that could not be rated, sent or written -> why
     failed: dict[bytes, str]
-    #: the batch whose writes it was rated on, being written then (None: rated on the written state)
+    #: the batch whose writes it was rated on, being written then (None: rated on the
+    #: written state); let go once that write is known to be whole (no chain of batches)
     ahead: RatedBatch | None
     rated_in_s: float
+    #: it was rated on the state of a write then in flight, which turned out whole
+    rated_ahead: bool = False
     #: once written: why not every account and partition was (None: all were)
     why_not_whole: str | None = None
 
@@ -211,6 +214,8 @@ class RatingWorker:
                 batch.ahead.why_not_whole,
             )
             batch = await self._rate(messages, catalog, None)
+        elif batch.ahead is not None:
+            batch.ahead, batch.rated_ahead = None, True
         self._written_next = batch
         self._writing = asyncio.create_task(self._write_batch(batch), name="cdrflow-write-batch")
         return batch
@@ -303,7 +308,7 @@ class RatingWorker:
             "rated %d lines of %d messages (%d replays skipped, %d held for blocked accounts, %d not CDR chunks) "
             "in %.3f s%s; %d output messages acknowledged in %.3f s; state written in %.3f s",
             outcome.lines, outcome.messages, outcome.skipped, outcome.held, outcome.garbage, batch.rated_in_s,
-            " (while the batch before was written)" if batch.ahead is not None else "",
+            " (while the batch before was written)" if batch.rated_ahead else "",
             len(outputs), acknowledged - started, time.perf_counter() - acknowledged,
         )
         # A failure, or a blocked account freed, shows in `cdrflow status` at once.

@@ -108,7 +108,8 @@ def month(tmp_path_factory):  # type: ignore[no-untyped-def]
 def test_batches_rated_ahead_of_whole_writes_leave_the_state_of_batches_rated_one_after_the_other(stack, month) -> None:
     catalog, batches = month
     rated, fold = _run(stack, catalog, batches, max_request_bytes=1024 * 1024)
-    assert rated[0].ahead is None and rated[1].ahead is rated[0] and rated[2].ahead is rated[1]
+    assert [batch.rated_ahead for batch in rated] == [False, True, True, True]
+    assert all(batch.ahead is None for batch in rated)  # let go once checked: no chain of batches
     assert all(batch.whole for batch in rated)
     accounts = {m.key for batch in batches for m in batch}
     assert _values(fold, accounts) == _values(_written_one_after_the_other(catalog, batches), accounts)
@@ -122,7 +123,7 @@ def test_a_batch_rated_ahead_of_a_write_that_blocked_an_account_is_rated_again(s
     first = next(i for i, batch in enumerate(rated) if HOTLINE in batch.failed)
     assert first < len(rated) - 1 and not rated[first].whole
     assert "rating it again on the state written" in caplog.text
-    assert rated[first + 1].ahead is None  # rated again: on what was written
+    assert not rated[first + 1].rated_ahead  # rated again: on what was written
     # The hotline: charged up to that batch, blocked at its first message of it, the
     # rest held (rated ahead on the unwritten state, it would have gone on from there).
     hot = core_of(fold.accounts[HOTLINE])
