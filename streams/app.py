@@ -209,8 +209,7 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
                     # take and the rating of the next batch overlap this one's writing.
                     await worker.rate_batch(messages, catalog.catalog)
                 except Exception as error:  # a bug in the glue: hold what it touched, go on
-                    for partition in {m.partition for m in messages}:
-                        worker.hold(partition, [m for m in messages if m.partition == partition], error)
+                    worker.hold(messages, error)
         finally:
             # A stopping worker finishes the batch it is writing if it can (a write cut
             # short is safe: it is what a kill -9 leaves).

@@ -186,9 +186,9 @@ class RatingWorker:
         #: rest of this worker's life (a restart rates them again from there)
         self.unwritten: dict[bytes, int] = {}  # account -> its partition
         self.frozen: set[int] = set()
-        #: the batch being written (one at a time, in order), and that batch
+        #: the write of the last batch rated (one at a time, in order), and that batch
         self._writing: asyncio.Task[None] | None = None
-        self._written_next: RatedBatch | None = None
+        self._writing_batch: RatedBatch | None = None
         self._status_sent = 0.0
         self._changed = False
         self._last_batch = 0.0
@@ -205,7 +205,7 @@ class RatingWorker:
         is rated again on what was written.
         """
         writing = self._writing
-        ahead = self._written_next if writing is not None and not writing.done() else None
+        ahead = self._writing_batch if writing is not None and not writing.done() else None
         batch = await self._rate(messages, catalog, ahead)
         await self.settled()
         if batch.ahead is not None and not batch.ahead.whole:
@@ -216,7 +216,7 @@ class RatingWorker:
             batch = await self._rate(messages, catalog, None)
         elif batch.ahead is not None:
             batch.ahead, batch.rated_ahead = None, True
-        self._written_next = batch
+        self._writing_batch = batch
         self._writing = asyncio.create_task(self._write_batch(batch), name="cdrflow-write-batch")
         return batch
 
@@ -236,13 +236,15 @@ class RatingWorker:
         # rebalance moved it) is left to the partition's owner.
         held = {p: self.states[p] for p in {m.partition for m in messages} if p in self.states}
         messages = [m for m in messages if m.partition in held]
+        pending_writes = ahead.outcome.states if ahead is not None else {}
+        pending_on = ahead.held if ahead is not None else {}
         stored: dict[bytes, AccountRecords | None] = {}
         for message in messages:
             if message.key in stored:
                 continue
             state = held[message.partition]
-            writes = ahead.outcome.states.get(message.key) if ahead is not None else None
-            if writes is not None and ahead is not None and ahead.held.get(message.partition) is state:
+            writes = pending_writes.get(message.key)
+            if writes is not None and pending_on.get(message.partition) is state:
                 # What the batch being written will leave (a copy: the write folds in meanwhile).
                 stored[message.key] = state.fold.after(message.key, writes[1])
             else:
@@ -264,8 +266,7 @@ class RatingWorker:
             await self._write_rated(batch)
         except Exception as error:  # a bug in the glue: hold what it touched, go on
             batch.why_not_whole = f"not written: {error!r}"
-            for partition in batch.held:
-                self.hold(partition, [m for m in batch.messages if m.partition == partition], error)
+            self.hold(batch.messages, error)
 
     async def _write_rated(self, batch: RatedBatch) -> None:
         """The batch's outputs, acknowledged, then each partition's state: with failures
@@ -291,7 +292,7 @@ class RatingWorker:
                 await self._write(state, outcome, failed, messages, stored)
             except Exception as error:
                 skipped.append(partition)
-                self.hold(partition, [m for m in messages if m.partition == partition], error)
+                self.hold([m for m in messages if m.partition == partition], error)
         if failed:
             batch.why_not_whole = f"{len(failed)} account(s) blocked"
         elif skipped:
@@ -399,17 +400,20 @@ class RatingWorker:
         self.unwritten = {k: p for k, p in self.unwritten.items() if p != partition}
         self.frozen.discard(partition)
 
-    def hold(self, partition: int, messages: list[SourceMessage], error: BaseException) -> None:
-        """A partition's writes failed in a way nothing narrowed down to an account (a bug,
-        or the broker refusing even a blocked core): hold its batch's accounts and its
-        checkpoint for the rest of this life, and go on with everything else."""
-        log.critical(
-            "could not write the state of %s[%d] (%r): holding %d account(s) and the partition's checkpoint "
-            "until the worker restarts",
-            self.source_topic, partition, error, len({m.key for m in messages}), exc_info=True,
-        )
-        self.unwritten.update({m.key: partition for m in messages})
-        self.frozen.add(partition)
+    def hold(self, messages: Sequence[SourceMessage], error: BaseException) -> None:
+        """The writes of these messages' partitions failed in a way nothing narrowed down to
+        an account (a bug, or the broker refusing even a blocked core): hold each
+        partition's accounts of them and its checkpoint for the rest of this life, and go
+        on with everything else."""
+        for partition in sorted({m.partition for m in messages}):
+            accounts = {m.key for m in messages if m.partition == partition}
+            log.critical(
+                "could not write the state of %s[%d] (%r): holding %d account(s) and the partition's checkpoint "
+                "until the worker restarts",
+                self.source_topic, partition, error, len(accounts), exc_info=True,
+            )
+            self.unwritten.update(dict.fromkeys(accounts, partition))
+            self.frozen.add(partition)
 
     # ------------------------------------------------------------------------ figures
     def figures(self, state: PartitionState) -> dict[str, Any]:
