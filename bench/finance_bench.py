@@ -2,7 +2,7 @@
 
 Generates ``--calls`` rated calls of one month (synthetic rows in the engine's rated
 frame, with the finance columns: vectorised, chunk by chunk of 1M), inserts them through
-the sink's fast path (``streams.sink_clickhouse.insert_rated``: columnar numpy, two
+the sink's fast path (``streams.clickhouse.insert.insert_rated``: columnar numpy, two
 connections), which also fills the materialized views ``calls_by_day`` and
 ``missed_calls``, then inserts ``--replayed`` of them again (a replay, as Kafka's
 at-least-once delivery makes them) so that the FINAL reads have copies to collapse.
@@ -11,13 +11,13 @@ Calls come in time order (as switches send them). Then times, ``--repeat`` times
 
 - **open**: the month as the inserts left it (the month still receiving calls): the
   views' monthly partition is several parts and read with FINAL;
-- **closed**: the month settled (``streams.retention.settle_months``, what the daily
+- **closed**: the month settled (``streams.finance.retention.settle_months``, what the daily
   ``cdrflow retention`` does once the month is over): one merged part, read without FINAL.
 
-- **statement**: ``streams.reports.statement`` of an account for the month (a different
+- **statement**: ``streams.finance.reports.statement`` of an account for the month (a different
   account each run);
-- **revenue by day**: ``streams.reports.revenue`` over the month, ``--by day``;
-- **missed calls**: ``streams.reports.missed_calls`` of the month, ``--by hour``;
+- **revenue by day**: ``streams.finance.reports.revenue`` over the month, ``--by day``;
+- **missed calls**: ``streams.finance.reports.missed_calls`` of the month, ``--by hour``;
 - and, for information, revenue by segment and by account, usage by hour.
 
 The queries also check that the replayed rows did not count twice (the call count of
@@ -56,12 +56,12 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from clickhouse_driver import Client  # noqa: E402
 from rich.progress import Progress  # noqa: E402
-
 from sink_bench import _clickhouse, scratch_database  # noqa: E402
-from streams import reports  # noqa: E402
-from streams.retention import settle_months  # noqa: E402
+
+from streams.clickhouse.insert import connect, insert_rated  # noqa: E402
+from streams.finance import reports  # noqa: E402
+from streams.finance.retention import settle_months  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.sink_clickhouse import connect, insert_rated  # noqa: E402
 
 TARGET_S = 1.0
 DATABASE = "finance_bench"
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             figures = _measure(settings, args, say)
         finally:
             if started:
-                from streams import stack
+                from streams.stack import servers as stack
 
                 stack.down(settings, purge=True)
     figures["target_s"] = TARGET_S

@@ -1,7 +1,7 @@
 """Time rating a switch's own file against rating the same calls in canonical form (issue 7).
 
 Generates one month of traffic twice with the same seed (``cdrs.csv`` and Asterisk's
-``Master.csv``), then rates each in this process (``streams.rate_files.rate_file``, what
+``Master.csv``), then rates each in this process (``streams.offline.rate.rate_file``, what
 ``cdrflow rate`` runs), best of ``--repeat``, and times area derivation
 (``schemas.numbering.derive_areas``) on the callers and answer numbers of the file.
 
@@ -34,8 +34,8 @@ import polars as pl  # noqa: E402
 from rating import Catalog  # noqa: E402
 from schemas.numbering import derive_areas  # noqa: E402
 from schemas.switch_formats import Feed  # noqa: E402
-from streams.generate import generate_dataset  # noqa: E402
-from streams.rate_files import rate_file  # noqa: E402
+from streams.offline.generate import generate_dataset  # noqa: E402
+from streams.offline.rate import rate_file  # noqa: E402
 from tariffs import load_tariffs  # noqa: E402
 
 TARGET_CDRS_PER_S = 100_000

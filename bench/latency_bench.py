@@ -46,9 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rtoml  # noqa: E402
 
-from streams import stack  # noqa: E402
-from streams.generate import generate_dataset  # noqa: E402
+from streams.offline.generate import generate_dataset  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+from streams.stack import servers as stack  # noqa: E402
+from streams.stack.processes import _clean_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
 WARMUP_LINES = 500
@@ -204,7 +205,7 @@ def _rated_lines(data, out: Path) -> set[int]:
 
     from rating import Catalog
     from schemas.switch_formats import Feed
-    from streams.rate_files import rate_file
+    from streams.offline.rate import rate_file
     from tariffs import load_tariffs
 
     rate_file(data.cdrs_file, Catalog.from_tariffs(load_tariffs(data.plans_dir, data.accounts_file)), out, feed=Feed.of("asterisk"))
@@ -363,7 +364,7 @@ def _stages(settings: Settings, source: str, appended: dict[int, float], landed:
     the worker, its row seen in ClickHouse. Read back from the topics after the phase."""
     import orjson
 
-    from streams.kafka_io import read_to_end
+    from streams.kafka.client import read_to_end
 
     to_monotonic = time.monotonic() - time.time()  # CreateTime is wall-clock ms
     raw_sent: dict[int, float] = {}
@@ -410,7 +411,7 @@ def _memory_broker(env: dict[str, str]) -> subprocess.Popen:
     broker = subprocess.Popen(
         [str(stack._tansu_bin(Settings())), "broker", "--listener-url", url, "--advertised-listener-url", url,
          "--storage-engine", "memory://tansu/"],
-        env=stack._clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     env["CDRFLOW_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{port}"
     return broker

@@ -3,7 +3,7 @@
 A live feed (``ingest --tail``, ``route``) sends each account's lines of a pass as one
 message, so a rating batch of 1,000 messages holds a few lines each of ~1,000 accounts:
 the step's cost is per account (decode its records, rate, encode what changed), not per
-line. This bench measures that step alone: ``streams.rating_batch.rate_messages`` and the
+line. This bench measures that step alone: ``streams.worker.batch.rate_messages`` and the
 fold of its records into the state (what the worker's state log does after a write).
 
 1. a month of traffic is generated (``--accounts``, ``--cdrs``) and cut as a live feed
@@ -40,9 +40,10 @@ import polars as pl  # noqa: E402
 from rating import Catalog  # noqa: E402
 from schemas.cdr_csv import parse_csv  # noqa: E402
 from schemas.messages import cdr_chunk_value  # noqa: E402
-from streams.generate import generate_dataset  # noqa: E402
-from streams.rating_batch import SourceMessage, rate_messages  # noqa: E402
-from streams.state_records import RecordFold  # noqa: E402
+from streams.offline.generate import generate_dataset  # noqa: E402
+from streams.worker.batch import rate_messages  # noqa: E402
+from streams.worker.messages import SourceMessage  # noqa: E402
+from streams.worker.state_records import RecordFold  # noqa: E402
 from tariffs import load_tariffs  # noqa: E402
 
 PARTITIONS = 4

@@ -39,12 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
-from streams import stack  # noqa: E402
-from streams.generate import generate_dataset  # noqa: E402
+from schemas.topics import CDR_RAW
+from streams.offline.generate import generate_dataset  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+from streams.stack import servers as stack  # noqa: E402
 
 BIN = Path(sys.executable).parent
-RAW_TOPIC = "bench.raw"
 TARGET_SINK_ROWS_PER_S = 500_000
 
 
@@ -141,7 +141,7 @@ def _raw_round_trip(settings: Settings, lines: list[bytes]) -> float:
     """Produce every line as one keyed message and consume them all back; seconds taken."""
     servers = settings.kafka_servers()
     consumer = KafkaConsumer(
-        RAW_TOPIC,
+        CDR_RAW,
         bootstrap_servers=servers,
         group_id=f"bench-{time.time_ns()}",
         auto_offset_reset="earliest",
@@ -152,7 +152,7 @@ def _raw_round_trip(settings: Settings, lines: list[bytes]) -> float:
     )
     producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=64 * 1024, acks=1)
     # A first message makes the topic and lets the consumer join before the clock starts.
-    producer.send(RAW_TOPIC, key=b"warmup", value=b"warmup").get(timeout=30)
+    producer.send(CDR_RAW, key=b"warmup", value=b"warmup").get(timeout=30)
     deadline = time.monotonic() + 60
     seen = 0
     while seen == 0 and time.monotonic() < deadline:
@@ -171,7 +171,7 @@ def _raw_round_trip(settings: Settings, lines: list[bytes]) -> float:
     started = time.perf_counter()
     reader.start()
     for line in lines:
-        producer.send(RAW_TOPIC, key=line.split(b",", 1)[0], value=line)
+        producer.send(CDR_RAW, key=line.split(b",", 1)[0], value=line)
     producer.flush()
     done.wait()
     took = time.perf_counter() - started

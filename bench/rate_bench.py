@@ -1,6 +1,6 @@
 """Time ``cdrflow rate`` on a generated month of traffic against the I/O floor of polars.
 
-Generates a data set into a temporary folder (``streams.generate.generate_dataset``), then
+Generates a data set into a temporary folder (``streams.offline.generate.generate_dataset``), then
 in the same run measures:
 
 - the **I/O floor**: ``polars.read_csv`` of ``cdrs.csv`` and ``write_csv`` of the frame to
@@ -34,8 +34,8 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import polars as pl  # noqa: E402
 
-from streams.generate import GeneratedDataset, generate_dataset  # noqa: E402
+from streams.offline.generate import GeneratedDataset, generate_dataset  # noqa: E402
 
 TARGET_RATIO = 2.0
 TARGET_CDRS_PER_S = 400_000
@@ -224,7 +224,8 @@ def phase(name):
     mark[:] = [wall, cpu]
 import streams.cli
 from rating import Catalog, RatingState, prepare, rate
-from streams.rate_files import _Outputs, iter_chunks, open_cdr_file
+from streams.cdr_files import iter_chunks, open_cdr_file
+from streams.offline.rate import OutputFiles
 from tariffs import load_tariffs
 phase("imports")
 cdrs, plans, accounts, out = sys.argv[1:5]
@@ -250,7 +251,7 @@ for batch in batches:
     state = result.state
     results.append(result)
 phase("rate (rating.rate)")
-with _Outputs(__import__("pathlib").Path(out)) as outputs:
+with OutputFiles(__import__("pathlib").Path(out)) as outputs:
     for result in results:
         outputs.write(result)
 phase("write rated/rejected/alerts.csv")

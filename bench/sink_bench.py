@@ -1,13 +1,13 @@
 """Time the ClickHouse sink: ``insert_rated`` of a generated month of rated calls, and ``export``.
 
-Generates a data set into a temporary folder (``streams.generate.generate_dataset``),
+Generates a data set into a temporary folder (``streams.offline.generate.generate_dataset``),
 rates it with the engine (``rating.rate``, one batch), then against a ClickHouse:
 
 - **insert_rated**: the rated frame (source and ingest_id added, as the worker sends it)
-  into a fresh ``rated_calls``, over a client from ``streams.sink_clickhouse.connect``;
+  into a fresh ``rated_calls``, over a client from ``streams.clickhouse.insert.connect``;
   rows/s of each of ``--repeat`` runs (the table emptied and left to settle between
   runs), the median counts;
-- **export**: ``streams.export.export`` of what landed (FINAL, ordered by file and line).
+- **export**: ``streams.finance.export.export`` of what landed (FINAL, ordered by file and line).
 
 ClickHouse is a throwaway embedded stack started in a temporary state folder on free
 ports, unless ``--state-dir`` names a running one (``cdrflow up``). The benchmark works in
@@ -43,12 +43,12 @@ from clickhouse_driver import Client  # noqa: E402
 
 from rating import Catalog, RatingState, rate  # noqa: E402
 from schemas.cdr_csv import parse_csv  # noqa: E402
-from streams import stack  # noqa: E402
-from streams.export import export  # noqa: E402
-from streams.generate import generate_dataset  # noqa: E402
-from streams.migrations import apply_migrations  # noqa: E402
+from streams.clickhouse.insert import connect, insert_rated  # noqa: E402
+from streams.clickhouse.migrations import apply_migrations  # noqa: E402
+from streams.finance.export import export  # noqa: E402
+from streams.offline.generate import generate_dataset  # noqa: E402
 from streams.settings import Settings  # noqa: E402
-from streams.sink_clickhouse import connect, insert_rated  # noqa: E402
+from streams.stack import servers as stack  # noqa: E402
 from tariffs import load_tariffs  # noqa: E402
 
 TARGET_ROWS_PER_S = 500_000

@@ -43,15 +43,17 @@ from typing import Any
 # Runnable from a plain checkout too, not only from an installed project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams import stack  # noqa: E402
-from streams.compare import compare_outputs  # noqa: E402
-from streams.generate import generate_dataset  # noqa: E402
+from streams.kafka.client import log_end_offsets  # noqa: E402
+from streams.offline.compare import compare_outputs  # noqa: E402
+from streams.offline.generate import generate_dataset  # noqa: E402
 from streams.settings import Settings  # noqa: E402
+from streams.stack import servers as stack  # noqa: E402
+from streams.stack.status import worker_state  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LATER_LINES = 1_000
 MAX_VALUE_BYTES = 64 * 1024
-#: The worker's group session (streams.app: broker_session_timeout=10) and a margin. A new
+#: The worker's group session (streams.worker.app: broker_session_timeout=10) and a margin. A new
 #: worker that joins while the killed one is still a member joins twice (the second time
 #: once the broker drops the dead member): ~13 s more, or not, depending on timing (one
 #: soak measured 14.6 s after month 1 and 27-30 s after months 2-3, the state loading in
@@ -99,7 +101,7 @@ class Stack:
         self.workers += 1
         log = (self.root / f"worker-{self.workers}.log").open("ab")
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "streams.worker_cli", "--loglevel", "info"],
+            [sys.executable, "-m", "streams.cli.worker", "--loglevel", "info"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         return time.perf_counter()
@@ -138,8 +140,8 @@ class Stack:
 
         partitions = [TopicPartition("cdr.raw", p) for p in range(settings.topic_partitions)]
         while True:
-            ends = {tp.partition: end for tp, end in stack.log_end_offsets(settings.kafka_servers(), partitions, timeout_s=30).items()}
-            figures = stack.worker_state(settings)
+            ends = {tp.partition: end for tp, end in log_end_offsets(settings.kafka_servers(), partitions, timeout_s=30).items()}
+            figures = worker_state(settings)
             if figures and all(figures.get(p, {}).get("checkpoint") == end for p, end in ends.items()):
                 return figures
             if time.monotonic() > deadline:

@@ -33,7 +33,6 @@ from schemas.columns import ALERT_KINDS
 
 if TYPE_CHECKING:
     from rating.catalog import Catalog
-    from rating.rerate import Billed
 
 #: A threshold for an account the catalogue does not know (tariffs.Account's default).
 DEFAULT_LOW_BALANCE: Final[int] = 500_000
@@ -58,6 +57,36 @@ _ITEM_SCHEMA: Final = {
     "alert_cur": pl.Boolean,
     "alert_new": pl.Boolean,
 }
+
+
+@dataclass(frozen=True)
+class Billed:
+    """What was billed, as ClickHouse holds it now, in the window of the log read.
+
+    Attributes
+    ----------
+    rated
+        The current version of every call (rated or unbilled) of the accounts in the
+        window, every month: the columns of ``RatingResult.rated`` plus ``source``,
+        ``ingest_id``, ``topic``, ``partition``, ``offset``, ``version``, ``correction_id``.
+    rejected
+        The accounts' rejected lines: ``account_id, cdr_id, reason`` and :data:`rating.rerate.LINE_KEY`.
+    events
+        Their ledger events with money in the window but ``CallRerated`` (whose money is
+        in the calls' current amounts): ``account_id, event_id, kind, amount,
+        opening_balance, local_day, offset, seq`` (``seq``: order within the message).
+    cap_alerts
+        ``account_id, cdr_id`` of the ``daily_cap_reached`` alerts in force in the window.
+    opening
+        ``account_id, balance``: the balance before the window, calls counted at their
+        current amounts (rating.corrected_history).
+    """
+
+    rated: pl.DataFrame
+    rejected: pl.DataFrame
+    events: pl.DataFrame
+    cap_alerts: pl.DataFrame
+    opening: pl.DataFrame
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Pure: commands and the book in, events, alerts and number statuses out. Ledger commands
 are few (a handful per account and month), so this is plain Python over one account at a
 time; the calls between them are rated by ``rating.rate`` (the agent splits a batch at
-each account's commands, ``streams.rating_batch``).
+each account's commands, ``streams.worker.batch``).
 
 The book is JSON-ready (the worker keeps it in the account's table value, beside the
 rating state). Rules the spec leaves open are in docs/rules.md ("Ledger").

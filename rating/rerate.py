@@ -1,6 +1,6 @@
 """Rating the months of a period again with a corrected catalogue, and what changes (issue 15).
 
-Pure: frames in, frames out; ``streams.rerate`` reads the log and ClickHouse and
+Pure: frames in, frames out; ``streams.ledger.rerate`` reads the log and ClickHouse and
 publishes. The rules are docs/rules.md, "Corrections"; in short:
 
 - the amounts of a call depend only on its own month (allowance, tiers) and day (cap)
@@ -37,7 +37,7 @@ import polars as pl
 
 from rating.catalog import Catalog
 from rating.clock import month_key
-from rating.corrected_history import Trajectory, alert_changes, corrected_balances
+from rating.corrected_history import Billed, Trajectory, alert_changes, corrected_balances
 from rating.engine import prepare, rate
 from rating.state import RatingState
 from schemas.columns import RATED_COLUMNS
@@ -208,34 +208,6 @@ _CDR_SCHEMA: Final = {
 }
 
 
-@dataclass(frozen=True)
-class Billed:
-    """What was billed, as ClickHouse holds it now, in the window of the log read.
-
-    Attributes
-    ----------
-    rated
-        The current version of every call (rated or unbilled) of the accounts in the
-        window, every month: the columns of ``RatingResult.rated`` plus ``source``,
-        ``ingest_id``, ``topic``, ``partition``, ``offset``, ``version``, ``correction_id``.
-    rejected
-        The accounts' rejected lines: ``account_id, cdr_id, reason`` and :data:`LINE_KEY`.
-    events
-        Their ledger events with money in the window but ``CallRerated`` (whose money is
-        in the calls' current amounts): ``account_id, event_id, kind, amount,
-        opening_balance, local_day, offset, seq`` (``seq``: order within the message).
-    cap_alerts
-        ``account_id, cdr_id`` of the ``daily_cap_reached`` alerts in force in the window.
-    opening
-        ``account_id, balance``: the balance before the window, calls counted at their
-        current amounts (rating.corrected_history).
-    """
-
-    rated: pl.DataFrame
-    rejected: pl.DataFrame
-    events: pl.DataFrame
-    cap_alerts: pl.DataFrame
-    opening: pl.DataFrame
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Kafka message formats: what ingest, load, the rating agent and the sink exchange.
 
 Values are JSON (UTF-8). Keys are the account id as UTF-8 bytes on every account topic,
-so one partition holds one account's whole log in order (DESIGN.md) and a Faust table
+so one partition holds one account's whole log in order (docs/architecture.md) and a Faust table
 keyed the same way (``key_serializer="raw"``) lives in the same partition number.
 
 Measured (docs/infra.md): one message per CDR caps a Faust agent under 10k lines/s;

@@ -1,7 +1,7 @@
 """The Kafka topics of cdrflow, their keys and what flows through them.
 
 Account topics are keyed by account id, so one partition holds one account's whole
-history in order (DESIGN.md: the log is the truth). Every topic gets the same number of
+history in order (docs/architecture.md: the log is the truth). Every topic gets the same number of
 partitions (``Settings.topic_partitions``), which keeps the account topics
 co-partitioned. ``cdrflow up`` creates each topic listed here that does not exist yet;
 add a topic by adding an entry.
@@ -24,60 +24,76 @@ class Topic:
     configs: dict[str, str] = field(default_factory=dict)
 
 
+#: The topic names, one constant each: code names a topic by these, never by a literal
+#: (tests/test_layout.py).
+CDR_RAW: Final = "cdr.raw"
+BILLING_EVENTS: Final = "billing.events"
+CDR_REJECTED: Final = "cdr.rejected"
+RATING_REJECTED: Final = "rating.rejected"
+ALERTS: Final = "alerts"
+ACCOUNTS: Final = "accounts"
+PLANS: Final = "plans"
+LEDGER_EVENTS: Final = "ledger.events"
+ACCOUNT_BALANCES: Final = "account.balances"
+NUMBER_STATUS: Final = "number.status"
+WORKER_STATUS: Final = "worker.status"
+INGEST_FILES: Final = "ingest.files"
+INGEST_POSITIONS: Final = "ingest.positions"
+
 #: Topics by name; partitions come from the settings.
 TOPICS: Final[dict[str, Topic]] = {
     topic.name: topic
     for topic in (
-        Topic("cdr.raw", key="account_id", carries="CDR lines from switch feeds, in file order"),
+        Topic(CDR_RAW, key="account_id", carries="CDR lines from switch feeds, in file order"),
         Topic(
-            "billing.events",
+            BILLING_EVENTS,
             key="account_id",
             carries="rated calls, fees and top-ups: the account log",
         ),
         Topic(
-            "cdr.rejected",
+            CDR_REJECTED,
             key="account_id (the called number when no account is known)",
             carries="CDR lines ingest rejected (malformed, unknown_number) with file, line and reason",
         ),
         Topic(
-            "rating.rejected",
+            RATING_REJECTED,
             key="account_id",
             carries="CDR lines the worker rejected (late, duplicate, invalid_time, no_rate, ...), same form",
         ),
-        Topic("alerts", key="account_id", carries="low-balance, daily-cap and arrears alerts"),
-        Topic("accounts", key="account_id", carries="account definitions and their changes"),
-        Topic("plans", key="plan_id", carries="plan versions, as loaded"),
+        Topic(ALERTS, key="account_id", carries="low-balance, daily-cap and arrears alerts"),
+        Topic(ACCOUNTS, key="account_id", carries="account definitions and their changes"),
+        Topic(PLANS, key="plan_id", carries="plan versions, as loaded"),
         Topic(
-            "ledger.events",
+            LEDGER_EVENTS,
             key="account_id",
             carries="ledger events folded from the account log (fees, top-ups, month close, lifecycle)",
         ),
         Topic(
-            "account.balances",
+            ACCOUNT_BALANCES,
             key="account_id",
             carries="each account's balance and lifecycle state after every batch that changed it",
         ),
         Topic(
-            "number.status",
+            NUMBER_STATUS,
             key="the 400 number",
             carries="active | blocked | released, for a switch's call admission (compacted)",
             configs={"cleanup.policy": "compact"},
         ),
         Topic(
-            "worker.status",
+            WORKER_STATUS,
             key="the cdr.raw partition number",
             carries="each partition's state figures and blocked accounts, from the worker holding it",
             configs={"cleanup.policy": "compact"},
         ),
         Topic(
-            "ingest.files",
+            INGEST_FILES,
             key="sha256 of the file's content",
             carries="one event per ingested file: name, sha256, lines, ingest_id, at",
         ),
         Topic(
-            "ingest.positions",
+            INGEST_POSITIONS,
             key="tail:<absolute path> | route:<topic>:<partition>",
-            carries="how far `ingest --tail` and `route` have sent their feeds (streams.positions)",
+            carries="how far `ingest --tail` and `route` have sent their feeds (streams.feeds.positions)",
             # Only the last value of a key is ever read.
             configs={"cleanup.policy": "compact"},
         ),

@@ -24,7 +24,7 @@ EMBEDDED_HOST = "127.0.0.1"
 DEFAULT_DATABASE = "cdrflow"
 #: ClickHouse's native-protocol port when a URL does not give one.
 CLICKHOUSE_NATIVE_PORT = 9000
-#: Seconds between two sends of a live edge, on the embedded broker and on a Kafka.
+#: Seconds between two sends of a live feed, on the embedded broker and on a Kafka.
 EMBEDDED_EDGE_PASS_S = 1.0
 EXTERNAL_EDGE_PASS_S = 0.5
 
@@ -178,7 +178,7 @@ class Settings(BaseSettings):
         return self.clickhouse_url is None
 
     def edge_pass(self) -> float:
-        """Seconds between two sends of a live edge (``edge_pass_s``, or by broker).
+        """Seconds between two sends of a live feed (``edge_pass_s``, or by broker).
 
         Each send is a message per account it touches and a record batch per ``cdr.raw``
         partition. On the embedded broker (one 2-core machine for everything) a pass every

@@ -19,7 +19,7 @@ from typing import Literal
 import rtoml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tariffs.loader import TariffError
+from tariffs.errors import TariffError
 from tariffs.models import Money
 
 Grade = Literal["S", "A", "B", "C"]

@@ -13,15 +13,9 @@ from typing import Any
 import rtoml
 from pydantic import ValidationError
 
+from tariffs.errors import TariffError
+from tariffs.grades import GRADES_FILE, load_grade_fees
 from tariffs.models import Account, AccountsFile, Plan
-
-
-class TariffError(Exception):
-    """One or more invalid plan or account files; ``problems`` holds one line each."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 @dataclass(frozen=True)
@@ -156,7 +150,6 @@ def load_tariffs(plans_dir: Path, accounts_file: Path) -> Tariffs:
                     f"{accounts_file}: accounts[{index}] (id {account.id!r}) > plan: "
                     f"plan {account.plan!r} does not exist (plans: {known})"
                 )
-    from tariffs.grades import GRADES_FILE, load_grade_fees  # (grades imports this module)
 
     grade_fees = None
     if (Path(plans_dir) / GRADES_FILE).exists():

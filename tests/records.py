@@ -1,4 +1,4 @@
-"""A whole rating state through the worker's records and back (streams.state_records)."""
+"""A whole rating state through the worker's records and back (streams.worker.state_records)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import polars as pl
 
 from rating import RatingState
 from rating.clock import month_key
-from streams.state_records import AccountUpdate, Core, RecordFold, account_records, month_values, rating_state
+from streams.worker.state_records import AccountUpdate, Core, RecordFold, account_records, month_values, rating_state
 
 
 def via_records(state: RatingState) -> RatingState:

@@ -1,4 +1,4 @@
-"""streams.ch_wire: numpy-encoded String columns write the bytes clickhouse-driver would."""
+"""streams.clickhouse.wire: numpy-encoded String columns write the bytes clickhouse-driver would."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import numpy as np
 import polars as pl
 import pytest
 from clickhouse_driver.bufferedwriter import BufferedSocketWriter
-from clickhouse_driver.numpy.helpers import column_chunks
 from clickhouse_driver.columns.numpy.stringcolumn import NumpyStringColumn
 from clickhouse_driver.columns.service import write_column
 from clickhouse_driver.context import Context
+from clickhouse_driver.numpy.helpers import column_chunks
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import ch_wire
+from streams.clickhouse import wire as ch_wire
 
 
 class _Socket:

@@ -73,7 +73,7 @@ def test_output_messages_decoded_at_once_equal_read_output_one_by_one() -> None:
     from datetime import UTC, date, datetime
 
     from schemas.messages import frame_value, frames_from_values
-    from streams.app import OUTPUT_SCHEMAS, read_output
+    from streams.worker.sinks import OUTPUT_SCHEMAS, read_output
 
     schema = OUTPUT_SCHEMAS["alerts"]
     rows = {

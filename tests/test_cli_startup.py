@@ -74,7 +74,7 @@ def test_a_pipeline_command_still_gets_its_clients() -> None:
 
 
 def test_the_imported_app_has_every_command() -> None:
-    from streams.cli import app
+    from streams.cli.main import app
 
     commands = set(get_command(app).commands)
     offline = {"rate", "generate", "plans", "compare"}
@@ -84,7 +84,7 @@ def test_the_imported_app_has_every_command() -> None:
 
 def test_plans_loaded_beside_the_first_chunk_rate_as_a_loaded_catalogue(tmp_path: Path) -> None:
     from rating import Catalog
-    from streams.rate_files import rate_file
+    from streams.offline.rate import rate_file
     from tariffs import load_tariffs
 
     vectors = VECTORS / "mixed"
@@ -103,7 +103,7 @@ def test_plans_loaded_beside_the_first_chunk_rate_as_a_loaded_catalogue(tmp_path
 
 
 def test_plans_that_fail_to_load_leave_no_output_folder(tmp_path: Path) -> None:
-    from streams.rate_files import rate_file
+    from streams.offline.rate import rate_file
 
     class PlansRefused(Exception):
         pass

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from rating import Catalog
-from streams.compare import CompareError, compare_outputs
-from streams.rate_files import rate_file
+from streams.offline.compare import CompareError, compare_outputs
+from streams.offline.rate import rate_file
 from tariffs import load_tariffs
 from tests.conftest import SHARED, VECTORS, run_cdrflow
 

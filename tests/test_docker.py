@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.main import get_command
 
-from streams.cli import app
+from streams.cli.main import app
 from streams.settings import Settings
 from tests.conftest import PROJECT
 

@@ -7,8 +7,15 @@ from datetime import date
 import pytest
 
 from schemas.area_names import area_names
-from streams.reports import DURATION_BUCKETS, ReportError, _bucket_sql, _split_top_level, format_minutes, month_range
-from streams.retention import _literal, _month, cutoff_month
+from streams.finance.reports import (
+    DURATION_BUCKETS,
+    ReportError,
+    _bucket_sql,
+    _split_top_level,
+    format_minutes,
+    month_range,
+)
+from streams.finance.retention import _literal, _month, cutoff_month
 
 
 @pytest.mark.parametrize(
@@ -79,7 +86,7 @@ def test_a_report_without_clickhouse_fails_with_a_reason_and_no_traceback(tmp_pa
     import os
     import subprocess
 
-    from streams.stack import free_ports
+    from streams.stack.servers import free_ports
     from tests.conftest import CDRFLOW
 
     env = {**os.environ, "CDRFLOW_CLICKHOUSE_URL": f"clickhouse://default@127.0.0.1:{free_ports(1)[0]}/cdrflow"}

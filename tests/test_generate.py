@@ -1,4 +1,4 @@
-"""The synthetic data set of ``streams.generate``: layout, determinism and realism."""
+"""The synthetic data set of ``streams.offline.generate``: layout, determinism and realism."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 import tariffs
 from schemas.columns import CDR_COLUMNS, CDR_HEADER, DISPOSITIONS
-from streams.generate import GeneratedDataset, generate_dataset
+from streams.offline.generate import GeneratedDataset, generate_dataset
 from tariffs import load_tariffs
 
 MONTH = "2026-03"

@@ -16,10 +16,11 @@ from rating import Catalog, RatingState, rate
 from schemas.cdr_csv import parse_csv
 from schemas.columns import CDR_COLUMNS
 from schemas.messages import cdr_chunk_frame, cdr_chunk_value
-from streams import ingest_cli, kafka_io
-from streams.ingest import SpoolFile, SpoolWatch, new_ingest_id, refusals
-from streams.load import CatalogError, fold_catalog, plan_value
-from streams.routing import REJECTION_SCHEMA, AccountChunker, Routed, rejection_groups, route
+from streams.catalog.publish import CatalogError, fold_catalog, plan_value
+from streams.cli import ingest as ingest_cli
+from streams.feeds.ingest import SpoolFile, SpoolWatch, new_ingest_id, refusals
+from streams.feeds.routing import REJECTION_SCHEMA, AccountChunker, Routed, rejection_groups, route
+from streams.kafka import client as kafka_io
 from tariffs import Plan, Tariffs, load_plans, load_tariffs
 from tests.conftest import PROJECT, VECTORS
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from schemas.shipped_lines import field_path, message_lines
-from streams.positions import Position, held_ends, partition_of, tail_key
+from streams.feeds.positions import Position, held_ends, partition_of, tail_key
 
 
 def test_a_raw_message_is_the_line_without_its_line_end() -> None:
@@ -64,7 +64,7 @@ def test_a_position_survives_its_json_and_keeps_its_key_on_one_partition() -> No
 
 @pytest.mark.parametrize(
     "module",
-    ["schemas.shipped_lines", "streams.positions", "streams.edge", "streams.edge_cli", "streams.route"],
+    ["schemas.shipped_lines", "streams.feeds.positions", "streams.feeds.live", "streams.cli.live_display", "streams.feeds.shipped"],
 )
 def test_the_examples_in_the_docstrings_run(module: str) -> None:
     failures, _ = doctest.testmod(importlib.import_module(module))
@@ -81,7 +81,7 @@ def test_the_examples_in_the_docstrings_run(module: str) -> None:
     ],
 )
 def test_the_live_commands_refuse_bad_options_before_reaching_the_broker(args: list[str], message: str) -> None:
-    from streams.cli import app
+    from streams.cli.main import app
 
     result = CliRunner().invoke(app, args, env={"CDRFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.exit_code == 2, result.output

@@ -1,4 +1,4 @@
-"""Alert notifiers (streams.notify): stable idempotency keys, retries, refusals."""
+"""Alert notifiers (streams.worker.notify): stable idempotency keys, retries, refusals."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import date
 import polars as pl
 from aiohttp import web
 
-from streams.notify import Notifier, alert_id
+from streams.worker.notify import Notifier, alert_id
 
 ALERTS = pl.DataFrame(
     {
@@ -93,7 +93,7 @@ def test_an_alert_a_correction_cancelled_is_not_posted() -> None:
 def test_without_a_webhook_each_alert_is_logged_and_with_one_each_batch(caplog) -> None:  # type: ignore[no-untyped-def]
     import logging
 
-    caplog.set_level(logging.INFO, logger="streams.notify")
+    caplog.set_level(logging.INFO, logger="streams.worker.notify")
     asyncio.run(Notifier(None).notify(ALERTS))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 3 and all(w.startswith("alert ") for w in warnings)

@@ -258,7 +258,7 @@ def test_engine_equals_reference_on_random_logs(scenario: Scenario) -> None:
 @PROPERTY_SETTINGS
 @given(scenario=scenarios(), data=st.data())
 def test_splitting_the_log_into_batches_changes_nothing(scenario: Scenario, data: st.DataObject) -> None:
-    # DESIGN.md: rating is rate(batch, state) -> (events, state); a stream cuts the log anywhere.
+    # docs/architecture.md: rating is rate(batch, state) -> (events, state); a stream cuts the log anywhere.
     rows = scenario.csv_bytes.rstrip(b"\n").count(b"\n")
     cuts = sorted(data.draw(st.sets(st.integers(0, rows), max_size=4), label="cuts"))
     (whole,) = _engine_results(scenario)

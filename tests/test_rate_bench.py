@@ -7,7 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from rating import Catalog
-from streams.rate_files import rate_file
+from streams.offline.rate import rate_file
 from tariffs import load_tariffs
 from tests.conftest import PROJECT, VECTORS
 

@@ -6,7 +6,7 @@ from datetime import date
 
 import polars as pl
 
-from streams.rate_files import alerts_csv_frame
+from schemas.output_files import alerts_csv_frame
 
 
 def test_days_print_as_the_csv_writer_prints_dates() -> None:

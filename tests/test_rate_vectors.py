@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 
 from rating import Catalog
-from streams.compare import compare_outputs
-from streams.rate_files import rate_file
+from streams.offline.compare import compare_outputs
+from streams.offline.rate import rate_file
 from tariffs import load_tariffs
 from tests.conftest import run_cdrflow
 

@@ -1,4 +1,4 @@
-"""The rating agent's batch step (streams.rating_batch), without Kafka: replays, garbage, keys."""
+"""The rating agent's batch step (streams.worker.batch), without Kafka: replays, garbage, keys."""
 
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ import pytest
 from rating import Catalog, RatingState, rate
 from schemas.cdr_csv import parse_csv
 from schemas.messages import cdr_chunk_value
-from streams.app import OUTPUT_SCHEMAS, read_output
-from streams.rating_batch import (
-    OUTPUT_ROWS,
-    BatchOutcome,
-    SourceMessage,
-    rate_messages,
-)
-from streams.state_records import RecordFold, core_of
+from streams.worker.batch import BatchOutcome, rate_messages
+from streams.worker.messages import OUTPUT_ROWS, SourceMessage
+from streams.worker.sinks import OUTPUT_SCHEMAS, read_output
+from streams.worker.state_records import RecordFold, core_of
 from tariffs import load_tariffs
 from tests.conftest import VECTORS
 
@@ -200,7 +196,7 @@ def test_an_account_whose_rating_fails_is_set_apart_and_the_others_are_rated(mon
     catalog, batch, owner = _vector("mixed")
     messages = _messages(batch, owner, chunk_lines=50)
     whole = rate_messages(messages, {}, catalog, TOPIC)
-    import streams.rating_batch as rating_batch
+    import streams.worker.batch as rating_batch
 
     real_rate = rating_batch.rate
 

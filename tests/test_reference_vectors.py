@@ -41,7 +41,7 @@ def _canonical(field: str, text: str) -> str:
 
 
 def _by_account(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
-    # spec 6 / streams/compare.py: alert order matters within one account's log only.
+    # spec 6 / streams/offline/compare.py: alert order matters within one account's log only.
     return sorted(rows, key=lambda row: row[0])
 
 

@@ -15,7 +15,8 @@ import polars as pl
 import pytest
 
 from rating import Catalog, RatingState, rate
-from rating.rerate import COMPARED_COLUMNS, Billed, Diff, Period, Rerun, correction_catalog, diff
+from rating.corrected_history import Billed
+from rating.rerate import COMPARED_COLUMNS, Diff, Period, Rerun, correction_catalog, diff
 from schemas.cdr_csv import parse_csv
 from tariffs import Tariffs, load_tariffs
 from tests.conftest import VECTORS
@@ -249,7 +250,7 @@ def test_a_period_with_no_calls_has_nothing_to_correct() -> None:
 def test_rerate_refuses_bad_options_before_anything_is_read(args: list[str], message: str) -> None:
     from typer.testing import CliRunner
 
-    from streams.cli import app
+    from streams.cli.main import app
 
     result = CliRunner().invoke(app, ["rerate", *args], env={"CDRFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output

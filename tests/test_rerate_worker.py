@@ -1,7 +1,7 @@
-"""A correction through the worker's batch step (streams.rating_batch), without Kafka.
+"""A correction through the worker's batch step (streams.worker.batch), without Kafka.
 
 Half of each account's log is rated with a wrong plan; the correction is worked out as
-``cdrflow rerate`` does (rating.rerate, streams.rerate.correction_commands) and folded by
+``cdrflow rerate`` does (rating.rerate, streams.ledger.rerate.correction_commands) and folded by
 the worker, crashed once in the middle; the other half is rated after it with the right
 plan. What the worker sent must then be what a run with the right plan from the start
 gives: every call, every alert, every balance.
@@ -17,15 +17,17 @@ import orjson
 import polars as pl
 
 from rating import Catalog, RatingState, rate
-from rating.rerate import COMPARED_COLUMNS, Billed, Period, Rerun, correction_catalog, diff
+from rating.corrected_history import Billed
+from rating.rerate import COMPARED_COLUMNS, Period, Rerun, correction_catalog, diff
 from schemas.cdr_csv import parse_csv
 from schemas.ledger import LedgerCommand
 from schemas.messages import cdr_chunk_value, cdr_chunks_frame
-from streams.app import read_output
-from streams.ledger_ops import event_order
-from streams.rating_batch import BatchOutcome, SourceMessage, rate_messages
-from streams.rerate import Prepared, correction_commands
-from streams.state_records import RecordFold
+from streams.ledger.commands import event_order
+from streams.ledger.rerate import Prepared, correction_commands
+from streams.worker.batch import BatchOutcome, rate_messages
+from streams.worker.messages import SourceMessage
+from streams.worker.sinks import read_output
+from streams.worker.state_records import RecordFold
 from tariffs import Tariffs, load_tariffs
 from tests.conftest import VECTORS
 

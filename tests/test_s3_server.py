@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import s3_server
+from streams.stack import s3_server
 
 KEYS = [
     "clusters/c1/topics/cdr.raw/partitions/0000000000/records/00000000000000000000.batch",
@@ -106,7 +106,7 @@ def test_server_answers_kept_alive_requests_without_nagle_delay(bucket: Path) ->
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "streams.s3_server", "--host", "127.0.0.1", "--port", str(port), str(bucket.parent)],
+        [sys.executable, "-m", "streams.stack.s3_server", "--host", "127.0.0.1", "--port", str(port), str(bucket.parent)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

@@ -12,8 +12,9 @@ import pytest
 from rating import Catalog, RatingResult, RatingState, rate
 from schemas.cdr_csv import parse_csv
 from schemas.columns import RATED_FINANCE_COLUMNS
-from streams.ch_wire import EncodedStrings
-from streams.sink_clickhouse import ALERTS, RATED, REJECTED, table_columns
+from streams.clickhouse.insert import table_columns
+from streams.clickhouse.tables import ALERTS, RATED, REJECTED
+from streams.clickhouse.wire import EncodedStrings
 from tariffs import load_tariffs
 from tests.conftest import VECTORS
 

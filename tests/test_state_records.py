@@ -1,4 +1,4 @@
-"""The worker's state as records (streams.state_records): bounded values, commits, segments."""
+"""The worker's state as records (streams.worker.state_records): bounded values, commits, segments."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from rating import Catalog, RatingState, rate
 from rating.clock import month_key
 from rating.state import ALLOWANCE_SCHEMA, CHARGED_SCHEMA, DAILY_SCHEMA
 from schemas.cdr_csv import parse_csv
-from streams.generate import generate_dataset
-from streams.rating_batch import rate_messages
-from streams.state_records import (
+from streams.offline.generate import generate_dataset
+from streams.worker.batch import rate_messages
+from streams.worker.state_records import (
     CORE,
     SEGMENT_FANOUT,
     SEGMENT_MAX_BYTES,
@@ -219,7 +219,7 @@ def test_a_state_through_month_records_reads_back_the_same(daily: list[Any], cha
 
 
 def test_a_batch_rated_on_the_state_the_one_before_will_leave_is_rated_as_after_its_write() -> None:
-    # The worker rates a batch while the one before is written (streams.rating_worker):
+    # The worker rates a batch while the one before is written (streams.worker.runner):
     # on RecordFold.after, the state that write will leave, not on the fold itself.
     catalog, batch, owner = _vector("mixed")
     messages = _messages(batch, owner, chunk_lines=3)

@@ -24,9 +24,9 @@ from schemas.switch_formats import (
     asterisk_profile,
     load_profile,
 )
-from streams.compare import compare_outputs
-from streams.generate import GeneratedDataset, generate_dataset
-from streams.rate_files import rate_file
+from streams.offline.compare import compare_outputs
+from streams.offline.generate import GeneratedDataset, generate_dataset
+from streams.offline.rate import rate_file
 from tariffs import load_tariffs
 from tests.conftest import VECTORS, run_cdrflow
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from aiokafka.errors import MessageSizeTooLargeError
 
-from streams.app import build_app
-from streams.rating_worker import send_in_order
-from streams.faust_tuning import WORKER_FETCH_MAX_WAIT_MS
 from streams.settings import Settings
+from streams.worker.app import build_app
+from streams.worker.faust_tuning import WORKER_FETCH_MAX_WAIT_MS
+from streams.worker.runner import send_in_order
 
 
 def test_faust_data_folder_is_under_the_state_folder(tmp_path: Path) -> None:
@@ -32,7 +32,7 @@ def test_the_worker_consumer_lets_the_broker_hold_a_fetch_half_a_second(tmp_path
         app_id="cdrflow-test",
     )
     app = build_app(settings)
-    thread = app.consumer._thread  # Faust internals, as streams.faust_tuning patches them
+    thread = app.consumer._thread  # Faust internals, as streams.worker.faust_tuning patches them
 
     async def create() -> object:  # aiokafka makes its clients inside a running loop
         return thread._create_worker_consumer(app.transport)  # created, not started: no connection
@@ -92,8 +92,8 @@ def test_a_message_too_large_is_given_back_at_once() -> None:
 
 
 def test_a_grouped_output_refused_for_its_size_blocks_only_the_accounts_whose_own_rows_are_too_large() -> None:
-    from streams.rating_batch import rate_messages
-    from streams.rating_worker import RatingWorker
+    from streams.worker.batch import rate_messages
+    from streams.worker.runner import RatingWorker
     from tests.test_rating_batch import TOPIC, _messages, _vector
 
     catalog, batch, owner = _vector("mixed")

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from streams.settings import Settings
-from streams.stack import StackError, down, free_ports, up
+from streams.stack.embedded import StackError
+from streams.stack.servers import down, free_ports, up
 from tests.integration.pipeline import PROJECT, Pipeline
 
 #: Partitions the test stack's topics get: not the default 4, to show the setting is used.

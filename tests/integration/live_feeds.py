@@ -16,8 +16,8 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from streams.kafka_io import read_to_end
-from streams.compare import compare_outputs
+from streams.kafka.client import read_to_end
+from streams.offline.compare import compare_outputs
 from tests.conftest import CDRFLOW
 from tests.integration.pipeline import Pipeline
 

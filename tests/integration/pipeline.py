@@ -2,7 +2,7 @@
 
 Each test gets a topic prefix, a consumer group (``CDRFLOW_APP_ID``) and a ClickHouse
 database of its own, so tests sharing the session's broker and ClickHouse never read each
-other's messages or rows. Workers run as subprocesses (``python -m streams.worker_cli``),
+other's messages or rows. Workers run as subprocesses (``python -m streams.cli.worker``),
 as in production, so that they can be killed for real.
 """
 
@@ -26,18 +26,18 @@ import polars as pl
 from clickhouse_driver import Client
 from kafka import KafkaAdminClient
 
+from rating import Catalog
 from schemas.cdr_csv import parse_csv
 from schemas.messages import CDR_CHUNK_LINES, cdr_chunk_value
 from schemas.topics import TOPICS
-from streams.compare import compare_outputs
-from streams.export import export
-from streams.kafka_io import encode_json, make_producer
-from streams.load import publish_tariffs
+from streams.catalog.publish import publish_tariffs
+from streams.clickhouse.insert import connect
+from streams.finance.export import export
+from streams.kafka.client import encode_json, make_producer
+from streams.offline.compare import compare_outputs
+from streams.offline.rate import rate_file
 from streams.settings import Settings
-from streams.sink_clickhouse import connect
-from streams.stack import ensure_schema
-from rating import Catalog
-from streams.rate_files import rate_file
+from streams.stack.provision import ensure_schema
 from tariffs import Tariffs, load_tariffs
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -118,7 +118,8 @@ class Pipeline:
         ``cdr.raw``: each partition's checkpoint at its end."""
         from kafka import TopicPartition
 
-        from streams.stack import log_end_offsets, worker_state
+        from streams.kafka.client import log_end_offsets
+        from streams.stack.status import worker_state
 
         partitions = [TopicPartition(self.topic("cdr.raw"), p) for p in range(self.settings.topic_partitions)]
         deadline = time.monotonic() + timeout_s
@@ -211,7 +212,7 @@ class Pipeline:
         }
         with log.open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "streams.worker_cli", "--loglevel", "info", "--topic-prefix", self.prefix],
+                [sys.executable, "-m", "streams.cli.worker", "--loglevel", "info", "--topic-prefix", self.prefix],
                 cwd=PROJECT,
                 env=variables,
                 stdout=out,

@@ -26,8 +26,8 @@ import polars as pl
 import pytest
 
 from rating import Catalog
-from streams.generate import generate_dataset
-from streams.rate_files import rate_file
+from streams.offline.generate import generate_dataset
+from streams.offline.rate import rate_file
 from tests.integration.pipeline import Pipeline, read_csv_rows, wait_for_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -165,8 +165,8 @@ def test_a_generation_cut_short_while_rolling_is_never_used(stack) -> None:
 
     import orjson
 
-    from streams.state_log import GENERATION_KEY, SNAPSHOT_KEY, StateLog
-    from streams.state_records import CHECKPOINT_KEY, Core, checkpoint_value, record_key, tagged
+    from streams.worker.state_log import GENERATION_KEY, SNAPSHOT_KEY, StateLog
+    from streams.worker.state_records import CHECKPOINT_KEY, Core, checkpoint_value, record_key, tagged
 
     base = f"t{uuid.uuid4().hex[:8]}.state"
 

@@ -27,14 +27,15 @@ from rating import Catalog, RatingState, rate
 from schemas.area_names import area_names
 from schemas.cdr_csv import parse_csv
 from schemas.money import format_money
-from streams.migrations import MIGRATIONS_DIR, apply_migrations
-from streams.rate_files import rate_file
-from streams.retention import settle_months
+from streams.clickhouse.insert import connect, insert_rated, insert_rejected
+from streams.clickhouse.migrations import MIGRATIONS_DIR, apply_migrations
+from streams.finance.retention import settle_months
+from streams.offline.rate import rate_file
 from streams.settings import Settings
-from streams.sink_clickhouse import connect, insert_rated, insert_rejected
-from streams.stack import finance_password
+from streams.stack.clickhouse_config import finance_password
 from tariffs import load_tariffs
 from tests.conftest import CDRFLOW, VECTORS
+
 # A fresh database of the test stack per test, every migration applied.
 from tests.integration.test_sink_export import database  # noqa: F401  (a fixture)
 

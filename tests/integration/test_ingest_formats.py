@@ -15,10 +15,10 @@ import pytest
 
 from rating import Catalog
 from schemas.switch_formats import Feed
-from streams.compare import compare_outputs
-from streams.generate import generate_dataset
-from streams.ingest import ingest_paths
-from streams.rate_files import rate_file
+from streams.feeds.ingest import ingest_paths
+from streams.offline.compare import compare_outputs
+from streams.offline.generate import generate_dataset
+from streams.offline.rate import rate_file
 from tariffs import load_tariffs
 from tests.integration.pipeline import Pipeline, read_csv_rows
 

@@ -17,15 +17,13 @@ from typer.testing import CliRunner
 
 from schemas.ledger import LedgerCommand
 from schemas.money import parse_money
-from streams import ledger_ops
-from streams.cli import app
-from streams.kafka_io import read_to_end
-from streams.load import publish_tariffs, read_catalog
+from streams.catalog.publish import publish_tariffs, read_catalog
+from streams.cli.main import app
+from streams.kafka.client import read_to_end
+from streams.ledger import commands as ledger_ops
 from streams.settings import Settings
 from tariffs import load_tariffs
 from tests.integration.pipeline import Pipeline
-
-
 
 PLAN = """
 id = "biz"

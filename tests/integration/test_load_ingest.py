@@ -30,15 +30,16 @@ from kafka import KafkaAdminClient
 from typer.testing import CliRunner
 
 from rating import Catalog, RatingState, rate
-from schemas.money import format_money, parse_money
 from schemas.messages import CDR_CHUNK_LINES, cdr_chunk_frame, frame_from_value
+from schemas.money import format_money, parse_money
 from schemas.topics import TOPICS
-from streams import ingest, ingest_cli
-from streams.ingest import follow, ingest_paths
-from streams.kafka_io import decode_json, read_to_end
-from streams.load import publish_tariffs, read_catalog
-from streams.migrations import MIGRATIONS_DIR, apply_migrations
-from streams.routing import REJECTION_SCHEMA
+from streams.catalog.publish import publish_tariffs, read_catalog
+from streams.cli import ingest as ingest_cli
+from streams.clickhouse.migrations import MIGRATIONS_DIR, apply_migrations
+from streams.feeds import ingest
+from streams.feeds.ingest import follow, ingest_paths
+from streams.feeds.routing import REJECTION_SCHEMA
+from streams.kafka.client import decode_json, read_to_end
 from streams.settings import Settings
 from tariffs import load_tariffs
 from tests.conftest import VECTORS
@@ -132,7 +133,7 @@ def _cli_env(stack: Settings, **extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def invoke(stack: Settings, prefix: str, monkeypatch: pytest.MonkeyPatch):
-    """Run ``cdrflow ingest`` as streams/cli.py registers it, on this test's topics."""
+    """Run ``cdrflow ingest`` as streams/cli/main.py registers it, on this test's topics."""
     monkeypatch.setattr(ingest, "ingest_paths", functools.partial(ingest.ingest_paths, topic_prefix=prefix))
     app = typer.Typer()
     app.command()(ingest_cli.load)

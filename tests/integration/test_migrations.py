@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from clickhouse_driver import Client
 
-from streams.migrations import MigrationError, apply_migrations
+from streams.clickhouse.migrations import MigrationError, apply_migrations
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -29,10 +29,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from streams import ingest, ingest_cli
-from streams.compare import compare_outputs
+from streams.cli import ingest as ingest_cli
+from streams.feeds import ingest
+from streams.offline.compare import compare_outputs
 from streams.settings import Settings
-from streams.stack import _stop, up
+from streams.stack.processes import _stop
+from streams.stack.servers import up
 from tests.conftest import CDRFLOW, VECTORS
 from tests.integration.pipeline import (
     Pipeline,
@@ -55,7 +57,7 @@ LAND_TIMEOUT_S = 180.0
 
 @pytest.fixture
 def invoke(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
-    """``cdrflow ingest ARGS`` as streams/cli.py registers it, on the pipeline's topics and database."""
+    """``cdrflow ingest ARGS`` as streams/cli/main.py registers it, on the pipeline's topics and database."""
     monkeypatch.setattr(ingest, "ingest_paths", functools.partial(ingest.ingest_paths, topic_prefix=pipeline.prefix))
     app = typer.Typer()
     app.command()(ingest_cli.load)
@@ -219,7 +221,7 @@ def test_the_project_producer_is_not_idempotent_and_keeps_one_request_in_flight(
     """tansu refused batches of kafka-python's (default) idempotent producer with
     OutOfOrderSequenceNumber now and then, unwritten: the cause of the old "rare stall"
     (docs/streaming.md). Order per partition then rests on one request in flight."""
-    from streams.kafka_io import make_producer
+    from streams.kafka.client import make_producer
 
     producer = make_producer(stack)
     try:

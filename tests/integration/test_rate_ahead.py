@@ -1,4 +1,4 @@
-"""A batch rated while the one before is written (streams.rating_worker), on the real broker.
+"""A batch rated while the one before is written (streams.worker.runner), on the real broker.
 
 The worker rates batch N+1 on the state batch N's write will leave (``RecordFold.after``)
 while N's outputs and records go to the broker. Driven here batch by batch, with no
@@ -26,11 +26,12 @@ from aiokafka import AIOKafkaProducer
 
 from rating import Catalog
 from schemas.cdr_csv import parse_csv
-from streams.generate import generate_dataset
-from streams.rating_batch import SourceMessage, rate_messages
-from streams.rating_worker import RatedBatch, RatingWorker
-from streams.state_log import StateLog
-from streams.state_records import RecordFold, core_of
+from streams.offline.generate import generate_dataset
+from streams.worker.batch import rate_messages
+from streams.worker.messages import SourceMessage
+from streams.worker.runner import RatedBatch, RatingWorker
+from streams.worker.state_log import StateLog
+from streams.worker.state_records import RecordFold, core_of
 from tariffs import load_tariffs
 from tests.test_rating_batch import _messages
 
@@ -117,7 +118,7 @@ def test_batches_rated_ahead_of_whole_writes_leave_the_state_of_batches_rated_on
 
 def test_a_batch_rated_ahead_of_a_write_that_blocked_an_account_is_rated_again(stack, month, caplog) -> None:  # type: ignore[no-untyped-def]
     catalog, batches = month
-    caplog.set_level(logging.WARNING, logger="streams.rating_worker")
+    caplog.set_level(logging.WARNING, logger="streams.worker.runner")
     # The hotline's rated rows of a batch are over 64 kB: refused for their size.
     rated, fold = _run(stack, catalog, batches, max_request_bytes=64 * 1024)
     first = next(i for i, batch in enumerate(rated) if HOTLINE in batch.failed)

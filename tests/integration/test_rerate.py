@@ -25,10 +25,10 @@ from typer.testing import CliRunner
 
 from rating import Catalog
 from schemas.money import parse_money
-from streams.cli import app
-from streams.compare import compare_outputs
-from streams.load import publish_tariffs, read_catalog
-from streams.rate_files import rate_file
+from streams.catalog.publish import publish_tariffs, read_catalog
+from streams.cli.main import app
+from streams.offline.compare import compare_outputs
+from streams.offline.rate import rate_file
 from tariffs import load_tariffs
 from tests.conftest import CDRFLOW
 from tests.integration.pipeline import Pipeline, read_csv_rows

@@ -25,11 +25,11 @@ from kafka.admin import NewTopic
 from rating import Catalog
 from schemas.cdr_csv import parse_csv
 from schemas.switch_formats import Feed
-from streams.generate import generate_dataset
-from streams.kafka_io import BrokerError, make_producer
-from streams.rate_files import rate_file
-from streams.route import RouteEvent, Router
-from streams.routing import route
+from streams.feeds.routing import route
+from streams.feeds.shipped import RouteEvent, ShippedFeed
+from streams.kafka.client import BrokerError, make_producer
+from streams.offline.generate import generate_dataset
+from streams.offline.rate import rate_file
 from tariffs import load_tariffs
 from tests.conftest import VECTORS
 from tests.integration.live_feeds import EdgeProcess, assert_lands_as_offline, edge_output, running
@@ -130,7 +130,7 @@ def test_lines_routed_raw_then_in_json_with_the_router_killed_land_as_the_offlin
     assert_lands_as_offline(pipeline, tmp_path / "offline", tmp_path, {f"{raw_topic}[0]": 1, f"{json_topic}[0]": half + 1})
 
 
-class _RefusedOnce(Router):
+class _RefusedOnce(ShippedFeed):
     """A router whose position write may be refused, its lines sent and acknowledged, as
     tansu refuses one of two producers writing a partition at the same moment
     (docs/infra.md): the worst moment, lines out that no position covers. Routers
@@ -156,7 +156,7 @@ def test_routers_in_a_group_take_over_and_judge_every_line_as_ingest_once(pipeli
     where = _produce(pipeline, topic, [header, *lines])
     line_of = {position: n for n, position in enumerate(where, start=1)}  # file line (header = 1)
 
-    dying = Router(pipeline.settings, topic, topic_prefix=pipeline.prefix, position_every_s=0.0, max_records=400)
+    dying = ShippedFeed(pipeline.settings, topic, topic_prefix=pipeline.prefix, position_every_s=0.0, max_records=400)
     dying.start()
     while sum(p.next_offset for p in dying.partitions.values()) < 600:
         dying.step()

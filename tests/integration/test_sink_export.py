@@ -23,16 +23,9 @@ from typer.testing import CliRunner
 
 from rating import Catalog, RatingResult, RatingState, rate
 from schemas.cdr_csv import parse_csv
-from streams.compare import compare_outputs
-from streams.export import export
-from streams.export_cli import export as export_command
-from streams.migrations import MIGRATIONS_DIR, apply_migrations, read_migrations
-from streams.rate_files import rate_file
-from streams import sink_clickhouse
-from streams.settings import Settings
-from streams.sink_clickhouse import (
-    RATED,
-    TABLES,
+from streams.cli.export import export as export_command
+from streams.clickhouse import insert as sink_clickhouse
+from streams.clickhouse.insert import (
     ClickHouseUnavailable,
     RetryPolicy,
     connect,
@@ -40,10 +33,16 @@ from streams.sink_clickhouse import (
     insert_rated,
     insert_rejected,
 )
-from streams.stack import status
+from streams.clickhouse.migrations import MIGRATIONS_DIR, apply_migrations, read_migrations
+from streams.clickhouse.tables import RATED, TABLES
+from streams.finance.export import export
+from streams.offline.compare import compare_outputs
+from streams.offline.rate import rate_file
+from streams.settings import Settings
+from streams.stack.servers import free_ports
+from streams.stack.status import status
 from tariffs import load_tariffs
 from tests.conftest import VECTORS
-from streams.stack import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -247,7 +246,7 @@ def test_the_insert_retries_until_clickhouse_answers(
     (port,) = free_ports(1)
     late = Settings(clickhouse_url=f"clickhouse://default@127.0.0.1:{port}/{params['database']}")
     rated = _rate(VECTORS / "basic").rated
-    caplog.set_level(logging.WARNING, logger="streams.sink_clickhouse")
+    caplog.set_level(logging.WARNING, logger="streams.clickhouse.insert")
 
     client = connect(late, connect_timeout=1)
     with _LateProxy(port, (params["host"], params["port"]), delay_s=1.0):
@@ -264,7 +263,7 @@ def test_the_insert_gives_up_when_the_budget_runs_out(
 ) -> None:
     (port,) = free_ports(1)  # nothing listens there
     nowhere = Settings(clickhouse_url=f"clickhouse://default@127.0.0.1:{port}/cdrflow")
-    caplog.set_level(logging.WARNING, logger="streams.sink_clickhouse")
+    caplog.set_level(logging.WARNING, logger="streams.clickhouse.insert")
     with pytest.raises(ClickHouseUnavailable, match=rf"127.0.0.1:{port} did not answer within 1 s"):
         insert_alerts(
             connect(nowhere, connect_timeout=1),
@@ -279,7 +278,7 @@ def test_a_wrong_insert_fails_at_once_without_retrying(
 ) -> None:
     client = connect(database)
     client.execute("DROP TABLE alerts")
-    caplog.set_level(logging.WARNING, logger="streams.sink_clickhouse")
+    caplog.set_level(logging.WARNING, logger="streams.clickhouse.insert")
     with pytest.raises(Exception, match="alerts"):
         insert_alerts(client, _rate(VECTORS / "basic").alerts, retry=FAST_RETRY)
     assert caplog.records == []

@@ -12,9 +12,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from schemas.topics import TOPICS
-from streams.migrations import MIGRATIONS_DIR, read_migrations
+from streams.clickhouse.migrations import MIGRATIONS_DIR, read_migrations
 from streams.settings import Settings
-from streams.stack import STATUS_KEYS, down, finance_password, status, up
+from streams.stack.clickhouse_config import finance_password
+from streams.stack.servers import down, up
+from streams.stack.status import STATUS_KEYS, status
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +36,7 @@ def _server_processes(naming: tuple[bytes, ...] = ()) -> set[int]:
             text = cmdline.read_bytes().replace(b"\0", b" ") + b" "
         except OSError:
             continue
-        if any(name in text for name in (b"tansu broker", b"clickhouse-server", b"streams.s3_server")):
+        if any(name in text for name in (b"tansu broker", b"clickhouse-server", b"streams.stack.s3_server")):
             if not naming or any(name in text for name in naming):
                 found.add(int(cmdline.parent.name))
     return found
@@ -161,7 +163,7 @@ def test_status_reports_servers_topics_and_tables(stack: Settings) -> None:
 
 def test_status_end_offsets_and_lag_count_every_record(stack: Settings) -> None:
     # tansu's ListOffsets answers far too low after a burst of multi-record batches
-    # (streams.stack.log_end_offsets); status must not.
+    # (streams.kafka.client.log_end_offsets); status must not.
     _create_topic(stack, "test.lag", partitions=1)
     _produce(stack, "test.lag", 500)
     consumer = KafkaConsumer(bootstrap_servers=stack.kafka_servers(), group_id="test-lag")

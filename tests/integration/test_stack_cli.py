@@ -8,16 +8,16 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from streams.cli.stack import down, status, up
 from streams.settings import Settings
-from streams.stack import STATUS_KEYS
-from streams.stack_cli import down, status, up
+from streams.stack.status import STATUS_KEYS
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def invoke(stack: Settings):
-    """Run a command of a typer app built like streams/cli.py does, against the stack."""
+    """Run a command of a typer app built like streams/cli/main.py does, against the stack."""
     app = typer.Typer()
     for command in (up, down, status):
         app.command()(command)

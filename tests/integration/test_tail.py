@@ -22,12 +22,13 @@ import pytest
 
 from rating import Catalog
 from schemas.switch_formats import Feed
-from streams.generate import generate_dataset
-from streams.ingest import ingested_files
-from streams.kafka_io import BrokerError
-from streams.rate_files import rate_file
-from streams.tail import Tailer, TailEvent
+from streams.feeds.ingest import ingested_files
+from streams.feeds.tail import Tailer, TailEvent
+from streams.kafka.client import BrokerError
+from streams.offline.generate import generate_dataset
+from streams.offline.rate import rate_file
 from tariffs import load_tariffs
+from tests.conftest import VECTORS
 from tests.integration.live_feeds import (
     EdgeProcess,
     append_slowly,
@@ -35,7 +36,6 @@ from tests.integration.live_feeds import (
     edge_output,
     running,
 )
-from tests.conftest import VECTORS
 from tests.integration.pipeline import Pipeline
 
 pytestmark = [pytest.mark.integration]

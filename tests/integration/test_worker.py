@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from streams.compare import compare_outputs
-from streams.kafka_io import make_producer, read_to_end
-from streams.notify import alert_id
-from streams.state_records import CHECKPOINT_KEY, checkpoint_offset
+from streams.kafka.client import make_producer, read_to_end
+from streams.offline.compare import compare_outputs
 from streams.settings import Settings
-from streams.stack import up
+from streams.stack.servers import up
+from streams.worker.notify import alert_id
+from streams.worker.state_records import CHECKPOINT_KEY, checkpoint_offset
 from tests.conftest import VECTORS
 from tests.integration.pipeline import (
     Pipeline,

@@ -1,0 +1,1 @@
+"""The tariff catalogue on its topics: published, read back, watched."""

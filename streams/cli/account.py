@@ -1,0 +1,432 @@
+"""``cdrflow account ...``, ``close-month``, ``sla-credit``, ``number grade``: the ledger's commands.
+
+Thin: each checks the input and the account (``streams.ledger.commands``), publishes a ledger
+command on the account's log, waits until the worker folded it, and prints the events it
+produced. Repeating a command changes nothing (the events have deterministic ids and the
+fold takes a repeat as done) and says so.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.table import Table
+
+from schemas.ledger import SERVICES, LedgerCommand
+from schemas.money import format_money, parse_money
+from streams.cli._common import ExitCode, JsonOption, StateDirOption, console, fail, parse_instant, settings_or_fail
+from streams.kafka.client import BrokerError
+from streams.ledger import commands as ops
+from tariffs.grades import grade as grade_of
+
+account_app = typer.Typer(help="Open accounts, take payments, services and lifecycle; show balances.", no_args_is_help=True)
+number_app = typer.Typer(help="400 numbers: grades and selection fees.", no_args_is_help=True)
+
+AtOption = Annotated[
+    str | None,
+    typer.Option("--at", help="When it takes effect: ISO 8601 with offset (default: now). For back-dated entries."),
+]
+WaitOption = Annotated[float, typer.Option("--wait-s", help="How long to wait for the worker to fold the command.")]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _money(text: str, what: str, *, signed: bool = False) -> int:
+    try:
+        return parse_money(text, signed=signed)
+    except ValueError as error:
+        raise fail(f"{what} {text!r}: {error} (at most 4 decimals); nothing was written", ExitCode.BAD_INPUT) from None
+
+
+def _command(**fields: Any) -> LedgerCommand:
+    try:
+        return LedgerCommand(**fields)
+    except ValidationError as error:
+        raise fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'command'}: {e['msg']}" for e in error.errors()), ExitCode.BAD_INPUT) from None
+
+
+def _run(state_dir: Any, commands: list[LedgerCommand], wait_s: float) -> tuple[Any, list[ops.Published]]:
+    settings = settings_or_fail(state_dir=state_dir)
+    db = ops.client(settings)
+    try:
+        published = ops.publish(settings, commands)
+        ops.wait_folded(db, published, timeout_s=wait_s)
+    except (BrokerError, TimeoutError) as error:
+        raise fail(str(error), ExitCode.FAILED) from None
+    return db, published
+
+
+def _context(state_dir: Any) -> tuple[Any, Any, Any]:
+    settings = settings_or_fail(state_dir=state_dir)
+    try:
+        catalog = ops.catalog(settings)
+    except BrokerError as error:
+        raise fail(f"{error}; is the stack up (cdrflow up)?", ExitCode.FAILED) from None
+    except Exception as error:  # a CatalogError: the topics disagree
+        raise fail(str(error), ExitCode.FAILED) from None
+    return settings, catalog, ops.client(settings)
+
+
+def _report(db: Any, published: list[ops.Published], json_: bool, title: str) -> None:
+    """Print the events each command produced, and the balance after."""
+    results = []
+    for item in published:
+        account = item.command.account_id
+        events = ops.events_of(db, account, offsets=[item.offset])
+        row = ops.account_row(db, account) or {}
+        results.append({"account_id": account, "events": events, "balance": row.get("balance"), "state": row.get("state")})
+    if json_:
+        console.print_json(json.dumps([
+            {
+                "account_id": r["account_id"],
+                "balance": format_money(r["balance"]) if r["balance"] is not None else None,
+                "state": r["state"],
+                "events": [_event_json(e) for e in r["events"]],
+            }
+            for r in results
+        ]))
+        return
+    for r in results:
+        table = Table(title=f"{title}: {r['account_id']}", title_justify="left")
+        for column in ("event", "at", "amount", "balance", "detail"):
+            table.add_column(column, justify="right" if column in ("amount", "balance") else "left")
+        for e in r["events"]:
+            table.add_row(e["kind"], e["at"].isoformat(), _signed(e["amount"] + e["opening_balance"]),
+                          format_money(e["balance"]), e["detail"] or e["reference"])
+        if not r["events"]:
+            table.add_row("(nothing to do: already recorded)", "", "", "", "")
+        console.print(table)
+        if r["balance"] is not None:
+            console.print(f"balance {format_money(r['balance'])} CNY, state {r['state']}")
+
+
+def _event_json(e: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "event_id": e["event_id"],
+        "kind": e["kind"],
+        "at": e["at"].isoformat(),
+        "amount": format_money(e["amount"]),
+        "opening_balance": format_money(e["opening_balance"]),
+        "balance": format_money(e["balance"]),
+        "reference": e["reference"],
+        "detail": e["detail"],
+    }
+
+
+def _signed(units: int) -> str:
+    return ("+" if units > 0 else "") + format_money(units)
+
+
+def _refuse(error: ops.LedgerRefused) -> typer.Exit:
+    return fail(f"{error}; nothing was written", ExitCode.FAILED)
+
+
+# ---------------------------------------------------------------------------- account
+
+
+@account_app.command("open")
+def account_open(
+    id_: Annotated[str, typer.Option("--id", help="The new account's id.")],
+    plan: Annotated[str, typer.Option("--plan", help="Its tariff plan (loaded with cdrflow load).")],
+    numbers: Annotated[str, typer.Option("--numbers", help="Its 400 numbers, comma-separated.")],
+    opening_balance: Annotated[str, typer.Option("--opening-balance", help="Money it starts with, e.g. 500.00.")] = "0",
+    at: AtOption = None,
+    json_: JsonOption = False,
+    wait_s: WaitOption = ops.WAIT_S,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Open an account: charges the plan's opening fee and each number's selection fee by grade."""
+    balance = _money(opening_balance, "--opening-balance", signed=True)
+    wanted = [n.strip() for n in numbers.split(",") if n.strip()]
+    instant = parse_instant(at)
+    settings, catalog, db = _context(state_dir)
+    try:
+        if plan not in catalog.plans:
+            raise ops.LedgerRefused(f"plan {plan!r} does not exist (plans: {', '.join(sorted(catalog.plans))})")
+        grades = {}
+        for number in wanted:
+            try:
+                grades[number] = grade_of(number)
+            except ValueError as error:
+                raise ops.LedgerRefused(f"--numbers: {error}") from None
+        owners = catalog.account_of_number()
+        taken = [f"{n} (account {owners[n]})" for n in wanted if owners.get(n) not in (None, id_)]
+        if taken:
+            raise ops.LedgerRefused(f"number(s) already assigned: {', '.join(taken)}")
+        existing = next((a for a in catalog.accounts if a.id == id_), None)
+        if existing is not None and (existing.plan != plan or sorted(existing.numbers) != sorted(wanted)):
+            raise ops.LedgerRefused(f"account {id_!r} exists already, with plan {existing.plan} and numbers {existing.numbers}")
+    except ops.LedgerRefused as error:
+        raise _refuse(error) from None
+    fees = ops.grade_fees(settings)
+    version = catalog.plans[plan].versions[0]
+    for candidate in catalog.plans[plan].versions:
+        if candidate.effective_from <= instant:
+            version = candidate
+    command = _command(
+        kind="open",
+        account_id=id_,
+        at=instant,
+        plan=plan,
+        numbers=wanted,
+        opening_balance=balance,
+        opening_fee=version.opening_fee,
+        number_fees={n: (g, fees.fee(g)) for n, g in grades.items()},
+    )
+    if existing is None:
+        ops.publish_account(
+            settings,
+            {"id": id_, "plan": plan, "numbers": wanted, "opening_balance": format_money(balance),
+             "opened_at": instant.isoformat()},
+        )
+    db, published = _run(state_dir, [command], wait_s)
+    _report(db, published, json_, "opened")
+
+
+@account_app.command("topup")
+def account_topup(
+    account: Annotated[str, typer.Argument(help="The account paid for.")],
+    amount: Annotated[str, typer.Argument(help="The amount received, e.g. 200.00 (at most 4 decimals).")],
+    ref: Annotated[str, typer.Option("--ref", help="The payment reference (a payment is recorded once).")],
+    at: AtOption = None,
+    json_: JsonOption = False,
+    wait_s: WaitOption = ops.WAIT_S,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Record a payment; the same reference again records nothing."""
+    units = _money(amount, "AMOUNT")
+    if units <= 0:
+        raise fail(f"AMOUNT {amount!r}: a top-up must be positive; nothing was written", ExitCode.BAD_INPUT)
+    _, catalog, db = _context(state_dir)
+    try:
+        ops.require_account(db, catalog, account)
+        known = ops.topup_amount(db, ref)
+        if known is not None and known != (account, units):
+            raise ops.LedgerRefused(
+                f"payment reference {ref!r} was already used for {format_money(known[1])} on account {known[0]}"
+            )
+    except ops.LedgerRefused as error:
+        raise _refuse(error) from None
+    command = _command(kind="topup", account_id=account, at=parse_instant(at), amount=units, ref=ref)
+    db, published = _run(state_dir, [command], wait_s)
+    _report(db, published, json_, "top-up")
+
+
+@account_app.command("services")
+def account_services(
+    account: Annotated[str, typer.Argument(help="The account.")],
+    enable: Annotated[str, typer.Option("--enable", help=f"Services to turn on ({','.join(SERVICES)}).")] = "",
+    disable: Annotated[str, typer.Option("--disable", help="Services to turn off.")] = "",
+    at: AtOption = None,
+    json_: JsonOption = False,
+    wait_s: WaitOption = ops.WAIT_S,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Turn value-added services on or off (each is charged monthly at month close)."""
+    on = [s.strip() for s in enable.split(",") if s.strip()]
+    off = [s.strip() for s in disable.split(",") if s.strip()]
+    if not on and not off:
+        raise fail("give --enable and/or --disable", ExitCode.BAD_INPUT)
+    if set(on) & set(off):
+        raise fail(f"{', '.join(sorted(set(on) & set(off)))}: both enabled and disabled", ExitCode.BAD_INPUT)
+    _lifecycle(state_dir, account, "services", at, json_, wait_s, enable=on, disable=off)
+
+
+@account_app.command("keep")
+def account_keep(account: Annotated[str, typer.Argument()], at: AtOption = None, json_: JsonOption = False,
+                 wait_s: WaitOption = ops.WAIT_S, state_dir: StateDirOption = None) -> None:
+    """报停保号: keep the numbers without service (no rent, a keep-number fee a month)."""
+    _lifecycle(state_dir, account, "keep", at, json_, wait_s)
+
+
+@account_app.command("resume")
+def account_resume(account: Annotated[str, typer.Argument()], at: AtOption = None, json_: JsonOption = False,
+                   wait_s: WaitOption = ops.WAIT_S, state_dir: StateDirOption = None) -> None:
+    """End a keep-number period: the account is active again."""
+    _lifecycle(state_dir, account, "resume", at, json_, wait_s)
+
+
+@account_app.command("cancel")
+def account_cancel(account: Annotated[str, typer.Argument()], at: AtOption = None, json_: JsonOption = False,
+                   wait_s: WaitOption = ops.WAIT_S, state_dir: StateDirOption = None) -> None:
+    """Request cancellation: 30 days' notice, then 90 days frozen, then closed (refund at the notice's end)."""
+    _lifecycle(state_dir, account, "cancel", at, json_, wait_s)
+
+
+_ALLOWED = {
+    "keep": ({"active"}, "only an active account can be kept"),
+    "resume": ({"kept"}, "only a kept account can resume"),
+    "cancel": ({"active", "suspended", "kept", "cancelling"}, "a frozen or closed account cannot be cancelled"),
+    "services": ({"active", "suspended", "kept", "cancelling"}, "a frozen or closed account has no services"),
+}
+
+
+def _lifecycle(state_dir: Any, account: str, kind: str, at: str | None, json_: bool, wait_s: float, **fields: Any) -> None:
+    _, catalog, db = _context(state_dir)
+    try:
+        row = ops.require_account(db, catalog, account)
+        allowed, why = _ALLOWED[kind]
+        if row["state"] not in allowed:
+            raise ops.LedgerRefused(f"account {account} is {row['state']}: {why}")
+    except ops.LedgerRefused as error:
+        raise _refuse(error) from None
+    command = _command(kind=kind, account_id=account, at=parse_instant(at), **fields)
+    db, published = _run(state_dir, [command], wait_s)
+    _report(db, published, json_, kind)
+
+
+@account_app.command("show")
+def account_show(account: Annotated[str, typer.Argument()], json_: JsonOption = False,
+                 state_dir: StateDirOption = None) -> None:
+    """State, balance, this month's usage and allowance left, services, recent events and alerts."""
+    _, catalog, db = _context(state_dir)
+    try:
+        view = ops.account_view(db, catalog, account)
+    except ops.LedgerRefused as error:
+        raise fail(str(error), ExitCode.FAILED) from None
+    if json_:
+        console.print_json(json.dumps({
+            **view,
+            "balance": format_money(view["balance"]),
+            "month_calls_amount": format_money(view["month_calls_amount"]),
+            "recent_events": [_event_json(e) for e in view["recent_events"]],
+            "alerts": [{**a, "balance": format_money(a["balance"])} for a in view["alerts"]],
+        }, default=str))
+        return
+    table = Table(title=f"account {account}", title_justify="left", show_header=False)
+    table.add_row("state", view["state"])
+    table.add_row("plan", view["plan_id"])
+    table.add_row("balance", f"{format_money(view['balance'])} CNY")
+    table.add_row(f"calls in {view['month']}", f"{view['month_calls']:,} calls, {format_money(view['month_calls_amount'])} CNY")
+    table.add_row("allowance left", f"{view['allowance_left_s'] // 60:,} min {view['allowance_left_s'] % 60} s")
+    table.add_row("services", ", ".join(view["services"]) or "none")
+    console.print(table)
+    events = Table(title="recent events", title_justify="left")
+    for column in ("event", "at", "amount", "balance"):
+        events.add_column(column)
+    for e in view["recent_events"]:
+        events.add_row(e["kind"], e["at"].isoformat(), _signed(e["amount"] + e["opening_balance"]), format_money(e["balance"]))
+    console.print(events)
+    alerts = Table(title="recent alerts", title_justify="left")
+    for column in ("alert", "day", "balance", "call or event"):
+        alerts.add_column(column)
+    for a in view["alerts"]:
+        alerts.add_row(a["kind"], str(a["local_day"]), format_money(a["balance"]), a["cdr_id"])
+    console.print(alerts)
+
+
+@account_app.command("history")
+def account_history(account: Annotated[str, typer.Argument()], json_: JsonOption = False,
+                    state_dir: StateDirOption = None) -> None:
+    """Every event of the account (calls included) in log order, with the running balance."""
+    _, catalog, db = _context(state_dir)
+    try:
+        ops.require_account(db, catalog, account)
+    except ops.LedgerRefused as error:
+        raise fail(str(error), ExitCode.FAILED) from None
+    rows = ops.history(db, account)
+    if json_:
+        console.print_json(json.dumps([
+            {**r, "at": r["at"].isoformat(), "amount": format_money(r["amount"]), "balance": format_money(r["balance"])}
+            for r in rows
+        ]))
+        return
+    table = Table(title=f"history of {account}", title_justify="left")
+    for column in ("event", "at", "amount", "balance", "reference"):
+        table.add_column(column, justify="right" if column in ("amount", "balance") else "left")
+    for r in rows:
+        table.add_row(r["kind"], r["at"].isoformat(), _signed(r["amount"]), format_money(r["balance"]), r["reference"])
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------- month close, SLA, numbers
+
+
+def close_month(
+    month: Annotated[str, typer.Argument(help="The month to close, YYYY-MM (it must have ended).")],
+    at: AtOption = None,
+    json_: JsonOption = False,
+    wait_s: WaitOption = ops.WAIT_S,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Charge the month's rent, services, minimum-spend true-up and keep-number fees (once)."""
+    instant = parse_instant(at)
+    probe = _command(kind="close_month", account_id="-", at=instant, month=month)
+    _, catalog, db = _context(state_dir)
+    try:
+        ops.month_has_ended(probe.month, catalog, instant)
+    except ops.LedgerRefused as error:
+        raise _refuse(error) from None
+    accounts = ops.open_accounts(db)
+    if not accounts:
+        raise fail("no account has been folded by a worker yet: nothing to close", ExitCode.FAILED)
+    commands = [_command(kind="close_month", account_id=a, at=instant, month=month) for a in accounts]
+    db, published = _run(state_dir, commands, wait_s)
+    if json_:
+        _report(db, published, True, f"closed {month}")
+        return
+    table = Table(title=f"month close {month}", title_justify="left")
+    for column in ("account", "rent", "services", "minimum spend", "keep-number fee", "balance"):
+        table.add_column(column, justify="left" if column == "account" else "right")
+    totals = {"RentCharged": 0, "ServiceFeeCharged": 0, "MinimumSpendTrueUp": 0, "KeepNumberFeeCharged": 0}
+    for item in published:
+        events = ops.events_of(db, item.command.account_id, offsets=[item.offset])
+        sums = {k: sum(-e["amount"] for e in events if e["kind"] == k) for k in totals}
+        for k in totals:
+            totals[k] += sums[k]
+        row = ops.account_row(db, item.command.account_id) or {"balance": 0}
+        table.add_row(item.command.account_id, *(format_money(sums[k]) for k in totals), format_money(row["balance"]))
+    table.add_row("[bold]total", *(f"[bold]{format_money(v)}" for v in totals.values()), "")
+    console.print(table)
+    console.print(f"{len(published)} account(s); a month already closed charges nothing again.")
+
+
+def sla_credit(
+    account: Annotated[str, typer.Argument(help="The account whose service failed.")],
+    start: Annotated[str, typer.Option("--start", help="Fault start, ISO 8601 with offset.")],
+    end: Annotated[str, typer.Option("--end", help="Fault end, ISO 8601 with offset.")],
+    at: AtOption = None,
+    json_: JsonOption = False,
+    wait_s: WaitOption = ops.WAIT_S,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Credit a day's rent for each local day a fault touched longer than the plan allows."""
+    began, ended = parse_instant(start, "--start"), parse_instant(end, "--end")
+    if ended <= began:
+        raise fail("--end must be after --start; nothing was written", ExitCode.BAD_INPUT)
+    _, catalog, db = _context(state_dir)
+    try:
+        ops.require_account(db, catalog, account)
+    except ops.LedgerRefused as error:
+        raise _refuse(error) from None
+    command = _command(kind="sla_credit", account_id=account, at=parse_instant(at) if at else ended, start=began, end=ended)
+    db, published = _run(state_dir, [command], wait_s)
+    _report(db, published, json_, "SLA credit")
+
+
+@number_app.command("grade")
+def number_grade(
+    number: Annotated[str, typer.Argument(help="A 400 number, e.g. 4008123456.")],
+    json_: JsonOption = False,
+    state_dir: StateDirOption = None,
+) -> None:
+    """The number's grade (S, A, B, C) and selection fee (number_grades.toml if loaded)."""
+    try:
+        grade = grade_of(number)
+    except ValueError as error:
+        raise fail(str(error), ExitCode.BAD_INPUT) from None
+    try:
+        fees = ops.grade_fees(settings_or_fail(state_dir=state_dir))
+    except BrokerError:
+        from tariffs.grades import GradeFees
+
+        fees = GradeFees()  # no stack: the default fees
+    fee = fees.fee(grade)
+    if json_:
+        console.print_json(json.dumps({"number": number, "grade": grade, "fee": format_money(fee)}))
+        return
+    console.print(f"{number}: grade {grade}, selection fee {format_money(fee)} CNY")

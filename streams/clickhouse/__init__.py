@@ -1,0 +1,1 @@
+"""The warehouse adapter: table contracts, inserts, queries, migrations."""

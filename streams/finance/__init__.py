@@ -1,0 +1,1 @@
+"""What ClickHouse holds, for people: reports, the HTML report, retention, export."""

@@ -1,0 +1,1 @@
+"""The broker clients: producers, readers, offsets."""

@@ -1,0 +1,1 @@
+"""The embedded servers: start, stop, provision and inspect them."""

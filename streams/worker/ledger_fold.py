@@ -1,0 +1,330 @@
+"""The ledger commands inside a batch: books, balances and the events they give.
+
+Pure (no Kafka, no Faust): the batch (streams.worker.batch) hands each round of ledger
+commands to :class:`LedgerFold`, which folds them with rating.ledger in log order."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any, Final
+
+import numpy as np
+import polars as pl
+
+from rating import Catalog, RatingState
+from rating.corrected_state import corrected_state
+from rating.fields import with_typed_fields
+from rating.ledger import Book, Terms, after_calls, apply_command
+from schemas.ledger import LedgerCommand
+from schemas.messages import frame_from_value
+from streams.clickhouse.tables import ALERTS, RATED, Table
+from streams.worker.messages import _KEY_INDEX, OutputMessage, SourceMessage, _garbage_row, encode
+
+log = logging.getLogger(__name__)
+
+
+_ROUND = "_round"
+
+
+_EVENT_SCHEMA = {
+    "event_id": pl.String,
+    "account_id": pl.String,
+    "kind": pl.String,
+    "effective_time": pl.Datetime("us", "UTC"),
+    "local_day": pl.Date,
+    "month": pl.String,
+    "amount": pl.Int64,
+    "opening_balance": pl.Int64,
+    "balance": pl.Int64,
+    "plan_id": pl.String,
+    "reference": pl.String,
+    "detail": pl.String,
+    "topic": pl.String,
+    "partition": pl.Int32,
+    "offset": pl.Int64,
+    _KEY_INDEX: pl.Int32,
+}
+
+
+class LedgerFold:
+    """The ledger side of a batch: books, balances, and the events they give."""
+
+    def __init__(self, catalog: Catalog, topic: str, keys: list[bytes], ledgers: Mapping[str, Any]) -> None:
+        self.catalog = catalog
+        self.topic = topic
+        self.keys = keys
+        self.books: dict[str, Book] = {a: Book.from_json(ledger) for a, ledger in ledgers.items()}
+        self.events: list[dict[str, Any]] = []
+        self.alerts: list[dict[str, Any]] = []
+        self.statuses: list[OutputMessage] = []
+        self.refusals: list[dict[str, Any]] = []
+        #: rated rows of corrections (new versions, and the versions they replace)
+        self.corrected_rows: list[pl.DataFrame] = []
+        self._corrected_alerts: list[pl.DataFrame] = []
+        #: (account, month key) of month records a correction changed
+        self.corrected_months: list[tuple[str, int]] = []
+        self.latest: dict[str, Any] = {}
+        self._accounts = {
+            row["account_id"]: row for row in catalog.accounts.select(
+                "account_id", "plan_id", "opening_balance", "low_balance_threshold"
+            ).iter_rows(named=True)
+        }
+        self._plans = {plan.id: plan for plan in catalog.plans}
+        #: balances the commands left, applied to the state at the next flush
+        self._pending: dict[str, int] = {}
+        self._known: tuple[pl.DataFrame, dict[str, int]] | None = None
+
+    # --------------------------------------------------------------- calls
+    def split_inactive(self, lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Lines of kept, frozen or closed accounts (ledger.md 5) become rejections."""
+        periods = {a: b.inactive_periods() for a, b in self.books.items()}
+        periods = {a: p for a, p in periods.items() if p}
+        if not periods:
+            return lines, lines.clear()
+        accounts = pl.Series([self.keys[i].decode("utf-8", "replace") for i in range(len(self.keys))])
+        owner = accounts.gather(lines.get_column(_KEY_INDEX))
+        mask = np.zeros(lines.height, dtype=bool)
+        candidates = owner.is_in(list(periods)).to_numpy()
+        if candidates.any():
+            starts = with_typed_fields(lines.filter(pl.Series(candidates)).select(
+                "start_time", "answer_time", "end_time", "billsec"
+            )).get_column("start").to_list()
+            where = np.flatnonzero(candidates)
+            for row, start in zip(where, starts, strict=True):
+                if start is None:
+                    continue  # a malformed time: the engine rejects it for that
+                for since, until in periods[owner[int(row)]]:
+                    if since <= start and (until is None or start < until):
+                        mask[row] = True
+                        break
+        if not mask.any():
+            return lines, lines.clear()
+        hit = pl.Series(mask)
+        inactive = lines.filter(hit).select(
+            "line", "cdr_id",
+            pl.lit("account_inactive").alias("reason"),
+            pl.format("account {} is kept, frozen or closed at the call's start", owner.filter(hit)).alias("detail"),
+            owner.filter(hit).alias("account_id"),
+            *[c for c in ("source", "ingest_id", "topic", "partition", "offset", _KEY_INDEX) if c in lines.columns],
+        )
+        return lines.filter(~hit), inactive
+
+    def after_calls(self, result: Any) -> RatingState:
+        """Month usage (minimum spend) and suspensions (arrears) from a round of calls."""
+        state = result.state
+        rated = result.rated
+        if rated.height and self.books:
+            usage = (
+                rated.filter(pl.col("account_id").is_in(list(self.books)))
+                .group_by("account_id", pl.col("local_day").dt.strftime("%Y-%m").alias("month"))
+                .agg(pl.col("amount").sum())
+            )
+            for account, month, amount in usage.iter_rows():
+                book = self.books[account]
+                if month in book.closed_months or not book.remembers(month):
+                    continue  # closed: later calls do not re-open its minimum spend (docs/rules.md)
+                book.usage[month] = book.usage.get(month, 0) + amount
+        if rated.height:
+            latest = rated.group_by("account_id").agg(pl.col("charge_time").max())
+            for account, at in latest.iter_rows():
+                self._touch(account, at)
+        arrears = result.alerts.filter(pl.col("kind") == "arrears")
+        if arrears.height and self.books:
+            times = arrears.join(rated.select("account_id", "cdr_id", "charge_time"), on=["account_id", "cdr_id"])
+            for account, rows in times.group_by("account_id", maintain_order=True):
+                account_id = account[0]
+                book = self.books.get(account_id)
+                terms = self._terms(account_id, None)
+                if book is None or book.opened_at is None or terms is None:
+                    continue
+                pairs = list(zip(rows.get_column("cdr_id").to_list(), rows.get_column("charge_time").to_list()))
+                balance = self._balance(state, account_id)
+                book, balance, applied = after_calls(book, balance, terms, pairs)
+                self.books[account_id] = book
+                index = int(rows.get_column(_KEY_INDEX)[0]) if _KEY_INDEX in rows.columns else self._index(account_id)
+                position = (
+                    (int(rows.get_column("partition")[-1]), int(rows.get_column("offset")[-1]))
+                    if "offset" in rows.columns else (-1, -1)
+                )
+                self._record(applied, index, position, terms)
+        return state
+
+    # --------------------------------------------------------------- commands
+    def apply(self, state: RatingState, index: int, message: SourceMessage, command: LedgerCommand) -> RatingState:
+        account = self.keys[index].decode("utf-8", "replace")
+        terms = self._terms(account, command)
+        if command.account_id != account or terms is None:
+            why = (
+                f"the command names account {command.account_id} but is keyed {account}"
+                if command.account_id != account
+                else f"plan {command.plan or '(none)'} of account {account} is not in the catalogue"
+            )
+            self._refuse(message, index, command, why)
+            return state
+        book = self.books.get(account, Book())
+        balance = self._balance(state, account)
+        correction = command.correction
+        recorded = correction is not None and correction.part in book.corrections.get(correction.correction_id, [0, []])[1]
+        book, balance, applied = apply_command(book, balance, command, terms, offset=message.offset)
+        if applied.refusal:
+            self._refuse(message, index, command, applied.refusal)
+            return state
+        self.books[account] = book
+        self._record(applied, index, (message.partition, message.offset), terms)
+        self._touch(account, command.at)
+        if correction is not None and not recorded:
+            state = self._corrected(self.flush(state), account, index, message, correction)
+        self._pending[account] = balance
+        return state
+
+    def _corrected(self, state: RatingState, account: str, index: int, message: SourceMessage, correction: Any) -> RatingState:
+        """A correction part's rows, alerts and month records (docs/rules.md "Corrections")."""
+        # Above every earlier version of these calls: the first rating's (0), or an
+        # earlier correction's (its own offset + 1, lower than this one's).
+        version = message.offset + 1
+        tag = {"correction_id": correction.correction_id, _KEY_INDEX: index}
+        rows = _rows(correction.rows, RATED).with_columns(
+            version=pl.lit(version, dtype=pl.UInt64), **_literals(tag)
+        )
+        self.corrected_rows.append(rows)
+        if correction.billed_rows:
+            self.corrected_rows.append(_rows(correction.billed_rows, RATED).with_columns(**_literals(tag)))
+        if correction.alerts:
+            alerts = _rows(correction.alerts, ALERTS).with_columns(
+                version=pl.lit(version, dtype=pl.UInt64), **_literals({_KEY_INDEX: index})
+            )
+            self._corrected_alerts.append(alerts)
+        state, months = corrected_state(state, account, correction.calls, correction.days, self.catalog.horizon_months)
+        self.corrected_months.extend((account, month) for month in months)
+        return state
+
+    # --------------------------------------------------------------- outputs
+    def event_frame(self) -> pl.DataFrame:
+        return pl.DataFrame(self.events, schema=_EVENT_SCHEMA)
+
+    def alert_frames(self) -> list[pl.DataFrame]:
+        frames = list(self._corrected_alerts)
+        if self.alerts:
+            frames.insert(0, pl.DataFrame(self.alerts).with_columns(pl.col(_KEY_INDEX).cast(pl.Int32)))
+        return frames
+
+    def status_messages(self) -> list[OutputMessage]:
+        return self.statuses
+
+    def balance_row(
+        self, account: str, index: int, offset: int, state: RatingState, book: Book | None
+    ) -> dict[str, Any]:
+        known = self._accounts.get(account)
+        balance = self._balance(state, account)
+        return {
+            "account_id": account,
+            "balance": balance,
+            "state": book.shown_state() if book is not None and book.lifecycle else "active",
+            "plan_id": (book.plan_id if book is not None and book.plan_id else (known or {}).get("plan_id", "")),
+            "updated_time": self.latest.get(account, datetime(1970, 1, 1, tzinfo=timezone.utc)),
+            "version": offset,
+            "events": book.event_count if book is not None else 0,
+            _KEY_INDEX: index,
+        }
+
+    # --------------------------------------------------------------- helpers
+    def _terms(self, account: str, command: LedgerCommand | None) -> Terms | None:
+        known = self._accounts.get(account)
+        book = self.books.get(account)
+        plan_id = (book.plan_id if book and book.plan_id else "") or (known or {}).get("plan_id") or (
+            command.plan if command is not None else ""
+        )
+        plan = self._plans.get(plan_id)
+        if plan is None:
+            return None
+        threshold = known["low_balance_threshold"] if known else DEFAULT_LOW_BALANCE
+        return Terms(account, plan, threshold)
+
+    def _balance(self, state: RatingState, account: str) -> int:
+        if account in self._pending:
+            return self._pending[account]
+        if self._known is None or self._known[0] is not state.balances:
+            self._known = (state.balances, dict(state.balances.iter_rows()))
+        if account in self._known[1]:
+            return int(self._known[1][account])
+        known = self._accounts.get(account)
+        return int(known["opening_balance"]) if known else 0
+
+    def flush(self, state: RatingState) -> RatingState:
+        """The state with the balances the commands since the last flush left (one concat)."""
+        if not self._pending:
+            return state
+        pending = pl.DataFrame(
+            {"account_id": list(self._pending), "balance": list(self._pending.values())},
+            schema=state.balances.schema,
+        )
+        self._pending = {}
+        balances = pl.concat([state.balances.join(pending, on="account_id", how="anti"), pending])
+        return dataclasses.replace(state, balances=balances)
+
+    def _index(self, account: str) -> int:
+        return self.keys.index(account.encode())
+
+    def _touch(self, account: str, at: datetime) -> None:
+        previous = self.latest.get(account)
+        self.latest[account] = at if previous is None or at > previous else previous
+
+    def _record(self, applied: Any, index: int, position: tuple[int, int], terms: Terms) -> None:
+        zone = terms.plan.zone
+        for event in applied.events:
+            local = event.at.astimezone(zone)
+            month = event.reference if event.kind in _MONTH_CLOSE else local.strftime("%Y-%m")
+            self.events.append(
+                {
+                    **event.model_dump(exclude={"at"}),
+                    "effective_time": event.at.astimezone(timezone.utc),
+                    "local_day": local.date(),
+                    "month": month,
+                    "topic": self.topic,
+                    "partition": position[0],
+                    "offset": position[1],
+                    _KEY_INDEX: index,
+                }
+            )
+        for alert in applied.alerts:
+            self.alerts.append({**alert, _KEY_INDEX: index})
+        for number, status, event_id, at in applied.statuses:
+            value = {"number": number, "status": status, "account_id": terms.account_id,
+                     "event_id": event_id, "at": at.isoformat()}
+            self.statuses.append(
+                OutputMessage("status", number.encode(), encode(value), terms.account_id.encode())
+            )
+
+    def _refuse(self, message: SourceMessage, index: int, command: LedgerCommand, why: str) -> None:
+        log.warning("ledger command %s of %s refused: %s", command.command_id, command.account_id, why)
+        row = _garbage_row(message, self.topic, index, ValueError(why))
+        row.update(
+            cdr_id=command.command_id,
+            reason="ledger_refused",
+            detail=f"{command.kind} refused: {why}",
+            account_id=command.account_id,
+        )
+        self.refusals.append(row)
+
+
+#: An account the catalogue does not know yet (opened by command): tariffs.Account's default.
+DEFAULT_LOW_BALANCE: Final[int] = 500_000
+
+
+_MONTH_CLOSE: Final = frozenset({"RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged"})
+
+
+def _rows(value: dict[str, Any], table: Table) -> pl.DataFrame:
+    """The rows of a correction's frame value, typed as ``table`` stores them."""
+    schema = {**table.schema, **table.optional}
+    rows = value.get("rows", {})
+    return frame_from_value(value, {name: schema[name] for name in rows if name in schema})
+
+
+def _literals(values: Mapping[str, Any]) -> dict[str, pl.Expr]:
+    return {
+        name: pl.lit(value, dtype=pl.Int32 if name == _KEY_INDEX else None) for name, value in values.items()
+    }
