@@ -74,7 +74,7 @@ def route(
             **({"message": event.message} if event.message else {}),
             **tally_figures(event.tally),
         }
-        if event.kind == "error":  # the router's, not a partition's: it joins again
+        if event.kind == "error":  # the router's, not a partition's: it takes its partitions over again
             del figures["partition"], figures["next_offset"]
             display.event(figures, f"[red]error[/] {event.topic}: {event.message}")
             return
