@@ -21,6 +21,7 @@ from rating.catalog import _version_for_period
 from rating.tiers import round_half_up
 from schemas.ledger import SERVICES, LedgerCommand, LedgerEvent, fixed_offset
 from tariffs import Plan, PlanVersion
+from tariffs.models import add_months
 
 NOTICE: Final = timedelta(days=30)
 FROZEN: Final = timedelta(days=90)
@@ -481,7 +482,7 @@ def _close_month(fold: _Fold, command: LedgerCommand) -> str | None:
     if not entirely_inactive:
         for service in SERVICES:
             if _overlaps(book.services.get(service, []), start, end):
-                fee = int(getattr(version.services, service))
+                fee = version.services[service].fee if service in version.services else 0
                 if fee:
                     fold.post(
                         "ServiceFeeCharged",
@@ -665,14 +666,6 @@ def month_version(plan: Plan, start: datetime, end: datetime) -> PlanVersion | N
     """rating.md: the version in force at the month's start, else the first in it."""
     index = _version_for_period(plan, start, end)
     return None if index is None else plan.versions[index]
-
-
-def add_months(instant: datetime, months: int) -> datetime:
-    """The same wall-clock instant ``months`` later (the day clipped to the month's end)."""
-    total = instant.month - 1 + months
-    year, month = instant.year + total // 12, total % 12 + 1
-    day = min(instant.day, calendar.monthrange(year, month)[1])
-    return instant.replace(year=year, month=month, day=day)
 
 
 def working_days_after(day: date, count: int) -> date:

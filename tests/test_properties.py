@@ -19,7 +19,7 @@ from tests.strategies import Scenario, scenarios
 
 RATED_KEYS = ("line", "cdr_id", "account_id", "status", "class", "offpeak", "billable_s",
               "allowance_s", "charged_s", "base", "discount", "minimum_uplift", "cap_waived",
-              "amount", "balance")
+              "amount", "balance", "credit_used", "credit")
 ALERT_KEYS = ("line", "account_id", "kind", "cdr_id", "balance")
 
 PROPERTY_SETTINGS = settings(

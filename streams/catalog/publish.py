@@ -241,7 +241,12 @@ def publish_tariffs(
     fees = grades_on_topic(plan_records)
     if tariffs.grade_fees is not None and tariffs.grade_fees != fees:
         sender = Sender(settings)
-        value = {grade: format_money(tariffs.grade_fees.fee(grade)) for grade in "SABC"}
+        value: dict[str, Any] = {grade: format_money(tariffs.grade_fees.fee(grade)) for grade in "SABC"}
+        if tariffs.grade_fees.minimum_package:  # issue 23: a grade's minimum package
+            value["minimum_package"] = {
+                grade: {k: format_money(v) for k, v in minimum.model_dump(exclude_none=True).items()}
+                for grade, minimum in tariffs.grade_fees.minimum_package.items()
+            }
         sender.send(topic_name(PLANS, topic_prefix), GRADES_KEY.encode(), value)
         sender.flush()
     loaded_accounts = {a.id for a in tariffs.accounts}
