@@ -36,6 +36,7 @@ from streams.kafka.client import Sender, decode_json, make_reader, read_to_end, 
 from streams.settings import Settings
 from tariffs import Account, Plan, Tariffs
 from tariffs.grades import GradeFees
+from tariffs.models import opened_instant
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def _publish_imports(settings: Settings, tariffs: Tariffs, accounts: list[Accoun
         command = LedgerCommand(
             kind="open",
             account_id=account.id,
-            at=account.opened_at or min(v.effective_from for v in plan.versions),
+            at=opened_instant(account, plan),
             plan=account.plan,
             numbers=account.numbers,
             opening_balance=account.opening_balance,
