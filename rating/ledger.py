@@ -496,7 +496,7 @@ def _renew(fold: _Fold, command: LedgerCommand) -> str | None:
     added to what is left, and the term restarts on the renewal day or extends from the
     current end (the version in force at the renewal says which)."""
     account, plan = fold.terms.account_id, fold.terms.plan
-    if fold.book.current != "active":
+    if fold.book.shown_state() != "active":
         return f"account {account} is {fold.book.shown_state()}: only an active account can renew its package"
     version = plan.version_at(command.at)
     package = version.package if version is not None else None
