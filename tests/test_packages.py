@@ -346,3 +346,60 @@ def test_the_worker_ends_credit_once_in_any_split_of_the_log(chunk_lines: int, b
     state = rating_state({a.id: table.accounts.get(a.id.encode()) for a in tariffs.accounts})
     assert state.credits.select("account_id", "credit").rows() == [("P3", 0)]
     assert dict(state.balances.iter_rows()) == dict(whole.state.balances.iter_rows())
+
+
+def test_a_correction_moves_the_balance_and_keeps_the_credit_as_billed(tmp_path: Any) -> None:
+    # The package's 0.12 was entered for a dearer 0.15: March is rated again. A correction
+    # moves the balance only (docs/rules.md): the credit each call drew on and left, and what
+    # ended at the term's end, stay as billed.
+    from datetime import date
+
+    import polars as pl
+
+    from rating import Catalog, RatingState, rate
+    from rating.corrected_history import Billed
+    from rating.rerate import Period
+    from tests.conftest import VECTORS
+    from tests.test_rerate import _catalogs, _correct, _log
+
+    folder = VECTORS / "packages"
+    # (a copy of the set's plans at 0.15, the set's own plans at 0.12)
+    dearer, entered = _catalogs(tmp_path, folder, 'per_minute = "0.12"', 'per_minute = "0.15"', plan="pkg-1m-100.toml")
+    log = _log((folder / "cdrs.csv").read_bytes())
+    catalog = Catalog.from_tariffs(entered)
+    billed_run = rate(log, RatingState.empty(), catalog)
+    ended = billed_run.expiries
+    events = ended.select(
+        "account_id", pl.format("{}/PackageCreditExpired", "account_id").alias("event_id"),
+        pl.lit("PackageCreditExpired").alias("kind"),
+        pl.when(pl.col("credit_refund")).then(pl.col("credit_expired")).otherwise(0).alias("amount"),
+        pl.lit(0, dtype=pl.Int64).alias("opening_balance"), pl.lit(date(2026, 4, 10)).alias("local_day"),
+        "partition", "offset", (pl.col("line") - 1).alias("seq"),
+        (-pl.col("credit_expired")).alias("credit_change"), pl.lit(0, dtype=pl.Int64).alias("credit"),
+    )
+    accounts = catalog.accounts
+    billed = Billed(
+        rated=billed_run.rated.with_columns(version=pl.lit(0, dtype=pl.UInt64), correction_id=pl.lit("")),
+        rejected=billed_run.rejected,
+        events=events,
+        cap_alerts=billed_run.alerts.filter(pl.col("kind") == "daily_cap_reached").select("account_id", "cdr_id"),
+        # the funds before the log: the opening balance less the package, plus its credit
+        opening=accounts.select("account_id", (pl.col("opening_balance") - pl.col("package_price")
+                                              + pl.col("opening_credit")).alias("balance")),
+    )
+    found = _correct(log, billed, dearer, Period(date(2026, 3, 1), date(2026, 3, 31)))
+    rows = {r["cdr_id"]: r for r in found.new_rows.iter_rows(named=True)}
+    # P1: 3 min 0.36 -> 0.45, 10 min 1.20 -> 1.50: the credit stays 99.64 and 98.44, the
+    # balance pays the 0.09 and 0.30: 49.91 and 49.61.
+    assert [(rows[c]["amount"], rows[c]["credit_used"], rows[c]["credit"], rows[c]["balance"]) for c in ("p1-01", "p1-02")] == [
+        (4_500, 3_600, 996_400, 499_100), (15_000, 12_000, 984_400, 496_100)]
+    balances = {r["account_id"]: (r["balance"], r["corrected_balance"]) for r in found.balances.iter_rows(named=True)}
+    assert balances["P1"] == (497_600, 493_700)  # 49.76 -> 49.37
+    # P3: 0.03 + 24.00 + 1.80 + 0.03 = 25.86 more: -3.44 -> -29.30. Its funds now fall
+    # below 0 at p3-02 (3.88 - 24.03): arrears moves there, low_balance stays, with the
+    # balance -24.03.
+    assert balances["P3"] == (-34_400, -293_000)
+    moved = {(r["kind"], r["cdr_id"], r["change"]): r["balance"] for r in found.alerts.iter_rows(named=True)
+             if r["account_id"] == "P3"}
+    assert moved == {("low_balance", "p3-02", "move"): -240_300, ("arrears", "p3-02", "appear"): -240_300,
+                     ("arrears", "p3-03", "vanish"): -33_200}

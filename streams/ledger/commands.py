@@ -250,7 +250,11 @@ def history(db: Client, account_id: str) -> list[dict[str, Any]]:
 def _line_of(calls: list[tuple[Any, ...]], event: dict[str, Any]) -> float:
     """Where a credit that ended at a call goes in the history: just before the call of its
     message that folded it (the first call at or after its end)."""
-    lines = [int(row[6]) for row in calls if int(row[5]) == event["offset"] and row[1] >= event["at"].replace(tzinfo=None)]
+    ends = event["at"].replace(microsecond=0)
+    lines = [
+        int(row[6]) for row in calls
+        if int(row[5]) == event["offset"] and (row[1] if row[1].tzinfo else row[1].replace(tzinfo=timezone.utc)) >= ends
+    ]
     return min(lines, default=0) - 0.5
 
 
