@@ -16,8 +16,9 @@ import polars as pl
 
 from rating.allowance import allowance_s
 from rating.caps import cap_reached, capped_amount, day_running_totals, spent_after
-from rating.catalog import CLASS_CODES, Catalog, rate_key
+from rating.catalog import ANY_CLASS_CODE, CLASS_CODES, Catalog, rate_key
 from rating.clock import calendar_keys, local_time, month_key, offpeak
+from rating.credit import with_credit, without_credit
 from rating.fields import malformed_detail, malformed_flag, with_typed_fields
 from rating.horizon import Judged, floors, judge_horizon, keep_mask
 from rating.state import RatingState
@@ -52,6 +53,12 @@ class RatingResult:
     remembered
         ``account_id, cdr_id, month_key``: the ids this batch added to the duplicate
         check's memory (``state.seen``), for a caller that stores the state by parts.
+    expiries
+        Package credit that ended at a call of the batch (rating.credit): ``account_id,
+        cdr_id, line, credit_expired`` (the credit left), ``credit_refund`` (it went to the
+        balance), ``credit_expires`` (the end), ``balance`` (right after the ending, before
+        the call), with the batch's further columns: the ledger records each as a
+        ``PackageCreditExpired`` event.
     """
 
     rated: pl.DataFrame
@@ -59,6 +66,7 @@ class RatingResult:
     alerts: pl.DataFrame
     state: RatingState
     remembered: pl.DataFrame
+    expiries: pl.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,13 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
     accepted = judged.filter(pl.col("reason").is_null())
     priced = _price(accepted, state, catalog)
     next_state, remembered = _next_state(state, judged, horizon_judged, priced, catalog)
+    expiries = None
+    if "credit_ends" in priced.columns:  # an account of the batch may have credit
+        expiries = priced.filter(pl.col("credit_expired") > 0).select(
+            "account_id", "cdr_id", "line", "credit_expired", "credit_refund",
+            pl.col("credit_ends").alias("credit_expires"), (pl.col("balance") + pl.col("amount")).alias("balance"),
+            *extra,
+        )
     return RatingResult(
         rated=priced.select(
             "cdr_id",
@@ -154,6 +169,8 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
             "cap_waived",
             "amount",
             "balance",
+            "credit_used",
+            "credit",
             "line",
             "called",
             pl.col("charge").alias("charge_time"),
@@ -182,6 +199,7 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
         alerts=_alerts(priced, extra),
         state=next_state,
         remembered=remembered,
+        expiries=expiries,
     )
 
 
@@ -359,12 +377,17 @@ def _version_in_force(catalog: Catalog) -> pl.Expr:
 
 
 def _rate_index(catalog: Catalog) -> pl.Expr:
-    """The rate of the longest segment that prefixes the called number (spec 2.1)."""
+    """The rate of the longest segment that prefixes the called number (spec 2.1); of one
+    segment, the call's class before ``*`` (any class, issue 23)."""
     found: pl.Expr = pl.lit(None, dtype=pl.Int64)
     for length, keys, indices in reversed(catalog.rate_keys):  # longest last: it wins
         prefix = pl.lit(0, dtype=pl.Int64) if length == 0 else pl.col("called").str.slice(0, length).cast(pl.Int64, strict=False)
-        key = rate_key(pl.col("version_idx"), pl.col("class_code"), prefix)
-        match = key.replace_strict(keys, indices, default=None, return_dtype=pl.Int64)
+        exact = rate_key(pl.col("version_idx"), pl.col("class_code"), prefix)
+        any_class = rate_key(pl.col("version_idx"), ANY_CLASS_CODE, prefix)
+        match = pl.coalesce(
+            exact.replace_strict(keys, indices, default=None, return_dtype=pl.Int64),
+            any_class.replace_strict(keys, indices, default=None, return_dtype=pl.Int64),
+        )
         found = pl.coalesce(match, found)
     return found
 
@@ -381,6 +404,11 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         _from(catalog.accounts, "opening_balance", "account_idx"),
         _from(catalog.accounts, "low_balance_threshold", "account_idx"),
         _from(catalog.accounts, "account_daily_cap", "account_idx"),
+        _from(catalog.accounts, "package_price", "account_idx"),
+        _from(catalog.accounts, "opening_credit", "account_idx"),
+        _from(catalog.accounts, "opening_credit_expires", "account_idx"),
+        _from(catalog.accounts, "opening_credit_refund", "account_idx"),
+        _from(catalog.rates, "rate_any_class", "rate_idx"),
         *[_from(catalog.rates, f"tier_{part}_{k}", "rate_idx") for part in ("hi", "price") for k in range(catalog.tier_count)],
         k_month=pl.col("account_idx") * _SHIFT + pl.col("month_key"),
         k_day=pl.col("account_idx") * _SHIFT + _DAY_NUMBER,
@@ -394,7 +422,8 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
     cap_keys, caps = catalog.day_caps(frame.get_column("plan_day"))
     frame = frame.with_columns(
         billable_s=pl.when(rated).then(billable).otherwise(0),
-        uses_allowance=rated & (pl.col("class") != "international"),
+        # spec 4: international calls use no allowance, unless a "*" rate prices them
+        uses_allowance=rated & ((pl.col("class") != "international") | pl.col("rate_any_class").fill_null(False)),
         k_class=pl.col("k_month") * 4 + pl.col("class_code"),
         included_s=pl.col("plan_month").replace_strict(included_keys, included, default=0, return_dtype=pl.Int64),
         daily_cap=pl.coalesce(
@@ -442,12 +471,13 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         .with_columns(capped_amount(), spent_after())
         .with_columns(cap_waived=pl.col("pre") - pl.col("amount"), cap_reached=cap_reached())
     )
-    balance = pl.col("balance_before_batch") - pl.col("amount").cum_sum().over("account_idx")
-    frame = frame.with_columns(balance=balance).with_columns(balance_before=pl.col("balance") + pl.col("amount"))
+    # Package credit first, then the balance (rating.credit); alerts judge both together.
+    frame = with_credit(frame) if _has_credit(state, catalog) else without_credit(frame)
     threshold = pl.col("low_balance_threshold")
+    before, after = pl.col("funds_before"), pl.col("funds_after")
     return frame.with_columns(
-        low_balance=rated & (pl.col("balance_before") >= threshold) & (pl.col("balance") < threshold),
-        arrears=rated & (pl.col("balance_before") >= 0) & (pl.col("balance") < 0),
+        low_balance=rated & (before >= threshold) & (after < threshold),
+        arrears=rated & (before >= 0) & (after < 0),
         offpeak_percent=pl.when(pl.col("offpeak")).then(pl.col("offpeak_percent")).otherwise(0),
     ).collect(engine=_ENGINE)
 
@@ -466,12 +496,32 @@ def _with_state(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl
         return [found.get_column(c).fill_null(d) if d is not None else found.get_column(c) for c, d in defaults.items()]
 
     (balance_seed,) = seeds("balances", "account_idx", {"balance": None})
-    return frame.with_columns(
+    frame = frame.with_columns(
         *seeds("allowance", "k_month", {"allowance_used_s": 0}),
         *seeds("charged", "k_class", {"charged_before_s": 0}),
         *seeds("daily", "k_day", {"spent_before": 0, "cap_alerted": False}),
-        balance_before_batch=pl.coalesce(balance_seed, pl.col("opening_balance")),
+        # An account the state does not know yet bought its package when it opened (issue 23).
+        balance_before_batch=pl.coalesce(balance_seed, pl.col("opening_balance") - pl.col("package_price")),
     )
+    if not _has_credit(state, catalog):
+        return frame
+    credit, ends, refund = seeds("credits", "account_idx", {"credit": None, "credit_expires": None, "credit_refund": None})
+    known = _expr(balance_seed).is_not_null()
+    return frame.with_columns(
+        credit_before_batch=pl.when(known).then(_expr(credit).fill_null(0)).otherwise(pl.col("opening_credit")),
+        credit_ends=pl.when(known).then(_expr(ends)).otherwise(pl.col("opening_credit_expires")),
+        credit_refund=pl.when(known).then(_expr(refund).fill_null(False)).otherwise(pl.col("opening_credit_refund")),
+    )
+
+
+def _expr(value: pl.Series | pl.Expr) -> pl.Expr:
+    return pl.lit(value) if isinstance(value, pl.Series) else value
+
+
+def _has_credit(state: RatingState, catalog: Catalog) -> bool:
+    """Whether an account may have package credit: else the batch is charged to balances
+    alone, with none of the credit's column work (rating.credit)."""
+    return state.credits.height > 0 or catalog.has_credit
 
 
 #: The integer key of each state table's rows, as the batch computes it (``k_month`` ...),
@@ -482,6 +532,7 @@ _STATE_KEYS: dict[str, pl.Expr] = {
     "charged": (pl.col("account_idx") * _SHIFT + pl.col("month_key")) * 4
     + pl.col("class").replace_strict(CLASS_CODES, return_dtype=pl.Int64),
     "daily": pl.col("account_idx") * _SHIFT + _DAY_NUMBER,
+    "credits": pl.col("account_idx"),
 }
 
 
@@ -538,9 +589,15 @@ def _next_state(
         "status", "account_idx", "month_key", "class", "local_day", "k_month", "k_class", "k_day",
         "allowance_s", "charged_s", "amount", "cap_reached",
     ).filter(pl.col("status") == "rated")
-    balances = (
-        priced.select("account_idx", "balance").filter(pl.col("account_idx").is_last_distinct()).select(account, "balance")
-    )
+    last = priced.filter(pl.col("account_idx").is_last_distinct())
+    balances = last.select(account, "balance")
+    credits = state.credits
+    if "credit_ends" in priced.columns:
+        # The credit each account of the batch has left; none once it has ended (rating.credit).
+        left = last.filter(pl.col("credit_ends").is_not_null() & ~pl.col("credit_ended")).select(
+            account, "credit", pl.col("credit_ends").alias("credit_expires"), "credit_refund"
+        )
+        credits = pl.concat([credits.join(last.select(account), on="account_id", how="anti"), left.cast(credits.schema)])
     allowance = (
         rated.filter(pl.col("allowance_s") > 0)
         .group_by("k_month")
@@ -590,7 +647,7 @@ def _next_state(
                 tables[name] = table.filter(keep)
                 if name == "seen":
                     seen_hashes = seen_hashes.filter(keep)
-    new_state = RatingState(**tables, latest=latest)
+    new_state = RatingState(**tables, latest=latest, credits=credits)
     # What the next batch looks up in the tables that grow with the traffic, worked out
     # from this batch's part rather than again from the whole table.
     new_state.remember("seen_hash", (new_state.seen,), seen_hashes)

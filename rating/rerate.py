@@ -217,7 +217,7 @@ class Diff:
     Attributes
     ----------
     calls
-        Changed calls: ``account_id, cdr_id, local_day, class, in_period, old_amount,
+        Changed calls: ``account_id, cdr_id, local_day, class, called, in_period, old_amount,
         new_amount, delta, allowance_delta_s, charged_delta_s, changed`` (the names of the
         columns that differ, comma-separated), then ``old_<c>`` and ``new_<c>`` for each
         of :data:`COMPARED_COLUMNS` (``old_status`` is the rejection reason of a call billed
@@ -312,9 +312,16 @@ def diff(rerun: RerunResult, billed: Billed, period: Period, catalog: Catalog) -
 
     trajectory = Trajectory.of(billed, changed, catalog)
     balances_after = corrected_balances(trajectory)
+    # A correction moves the balance, never the package credit: a corrected call keeps the
+    # credit it drew on and left as billed (docs/rules.md "Corrections").
+    billed_used = pl.col("credit_used_old") if "credit_used_old" in changed.columns else pl.lit(None, dtype=pl.Int64)
     new_rows = (
         changed.join(balances_after, on=keys, how="left", maintain_order="left")
-        .with_columns(balance=pl.col("corrected_balance"))
+        .with_columns(
+            balance=pl.col("corrected_balance"),
+            credit=pl.col("corrected_credit"),
+            credit_used=billed_used.fill_null(0),
+        )
         .select(*[c for c in rerun.rated.columns])
     )
     billed_rows = old.join(changed.select(keys), on=keys, how="semi").filter(pl.col("correction_id") == "")
@@ -322,6 +329,7 @@ def diff(rerun: RerunResult, billed: Billed, period: Period, catalog: Catalog) -
         *keys,
         "local_day",
         "class",
+        "called",
         "in_period",
         "old_amount",
         pl.col("amount").alias("new_amount"),

@@ -74,6 +74,9 @@ RATED_EXPLAIN_COLUMNS: Final[tuple[str, ...]] = (
     "offpeak_percent",
     "daily_cap",
     "balance",
+    # issue 23: the package credit the call drew on, and the credit left after it
+    "credit_used",
+    "credit",
 )
 #: Columns the engine adds to rated calls for finance's reports (ClickHouse only): the
 #: CDR's disposition (missed calls), caller and caller area (call origin), billsec (call
@@ -81,7 +84,7 @@ RATED_EXPLAIN_COLUMNS: Final[tuple[str, ...]] = (
 #: which keeps the spec 6 format.
 RATED_FINANCE_COLUMNS: Final[tuple[str, ...]] = ("disposition", "caller", "caller_area", "billsec", "local_hour")
 MONEY_COLUMNS: Final[frozenset[str]] = frozenset(
-    {"base", "discount", "minimum_uplift", "cap_waived", "amount", "balance", "daily_cap"}
+    {"base", "discount", "minimum_uplift", "cap_waived", "amount", "balance", "daily_cap", "credit_used", "credit"}
 )
 
 REJECTED_COLUMNS: Final[tuple[str, ...]] = ("line", "cdr_id", "reason", "detail", "account_id")

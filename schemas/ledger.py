@@ -13,6 +13,7 @@ A command's message value is ``{"v": 1, "ledger": {...}}`` (a CDR chunk has no
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
@@ -23,7 +24,7 @@ from schemas.corrections import Correction
 LEDGER_MESSAGE_VERSION: Final[int] = 1
 
 CommandKind = Literal[
-    "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate"
+    "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate", "renew"
 ]
 EventKind = Literal[
     "AccountOpened",
@@ -45,6 +46,11 @@ EventKind = Literal[
     "AccountClosed",
     "RefundIssued",
     "CallRerated",
+    # issue 23: term packages and lock-in
+    "PackagePurchased",
+    "PackageRenewed",
+    "PackageCreditExpired",
+    "EarlyTerminationCharged",
 ]
 #: Events that take money (amount <= 0), give it (>= 0); every other kind moves none.
 CHARGES: Final[frozenset[str]] = frozenset(
@@ -56,12 +62,25 @@ CHARGES: Final[frozenset[str]] = frozenset(
         "MinimumSpendTrueUp",
         "KeepNumberFeeCharged",
         "RefundIssued",
+        "PackagePurchased",
+        "PackageRenewed",
+        "EarlyTerminationCharged",
     }
 )
-CREDITS: Final[frozenset[str]] = frozenset({"TopUpReceived", "SlaCreditGranted"})
+#: A package's credit that ends goes to the balance (``unused = "refund"``) or nowhere.
+CREDITS: Final[frozenset[str]] = frozenset({"TopUpReceived", "SlaCreditGranted", "PackageCreditExpired"})
 #: Events whose money may go either way: a correction makes a call dearer or cheaper.
 SIGNED: Final[frozenset[str]] = frozenset({"CallRerated"})
+#: Events that grant package credit (``credit_change >= 0``) and that take it (``<= 0``:
+#: floor charges draw on it before the balance; an ending takes what is left); no other
+#: kind touches the credit (issue 23).
+CREDIT_GRANTS: Final[frozenset[str]] = frozenset({"PackagePurchased", "PackageRenewed"})
+CREDIT_TAKES: Final[frozenset[str]] = frozenset(
+    {"MinimumSpendTrueUp", "EarlyTerminationCharged", "PackageCreditExpired"}
+)
+#: The services every plan has (tariffs.models.DEFAULT_SERVICES); a plan may add others.
 SERVICES: Final[tuple[str, ...]] = ("ivr", "recording", "blacklist", "sms")
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def fixed_offset(instant: datetime) -> datetime:
@@ -120,9 +139,10 @@ class LedgerCommand(BaseModel):
         if self.kind == "topup" and (self.amount <= 0 or not self.ref):
             raise ValueError("a top-up needs a positive amount and a payment reference")
         if self.kind == "services":
-            unknown = sorted(s for s in {*self.enable, *self.disable} if s not in SERVICES)
-            if unknown:
-                raise ValueError(f"unknown service(s) {', '.join(unknown)} (known: {', '.join(SERVICES)})")
+            # Which services exist is the plan's (the fold checks); here only their form.
+            bad = sorted(s for s in {*self.enable, *self.disable} if not _SERVICE_NAME.match(s))
+            if bad:
+                raise ValueError(f"not a service name: {', '.join(bad)} (lower-case letters, digits and _)")
         if self.kind == "close_month" and not _is_month(self.month):
             raise ValueError(f"month must be YYYY-MM, got {self.month!r}")
         if self.kind == "sla_credit" and (self.start is None or self.end is None or self.end <= self.start):
@@ -190,6 +210,9 @@ class LedgerEvent(BaseModel):
     plan_id: str = ""
     reference: str = ""
     detail: str = ""
+    #: what the event did to the package credit (issue 23), and the credit right after it
+    credit_change: int = 0
+    credit: int = 0
 
     @model_validator(mode="after")
     def _sign_of_kind(self) -> LedgerEvent:
@@ -199,4 +222,10 @@ class LedgerEvent(BaseModel):
             raise ValueError(f"{self.kind} gives money: its amount cannot be negative ({self.amount})")
         if self.kind not in CHARGES | CREDITS | SIGNED and self.amount != 0:
             raise ValueError(f"{self.kind} moves no money (amount {self.amount})")
+        if self.kind in CREDIT_GRANTS and self.credit_change < 0:
+            raise ValueError(f"{self.kind} grants credit: its credit_change cannot be negative ({self.credit_change})")
+        if self.kind in CREDIT_TAKES and self.credit_change > 0:
+            raise ValueError(f"{self.kind} takes credit: its credit_change cannot be positive ({self.credit_change})")
+        if self.kind not in CREDIT_GRANTS | CREDIT_TAKES and self.credit_change != 0:
+            raise ValueError(f"{self.kind} moves no credit (credit_change {self.credit_change})")
         return self

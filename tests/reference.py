@@ -21,6 +21,15 @@ Decisions for what the spec leaves open (agreed with the engine):
   which ``spent >= cap`` while the call's pre-cap price was above 0.
 - A time-of-day ``t`` is inside a window ``[s, e)`` when ``s <= t < e`` for ``s < e``,
   and when ``t >= s or t < e`` for ``e <= s`` (so ``s == e`` is the whole day).
+- A rate of class ``*`` matches every class; of two rates of one segment, the call's own
+  class wins; a call a ``*`` rate prices uses the allowance, international or not.
+- Package credit (issue 23): an account on a plan whose version in force at its opening
+  has a package starts with ``opening_balance - price`` and the package's credit until
+  the end of its term. A rated call takes its amount from the credit first. At the first
+  rated or unbilled call whose charge time is at or after the end, the credit left ends
+  before the call: forfeited, or added to the balance (``unused = "refund"``).
+  ``low_balance`` and ``arrears`` judge credit + balance (the funds) before and after the
+  call; a row's ``balance`` is the balance alone.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from tariffs import Account, Plan, PlanVersion, Rate, Tariffs
+from tariffs.models import opening_package
 
 DISPOSITIONS = frozenset({"ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION"})
 MAX_LINE_BYTES = 4096
@@ -62,6 +72,9 @@ class _Cdr:
 @dataclass
 class _AccountState:
     balance: int
+    credit: int = 0
+    credit_ends: datetime | None = None
+    credit_refund: bool = False
     #: cdr_id -> the charge month (year * 12 + month - 1) it was remembered with
     seen_cdr_ids: dict[str, int] = field(default_factory=dict)
     watermark: int | None = None
@@ -167,9 +180,26 @@ def _matching_rate(version: PlanVersion, called: str, call_class: str) -> Rate |
     """Spec 2.1: the longest segment that is ``*`` or a prefix of the called number."""
     candidates = [
         rate for rate in version.rates
-        if rate.call_class == call_class and (rate.segment == "*" or called.startswith(rate.segment))
+        if rate.call_class in (call_class, "*") and (rate.segment == "*" or called.startswith(rate.segment))
     ]
-    return max(candidates, key=lambda rate: rate.segment_length, default=None)
+    return max(candidates, key=lambda rate: (rate.segment_length, rate.call_class != "*"), default=None)
+
+
+def _opening_state(account: Account, plan: Plan) -> _AccountState:
+    bought = opening_package(account, plan)
+    if bought is None:
+        return _AccountState(balance=account.opening_balance)
+    package, ends = bought
+    return _AccountState(balance=account.opening_balance - package.price, credit=package.granted,
+                         credit_ends=ends, credit_refund=package.unused == "refund")
+
+
+def _end_credit(state: _AccountState, charge_time: datetime) -> None:
+    """The credit left ends at the first call at or after its end."""
+    if state.credit_ends is not None and charge_time >= state.credit_ends:
+        if state.credit_refund:
+            state.balance += state.credit
+        state.credit, state.credit_ends = 0, None
 
 
 def _billable_s(billsec: int, first: int, next_: int) -> int:
@@ -214,12 +244,12 @@ def _is_offpeak(version: PlanVersion, local: datetime) -> bool:
 
 
 def _rated_row(line: int, cdr: _Cdr, account_id: str, status: str, call_class: str,
-               balance: int, **numbers: int | bool) -> dict:
+               state: _AccountState, **numbers: int | bool) -> dict:
     row: dict = {
         "line": line, "cdr_id": cdr.cdr_id, "account_id": account_id, "status": status,
         "class": call_class, "offpeak": False, "billable_s": 0, "allowance_s": 0,
         "charged_s": 0, "base": 0, "discount": 0, "minimum_uplift": 0, "cap_waived": 0,
-        "amount": 0, "balance": balance,
+        "amount": 0, "balance": state.balance, "credit_used": 0, "credit": state.credit,
     }
     row.update(numbers)
     return row
@@ -236,7 +266,7 @@ def rate_reference(
     """
     accounts: dict[str, Account] = {account.id: account for account in tariffs.accounts}
     owner_of = tariffs.account_of_number()
-    states = {account.id: _AccountState(balance=account.opening_balance)
+    states = {account.id: _opening_state(account, tariffs.plans[account.plan])
               for account in tariffs.accounts}
     rated: list[dict] = []
     rejected: list[dict] = []
@@ -278,7 +308,8 @@ def rate_reference(
         call_class = _call_class(cdr)
 
         if cdr.disposition != "ANSWERED" or cdr.billsec == 0:
-            rated.append(_rated_row(line, cdr, account_id, "unbilled", call_class, state.balance))
+            _end_credit(state, charge_time)
+            rated.append(_rated_row(line, cdr, account_id, "unbilled", call_class, state))
             continue
 
         version = _version_at(plan, charge_time)
@@ -295,9 +326,10 @@ def rate_reference(
         month = (local.year, local.month)
         day = local.date()
 
+        _end_credit(state, charge_time)
         billable_s = _billable_s(cdr.billsec, version.increment.first, version.increment.next)
         allowance_s = 0
-        if call_class != "international":
+        if call_class != "international" or rate.call_class == "*":
             used_s = state.allowance_used_s.get(month, 0)
             allowance_s = min(billable_s, max(0, month_version.included_minutes * 60 - used_s))
             state.allowance_used_s[month] = used_s + allowance_s
@@ -322,14 +354,17 @@ def rate_reference(
         amount = pre_cap if cap is None else min(pre_cap, max(0, cap - spent))
         state.spent_today[day] = spent + amount
 
-        before = state.balance
-        after = before - amount
-        state.balance = after
+        before = state.balance + state.credit  # the funds: credit + balance
+        credit_used = min(state.credit, amount)
+        state.credit -= credit_used
+        state.balance -= amount - credit_used
+        after = state.balance + state.credit
         rated.append(_rated_row(
-            line, cdr, account_id, "rated", call_class, after,
+            line, cdr, account_id, "rated", call_class, state,
             offpeak=offpeak, billable_s=billable_s, allowance_s=allowance_s,
             charged_s=charged_s, base=base, discount=discount,
             minimum_uplift=minimum_uplift, cap_waived=pre_cap - amount, amount=amount,
+            credit_used=credit_used,
         ))
 
         # spec 5: alerts of one call in the order daily_cap_reached, low_balance, arrears.
@@ -344,7 +379,7 @@ def rate_reference(
         if before >= 0 > after:
             kinds.append("arrears")
         alerts.extend({"line": line, "account_id": account_id, "kind": kind,
-                       "cdr_id": cdr.cdr_id, "balance": after} for kind in kinds)
+                       "cdr_id": cdr.cdr_id, "balance": state.balance} for kind in kinds)
 
     return rated, rejected, alerts
 

@@ -34,7 +34,9 @@ def result() -> RatingResult:
 def test_the_tables_take_the_frames_the_engine_gives(result: RatingResult) -> None:
     # The finance columns are optional in the table (frames from older workers lack them).
     finance = {name: RATED.optional[name] for name in RATED_FINANCE_COLUMNS}
-    assert pl.Schema({**RATED.schema, **finance}) == result.rated.schema
+    # So are the credit columns (issue 23), which the engine gives after the balance.
+    credit = {name: RATED.optional[name] for name in ("credit_used", "credit")}
+    assert dict(pl.Schema({**RATED.schema, **finance, **credit})) == dict(result.rated.schema)
     assert REJECTED.schema == result.rejected.schema
     assert ALERTS.schema == result.alerts.schema
 

@@ -26,6 +26,7 @@ from clickhouse_driver import Client
 from clickhouse_driver import errors as clickhouse_errors
 from rich.table import Table
 
+from schemas.money import format_money
 from streams.cli._common import ExitCode, StateDirOption, console, errors, fail, settings_or_fail
 from streams.clickhouse.insert import is_retryable
 from streams.finance import reports
@@ -95,12 +96,17 @@ def statement(
         console.print_json(json.dumps(shown))
         return
     rows = [
-        {"kind": "opening balance", "description": "", "amount": shown["opening_balance"]},
-        *({key: line[key] for key in ("kind", "description", "amount")} for line in shown["lines"]),
-        {"kind": "closing balance", "description": "", "amount": shown["closing_balance"]},
+        {"kind": "opening balance", "description": "", "amount": shown["opening_balance"],
+         "credit": shown["opening_credit"]},
+        *({key: line[key] for key in ("kind", "description", "amount", "credit")} for line in shown["lines"]),
+        {"kind": "closing balance", "description": "", "amount": shown["closing_balance"],
+         "credit": shown["closing_credit"]},
     ]
     title = f"statement of {account} for {month} (calls {shown['calls_amount']} CNY)"
-    _print(rows, ("kind", "description", "amount"), format_, title)
+    # package credit (issue 23) gets its column when the account had any
+    has_credit = any(row["credit"] != format_money(0) for row in rows)
+    columns = ("kind", "description", "amount", "credit") if has_credit else ("kind", "description", "amount")
+    _print([{key: row[key] for key in columns} for row in rows], columns, format_, title)
 
 
 @report_app.command("revenue")
@@ -295,7 +301,7 @@ def _print(rows: list[dict[str, Any]], columns: tuple[str, ...], format_: Format
         console.file.write(buffer.getvalue())
     else:
         table = Table(title=title, title_justify="left")
-        numeric = {"calls", "minutes", "amount", "missed", "hour"}
+        numeric = {"calls", "minutes", "amount", "credit", "missed", "hour"}
         for column in columns:
             table.add_column(column, justify="right" if column in numeric else "left")
         for row in rows:

@@ -101,6 +101,9 @@ RATED = Table(
         "local_hour": pl.Int8(),
         # migration 0015: the correction that made this version ('' for a first rating)
         "correction_id": pl.String(),
+        # migration 0023 (issue 23): package credit the call drew on, and what was left
+        "credit_used": pl.Int64(),
+        "credit": pl.Int64(),
     },
     micros={"charge_time": "charge_us"},
 )
@@ -159,7 +162,11 @@ BILLING_EVENTS = Table(
             "detail": pl.String(),
         }
     ),
-    optional={"topic": pl.String(), "partition": pl.Int32(), "offset": pl.Int64(), "version": pl.UInt64()},
+    optional={
+        "topic": pl.String(), "partition": pl.Int32(), "offset": pl.Int64(), "version": pl.UInt64(),
+        # migration 0024 (issue 23): what the event did to the package credit, and the credit after it
+        "credit_change": pl.Int64(), "credit": pl.Int64(),
+    },
     micros={"effective_time": "effective_us"},
 )
 
@@ -177,7 +184,8 @@ BALANCES = Table(
             "version": pl.UInt64(),
         }
     ),
-    optional={"events": pl.UInt64()},
+    # migration 0025 (issue 23): package credit left and its end (ISO 8601, '' when none)
+    optional={"events": pl.UInt64(), "credit": pl.Int64(), "credit_expires": pl.String()},
 )
 
 

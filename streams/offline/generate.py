@@ -29,7 +29,7 @@ import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +45,18 @@ from schemas.numbering import mobile_segments
 _UTC_OFFSET = "+08:00"
 _DAY_S = 86_400
 
-#: Reference plans and the share of accounts on each.
-_PLAN_IDS: tuple[str, ...] = ("std-100", "eco-4007", "vip-500")
-_PLAN_SHARES = np.array([0.5, 0.3, 0.2])
+#: Reference plans and the share of accounts on each: the three rated by class and
+#: segment, then the two shaped like real 400 packages (issue 23): a 3-year prepaid term
+#: package and a floor per number, both one rate for every caller.
+_PLAN_IDS: tuple[str, ...] = ("std-100", "eco-4007", "vip-500", "pkg-3y-3000", "floor-50")
+_PLAN_SHARES = np.array([0.4, 0.25, 0.15, 0.12, 0.08])
+_PACKAGE_PLAN = _PLAN_IDS.index("pkg-3y-3000")
+#: What an account on the package plan paid for it, in cents, and its term in months.
+_PACKAGE_PRICE_CENTS = 300_000
+_PACKAGE_TERM_MONTHS = 36
+#: Share of package accounts whose 3-year term ends during the generated month (their
+#: credit left is forfeited at their first call after it); the others bought it 1-30 months ago.
+_ENDING_SHARE = 0.3
 
 # Number blocks: a number is ``base + suffix`` with ``lo <= suffix < hi`` (10 digits).
 # 4001 is split so that VIP accounts get a few 40010xxxxx numbers (their own rate in vip-500).
@@ -61,6 +70,8 @@ _PLAN_BLOCKS = np.array(
         [0.85, 0.15, 0.0, 0.0, 0.0],  # std-100: mostly 4008, some 4006
         [0.0, 0.0, 1.0, 0.0, 0.0],  # eco-4007
         [0.0, 0.0, 0.0, 0.9, 0.1],  # vip-500: 4001 and a few 40010xxxxx
+        [0.5, 0.5, 0.0, 0.0, 0.0],  # pkg-3y-3000: 4008 and 4006 (one rate for any segment)
+        [0.0, 0.3, 0.7, 0.0, 0.0],  # floor-50: 4007 and 4006
     ]
 )
 #: Unowned numbers are drawn where misdials land most: the 4008 and 4007 blocks.
@@ -69,8 +80,8 @@ _NUMBERS_PER_ACCOUNT_P = np.array([0.6, 0.3, 0.1])  # 1, 2 or 3 numbers
 
 # Rough price of a billed minute and included minutes per plan (first version of each
 # reference plan). Only used to place opening balances near what an account will spend.
-_ROUGH_PER_MINUTE_CNY = np.array([0.15, 0.13, 0.12])
-_ROUGH_INCLUDED_MINUTES = np.array([300.0, 0.0, 60.0])
+_ROUGH_PER_MINUTE_CNY = np.array([0.15, 0.13, 0.12, 0.12, 0.10])
+_ROUGH_INCLUDED_MINUTES = np.array([300.0, 0.0, 60.0, 0.0, 0.0])
 _ROUGH_BILLED_MINUTES_PER_CALL = 2.4  # answered share x mean started minutes
 
 _DOMESTIC_AREAS: tuple[str, ...] = (
@@ -251,7 +262,7 @@ def generate_dataset(
     n_malformed = round(cdrs * _MALFORMED_SHARE)
 
     book = _draw_accounts(rng, accounts, unknown_pool=_unknown_pool_size(n_unknown), hot_share=hot_share)
-    balances = _place_balances(rng, book, expected_calls=cdrs)
+    balances = _place_balances(rng, book, expected_calls=cdrs, first_day=first_day)
     accounts_file = out / "accounts.toml"
     accounts_file.write_text(_accounts_toml(book, balances, month=month, seed=seed), encoding="utf-8")
 
@@ -308,6 +319,8 @@ class _Balances:
     opening_cents: np.ndarray
     threshold_cents: np.ndarray  # -1: the default "50.00" applies
     daily_cap_cents: np.ndarray  # -1: the plan's daily cap applies
+    #: ``opened_at`` of accounts on the term package (ISO 8601), None for the others
+    opened_at: list[str | None]
 
 
 def _draw_accounts(rng: np.random.Generator, n: int, *, unknown_pool: int, hot_share: float = 0.0) -> _Book:
@@ -349,7 +362,7 @@ def _draw_accounts(rng: np.random.Generator, n: int, *, unknown_pool: int, hot_s
     return _Book(plan, weight, home_area, account_of_number, number, number_weight, unknown)
 
 
-def _place_balances(rng: np.random.Generator, book: _Book, *, expected_calls: int) -> _Balances:
+def _place_balances(rng: np.random.Generator, book: _Book, *, expected_calls: int, first_day: date) -> _Balances:
     """Opening balances, thresholds and cap overrides that make some alerts happen (spec 5)."""
     n = len(book.plan)
     billed_minutes = book.weight * expected_calls * _ROUGH_BILLED_MINUTES_PER_CALL
@@ -370,11 +383,35 @@ def _place_balances(rng: np.random.Generator, book: _Book, *, expected_calls: in
     capped = rng.random(n) < 0.10
     cap = rng.choice([5.0, 10.0, 20.0, 30.0, 50.0, 80.0, 100.0], size=n)
 
+    # Accounts on the term package bought it when they were opened: on top of the balance
+    # placed above (never in arrears: the package must be paid), its price (spec/ledger.md).
+    package = book.plan == _PACKAGE_PLAN
+    opening = np.where(package, np.maximum(opening, 0.0) + _PACKAGE_PRICE_CENTS / 100, opening)
     return _Balances(
         opening_cents=np.round(opening * 100).astype(np.int64),
         threshold_cents=np.where(explicit, np.round(threshold * 100), -1).astype(np.int64),
         daily_cap_cents=np.where(capped, np.round(cap * 100), -1).astype(np.int64),
+        opened_at=_package_openings(rng, package, first_day),
     )
+
+
+def _package_openings(rng: np.random.Generator, package: np.ndarray, first_day: date) -> list[str | None]:
+    """When each account on the term package was opened: for some, 36 months before a
+    moment of the generated month (their term ends in it: the credit left is forfeited at
+    their first call after it); for the others, 1 to 30 months before the month."""
+    ending = rng.random(package.size) < _ENDING_SHARE
+    seconds = rng.integers(0, 27 * _DAY_S, size=package.size)
+    months_back = np.where(ending, _PACKAGE_TERM_MONTHS, rng.integers(1, 31, size=package.size))
+    start = datetime(first_day.year, first_day.month, 1)
+    opened: list[str | None] = []
+    for index in range(package.size):
+        if not package[index]:
+            opened.append(None)
+            continue
+        month0 = first_day.year * 12 + first_day.month - 1 - int(months_back[index])
+        local = start.replace(year=month0 // 12, month=month0 % 12 + 1) + timedelta(seconds=int(seconds[index]))
+        opened.append(local.strftime("%Y-%m-%dT%H:%M:%S") + _UTC_OFFSET)
+    return opened
 
 
 def _accounts_toml(book: _Book, balances: _Balances, *, month: str, seed: int) -> str:
@@ -406,6 +443,7 @@ def _accounts_toml(book: _Book, balances: _Balances, *, month: str, seed: int) -
             "cap": money["cap"],
             "has_threshold": balances.threshold_cents >= 0,
             "has_cap": balances.daily_cap_cents >= 0,
+            "opened_at": pl.Series(balances.opened_at, dtype=pl.String),
         }
     ).select(
         pl.concat_str(
@@ -416,6 +454,9 @@ def _accounts_toml(book: _Book, balances: _Balances, *, month: str, seed: int) -
             .then(pl.format('low_balance_threshold = "{}"\n', "threshold"))
             .otherwise(pl.lit("")),
             pl.when("has_cap").then(pl.format('daily_cap = "{}"\n', "cap")).otherwise(pl.lit("")),
+            pl.when(pl.col("opened_at").is_not_null())
+            .then(pl.format("opened_at = {}\n", "opened_at"))
+            .otherwise(pl.lit("")),
         )
     )
     header = f"# Generated by streams.offline.generate: {n} accounts, month {month}, seed {seed}.\n\n"
