@@ -6,7 +6,9 @@ the results must be the same, but for the line numbers (Master.csv has no header
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from streams.offline.rate import rate_file
 from tariffs import load_tariffs
 from tests.conftest import VECTORS, run_cdrflow
 
-FREESWITCH = PROFILES_DIR / "freeswitch.toml"
+FREESWITCH = PROFILES_DIR / "freeswitch-answering.toml"
 CANONICAL = PROFILES_DIR / "canonical.toml"
 #: FreeSWITCH mod_cdr_csv's documented default template ("example", cdr_csv.conf.xml)
 #: plus the B-leg dial string, as the example profile describes it.
@@ -74,7 +76,12 @@ def test_generated_files_hold_the_same_calls(traffic: tuple[GeneratedDataset, Ge
     assert canonical.accounts_file.read_bytes() == asterisk.accounts_file.read_bytes()
     lines = asterisk.cdrs_file.read_text(encoding="utf-8").splitlines()
     assert len(lines) == canonical.cdrs == len(canonical.cdrs_file.read_text(encoding="utf-8").splitlines()) - 1
-    assert lines[0].startswith('"') and lines[0].count('","') >= len(ASTERISK_COLUMNS) - 1
+    # As cdr_csv.c writes them: text quoted, duration and billsec bare, an unanswered
+    # call's answer time empty and bare; times in UTC (usegmtime=yes).
+    first = next(csv.reader([lines[0]]))
+    assert len(first) == len(ASTERISK_COLUMNS) and lines[0].startswith('"')
+    assert re.search(r',"(ANSWERED|NO ANSWER)",', lines[0]) and re.search(r',\d+,\d+,"', lines[0])
+    assert any(re.search(r'\d",,"\d', line) for line in lines[:200])
 
 
 def test_asterisk_master_csv_rates_exactly_like_the_canonical_file(
@@ -92,10 +99,12 @@ def test_asterisk_master_csv_rates_exactly_like_the_canonical_file(
     assert actual["rejected"].select(keys).equals(expected["rejected"].select(keys))
     assert set(actual["rejected"].get_column("reason")) == {"malformed", "duplicate", "unknown_number", "no_rate"}
     # The words differ only where a line is broken in each format's own way: a time not
-    # in the format's form, one column short (of 18 rather than 12).
+    # in the format's form, a column short (of 12) or too many (of Asterisk's layouts).
     differ = actual["rejected"].filter(pl.col("detail") != expected["rejected"].get_column("detail"))
     assert differ.height > 0
-    assert differ.get_column("detail").str.contains(r"^start_time '|^wrong number of columns: 17 \(expected 18\)$").all()
+    assert differ.get_column("detail").str.contains(
+        r"^start_time '|^wrong number of columns: 19 \(expected 16, 17, 18, 19, 20 or 21\)$|^wrong number of columns: 22"
+    ).all()
     # And `cdrflow compare` agrees, given the shifted expectation.
     want = tmp_path / "want"
     want.mkdir()
@@ -204,13 +213,14 @@ def _frame(text: str, feed: Feed | None = None) -> pl.DataFrame:
 
 def test_asterisk_fields_become_canonical_with_physical_line_numbers() -> None:
     frame = _frame(_asterisk() + "\n" + _asterisk(uniqueid="1772413200.2", answer="", billsec="0",
-                                                  disposition="NO ANSWER", userfield="") + "\n")
+                                                  disposition="NO ANSWER", userfield="", lastdata="") + "\n")
     first, second = frame.to_dicts()
     assert first == {
         "line": 1, "cdr_id": "1772413200.1", "switch_id": "", "caller": "13800138000", "called": "4008001234",
         "answer_number": "01088886666", "caller_area": "010", "answer_area": "010",
-        "start_time": "2026-03-02T09:00:00+08:00", "answer_time": "2026-03-02T09:00:05+08:00",
-        "end_time": "2026-03-02T09:01:05+08:00", "billsec": "60", "disposition": "ANSWERED", "framing": None,
+        "start_time": "2026-03-02T09:00:00+00:00", "answer_time": "2026-03-02T09:00:05+00:00",
+        "end_time": "2026-03-02T09:01:05+00:00", "billsec": "60", "disposition": "ANSWERED",
+        "caller_origin": "area", "framing": None,
     }  # fmt: skip
     # an unanswered call with no forwarding number is read, with no answer area
     assert (second["line"], second["answer_time"], second["answer_area"], second["framing"]) == (2, "", "", None)
@@ -229,14 +239,12 @@ def test_the_switch_timezone_and_switch_id_apply() -> None:
 @pytest.mark.parametrize(
     ("line", "framing"),
     [
-        (_asterisk(src=""), "caller is empty (withheld or not recorded)"),
-        (_asterisk(src="62345678"), "caller '62345678' is not a number with an area code"),
-        (_asterisk(userfield=""), "answer_number is empty (withheld or not recorded)"),
-        (_asterisk(userfield="4008009999"), "answer_number '4008009999' is not a telephone number with an area"),
+        (_asterisk(userfield="", lastdata="1001,20"), "answer_number is empty (withheld or not recorded)"),
+        (_asterisk(userfield="4008009999", lastdata=""), "answer_number '4008009999' is not a telephone number with an area"),
         (_asterisk(start="02/03/2026 09:00"), "start_time '02/03/2026 09:00' is not a time in the form %Y-%m-%d"),
         (_asterisk(end=""), "end_time is empty"),
-        (_asterisk().rsplit(",", 1)[0], "wrong number of columns: 17 (expected 18)"),
-        (_asterisk() + ',"x"', "wrong number of columns: 19 (expected 18)"),
+        (",".join(_asterisk().split(",")[:15]), "wrong number of columns: 13 (expected 16, 17, 18, 19, 20 or 21)"),
+        (_asterisk() + ',"x","y","z","w"', "wrong number of columns: 22 (expected 16, 17, 18, 19, 20 or 21)"),
         (_asterisk().replace('"SIP/ct-00000001"', '"SIP/ct-00000001'), "unbalanced quotes"),
         (_asterisk()[:-1], "unbalanced quotes"),
     ],
@@ -252,7 +260,7 @@ def test_a_broken_line_is_rejected_malformed_with_its_reason(tmp_path: Path) -> 
     vectors = VECTORS / "basic"
     good = _asterisk(dst="4008001234", uniqueid="u-ok")
     (tmp_path / "Master.csv").write_text(
-        "\n".join([good, _asterisk(src="95588", uniqueid="u-short"), _asterisk(uniqueid="u-cols")[:-25]]) + "\n",
+        "\n".join([good, _asterisk(userfield="95588", lastdata="", uniqueid="u-short"), _asterisk(uniqueid="u-cols")[:-25]]) + "\n",
         encoding="utf-8",
     )
     run = run_cdrflow(
@@ -261,14 +269,14 @@ def test_a_broken_line_is_rejected_malformed_with_its_reason(tmp_path: Path) -> 
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     figures = json.loads(run.stdout)
-    assert figures["format"] == "asterisk (times in Asia/Shanghai)"
+    assert figures["format"] == "asterisk (times in UTC)"
     assert figures["rejected"]["malformed"] == 2 and figures["cdrs"] == 3
     rejected = pl.read_csv(tmp_path / "out" / "rejected.csv", infer_schema=False).to_dicts()
     assert [(r["line"], r["cdr_id"], r["reason"]) for r in rejected] == [
         ("2", "u-short", "malformed"),
         ("3", "", "malformed"),
     ]
-    assert "caller '95588' is not a number with an area code" in rejected[0]["detail"]
+    assert "answer_number '95588' is not a number with an area code" in rejected[0]["detail"]
     assert rejected[1]["detail"] == "unbalanced quotes"
 
 
@@ -295,9 +303,9 @@ _GOOD = FREESWITCH.read_text(encoding="utf-8")
         (_GOOD.replace('to = "BUSY"', 'to = "ENGAGED"'), "key disposition.rules.2.to"),
         (_GOOD.replace('otherwise = "FAILED"', 'otherwise = "FAILED"\nunknown = 1'), "key disposition.unknown: unknown key"),
         (_GOOD.replace("columns_per_line = 16\n", ""), "columns_per_line is required when header = false"),
-        (_GOOD.replace('name = "freeswitch-default"', 'name = "fs"\ntimezone = "Mars/Olympus"'), "key timezone: 'Mars/Olympus' is not an IANA timezone name"),
+        (_GOOD.replace('name = "freeswitch-answering"', 'name = "fs"\ntimezone = "Mars/Olympus"'), "key timezone: 'Mars/Olympus' is not an IANA timezone name"),
         (_GOOD.replace('time_format = "%Y-%m-%d %H:%M:%S"', 'time_format = "%H:%M"'), "key time_format: must be"),
-        (_GOOD.replace('name = "freeswitch-default"\n', ""), "key name: required key missing"),
+        (_GOOD.replace('name = "freeswitch-answering"\n', ""), "key name: required key missing"),
         (_GOOD.replace("[columns]", "[columns"), "not valid TOML"),
     ],
 )
@@ -389,7 +397,8 @@ rules = [{ values = ["OK"], billsec = "positive", to = "ANSWERED" }, { values = 
     assert rows[0]["caller"] == "+8613800138000" and rows[0]["caller_area"] == "010"
     assert rows[0]["answer_area"] == "0755" and rows[0]["switch_id"] == "acme-1"
     assert rows[0]["start_time"] == "2026-03-02T09:00:00+06:00" and rows[0]["disposition"] == "ANSWERED"
-    assert rows[1]["framing"] == "caller is empty (withheld or not recorded)"  # the regex found no number
+    # the regex found no number: a caller without an area, rated by its plan's rule
+    assert rows[1]["framing"] is None and (rows[1]["caller_area"], rows[1]["caller_origin"]) == ("", "unknown")
     assert rows[2]["disposition"] == "NO ANSWER" and rows[2]["framing"] is None
 
 
