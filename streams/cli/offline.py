@@ -24,8 +24,15 @@ from streams.cli._common import (
     load_or_fail,
     outcome_table,
     progress_bar,
+    warn,
 )
-from streams.cli.format_options import FormatOption, ProfileOption, SwitchIdOption, SwitchTimezoneOption
+from streams.cli.format_options import (
+    EncodingOption,
+    FormatOption,
+    ProfileOption,
+    SwitchIdOption,
+    SwitchTimezoneOption,
+)
 
 plans_app = typer.Typer(help="Inspect and validate tariff plans.", no_args_is_help=True)
 
@@ -91,6 +98,7 @@ def rate(
     profile: ProfileOption = None,
     switch_timezone: SwitchTimezoneOption = None,
     switch_id: SwitchIdOption = None,
+    encoding: EncodingOption = None,
     horizon_months: Annotated[
         int,
         typer.Option(
@@ -114,7 +122,7 @@ def rate(
     from streams.cdr_files import CdrFileError
     from streams.offline.rate import rate_file
 
-    feed = feed_or_fail(format_, profile, switch_timezone, switch_id)
+    feed = feed_or_fail(format_, profile, switch_timezone, switch_id, encoding)
 
     def load_catalog() -> Catalog:
         # Called by rate_file while it parses the first chunk of the CDR file.
@@ -150,7 +158,9 @@ def rate(
         "cdrs_per_second": round(summary.cdrs_per_second),
         "out": str(out),
         "format": feed.describe(),
+        "warnings": summary.warnings,
     }
+    warn(summary.warnings, str(cdrs))
     if json_:
         console.print_json(data=figures)
         return
@@ -181,6 +191,17 @@ def generate(
             show_default=True,
         ),
     ] = "canonical",
+    quirks: Annotated[
+        bool,
+        typer.Option(
+            "--quirks",
+            help="Write what real switches write besides: callers as +86/86/same-city/withheld/masked numbers, "
+            "a 0 s leg before some answered calls (same id), Chinese names.",
+        ),
+    ] = False,
+    encoding: Annotated[
+        str, typer.Option("--encoding", help="utf-8 or gbk (what Excel on Chinese Windows saves).", show_default=True)
+    ] = "utf-8",
     hot_share: Annotated[
         float,
         typer.Option(
@@ -204,7 +225,7 @@ def generate(
             made = generate_dataset(
                 out, cdrs=cdrs, accounts=accounts, month=month, seed=seed,
                 progress=lambda done: bar.update(task, completed=done), cdr_format=format_,
-                hot_share=hot_share,
+                hot_share=hot_share, quirks=quirks, encoding=encoding,
             )
         except ValueError as exc:
             raise fail(str(exc), ExitCode.BAD_INPUT) from None
