@@ -101,6 +101,8 @@ RATED = Table(
         "local_hour": pl.Int8(),
         # migration 0015: the correction that made this version ('' for a first rating)
         "correction_id": pl.String(),
+        # migration 0018: how the caller was placed ('' for rows rated before it)
+        "caller_origin": pl.String(),
     },
     micros={"charge_time": "charge_us"},
 )
