@@ -183,7 +183,24 @@ BALANCES = Table(
 )
 
 
+DEAD_LETTERS = Table(
+    "dead_letters",
+    pl.Schema(
+        {
+            "kind": pl.String(),
+            "topic": pl.String(),
+            "partition": pl.Int32(),
+            "offset": pl.Int64(),
+            "reason": pl.String(),
+            "rows": pl.UInt32(),
+            "message": pl.String(),
+        }
+    ),
+    server_filled=frozenset({"landed_time"}),  # migration 0019: when the message landed there
+)
+
+
 #: The tables of this module, by name.
 TABLES: Mapping[str, Table] = {
-    table.name: table for table in (RATED, REJECTED, ALERTS, BILLING_EVENTS, BALANCES)
+    table.name: table for table in (RATED, REJECTED, ALERTS, BILLING_EVENTS, BALANCES, DEAD_LETTERS)
 }

@@ -59,7 +59,7 @@ from schemas.switch_formats import Feed, Layout
 from schemas.topics import ACCOUNTS, PLANS
 from streams.catalog.routing_table import RoutingTable
 from streams.feeds.ingest import NothingLoaded
-from streams.feeds.live import LIVE_LINGER_MS, LiveTopics, Tally, send_batch
+from streams.feeds.live import LIVE_LINGER_MS, LiveTopics, Tally, report_warnings, send_batch
 from streams.feeds.positions import (
     Position,
     PositionBook,
@@ -88,7 +88,7 @@ POSITION_EVERY_S: Final[float] = 1.0
 RETRY_S: Final[float] = 1.0
 RETRY_MAX_S: Final[float] = 30.0
 
-RouteEventKind = Literal["assigned", "revoked", "progress", "error"]
+RouteEventKind = Literal["assigned", "revoked", "progress", "error", "warning"]
 
 
 def default_group(topic: str) -> str:
@@ -126,6 +126,8 @@ class _Partition:
     layout: Layout | None
     header: str | None = None
     tally: Tally = field(default_factory=Tally)
+    #: What was said about the partition's lines (streams.feeds.live.report_warnings).
+    warned: list[str] = field(default_factory=list)
     skip: set[int] = field(default_factory=set)
     #: While ``skip`` is not passed, the recovered position's raw_ends (streams.feeds.positions.held_ends).
     floor: dict[int, int] | None = None
@@ -362,6 +364,10 @@ class ShippedFeed:
         problem = pl.Series("problem", problems, dtype=pl.String)
         batch = batch.with_columns(
             pl.Series("line", [records[i].offset for i in indices], dtype=pl.Int64),
+            # read_at: the record's own timestamp, the bound of its call's time (rating.bounds).
+            pl.Series("read_at", [_timestamp(records[i]) for i in indices], dtype=pl.Int64)
+            .cast(pl.Datetime("ms"))
+            .dt.replace_time_zone("UTC"),
             pl.coalesce(problem, pl.col("framing")).alias("framing"),
             pl.when(problem.is_null()).then(pl.col("cdr_id")).otherwise(pl.lit("")).alias("cdr_id"),
         )
@@ -376,6 +382,9 @@ class ShippedFeed:
                 skip=partition.skip,
             )
         )
+        if partition.layout is not None:
+            for warning in report_warnings(self.sender, self.topics, partition.source, partition.layout, partition.warned):
+                self.on_event(RouteEvent("warning", self.topic, partition.tp.partition, warning))
         if partition.skip and partition.next_offset > max(partition.skip):
             partition.skip.clear()
             partition.floor = None
@@ -541,6 +550,12 @@ def _layout_of(feed: Feed, header: str | None) -> Layout | None:
     if feed.profile is None:
         return feed.layout(",".join(CDR_COLUMNS).encode())
     return None
+
+
+def _timestamp(record: Any) -> int | None:
+    """A record's timestamp (ms), None when the producer set none."""
+    value = getattr(record, "timestamp", None)
+    return value if isinstance(value, int) and value >= 0 else None
 
 
 def _placeholder_layout() -> Layout:
