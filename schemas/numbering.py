@@ -299,7 +299,9 @@ def place_numbers(callers: pl.Series, answers: pl.Series, default_area: str | No
     frame = pl.DataFrame({"caller": callers.cast(pl.String), "answer_number": answers.cast(pl.String)}).with_columns(
         answer_area=pl.coalesce(answered.get_column("area"), fallback),
         answer_problem=pl.when(answered.get_column("area").is_null() & fallback.is_null()).then(
-            answered.get_column("problem")
+            pl.when(answers.fill_null("") == "")
+            .then(pl.lit("is empty: no answering number is recorded, and no default_area places the answering side"))
+            .otherwise(answered.get_column("problem"))
         ),
     )
     placed = derive_areas(callers)

@@ -239,7 +239,7 @@ def test_the_switch_timezone_and_switch_id_apply() -> None:
 @pytest.mark.parametrize(
     ("line", "framing"),
     [
-        (_asterisk(userfield="", lastdata="1001,20"), "answer_number is empty (withheld or not recorded)"),
+        (_asterisk(userfield="", lastdata="1001,20"), "answer_number is empty: no answering number is recorded"),
         (_asterisk(userfield="4008009999", lastdata=""), "answer_number '4008009999' is not a telephone number with an area"),
         (_asterisk(start="02/03/2026 09:00"), "start_time '02/03/2026 09:00' is not a time in the form %Y-%m-%d"),
         (_asterisk(end=""), "end_time is empty"),

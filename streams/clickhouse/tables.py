@@ -103,6 +103,9 @@ RATED = Table(
         "correction_id": pl.String(),
         # migration 0018: how the caller was placed ('' for rows rated before it)
         "caller_origin": pl.String(),
+        # migration 0020: 'unbilled' for an unbilled row, '' for a billed one (of the
+        # sorting key: one call's two records do not collapse; insert_rated fills it)
+        "record": pl.String(),
     },
     micros={"charge_time": "charge_us"},
 )
