@@ -416,3 +416,98 @@ def test_generate_writes_master_csv_from_the_cli(tmp_path: Path) -> None:
     assert not (tmp_path / "cdrs.csv").exists()
     assert len((tmp_path / "Master.csv").read_text(encoding="utf-8").splitlines()) == 500
     shutil.rmtree(tmp_path)
+
+
+# ------------------------------------------------------------ what real switches write
+
+
+def test_generated_quirks_rate_alike_in_both_formats_and_in_gbk(tmp_path: Path) -> None:
+    """generate --quirks: callers as +86/86/same-city/withheld/masked numbers, 0 s legs before
+    answered calls, Chinese names; the Asterisk file in GBK. Both formats rate alike."""
+    options = {"cdrs": 4_000, "accounts": 60, "month": "2026-03", "seed": 5, "quirks": True}
+    canonical = generate_dataset(tmp_path / "c", **options)
+    asterisk = generate_dataset(tmp_path / "a", **options, cdr_format="asterisk", encoding="gbk")
+    assert canonical.unknown_callers > 50 and canonical.extra_legs == 80
+    raw = asterisk.cdrs_file.read_bytes()
+    assert "张三".encode("gbk") in raw and "张三".encode() not in raw
+    rate_file(canonical.cdrs_file, _catalog(canonical), tmp_path / "oc")
+    summary = rate_file(asterisk.cdrs_file, _catalog(asterisk), tmp_path / "oa", feed=Feed.of("asterisk", encoding="gbk"))
+    want, got = _shifted(_outputs(tmp_path / "oc"), -1), _outputs(tmp_path / "oa")
+    assert got["rated"].drop("caller_origin").equals(want["rated"].drop("caller_origin"))
+    assert got["alerts"].equals(want["alerts"])
+    keys = ["line", "cdr_id", "reason"]
+    assert got["rejected"].select(keys).equals(want["rejected"].select(keys))
+    # every caller was billed: withheld and masked callers by their plan's unknown_caller_class
+    origins = got["rated"].group_by("caller_origin").len().sort("caller_origin").rows()
+    assert [origin for origin, _ in origins] == ["area", "same_city", "unknown"]
+    assert "malformed" not in {r for r in summary.rejected if summary.rejected[r] > canonical.malformed}
+    # the 0 s legs did not make their calls duplicates: each answered leg was rated
+    legs = got["rated"].filter(pl.col("cdr_id").is_duplicated())
+    assert legs.height >= 2 * 70 and set(legs.get_column("status")) == {"rated", "unbilled"}
+
+
+def test_a_freeswitch_name_with_quotes_and_commas_is_read_as_written() -> None:
+    feed = Feed.of("mapped", profile=PROFILES_DIR / "freeswitch-answering.toml")
+    line = ('"Smith "JJ", John","13800138000","4008001234","public","2026-03-02 09:00:00","2026-03-02 09:00:05",'
+            '"2026-03-02 09:02:10","130","125","NORMAL_CLEARING","u1","","","PCMA","PCMA","sofia/gateway/gw/01088886666"')  # fmt: skip
+    chinese = line.replace('Smith "JJ", John', "张三, 销售部").replace('"u1"', '"u2"')
+    rows = feed.layout(None).parse(f"{line}\n{chinese}\n".encode(), 1).to_dicts()
+    assert [(r["cdr_id"], r["framing"], r["disposition"], r["answer_area"]) for r in rows] == [
+        ("u1", None, "ANSWERED", "010"), ("u2", None, "ANSWERED", "010")
+    ]
+
+
+def test_bytes_that_are_not_utf8_count_only_in_the_fields_used() -> None:
+    good = _asterisk().encode()
+    bad_name = good.replace("Zhang, San".encode(), b"Zhang\xa5\xa5")
+    bad_caller = good.replace(b'"13800138000"', b'"1380\xa5138000"', 1)
+    rows = _frame_bytes(bad_name + b"\n" + bad_caller + b"\n").to_dicts()
+    assert rows[0]["framing"] is None and rows[0]["cdr_id"] == "1772413200.1"
+    # a used field (src) that is not UTF-8: malformed, and its id is still read
+    assert rows[1]["framing"].startswith("not UTF-8") and rows[1]["cdr_id"] == "1772413200.1"
+
+
+def _frame_bytes(data: bytes, feed: Feed | None = None) -> pl.DataFrame:
+    feed = feed or Feed.of("asterisk")
+    return feed.layout(None).parse(data, 1)
+
+
+def test_a_byte_order_mark_before_a_headerless_file_is_not_part_of_its_first_field() -> None:
+    rows = _frame_bytes(b"\xef\xbb\xbf" + _asterisk().encode() + b"\n").to_dicts()
+    assert rows[0]["framing"] is None and rows[0]["caller"] == "13800138000"
+
+
+@pytest.mark.parametrize(
+    ("written", "normalised"),
+    [("+864008001234", "4008001234"), ("864008001234", "4008001234"), ("04008001234", "4008001234"),
+     (" 4008001234", "4008001234"), ("400-800-1234", "4008001234"), ("4008001234", "4008001234")],
+)
+def test_a_called_number_is_normalised_before_the_account_lookup(written: str, normalised: str) -> None:
+    (row,) = _frame_bytes(_asterisk(dst=written).encode() + b"\n").to_dicts()
+    assert row["called"] == normalised
+
+
+@pytest.mark.parametrize(
+    ("caller", "area", "origin"),
+    [("13800138000", "010", "area"), ("+8613800138000", "010", "area"), ("8613800138000", "010", "area"),
+     ("861062345678", "010", "area"), ("62345678", "010", "same_city"), ("anonymous", "", "unknown"),
+     ("", "", "unknown"), ("1862831****", "", "unknown"), ("1001", "", "unknown"), (" 02161234567", "021", "area"),
+     ("+14155550123", "+1", "area")],
+)
+def test_every_caller_is_placed_and_none_is_malformed(caller: str, area: str, origin: str) -> None:
+    for disposition, billsec in (("ANSWERED", "60"), ("NO ANSWER", "0")):
+        (row,) = _frame_bytes(_asterisk(src=caller, disposition=disposition, billsec=billsec).encode() + b"\n").to_dicts()
+        assert (row["caller_area"], row["caller_origin"], row["framing"]) == (area, origin, None)
+
+
+def test_an_unknown_number_is_judged_before_the_answering_side(tmp_path: Path) -> None:
+    vectors = VECTORS / "basic"
+    (tmp_path / "Master.csv").write_text(
+        _asterisk(dst="4009999999", userfield="1001", lastdata="", uniqueid="u1") + "\n"
+        + _asterisk(dst="4008001234", userfield="1001", lastdata="", uniqueid="u2") + "\n",
+        encoding="utf-8",
+    )
+    rate_file(tmp_path / "Master.csv", Catalog.from_tariffs(load_tariffs(vectors / "plans", vectors / "accounts.toml")),
+              tmp_path / "out", feed=Feed.of("asterisk"))  # fmt: skip
+    rejected = pl.read_csv(tmp_path / "out" / "rejected.csv", infer_schema=False)
+    assert rejected.select("cdr_id", "reason").rows() == [("u1", "unknown_number"), ("u2", "malformed")]
