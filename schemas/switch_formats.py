@@ -917,8 +917,8 @@ def _field_value(name: str, picked: dict[int | None, dict[str, list[FieldSpec]]]
         return pl.coalesce(found).fill_null("") if found else pl.lit("")
 
     variants = [(width, mapping[name]) for width, mapping in picked.items() if name in mapping]
-    if len(picked) == 1 and variants:
-        return first(variants[0][1])
+    if variants and len(variants) == len(picked) and all(sources == variants[0][1] for _, sources in variants):
+        return first(variants[0][1])  # the same sources whatever the width
     expr: Any = pl
     for width, sources in variants:
         expr = expr.when(pl.col("width") == width).then(first(sources))
@@ -987,10 +987,16 @@ def _times(frame: pl.DataFrame, profile: Profile, zone: str) -> tuple[pl.DataFra
     """The three times as ISO 8601 with their offset (parsed, derived where the profile
     says), why one cannot be, and the zone the uniqueid shows them written in."""
     epoch = profile.time_format in EPOCH_TIMES
-    parsed = {name: _instant(pl.col(f"raw_{name}"), profile.time_format, zone) for name in _TIME_FIELDS if f"raw_{name}" in frame.columns}
+    present = [name for name in _TIME_FIELDS if f"raw_{name}" in frame.columns]
+    # A fraction of a second is read only in a chunk that has one (a second parse costs).
+    fraction = not epoch and bool(
+        frame.select(pl.any_horizontal(pl.col(f"raw_{n}").str.contains(".", literal=True).any() for n in present)).item()
+    ) if present else False
     frame = frame.with_columns(
-        *[expr.alias(f"dt_{name}") for name, expr in parsed.items()],
+        *[_instant(pl.col(f"raw_{name}"), profile.time_format, None, fraction).alias(f"wall_{name}") for name in present],
         pl.col("raw_billsec").cast(pl.Int64, strict=False).alias("billsec_n") if "raw_billsec" in frame.columns else pl.lit(None, pl.Int64).alias("billsec_n"),
+    ).with_columns(
+        _zoned(pl.col(f"wall_{name}"), profile.time_format, zone).alias(f"dt_{name}") for name in present
     )
     seconds = pl.duration(seconds=pl.col("billsec_n"))
     derive = profile.derive
@@ -1015,9 +1021,13 @@ def _times(frame: pl.DataFrame, profile: Profile, zone: str) -> tuple[pl.DataFra
         )
     problems: list[pl.Expr] = []
     outputs = []
+    stamps = [f"dt_{name}" for name in _TIME_FIELDS if f"dt_{name}" in frame.columns]
+    fractions = bool(frame.select(pl.any_horizontal((pl.col(c).dt.microsecond() != 0).any() for c in stamps)).item()) if stamps else False
     for name in _TIME_FIELDS:
         instant = pl.col(f"dt_{name}")
-        text = pl.when(instant.dt.microsecond() != 0).then(instant.dt.strftime(_ISO_OUT_FRACTION)).otherwise(instant.dt.strftime(_ISO_OUT))
+        text = instant.dt.strftime(_ISO_OUT)
+        if fractions:
+            text = pl.when(instant.dt.microsecond() != 0).then(instant.dt.strftime(_ISO_OUT_FRACTION)).otherwise(text)
         if name in derive:
             outputs.append(text.fill_null("").alias(name))
             if name != "answer_time":
@@ -1029,7 +1039,7 @@ def _times(frame: pl.DataFrame, profile: Profile, zone: str) -> tuple[pl.DataFra
         form = "seconds since 1970" if profile.time_format == "epoch" else (
             "milliseconds since 1970" if profile.time_format == "epoch_ms" else f"a time in the form {profile.time_format}"
         )
-        wall = _instant(raw, profile.time_format, None)
+        wall = pl.col(f"wall_{name}")
         problem = (
             pl.when((raw == "") & (pl.lit(name) != "answer_time"))
             .then(pl.lit(f"{name} is empty"))
@@ -1043,8 +1053,8 @@ def _times(frame: pl.DataFrame, profile: Profile, zone: str) -> tuple[pl.DataFra
         problems.append(problem)
     frame = frame.with_columns(outputs)
     notes = FeedNotes()
-    if "raw_start_epoch" in frame.columns and profile.wall_clock:
-        wall = _instant(pl.col("raw_start_time"), profile.time_format, None)
+    if "raw_start_epoch" in frame.columns and "wall_start_time" in frame.columns and profile.wall_clock:
+        wall = pl.col("wall_start_time")
         local = pl.col("dt_start_time")
         written = ((wall.dt.epoch("s") - pl.col("raw_start_epoch").cast(pl.Int64, strict=False) + _EPOCH_SLACK_S) // _ZONE_STEP_S) * _ZONE_STEP_S
         read = (local.dt.base_utc_offset() + local.dt.dst_offset()).dt.total_seconds()
@@ -1059,20 +1069,28 @@ def _times(frame: pl.DataFrame, profile: Profile, zone: str) -> tuple[pl.DataFra
     return frame, problems, notes
 
 
-def _instant(raw: pl.Expr, time_format: str, zone: str | None) -> pl.Expr:
-    """The instant of a time as written (in ``zone``; None: naive wall clock)."""
+def _instant(raw: pl.Expr, time_format: str, zone: str | None, fraction: bool = True) -> pl.Expr:
+    """The instant of a time as written (in ``zone``; None: naive wall clock); ``fraction``:
+    a fraction of a second may follow the seconds."""
     if time_format in EPOCH_TIMES:
         digits = raw.str.extract_groups(r"^(\d{1,13})(?:\.(\d{1,9}))?$")
         whole = digits.struct.field("1").cast(pl.Int64, strict=False)
-        fraction = digits.struct.field("2").str.slice(0, 6).str.pad_end(6, "0").cast(pl.Int64, strict=False).fill_null(0)
+        micros = digits.struct.field("2").str.slice(0, 6).str.pad_end(6, "0").cast(pl.Int64, strict=False).fill_null(0)
         unit = "ms" if time_format == "epoch_ms" else "s"
         instant = pl.from_epoch(whole, time_unit=unit).cast(pl.Datetime("us")) + pl.duration(
-            microseconds=fraction if unit == "s" else pl.lit(0)
+            microseconds=micros if unit == "s" else pl.lit(0)
         )
-        return instant if zone is None else instant.dt.replace_time_zone("UTC")
-    form = time_format if "%f" in time_format or not time_format.endswith("%S") else time_format + "%.f"
+        return _zoned(instant, time_format, zone) if zone is not None else instant
+    form = time_format + "%.f" if fraction and "%f" not in time_format and time_format.endswith("%S") else time_format
     wall = raw.str.strptime(pl.Datetime("us"), form, strict=False)
-    return wall if zone is None else wall.dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
+    return wall if zone is None else _zoned(wall, time_format, zone)
+
+
+def _zoned(wall: pl.Expr, time_format: str, zone: str) -> pl.Expr:
+    """A naive time of the format as an instant: epoch times are UTC, wall clocks the zone's."""
+    if time_format in EPOCH_TIMES:
+        return wall.dt.replace_time_zone("UTC")
+    return wall.dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
 
 
 def _normalised_called(profile: Profile) -> pl.Expr:
