@@ -4,6 +4,7 @@ the rating state its workers publish, ClickHouse tables, rejects)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from clickhouse_driver import Client
@@ -123,37 +124,34 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
 def feed_warnings(settings: Settings, topics: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """What each live feed's reader last said about its lines (``feed.notes``), by source;
     sources with nothing to say are left out."""
-    name = f"{settings.topic_prefix}{FEED_NOTES}"
-    if topics is not None and name not in topics:
-        return {}
-    from streams.kafka.async_reader import read_topics  # aiokafka: only when asked
-
-    latest: dict[str, dict[str, Any]] = {}
-    for record in read_topics(settings.kafka_servers(), [name], timeout_s=30)[name]:
-        try:
-            value = json.loads(record.value)
-            latest[str(value["source"])] = value
-        except (ValueError, KeyError, TypeError):
-            continue
+    latest = _latest_values(settings, FEED_NOTES, topics, lambda value: str(value["source"]))
     return {source: value for source, value in sorted(latest.items()) if value.get("warnings")}
 
 
 def worker_state(settings: Settings, topics: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
     """Each ``cdr.raw`` partition's state figures and blocked accounts, as the worker
     holding it last published them on ``worker.status`` (streams.worker.runner)."""
-    name = f"{settings.topic_prefix}{WORKER_STATUS}"
+    return dict(sorted(_latest_values(settings, WORKER_STATUS, topics, lambda value: int(value["partition"])).items()))
+
+
+def _latest_values(
+    settings: Settings, topic: str, topics: dict[str, Any] | None, key: Callable[[dict[str, Any]], Any]
+) -> dict[Any, dict[str, Any]]:
+    """The last JSON value of each ``key`` on a small status topic (absent topic: none);
+    a message that is not such a value is passed over."""
+    name = f"{settings.topic_prefix}{topic}"
     if topics is not None and name not in topics:
         return {}
     from streams.kafka.async_reader import read_topics  # aiokafka: only when asked
 
-    latest: dict[int, dict[str, Any]] = {}
+    latest: dict[Any, dict[str, Any]] = {}
     for record in read_topics(settings.kafka_servers(), [name], timeout_s=30)[name]:
         try:
-            figures = json.loads(record.value)
-            latest[int(figures["partition"])] = figures
+            value = json.loads(record.value)
+            latest[key(value)] = value
         except (ValueError, KeyError, TypeError):
-            continue  # not a figures message: nothing to show
-    return dict(sorted(latest.items()))
+            continue  # not a value of this topic: nothing to show
+    return latest
 
 
 def _servers_status(settings: Settings) -> dict[str, dict[str, Any]]:
