@@ -341,7 +341,7 @@ class ShippedFeed:
                 if layout is not None:
                     self._send(partition, records, shipped, segment)
                     segment = []
-                    partition.layout, partition.header = layout, line.decode("utf-8-sig")
+                    partition.layout, partition.header = layout, self.feed.decode_header(line).decode("utf-8", errors="replace")
                     partition.tally.lines += 1  # a line, but no CDR: nothing to send
                     continue
             segment.append(index)
@@ -570,8 +570,11 @@ def _header_probe(feed: Feed) -> Callable[[bytes], bool]:
     if feed.profile is None:
         needle = CDR_COLUMNS[0].encode()
     else:
-        named = [spec.column for spec in feed.profile.columns.values() if isinstance(spec.column, str)]
-        needle = named[0].encode() if named else b""
+        named = [
+            spec.column for sources in feed.profile.columns.values() for spec in sources if isinstance(spec.column, str)
+        ]
+        codec = "utf-8" if feed.encoding.startswith("utf-8") else feed.encoding
+        needle = named[0].encode(codec) if named else b""
     return lambda line: needle in line
 
 
