@@ -519,10 +519,15 @@ class FeedNotes:
     zones: Counter[tuple[int, int]] = field(default_factory=Counter)
     #: Lines of Asterisk's 16-column layout read in the default zone.
     local_layout_lines: int = 0
+    #: Lines read, and those rejected because their bytes are not of the feed's encoding.
+    lines: int = 0
+    undecoded_lines: int = 0
 
     def add(self, other: FeedNotes) -> None:
         self.zones.update(other.zones)
         self.local_layout_lines += other.local_layout_lines
+        self.lines += other.lines
+        self.undecoded_lines += other.undecoded_lines
 
     def warnings(self, feed: Feed) -> list[str]:
         """One sentence per thing an operator must know (empty when all is well).
@@ -546,6 +551,11 @@ class FeedNotes:
                 f"local days and months are wrong. Rate with --switch-timezone "
                 f"{'UTC' if written == 0 else 'the zone of the switch'}"
                 + (" (Asterisk's usegmtime=yes)" if written == 0 else "")
+            )
+        if self.undecoded_lines * 2 > self.lines and feed.encoding.startswith("utf-8"):
+            said.append(
+                f"{self.undecoded_lines} of {self.lines} lines are not UTF-8: is the file GBK (what Excel on "
+                "Chinese Windows saves)? Read it with --encoding gbk"
             )
         if self.local_layout_lines and not feed.timezone_given:
             said.append(
@@ -746,7 +756,7 @@ class Layout:
         data = to_utf8(data, self.feed.encoding)
         profile = self.feed.profile
         if profile is None:
-            return parse_chunk(data, first_line=first_line, columns=self.columns)
+            return self._noted(parse_chunk(data, first_line=first_line, columns=self.columns))
         if not data:
             return pl.DataFrame(schema={**BATCH_SCHEMA, "caller_origin": pl.String()}).select(
                 "line", *CDR_COLUMNS, "caller_origin", "framing"
@@ -776,6 +786,12 @@ class Layout:
             batch = batch.with_columns(
                 pl.when(pl.Series(skipped)).then(pl.lit(NOT_A_RECORD)).otherwise(pl.col("framing")).alias("framing")
             )
+        return self._noted(batch)
+
+    def _noted(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The batch, its lines counted in ``notes`` (those not of the feed's encoding too)."""
+        self.notes.lines += batch.height
+        self.notes.undecoded_lines += int(batch.get_column("framing").str.starts_with("not UTF-8").sum())
         return batch
 
 

@@ -123,3 +123,25 @@ def test_a_bad_derivation_or_slice_is_refused_naming_the_key(tmp_path: Path) -> 
     path.write_text(EPOCH.replace('name = "epoch"', 'name = "epoch"\nencoding = "latin-9"'), encoding="utf-8")
     with pytest.raises(ProfileError, match="key encoding: encoding 'latin-9' is not one cdrflow reads"):
         load_profile(path)
+
+
+def test_a_gbk_file_read_as_utf8_is_rejected_line_by_line_and_warned_about(tmp_path: Path) -> None:
+    from rating import Catalog
+    from schemas.columns import CDR_HEADER
+    from streams.offline.rate import rate_file
+    from tariffs import load_tariffs
+    from tests.conftest import VECTORS
+
+    basic = VECTORS / "basic"
+    line = ("G1,北京交换机,13800138000,4008001234,01088886666,010,010,2026-03-02T09:00:00+08:00,"
+            "2026-03-02T09:00:05+08:00,2026-03-02T09:02:10+08:00,125,ANSWERED")  # fmt: skip
+    cdrs = tmp_path / "cdrs.csv"
+    cdrs.write_bytes((CDR_HEADER + "\n" + line + "\n").encode("gbk"))
+    catalog = Catalog.from_tariffs(load_tariffs(basic / "plans", basic / "accounts.toml"))
+    as_utf8 = rate_file(cdrs, catalog, tmp_path / "a")
+    assert as_utf8.rejected == {"malformed": 1}
+    assert as_utf8.warnings == [
+        "1 of 1 lines are not UTF-8: is the file GBK (what Excel on Chinese Windows saves)? Read it with --encoding gbk"
+    ]
+    as_gbk = rate_file(cdrs, catalog, tmp_path / "g", feed=Feed.of("canonical", encoding="gbk"))
+    assert (as_gbk.rated, as_gbk.warnings) == (1, [])
