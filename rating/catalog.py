@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 
 import polars as pl
 
+from rating.bounds import DEFAULT_TIME_BOUNDS, TimeBounds
 from rating.horizon import DEFAULT_HORIZON_MONTHS
 from tariffs import Plan, Tariffs
 from tariffs.models import ANY_CLASS, opening_package
@@ -55,15 +56,20 @@ class Catalog:
     #: Months before an account's latest charge month that are still judged (rating.horizon):
     #: an operator setting, not part of a plan, so it travels with the catalogue rating uses.
     horizon_months: int = DEFAULT_HORIZON_MONTHS
+    #: The charge times rated at all (rating.bounds): also an operator setting.
+    time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
     _month_cache: dict[tuple[int, int], int | None] = field(default_factory=dict, compare=False)
     _day_cache: dict[tuple[int, date], int | None] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_tariffs(cls, tariffs: Tariffs, *, horizon_months: int = DEFAULT_HORIZON_MONTHS) -> Catalog:
+    def from_tariffs(
+        cls, tariffs: Tariffs, *, horizon_months: int = DEFAULT_HORIZON_MONTHS, time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
+    ) -> Catalog:
         """Compile validated tariffs (``tariffs.load_tariffs``) into lookup columns.
 
         ``horizon_months``: how many months before an account's latest charge month are
-        still rated (older calls are ``late``; docs/rules.md).
+        still rated (older calls are ``late``; docs/rules.md). ``time_bounds``: the charge
+        times rated at all (others are ``invalid_time``; rating.bounds).
         """
         if horizon_months < 0:
             raise ValueError(f"horizon_months must be 0 or more, not {horizon_months}")
@@ -122,6 +128,7 @@ class Catalog:
                         version.increment.first,
                         version.increment.next,
                         0 if version.offpeak is None else version.offpeak.discount_percent,
+                        version.unknown_caller_class,
                     )
                 )
                 for rate in version.rates:
@@ -145,6 +152,7 @@ class Catalog:
                 "increment_first": pl.Int64,
                 "increment_next": pl.Int64,
                 "offpeak_percent": pl.Int64,
+                "unknown_caller_class": pl.String,
             },
             orient="row",
         )
@@ -175,6 +183,7 @@ class Catalog:
             rate_keys=rate_keys,
             tier_count=tier_count,
             horizon_months=horizon_months,
+            time_bounds=time_bounds,
         )
 
     @property

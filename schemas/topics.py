@@ -39,6 +39,7 @@ NUMBER_STATUS: Final = "number.status"
 WORKER_STATUS: Final = "worker.status"
 INGEST_FILES: Final = "ingest.files"
 INGEST_POSITIONS: Final = "ingest.positions"
+FEED_NOTES: Final = "feed.notes"
 
 #: Topics by name; partitions come from the settings.
 TOPICS: Final[dict[str, Topic]] = {
@@ -95,6 +96,13 @@ TOPICS: Final[dict[str, Topic]] = {
             key="tail:<absolute path> | route:<topic>:<partition>",
             carries="how far `ingest --tail` and `route` have sent their feeds (streams.feeds.positions)",
             # Only the last value of a key is ever read.
+            configs={"cleanup.policy": "compact"},
+        ),
+        Topic(
+            FEED_NOTES,
+            key="the feed's source (a tailed generation, a routed partition)",
+            carries="what a live feed's reader noticed about its lines (times written in another zone...), "
+            "for `cdrflow status`",
             configs={"cleanup.policy": "compact"},
         ),
     )

@@ -209,6 +209,9 @@ class PlanVersion(_Model):
     increment: Increment = Increment(first=60, next=60)
     offpeak: OffPeak | None = None
     rates: list[Rate] = []
+    #: The class of a call whose caller has no area (withheld, masked, an extension):
+    #: what carriers bill an unidentified domestic caller at (docs/rules.md).
+    unknown_caller_class: CallClass = "long_distance"
     # spec/ledger.md 1: fields the ledger reads; rating ignores them.
     opening_fee: Money = 0
     keep_number_fee: Money = 150_000

@@ -104,6 +104,11 @@ RATED = Table(
         # migration 0023 (issue 23): package credit the call drew on, and what was left
         "credit_used": pl.Int64(),
         "credit": pl.Int64(),
+        # migration 0018: how the caller was placed ('' for rows rated before it)
+        "caller_origin": pl.String(),
+        # migration 0020: 'unbilled' for an unbilled row, '' for a billed one (of the
+        # sorting key: one call's two records do not collapse; insert_rated fills it)
+        "record": pl.String(),
     },
     micros={"charge_time": "charge_us"},
 )
@@ -189,7 +194,24 @@ BALANCES = Table(
 )
 
 
+DEAD_LETTERS = Table(
+    "dead_letters",
+    pl.Schema(
+        {
+            "kind": pl.String(),
+            "topic": pl.String(),
+            "partition": pl.Int32(),
+            "offset": pl.Int64(),
+            "reason": pl.String(),
+            "rows": pl.UInt32(),
+            "message": pl.String(),
+        }
+    ),
+    server_filled=frozenset({"landed_time"}),  # migration 0019: when the message landed there
+)
+
+
 #: The tables of this module, by name.
 TABLES: Mapping[str, Table] = {
-    table.name: table for table in (RATED, REJECTED, ALERTS, BILLING_EVENTS, BALANCES)
+    table.name: table for table in (RATED, REJECTED, ALERTS, BILLING_EVENTS, BALANCES, DEAD_LETTERS)
 }
