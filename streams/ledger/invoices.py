@@ -1,0 +1,415 @@
+"""``cdrflow invoice``'s work: issue each document once, numbered; drafts; notes (issue 24).
+
+The rules are pure and live in ``rating.invoicing`` (docs/rules.md "Invoices and VAT");
+this module checks, numbers, publishes and reads back:
+
+1. **Check** what ClickHouse holds of the account (the fold's projections): the month
+   closed for it (``MonthClosed``), not invoiced yet, no later month invoiced, something
+   to invoice (the draft has a line). An open month gives a draft, never a number.
+2. **Number** (``streams.ledger.invoice_numbers``): one request per document on the
+   seller's sequence; the reply also lists documents numbered by an earlier run that
+   died before issuing them, which are issued now with their numbers.
+3. **Issue**: one ``invoice`` ledger command per document on its account's log; the
+   worker's fold freezes the document (``InvoiceIssued`` / ``CreditNoteIssued`` /
+   ``DebitNoteIssued`` carry it whole), and a repeat issues nothing.
+4. **Read back** the documents from ``billing_events`` once the worker folded them.
+
+A draft is made here from ClickHouse (:func:`draft`): the charges of the month and of
+earlier months no invoice took, as the log holds them now, with the same lines and VAT
+rules as the fold's documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from typing import Any, Final
+
+from clickhouse_driver import Client
+
+from rating.invoicing import ADJUSTMENTS, build_document, event_charges
+from rating.ledger import LEDGER_MEMORY_MONTHS, versions_of
+from schemas.invoices import InvoiceDocument, InvoiceRequest, TaxTable, document_id
+from schemas.ledger import LedgerCommand, LedgerEvent
+from streams.ledger import commands as ops
+from streams.ledger.invoice_numbers import NumberRequest, allocate, requests_of
+from streams.settings import Settings
+from tariffs import Tariffs
+from tariffs.tax import load_tax_rates
+
+#: The events that issue a document.
+DOCUMENT_EVENTS: Final[tuple[str, ...]] = ("InvoiceIssued", "CreditNoteIssued", "DebitNoteIssued")
+#: Month-close charges: a month closed before issue 24 (no MonthClosed) shows by them.
+_CLOSE_KINDS: Final = ("MonthClosed", "RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged")
+
+
+class InvoiceRefused(Exception):
+    """The document cannot be issued; nothing was written."""
+
+
+@dataclass
+class Result:
+    """One account's answer for a month: its invoice (issued, or a draft), the notes that
+    correct it, whether this run issued it, and why there is none."""
+
+    account_id: str
+    month: str
+    document: InvoiceDocument | None = None
+    notes: list[InvoiceDocument] = field(default_factory=list)
+    issued_now: bool = False
+    skipped: str = ""
+    #: no document on purpose (an unknown account, a later month invoiced): exit 3
+    refused: bool = False
+
+
+def tax_table(settings: Settings) -> TaxTable:
+    """The tax file of the settings (``CDRFLOW_TAX_RATES``), else the shipped one.
+
+    Raises ``tariffs.TariffError`` naming the file and the field of each problem."""
+    return load_tax_rates(settings.tax_rates)
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+def documents(db: Client, accounts: Sequence[str] | None = None) -> dict[str, InvoiceDocument]:
+    """The documents issued (event id -> document), of some accounts or of all."""
+    where = " AND account_id IN %(a)s" if accounts is not None else ""
+    rows = db.execute(
+        f"SELECT event_id, document FROM billing_events FINAL WHERE kind IN %(k)s{where}",
+        {"k": DOCUMENT_EVENTS, "a": tuple(accounts or ())},
+    )
+    return {event_id: InvoiceDocument.model_validate_json(text) for event_id, text in rows if text}
+
+
+def issued_event_ids(db: Client) -> set[str]:
+    """The event ids of every document issued (of every account)."""
+    return {r[0] for r in db.execute("SELECT DISTINCT event_id FROM billing_events WHERE kind IN %(k)s",
+                                     {"k": DOCUMENT_EVENTS})}
+
+
+def invoices_of(db: Client, accounts: Sequence[str]) -> dict[str, list[tuple[str, str, int]]]:
+    """Account -> its invoices issued: (month, number, log offset), by month."""
+    found: dict[str, list[tuple[str, str, int]]] = {account: [] for account in accounts}
+    for account, event_id, number, offset in db.execute(
+        "SELECT account_id, event_id, reference, `offset` FROM billing_events FINAL "
+        "WHERE kind = 'InvoiceIssued' AND account_id IN %(a)s",
+        {"a": tuple(accounts)},
+    ):
+        found[account].append((event_id[-7:], number, int(offset)))
+    for invoices in found.values():
+        invoices.sort()
+    return found
+
+
+def month_closed(db: Client, account_id: str, month: str) -> bool:
+    """Whether ``close-month`` was folded for the account and month."""
+    rows = db.execute(
+        "SELECT count() FROM billing_events WHERE account_id = %(a)s AND kind IN %(k)s AND month = %(m)s",
+        {"a": account_id, "k": _CLOSE_KINDS, "m": month},
+    )
+    return bool(rows[0][0])
+
+
+def _events(db: Client, account_id: str, since: str) -> list[tuple[LedgerEvent, int]]:
+    """The account's events with money or credit of months >= ``since``, with their offsets."""
+    rows = db.execute(
+        "SELECT event_id, kind, effective_time, effective_us, amount, credit_change, reference, `offset` "
+        "FROM billing_events FINAL WHERE account_id = %(a)s AND (amount != 0 OR credit_change != 0) "
+        "AND month >= %(since)s",
+        {"a": account_id, "since": since},
+    )
+    return [
+        (
+            LedgerEvent(
+                event_id=event_id, account_id=account_id, kind=kind,
+                at=at.replace(tzinfo=timezone.utc, microsecond=int(us)), amount=int(amount), balance=0,
+                credit_change=int(credit_change), reference=reference,
+            ),
+            int(offset),
+        )
+        for event_id, kind, at, us, amount, credit_change, reference, offset in rows
+    ]
+
+
+def _calls(db: Client, account_id: str, first: date, following: date) -> list[tuple[str, str, int, int, int, int, int]]:
+    """(month, class, offset, calls, billable seconds, amount, credit used) of the
+    account's rated calls of local days [first, following), as first billed (a corrected
+    call at its first rating; one a correction rated, billed as a rejection, not at all),
+    by the log offset of their message."""
+    params = {"a": account_id, "first": first, "next": following}
+    days = "account_id = %(a)s AND status = 'rated' AND local_day >= %(first)s AND local_day < %(next)s"
+    keys = "formatDateTime(local_day, '%Y-%m') AS m, class, `offset`"
+    rows = db.execute(
+        f"SELECT {keys}, count(), sum(billable_s), sum(amount), sum(credit_used) FROM rated_calls FINAL "
+        f"WHERE {days} AND cdr_id NOT IN (SELECT cdr_id FROM rated_call_versions WHERE account_id = %(a)s) "
+        "GROUP BY m, class, `offset`",
+        params,
+    ) + db.execute(
+        f"SELECT {keys}, count(), sum(billable_s), sum(amount), 0 FROM rated_call_versions FINAL "
+        f"WHERE {days} AND version = 0 GROUP BY m, class, `offset`",
+        params,
+    ) + db.execute(
+        f"SELECT {keys}, 0, 0, 0, sum(credit_used) FROM rated_calls FINAL WHERE {days} "
+        "AND cdr_id IN (SELECT cdr_id FROM rated_call_versions WHERE account_id = %(a)s AND version = 0) "
+        "GROUP BY m, class, `offset`",
+        params,
+    )
+    return [(m, c, int(o), int(n), int(s), int(a), int(u)) for m, c, o, n, s, a, u in rows]
+
+
+# ---------------------------------------------------------------------------- drafts
+
+
+def draft(db: Client, catalog: Tariffs, table: TaxTable, account_id: str, month: str) -> InvoiceDocument:
+    """What the account's invoice of ``month`` would hold if it were issued now (no
+    number): the charges of the month and of earlier months no invoice took, as
+    ClickHouse holds the log (the fold's rule, rating.invoicing), within the book's memory
+    (LEDGER_MEMORY_MONTHS months before ``month``)."""
+    row, plan = _account(db, catalog, account_id)
+    since = _month_shift(month, -LEDGER_MEMORY_MONTHS)
+    invoices = invoices_of(db, [account_id])[account_id]
+
+    def uncovered(charge_month: str, offset: int, adjustment: bool) -> bool:
+        later = [o for m, _, o in invoices if m >= charge_month]
+        if adjustment:
+            return not later  # an adjustment of an invoiced month waits for a note
+        return not later or offset > max(later)
+
+    lines: dict[str, list[int]] = {}
+
+    def add(key: str, units: int, quantity: int, seconds: int) -> None:
+        values = lines.setdefault(key, [0, 0, 0])
+        values[0] += units
+        values[1] += quantity
+        values[2] += seconds
+
+    first = date(int(since[:4]), int(since[5:7]), 1)
+    following = date(int(month[:4]) + int(month[5:7]) // 12, int(month[5:7]) % 12 + 1, 1)
+    for charge_month, call_class, offset, calls, seconds, amount, credit_used in _calls(db, account_id, first, following):
+        if uncovered(charge_month, offset, False):
+            add(f"{charge_month}|calls|{call_class}", amount - credit_used, calls, seconds)
+            if credit_used:
+                add(f"{charge_month}|memo|credit_drawn", credit_used, 0, 0)
+    for event, offset in _events(db, account_id, since):
+        for charge_month, kind, item, units, quantity in event_charges(event, plan.zone):
+            if since <= charge_month <= month and uncovered(charge_month, offset, kind in ADJUSTMENTS):
+                add(f"{charge_month}|{kind}|{item}", units, quantity, 0)
+    lines = {key: values for key, values in lines.items() if values[0] or (values[1] and "|calls|" in key)}
+    return build_document(
+        lines, table, versions_of(plan), plan_id=plan.id, account_id=account_id, numbers=_numbers(db, account_id),
+        month=month, number=None,
+    )
+
+
+# ---------------------------------------------------------------------------- notes
+
+
+def pending_notes(db: Client, accounts: Sequence[str], seller: str, *, since: str) -> list[NumberRequest]:
+    """The notes waiting to be issued: corrections and SLA credits of months an invoice
+    took, applied after it, grouped as the fold groups them (per command and invoice)."""
+    if not accounts:
+        return []
+    invoices = invoices_of(db, accounts)
+    issued = set(documents(db, accounts))
+    rows = db.execute(
+        "SELECT account_id, event_id, kind, amount, reference, `offset` FROM billing_events FINAL "
+        "WHERE account_id IN %(a)s AND kind IN ('CallRerated', 'SlaCreditGranted') AND month >= %(since)s",
+        {"a": tuple(accounts), "since": since},
+    )
+    wanted: dict[tuple[str, int, str], NumberRequest] = {}
+    for account, event_id, kind, amount, reference, offset in rows:
+        charge_month = reference[:7]
+        before = [(m, number) for m, number, o in invoices.get(account, []) if m >= charge_month and o < int(offset)]
+        if not before:
+            continue  # on the next invoice
+        corrects = min(before)[1]
+        key = (account, int(offset), corrects)
+        note_events = {f"{account}/{k}/{int(offset)}/{corrects}" for k in ("CreditNoteIssued", "DebitNoteIssued")}
+        if key in wanted or note_events & issued:
+            continue
+        wanted[key] = NumberRequest(
+            seller, document_id(account, source_offset=int(offset), corrects=corrects), account, "note",
+            source_offset=int(offset), corrects=corrects,
+        )
+    return list(wanted.values())
+
+
+# ---------------------------------------------------------------------------- issuing
+
+
+def issue(
+    settings: Settings,
+    db: Client,
+    catalog: Tariffs,
+    table: TaxTable,
+    accounts: Sequence[str],
+    month: str,
+    at: datetime,
+    *,
+    wait_s: float = ops.WAIT_S,
+) -> list[Result]:
+    """Each account's invoice of ``month``: issued now if it can be (module docstring),
+    shown as issued if it was, a draft if the month is open; with the notes that correct
+    it. Issues too the notes waiting for these accounts and any document an earlier run
+    numbered and did not issue.
+
+    Raises ``BrokerError`` / ``TimeoutError`` when the broker or the worker does not answer.
+    """
+    seller = table.seller.id
+    results: dict[str, Result] = {}
+    wanted: list[NumberRequest] = []
+    issued = documents(db, accounts)
+    invoices = invoices_of(db, accounts)
+    for account in accounts:
+        result = results[account] = Result(account, month)
+        event_id = f"{account}/InvoiceIssued/{month}"
+        if event_id in issued:
+            result.document = issued[event_id]
+            continue
+        try:
+            _account(db, catalog, account)
+        except InvoiceRefused as error:
+            result.skipped, result.refused = str(error), True
+            continue
+        if not month_closed(db, account, month):
+            result.document = draft(db, catalog, table, account, month)
+            continue
+        later = [(m, number) for m, number, _ in invoices[account] if m > month]
+        if later:
+            result.refused = True
+            result.skipped = (
+                f"the invoice of {later[0][0]} ({later[0][1]}) was issued already: invoices go in month order, "
+                f"and {month}'s charges are on it or on an earlier one"
+            )
+            continue
+        if not draft(db, catalog, table, account, month).lines:
+            result.skipped = f"nothing to invoice in {month} (no charge no invoice took yet)"
+            continue
+        wanted.append(NumberRequest(seller, document_id(account, month=month), account, "invoice", month))
+    wanted.extend(pending_notes(db, accounts, seller, since=_month_shift(month, -LEDGER_MEMORY_MONTHS)))
+    published = _issue_numbered(settings, db, table, wanted, at, wait_s=wait_s)
+    issued = documents(db, accounts)
+    for account, result in results.items():
+        event_id = f"{account}/InvoiceIssued/{month}"
+        if event_id in issued:
+            result.issued_now = result.document is None and event_id in published
+            result.document = issued[event_id]
+        if result.document is not None and result.document.invoice_no is not None:
+            result.notes = sorted(
+                (d for d in issued.values() if d.corrects == result.document.invoice_no),
+                key=lambda d: d.invoice_no or "",
+            )
+        elif result.document is None and not result.skipped:
+            result.skipped = _refusal(db, account, published.get(event_id)) or "not issued"
+    return list(results.values())
+
+
+def issue_notes(
+    settings: Settings, db: Client, table: TaxTable, accounts: Sequence[str], at: datetime, *, wait_s: float = ops.WAIT_S
+) -> list[InvoiceDocument]:
+    """Issue the notes waiting for these accounts (after ``rerate --apply`` or an SLA
+    credit of an invoiced month); the notes issued now."""
+    since = _month_shift(at.strftime("%Y-%m"), -LEDGER_MEMORY_MONTHS)
+    wanted = pending_notes(db, accounts, table.seller.id, since=since)
+    if not wanted:
+        return []
+    published = _issue_numbered(settings, db, table, wanted, at, wait_s=wait_s)
+    issued = documents(db, accounts)
+    return [issued[event_id] for event_id in published if event_id in issued]
+
+
+def _issue_numbered(
+    settings: Settings, db: Client, table: TaxTable, wanted: list[NumberRequest], at: datetime, *, wait_s: float
+) -> dict[str, str]:
+    """Number ``wanted`` and issue them, with every document of the seller that was
+    numbered and not issued; event id -> command id of what was published."""
+    numbers = allocate(settings, wanted)
+    seller = table.seller.id
+    issued = issued_event_ids(db)
+    commands = []
+    for sequence, request in requests_of(numbers, seller):
+        event_ids = _event_ids(request, table.seller.number(sequence))
+        if event_ids & issued:
+            continue
+        document = InvoiceRequest(
+            kind=request.kind, sequence=sequence, month=request.month, source_offset=request.source_offset,
+            corrects=request.corrects, table=table,
+        )
+        commands.append(LedgerCommand(kind="invoice", account_id=request.account_id, at=at, document=document))
+    if not commands:
+        return {}
+    published = ops.publish(settings, commands)
+    ops.wait_folded(db, published, timeout_s=wait_s)
+    out = {}
+    for item in published:
+        for event_id in _event_ids(_request_of(item.command), item.command.document.number):  # type: ignore[union-attr]
+            out[event_id] = f"{item.command.command_id}@{item.partition}/{item.offset}"
+    return out
+
+
+def _event_ids(request: NumberRequest, number: str) -> set[str]:
+    """The ids the event issuing ``request``'s document may have."""
+    if request.kind == "invoice":
+        return {f"{request.account_id}/InvoiceIssued/{request.month}"}
+    about = f"{request.source_offset}/{request.corrects}"
+    return {f"{request.account_id}/{kind}/{about}" for kind in ("CreditNoteIssued", "DebitNoteIssued")}
+
+
+def _request_of(command: LedgerCommand) -> NumberRequest:
+    document = command.document
+    assert document is not None
+    return NumberRequest(document.table.seller.id, document_id(command.account_id, document), command.account_id,
+                         document.kind, document.month, document.source_offset, document.corrects)
+
+
+def _refusal(db: Client, account_id: str, where: str | None) -> str:
+    """Why the fold refused a published invoice command (its ``ledger_refused`` row)."""
+    if where is None:
+        return ""
+    command_id = where.split("@", 1)[0]
+    rows = db.execute(
+        "SELECT detail FROM rejected_cdrs FINAL WHERE account_id = %(a)s AND reason = 'ledger_refused' "
+        "AND cdr_id = %(c)s",
+        {"a": account_id, "c": command_id},
+    )
+    return rows[0][0] if rows else ""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _account(db: Client, catalog: Tariffs, account_id: str) -> tuple[dict[str, Any], Any]:
+    row = ops.account_row(db, account_id)
+    if row is None:
+        if all(a.id != account_id for a in catalog.accounts):
+            raise InvoiceRefused(f"unknown account {account_id!r}")
+        raise InvoiceRefused(f"account {account_id!r} has not been folded by a worker yet: start `cdrflow worker`")
+    plan = catalog.plans.get(row["plan_id"])
+    if plan is None:
+        raise InvoiceRefused(f"plan {row['plan_id']!r} of account {account_id} is not in the catalogue")
+    return row, plan
+
+
+def _numbers(db: Client, account_id: str) -> list[str]:
+    rows = db.execute(
+        "SELECT reference FROM billing_events FINAL WHERE account_id = %(a)s AND kind = 'AccountOpened'",
+        {"a": account_id},
+    )
+    return [n for n in rows[0][0].split(",") if n] if rows else []
+
+
+def _month_shift(month: str, months: int) -> str:
+    """``YYYY-MM`` moved by ``months``.
+
+    >>> _month_shift("2026-03", -13), _month_shift("2026-12", 1)
+    ('2025-02', '2027-01')
+    """
+    index = int(month[:4]) * 12 + int(month[5:7]) - 1 + months
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def all_accounts(db: Client) -> list[str]:
+    """Every account the worker has folded (closed ones too: their last months are invoiced)."""
+    return [r[0] for r in db.execute("SELECT DISTINCT account_id FROM account_balances ORDER BY account_id")]
