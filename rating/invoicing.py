@@ -335,7 +335,8 @@ def _category(kind: str, item: str, version: Any) -> str:
 def _describe(kind: str, item: str, quantity: int, seconds: int, line_month: str, month: str, included: bool) -> str:
     if kind == "calls":
         hundredths = (seconds * 100 * 2 + 60) // 120
-        text = f"{item.replace('_', ' ')} calls: {quantity} calls, {hundredths // 100}.{hundredths % 100:02d} min"
+        text = (f"{item.replace('_', ' ')} calls: {quantity} call{'' if quantity == 1 else 's'}, "
+                f"{hundredths // 100}.{hundredths % 100:02d} min")
     elif kind == "service":
         text = f"{item} service" + (f" x {quantity}" if quantity > 1 else "")
     elif kind == "selection_fee":

@@ -113,7 +113,7 @@ def test_the_invoice_of_the_issue_is_130_50_with_10_50_of_vat() -> None:
     assert shown["totals"] == {"gross": "130.50", "tax": "10.50", "net": "120.00"}
     assert [(v["rate"], v["gross"], v["tax"], v["net"]) for v in shown["vat"]] == [
         ("0.09", "119.90", "9.90", "110.00"), ("0.06", "10.60", "0.60", "10.00")]
-    assert document.lines[0].description == "local calls: 1 calls, 100.00 min"
+    assert document.lines[0].description == "local calls: 1 call, 100.00 min"
     assert (shown["invoice_no"], shown["account_id"], shown["month"], shown["draft"]) == (
         "CDF00000001", "A1", "2026-03", False)
 

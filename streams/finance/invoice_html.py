@@ -13,7 +13,8 @@ from pathlib import Path
 
 from schemas.invoices import InvoiceDocument, format_fen, format_rate, round_to_fen
 
-_TITLES = {"invoice": "Invoice 发票", "credit_note": "Credit note 红字发票", "debit_note": "Debit note 补开发票"}
+# English words only: the page must read on a machine without CJK fonts.
+_TITLES = {"invoice": "Invoice", "credit_note": "Credit note", "debit_note": "Debit note"}
 _MEMO = {
     "credit_drawn": "Package credit used by calls and floors (invoiced with the package)",
     "credit_forfeited": "Package credit forfeited at the end of its term (invoiced with the package)",
@@ -54,7 +55,7 @@ def render(document: InvoiceDocument) -> str:
 <title>{escape(title)} {number}</title>
 <style>
 @page {{ size: A4; margin: 15mm; }}
-body {{ font-family: "Noto Sans CJK SC", "Noto Sans", sans-serif; font-size: 11pt; color: #111; margin: 1.5em; }}
+body {{ font-family: sans-serif; font-size: 11pt; color: #111; margin: 1.5em; }}
 h1 {{ font-size: 18pt; margin: 0 0 .3em 0; }}
 .parties {{ display: flex; gap: 2em; margin: 1em 0; }}
 .party {{ flex: 1; border: 1px solid #999; padding: .6em; }}
@@ -74,8 +75,8 @@ th {{ background: #eee; }}
 <p class=meta>No. <b id="invoice-no">{number}</b> &middot; month {escape(document.month)} &middot; issued {escape(issued)}</p>
 {corrects}
 <div class="parties">
-<div class="party"><h2>Seller 销售方</h2>{escape(seller.name)}<br>Tax id {escape(seller.tax_id)}<br>{escape(seller.address)}</div>
-<div class="party"><h2>Buyer 购买方</h2>Account {escape(buyer.account_id)}<br>Plan {escape(buyer.plan_id)}<br>400 numbers {escape(', '.join(buyer.numbers))}</div>
+<div class="party"><h2>Seller</h2>{escape(seller.name)}<br>Tax id {escape(seller.tax_id)}<br>{escape(seller.address)}</div>
+<div class="party"><h2>Buyer</h2>Account {escape(buyer.account_id)}<br>Plan {escape(buyer.plan_id)}<br>400 numbers {escape(', '.join(buyer.numbers))}</div>
 </div>
 <table id="lines">
 <thead><tr><th>#</th><th>Item</th><th>Month</th><th>VAT category</th><th class=num>Rate</th>

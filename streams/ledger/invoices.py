@@ -30,7 +30,7 @@ from clickhouse_driver import Client
 
 from rating.invoicing import ADJUSTMENTS, build_document, event_charges
 from rating.ledger import LEDGER_MEMORY_MONTHS, versions_of
-from schemas.invoices import InvoiceDocument, InvoiceRequest, TaxTable, document_id
+from schemas.invoices import InvoiceDocument, InvoiceRequest, TaxTable, document_id, format_fen
 from schemas.ledger import LedgerCommand, LedgerEvent
 from streams.ledger import commands as ops
 from streams.ledger.invoice_numbers import NumberRequest, allocate, requests_of
@@ -140,7 +140,7 @@ def _calls(db: Client, account_id: str, first: date, following: date) -> list[tu
     by the log offset of their message."""
     params = {"a": account_id, "first": first, "next": following}
     days = "account_id = %(a)s AND status = 'rated' AND local_day >= %(first)s AND local_day < %(next)s"
-    keys = "formatDateTime(local_day, '%Y-%m') AS m, class, `offset`"
+    keys = "toYYYYMM(local_day) AS m, class, `offset`"
     rows = db.execute(
         f"SELECT {keys}, count(), sum(billable_s), sum(amount), sum(credit_used) FROM rated_calls FINAL "
         f"WHERE {days} AND cdr_id NOT IN (SELECT cdr_id FROM rated_call_versions WHERE account_id = %(a)s) "
@@ -156,7 +156,8 @@ def _calls(db: Client, account_id: str, first: date, following: date) -> list[tu
         "GROUP BY m, class, `offset`",
         params,
     )
-    return [(m, c, int(o), int(n), int(s), int(a), int(u)) for m, c, o, n, s, a, u in rows]
+    return [(f"{int(m) // 100:04d}-{int(m) % 100:02d}", c, int(o), int(n), int(s), int(a), int(u))
+            for m, c, o, n, s, a, u in rows]
 
 
 # ---------------------------------------------------------------------------- drafts
@@ -291,10 +292,11 @@ def issue(
     wanted.extend(pending_notes(db, accounts, seller, since=_month_shift(month, -LEDGER_MEMORY_MONTHS)))
     published = _issue_numbered(settings, db, table, wanted, at, wait_s=wait_s)
     issued = documents(db, accounts)
+    mine = _issued_by(db, published)
     for account, result in results.items():
         event_id = f"{account}/InvoiceIssued/{month}"
         if event_id in issued:
-            result.issued_now = result.document is None and event_id in published
+            result.issued_now = result.document is None and event_id in mine
             result.document = issued[event_id]
         if result.document is not None and result.document.invoice_no is not None:
             result.notes = sorted(
@@ -302,7 +304,7 @@ def issue(
                 key=lambda d: d.invoice_no or "",
             )
         elif result.document is None and not result.skipped:
-            result.skipped = _refusal(db, account, published.get(event_id)) or "not issued"
+            result.skipped = _refusal(db, account, published.get(event_id, ("", -1))[0]) or "not issued"
     return list(results.values())
 
 
@@ -317,14 +319,33 @@ def issue_notes(
         return []
     published = _issue_numbered(settings, db, table, wanted, at, wait_s=wait_s)
     issued = documents(db, accounts)
-    return [issued[event_id] for event_id in published if event_id in issued]
+    return [issued[event_id] for event_id in _issued_by(db, published) if event_id in issued]
+
+
+def notes_after(
+    settings: Settings, accounts: Sequence[str], at: datetime, *, wait_s: float = ops.WAIT_S
+) -> tuple[list[InvoiceDocument], str]:
+    """After a correction or an SLA credit is folded: issue the notes waiting for these
+    accounts. Returns the notes issued, and '' or why none could be (the command itself
+    is applied either way; the next ``cdrflow invoice`` issues them)."""
+    try:
+        table = tax_table(settings)
+        return issue_notes(settings, ops.client(settings), table, accounts, at, wait_s=wait_s), ""
+    except Exception as error:  # TariffError, BrokerError, TimeoutError, ClickHouse: said, not raised
+        return [], f"its credit notes were not issued ({str(error).splitlines()[0]}): `cdrflow invoice` issues them"
+
+
+def note_words(note: InvoiceDocument) -> str:
+    """One line about a note, for people."""
+    return (f"{note.kind.replace('_', ' ')} {note.invoice_no} of {note.account_id}: {format_fen(note.totals.gross)} CNY "
+            f"(VAT {format_fen(note.totals.tax)}), correcting invoice {note.corrects} of {note.corrects_month}")
 
 
 def _issue_numbered(
     settings: Settings, db: Client, table: TaxTable, wanted: list[NumberRequest], at: datetime, *, wait_s: float
-) -> dict[str, str]:
+) -> dict[str, tuple[str, int]]:
     """Number ``wanted`` and issue them, with every document of the seller that was
-    numbered and not issued; event id -> command id of what was published."""
+    numbered and not issued; event id -> (command id, log offset) of what was published."""
     numbers = allocate(settings, wanted)
     seller = table.seller.id
     issued = issued_event_ids(db)
@@ -345,8 +366,19 @@ def _issue_numbered(
     out = {}
     for item in published:
         for event_id in _event_ids(_request_of(item.command), item.command.document.number):  # type: ignore[union-attr]
-            out[event_id] = f"{item.command.command_id}@{item.partition}/{item.offset}"
+            out[event_id] = (item.command.command_id, item.offset)
     return out
+
+
+def _issued_by(db: Client, published: dict[str, tuple[str, int]]) -> set[str]:
+    """The documents the commands of this run issued (not a copy another run's command
+    issued first: the event sits at the offset of the command that issued it)."""
+    if not published:
+        return set()
+    rows = db.execute(
+        "SELECT event_id, `offset` FROM billing_events FINAL WHERE event_id IN %(e)s", {"e": tuple(published)}
+    )
+    return {event_id for event_id, offset in rows if int(offset) == published[event_id][1]}
 
 
 def _event_ids(request: NumberRequest, number: str) -> set[str]:
@@ -364,11 +396,10 @@ def _request_of(command: LedgerCommand) -> NumberRequest:
                          document.kind, document.month, document.source_offset, document.corrects)
 
 
-def _refusal(db: Client, account_id: str, where: str | None) -> str:
+def _refusal(db: Client, account_id: str, command_id: str) -> str:
     """Why the fold refused a published invoice command (its ``ledger_refused`` row)."""
-    if where is None:
+    if not command_id:
         return ""
-    command_id = where.split("@", 1)[0]
     rows = db.execute(
         "SELECT detail FROM rejected_cdrs FINAL WHERE account_id = %(a)s AND reason = 'ledger_refused' "
         "AND cdr_id = %(c)s",
