@@ -865,10 +865,13 @@ def _invoice(fold: _Fold, command: LedgerCommand) -> str | None:
     book, terms = fold.book, fold.terms
     if request.kind == "invoice" and request.month not in book.closed_months and book.remembers(request.month):
         return f"month {request.month} is not closed for account {terms.account_id}: run close-month first"
-    document = invoicing.issue(
-        book.billing, request, account_id=terms.account_id, at=command.at, zone=terms.plan.zone,
-        plan_id=book.plan_id or terms.plan.id, numbers=book.numbers, version_of=versions_of(terms.plan),
-    )
+    try:
+        document = invoicing.issue(
+            book.billing, request, account_id=terms.account_id, at=command.at, zone=terms.plan.zone,
+            plan_id=book.plan_id or terms.plan.id, numbers=book.numbers, version_of=versions_of(terms.plan),
+        )
+    except ValueError as error:  # a month the tax file has no rate for: fix the file, run again
+        return f"{request.number} cannot be issued: {error}"
     if document is None:
         return None
     kind = {"invoice": "InvoiceIssued", "credit_note": "CreditNoteIssued", "debit_note": "DebitNoteIssued"}[document.kind]

@@ -274,8 +274,13 @@ def issue(
         except InvoiceRefused as error:
             result.skipped, result.refused = str(error), True
             continue
+        try:
+            shown = draft(db, catalog, table, account, month)
+        except ValueError as error:  # the tax file has no rate for a month of it
+            result.skipped, result.refused = f"{error}: add it to the tax file", True
+            continue
         if not month_closed(db, account, month):
-            result.document = draft(db, catalog, table, account, month)
+            result.document = shown
             continue
         later = [(m, number) for m, number, _ in invoices[account] if m > month]
         if later:
@@ -285,7 +290,7 @@ def issue(
                 f"and {month}'s charges are on it or on an earlier one"
             )
             continue
-        if not draft(db, catalog, table, account, month).lines:
+        if not shown.lines:
             result.skipped = f"nothing to invoice in {month} (no charge no invoice took yet)"
             continue
         wanted.append(NumberRequest(seller, document_id(account, month=month), account, "invoice", month))

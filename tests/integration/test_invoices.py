@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from schemas.invoices import document_id
-from streams.catalog.publish import publish_tariffs
+from schemas.invoices import document_id, document_json
+from streams.catalog.publish import publish_tariffs, read_catalog
+from streams.ledger import invoices
 from streams.ledger.invoice_numbers import NumberRequest, allocate, requests_of
 from tariffs import load_tariffs
 from tests.conftest import CDRFLOW
@@ -102,6 +103,10 @@ def test_the_issue_scenario_an_invoice_of_130_50_asked_twice_then_a_credit_note(
     assert requests_of(allocate(pipeline.prefixed_settings(), []), "cdrflow") == []
 
     cli("close-month", "2026-03", "--at", "2026-04-01T00:00:00+08:00")
+    # What ClickHouse says the invoice will hold is what the fold's book then freezes.
+    settings = pipeline.prefixed_settings()
+    preview = invoices.draft(db, read_catalog(settings, topic_prefix=pipeline.prefix), invoices.tax_table(settings),
+                             "INV", "2026-03")
     out = tmp_path / "invoices"
     first = _json(pipeline, "invoice", "INV", "--month", "2026-03", "--at", "2026-04-03T10:00:00+08:00",
                   "--out", str(out))
@@ -117,6 +122,7 @@ def test_the_issue_scenario_an_invoice_of_130_50_asked_twice_then_a_credit_note(
     assert [(v["rate"], v["gross"], v["tax"]) for v in first["vat"]] == [("0.09", "119.90", "9.90"),
                                                                           ("0.06", "10.60", "0.60")]
     assert first["seller"]["id"] == "cdrflow" and first["buyer"]["numbers"] == [NUMBER]
+    assert document_json(preview)["lines"] == first["lines"] and document_json(preview)["memo"] == first["memo"]
 
     # Asked again: the same invoice, the same number, nothing issued.
     again = _json(pipeline, "invoice", "INV", "--month", "2026-03")
@@ -152,6 +158,15 @@ def test_the_issue_scenario_an_invoice_of_130_50_asked_twice_then_a_credit_note(
         ("2026-04", "0.09", 2, "119.0000", "9.8300", "109.1700"),
         ("2026-04", "0.06", 1, "10.6000", "0.6000", "10.0000"),
     ]
+
+    # The documents ride on their events: a rebuild of ClickHouse from the log gives them back.
+    pipeline.stop_workers()
+    snapshot = {table: db.execute(f"SELECT * FROM {table} FINAL ORDER BY invoice_no{', line' if 'lines' in table else ''}")
+                for table in ("invoices", "invoice_lines")}
+    assert len(snapshot["invoice_lines"]) == 4
+    cli("rebuild")
+    assert {table: db.execute(f"SELECT * FROM {table} FINAL ORDER BY invoice_no{', line' if 'lines' in table else ''}")
+            for table in snapshot} == snapshot
 
 
 def _invoice_process(pipeline: Pipeline, account: str) -> subprocess.CompletedProcess[str]:
