@@ -64,7 +64,8 @@ def invoice(
     accounts = work.all_accounts(db) if all_ else [account]
     try:
         with errors.status(f"invoices of {month}: {len(accounts):,} account(s)"):
-            results = work.issue(settings, db, catalog, table, accounts, month, instant, wait_s=wait_s)  # type: ignore[arg-type]
+            results = work.issue(settings, db, catalog, table, accounts, month, instant,  # type: ignore[arg-type]
+                                 wait_s=wait_s, sweep=all_)
     except (BrokerError, TimeoutError) as error:
         raise fail(str(error), ExitCode.FAILED) from None
     if out is not None:

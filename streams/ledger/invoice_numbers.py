@@ -20,9 +20,9 @@ So two CLI calls at once get one number each for different documents and the sam
 number for the same one, and nothing can give a number twice. A number is spent once
 its request is on the log; the document is then issued on the account's log
 (``InvoiceIssued`` ...). A CLI that dies between the two leaves a number requested but
-not issued: every later ``cdrflow invoice`` reads the whole partition anyway, finds such
-requests and issues their documents with their numbers (streams.ledger.invoices), so the
-sequence has no gap for longer than until the next run. A request is written only for a
+not issued: the next ``cdrflow invoice`` that asks for a number (or ``--all``) reads the
+whole partition anyway, finds such requests and issues their documents with their numbers
+(streams.ledger.invoices), so the sequence has no gap for longer than until that run. A request is written only for a
 document the CLI has checked the fold will issue (a closed month, a known account).
 """
 
