@@ -21,7 +21,7 @@ rules as the fold's documents.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Final
@@ -75,11 +75,10 @@ def tax_table(settings: Settings) -> TaxTable:
 
 def documents(db: Client, accounts: Sequence[str] | None = None) -> dict[str, InvoiceDocument]:
     """The documents issued (event id -> document), of some accounts or of all."""
-    where = " AND account_id IN %(a)s" if accounts is not None else ""
-    rows = db.execute(
-        f"SELECT event_id, document FROM billing_events FINAL WHERE kind IN %(k)s{where}",
-        {"k": DOCUMENT_EVENTS, "a": tuple(accounts or ())},
-    )
+    query = "SELECT event_id, document FROM billing_events FINAL WHERE kind IN %(k)s"
+    rows = [] if accounts is not None else db.execute(query, {"k": DOCUMENT_EVENTS})
+    for chunk in _chunks(accounts or []):
+        rows += db.execute(f"{query} AND account_id IN %(a)s", {"k": DOCUMENT_EVENTS, "a": chunk})
     return {event_id: InvoiceDocument.model_validate_json(text) for event_id, text in rows if text}
 
 
@@ -92,72 +91,108 @@ def issued_event_ids(db: Client) -> set[str]:
 def invoices_of(db: Client, accounts: Sequence[str]) -> dict[str, list[tuple[str, str, int]]]:
     """Account -> its invoices issued: (month, number, log offset), by month."""
     found: dict[str, list[tuple[str, str, int]]] = {account: [] for account in accounts}
-    for account, event_id, number, offset in db.execute(
-        "SELECT account_id, event_id, reference, `offset` FROM billing_events FINAL "
-        "WHERE kind = 'InvoiceIssued' AND account_id IN %(a)s",
-        {"a": tuple(accounts)},
-    ):
-        found[account].append((event_id[-7:], number, int(offset)))
+    for chunk in _chunks(accounts):
+        for account, event_id, number, offset in db.execute(
+            "SELECT account_id, event_id, reference, `offset` FROM billing_events FINAL "
+            "WHERE kind = 'InvoiceIssued' AND account_id IN %(a)s",
+            {"a": chunk},
+        ):
+            found[account].append((event_id[-7:], number, int(offset)))
     for invoices in found.values():
         invoices.sort()
     return found
 
 
-def month_closed(db: Client, account_id: str, month: str) -> bool:
-    """Whether ``close-month`` was folded for the account and month."""
-    rows = db.execute(
-        "SELECT count() FROM billing_events WHERE account_id = %(a)s AND kind IN %(k)s AND month = %(m)s",
-        {"a": account_id, "k": _CLOSE_KINDS, "m": month},
-    )
-    return bool(rows[0][0])
+def closed_accounts(db: Client, accounts: Sequence[str], month: str) -> set[str]:
+    """The accounts for which ``close-month`` of ``month`` was folded."""
+    found: set[str] = set()
+    for chunk in _chunks(accounts):
+        found.update(r[0] for r in db.execute(
+            "SELECT DISTINCT account_id FROM billing_events WHERE account_id IN %(a)s AND kind IN %(k)s "
+            "AND month = %(m)s",
+            {"a": chunk, "k": _CLOSE_KINDS, "m": month},
+        ))
+    return found
 
 
-def _events(db: Client, account_id: str, since: str) -> list[tuple[LedgerEvent, int]]:
-    """The account's events with money or credit of months >= ``since``, with their offsets."""
+def _events(db: Client, accounts: tuple[str, ...], since: str) -> dict[str, list[tuple[LedgerEvent, int]]]:
+    """Each account's events with money or credit of months >= ``since``, with their offsets."""
     rows = db.execute(
-        "SELECT event_id, kind, effective_time, effective_us, amount, credit_change, reference, `offset` "
-        "FROM billing_events FINAL WHERE account_id = %(a)s AND (amount != 0 OR credit_change != 0) "
+        "SELECT account_id, event_id, kind, effective_time, effective_us, amount, credit_change, reference, `offset` "
+        "FROM billing_events FINAL WHERE account_id IN %(a)s AND (amount != 0 OR credit_change != 0) "
         "AND month >= %(since)s",
-        {"a": account_id, "since": since},
+        {"a": accounts, "since": since},
     )
-    return [
-        (
-            LedgerEvent(
-                event_id=event_id, account_id=account_id, kind=kind,
-                at=at.replace(tzinfo=timezone.utc, microsecond=int(us)), amount=int(amount), balance=0,
-                credit_change=int(credit_change), reference=reference,
-            ),
-            int(offset),
+    found: dict[str, list[tuple[LedgerEvent, int]]] = {}
+    for account, event_id, kind, at, us, amount, credit_change, reference, offset in rows:
+        event = LedgerEvent(
+            event_id=event_id, account_id=account, kind=kind, at=at.replace(tzinfo=timezone.utc, microsecond=int(us)),
+            amount=int(amount), balance=0, credit_change=int(credit_change), reference=reference,
         )
-        for event_id, kind, at, us, amount, credit_change, reference, offset in rows
-    ]
+        found.setdefault(account, []).append((event, int(offset)))
+    return found
 
 
-def _calls(db: Client, account_id: str, first: date, following: date) -> list[tuple[str, str, int, int, int, int, int]]:
-    """(month, class, offset, calls, billable seconds, amount, credit used) of the
-    account's rated calls of local days [first, following), as first billed (a corrected
-    call at its first rating; one a correction rated, billed as a rejection, not at all),
-    by the log offset of their message."""
-    params = {"a": account_id, "first": first, "next": following}
-    days = "account_id = %(a)s AND status = 'rated' AND local_day >= %(first)s AND local_day < %(next)s"
-    keys = "toYYYYMM(local_day) AS m, class, `offset`"
+def _calls(
+    db: Client, accounts: tuple[str, ...], first: date, following: date, last: Mapping[str, tuple[str, int]]
+) -> dict[str, list[tuple[str, str, int, int, int, int]]]:
+    """Account -> (month, class, calls, billable seconds, amount, credit used) of its rated
+    calls of local days [first, following) that no invoice took, as first billed (a
+    corrected call at its first rating; one a correction rated, billed as a rejection, not
+    at all). ``last``: each invoiced account's last invoice (month, log offset): a call
+    is taken when its month is not later and its message came before (invoices go in month
+    order)."""
+    invoiced = sorted(last)
+    params = {"a": accounts, "first": first, "next": following, "ids": invoiced,
+              "months": [int(last[a][0].replace("-", "")) for a in invoiced], "offsets": [last[a][1] for a in invoiced]}
+    days = "account_id IN %(a)s AND status = 'rated' AND local_day >= %(first)s AND local_day < %(next)s"
+    if invoiced:  # (transform wants arrays of a type: not empty ones)
+        days += (" AND (toYYYYMM(local_day) > transform(account_id, %(ids)s, %(months)s, 0) "
+                 "OR `offset` > transform(account_id, %(ids)s, %(offsets)s, -1))")
+    keys = "account_id, toYYYYMM(local_day) AS m, class"
     rows = db.execute(
         f"SELECT {keys}, count(), sum(billable_s), sum(amount), sum(credit_used) FROM rated_calls FINAL "
-        f"WHERE {days} AND cdr_id NOT IN (SELECT cdr_id FROM rated_call_versions WHERE account_id = %(a)s) "
-        "GROUP BY m, class, `offset`",
+        f"WHERE {days} AND (account_id, cdr_id) NOT IN (SELECT account_id, cdr_id FROM rated_call_versions "
+        "WHERE account_id IN %(a)s) GROUP BY account_id, m, class",
         params,
     ) + db.execute(
         f"SELECT {keys}, count(), sum(billable_s), sum(amount), 0 FROM rated_call_versions FINAL "
-        f"WHERE {days} AND version = 0 GROUP BY m, class, `offset`",
+        f"WHERE {days} AND version = 0 GROUP BY account_id, m, class",
         params,
     ) + db.execute(
         f"SELECT {keys}, 0, 0, 0, sum(credit_used) FROM rated_calls FINAL WHERE {days} "
-        "AND cdr_id IN (SELECT cdr_id FROM rated_call_versions WHERE account_id = %(a)s AND version = 0) "
-        "GROUP BY m, class, `offset`",
+        "AND (account_id, cdr_id) IN (SELECT account_id, cdr_id FROM rated_call_versions "
+        "WHERE account_id IN %(a)s AND version = 0) GROUP BY account_id, m, class",
         params,
     )
-    return [(f"{int(m) // 100:04d}-{int(m) % 100:02d}", c, int(o), int(n), int(s), int(a), int(u))
-            for m, c, o, n, s, a, u in rows]
+    found: dict[str, list[tuple[str, str, int, int, int, int]]] = {}
+    for account, m, call_class, calls, seconds, amount, credit_used in rows:
+        found.setdefault(account, []).append(
+            (f"{int(m) // 100:04d}-{int(m) % 100:02d}", call_class, int(calls), int(seconds), int(amount),
+             int(credit_used))
+        )
+    return found
+
+
+def _plans(db: Client, accounts: tuple[str, ...]) -> dict[str, str]:
+    """Account -> its plan, of the accounts the worker has folded."""
+    return dict(db.execute(
+        "SELECT account_id, argMax(plan_id, version) FROM account_balances WHERE account_id IN %(a)s "
+        "GROUP BY account_id",
+        {"a": accounts},
+    ))
+
+
+def _numbers(db: Client, accounts: tuple[str, ...]) -> dict[str, list[str]]:
+    """Account -> its 400 numbers (as it was opened with them)."""
+    return {
+        account: [n for n in numbers.split(",") if n]
+        for account, numbers in db.execute(
+            "SELECT account_id, any(reference) FROM billing_events FINAL WHERE account_id IN %(a)s "
+            "AND kind = 'AccountOpened' GROUP BY account_id",
+            {"a": accounts},
+        )
+    }
 
 
 # ---------------------------------------------------------------------------- drafts
@@ -165,43 +200,72 @@ def _calls(db: Client, account_id: str, first: date, following: date) -> list[tu
 
 def draft(db: Client, catalog: Tariffs, table: TaxTable, account_id: str, month: str) -> InvoiceDocument:
     """What the account's invoice of ``month`` would hold if it were issued now (no
-    number): the charges of the month and of earlier months no invoice took, as
-    ClickHouse holds the log (the fold's rule, rating.invoicing), within the book's memory
-    (LEDGER_MEMORY_MONTHS months before ``month``)."""
-    row, plan = _account(db, catalog, account_id)
+    number): :func:`drafts` of one account.
+
+    Raises ``InvoiceRefused`` (an unknown account) or ``ValueError`` (no rate for a month)."""
+    found = drafts(db, catalog, table, [account_id], month)[account_id]
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+def drafts(
+    db: Client, catalog: Tariffs, table: TaxTable, accounts: Sequence[str], month: str
+) -> dict[str, InvoiceDocument | Exception]:
+    """Each account's invoice of ``month`` as it would be issued now (no number): the
+    charges of the month and of earlier months no invoice took, as ClickHouse holds the
+    log (the fold's rule, rating.invoicing), within the book's memory
+    (LEDGER_MEMORY_MONTHS months before ``month``); or why there is none
+    (``InvoiceRefused``: an unknown account; ``ValueError``: a month without a rate).
+    Read a thousand accounts at a time."""
     since = _month_shift(month, -LEDGER_MEMORY_MONTHS)
-    invoices = invoices_of(db, [account_id])[account_id]
-
-    def uncovered(charge_month: str, offset: int, adjustment: bool) -> bool:
-        later = [o for m, _, o in invoices if m >= charge_month]
-        if adjustment:
-            return not later  # an adjustment of an invoiced month waits for a note
-        return not later or offset > max(later)
-
-    lines: dict[str, list[int]] = {}
-
-    def add(key: str, units: int, quantity: int, seconds: int) -> None:
-        values = lines.setdefault(key, [0, 0, 0])
-        values[0] += units
-        values[1] += quantity
-        values[2] += seconds
-
     first = date(int(since[:4]), int(since[5:7]), 1)
     following = date(int(month[:4]) + int(month[5:7]) // 12, int(month[5:7]) % 12 + 1, 1)
-    for charge_month, call_class, offset, calls, seconds, amount, credit_used in _calls(db, account_id, first, following):
-        if uncovered(charge_month, offset, False):
-            add(f"{charge_month}|calls|{call_class}", amount - credit_used, calls, seconds)
-            if credit_used:
-                add(f"{charge_month}|memo|credit_drawn", credit_used, 0, 0)
-    for event, offset in _events(db, account_id, since):
-        for charge_month, kind, item, units, quantity in event_charges(event, plan.zone):
-            if since <= charge_month <= month and uncovered(charge_month, offset, kind in ADJUSTMENTS):
-                add(f"{charge_month}|{kind}|{item}", units, quantity, 0)
-    lines = {key: values for key, values in lines.items() if values[0] or (values[1] and "|calls|" in key)}
-    return build_document(
-        lines, table, versions_of(plan), plan_id=plan.id, account_id=account_id, numbers=_numbers(db, account_id),
-        month=month, number=None,
-    )
+    out: dict[str, InvoiceDocument | Exception] = {}
+    for chunk in _chunks(accounts):
+        plans = _plans(db, chunk)
+        invoices = invoices_of(db, chunk)
+        last = {a: (found[-1][0], max(o for _, _, o in found)) for a, found in invoices.items() if found}
+        calls = _calls(db, chunk, first, following, last)
+        events = _events(db, chunk, since)
+        numbers = _numbers(db, chunk)
+        for account in chunk:
+            try:
+                plan = _plan(catalog, account, plans.get(account))
+            except InvoiceRefused as error:
+                out[account] = error
+                continue
+            lines: dict[str, list[int]] = {}
+
+            def add(key: str, units: int, quantity: int, seconds: int) -> None:
+                values = lines.setdefault(key, [0, 0, 0])
+                values[0] += units
+                values[1] += quantity
+                values[2] += seconds
+
+            for charge_month, call_class, count, seconds, amount, credit_used in calls.get(account, []):
+                add(f"{charge_month}|calls|{call_class}", amount - credit_used, count, seconds)
+                if credit_used:
+                    add(f"{charge_month}|memo|credit_drawn", credit_used, 0, 0)
+            taken_to, taken_at = last.get(account, ("", -1))
+            for event, offset in events.get(account, []):
+                for charge_month, kind, item, units, quantity in event_charges(event, plan.zone):
+                    if not since <= charge_month <= month:
+                        continue
+                    # taken by an invoice: a charge of an invoiced month before it; an
+                    # adjustment of an invoiced month waits for a note instead
+                    if charge_month <= taken_to and (kind in ADJUSTMENTS or offset < taken_at):
+                        continue
+                    add(f"{charge_month}|{kind}|{item}", units, quantity, 0)
+            try:
+                out[account] = build_document(
+                    {key: v for key, v in lines.items() if v[0] or (v[1] and "|calls|" in key)}, table,
+                    versions_of(plan), plan_id=plan.id, account_id=account, numbers=numbers.get(account, []),
+                    month=month, number=None,
+                )
+            except ValueError as error:
+                out[account] = error
+    return out
 
 
 # ---------------------------------------------------------------------------- notes
@@ -214,11 +278,15 @@ def pending_notes(db: Client, accounts: Sequence[str], seller: str, *, since: st
         return []
     invoices = invoices_of(db, accounts)
     issued = set(documents(db, accounts))
-    rows = db.execute(
-        "SELECT account_id, event_id, kind, amount, reference, `offset` FROM billing_events FINAL "
-        "WHERE account_id IN %(a)s AND kind IN ('CallRerated', 'SlaCreditGranted') AND month >= %(since)s",
-        {"a": tuple(accounts), "since": since},
-    )
+    rows = [
+        row
+        for chunk in _chunks(accounts)
+        for row in db.execute(
+            "SELECT account_id, event_id, kind, amount, reference, `offset` FROM billing_events FINAL "
+            "WHERE account_id IN %(a)s AND kind IN ('CallRerated', 'SlaCreditGranted') AND month >= %(since)s",
+            {"a": chunk, "since": since},
+        )
+    ]
     wanted: dict[tuple[str, int, str], NumberRequest] = {}
     for account, event_id, kind, amount, reference, offset in rows:
         charge_month = reference[:7]
@@ -266,23 +334,23 @@ def issue(
     wanted: list[NumberRequest] = []
     issued = documents(db, accounts)
     invoices = invoices_of(db, accounts)
+    waiting = [account for account in accounts if f"{account}/InvoiceIssued/{month}" not in issued]
+    shown_now = drafts(db, catalog, table, waiting, month)
+    closed = closed_accounts(db, waiting, month)
     for account in accounts:
         result = results[account] = Result(account, month)
         event_id = f"{account}/InvoiceIssued/{month}"
         if event_id in issued:
             result.document = issued[event_id]
             continue
-        try:
-            _account(db, catalog, account)
-        except InvoiceRefused as error:
-            result.skipped, result.refused = str(error), True
+        shown = shown_now[account]
+        if isinstance(shown, InvoiceRefused):
+            result.skipped, result.refused = str(shown), True
             continue
-        try:
-            shown = draft(db, catalog, table, account, month)
-        except ValueError as error:  # the tax file has no rate for a month of it
-            result.skipped, result.refused = f"{error}: add it to the tax file", True
+        if isinstance(shown, Exception):  # the tax file has no rate for a month of it
+            result.skipped, result.refused = f"{shown}: add it to the tax file", True
             continue
-        if not month_closed(db, account, month):
+        if account not in closed:
             result.document = shown
             continue
         later = [(m, number) for m, number, _ in invoices[account] if m > month]
@@ -294,23 +362,24 @@ def issue(
             )
             continue
         if not shown.lines:
-            result.skipped = f"nothing to invoice in {month} (no charge no invoice took yet)"
+            result.skipped = f"nothing to invoice in {month}: no charge waits for an invoice"
             continue
         wanted.append(NumberRequest(seller, document_id(account, month=month), account, "invoice", month))
     wanted.extend(pending_notes(db, accounts, seller, since=_month_shift(month, -LEDGER_MEMORY_MONTHS)))
     published = _issue_numbered(settings, db, table, wanted, at, wait_s=wait_s) if wanted or sweep else {}
     issued = documents(db, accounts)
     mine = _issued_by(db, published)
+    notes: dict[str, list[InvoiceDocument]] = {}
+    for document in sorted(issued.values(), key=lambda d: d.invoice_no or ""):
+        if document.corrects:
+            notes.setdefault(document.corrects, []).append(document)
     for account, result in results.items():
         event_id = f"{account}/InvoiceIssued/{month}"
         if event_id in issued:
             result.issued_now = result.document is None and event_id in mine
             result.document = issued[event_id]
         if result.document is not None and result.document.invoice_no is not None:
-            result.notes = sorted(
-                (d for d in issued.values() if d.corrects == result.document.invoice_no),
-                key=lambda d: d.invoice_no or "",
-            )
+            result.notes = notes.get(result.document.invoice_no, [])
         elif result.document is None and not result.skipped:
             result.skipped = _refusal(db, account, published.get(event_id, ("", -1))[0]) or "not issued"
     return list(results.values())
@@ -419,24 +488,21 @@ def _refusal(db: Client, account_id: str, command_id: str) -> str:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _account(db: Client, catalog: Tariffs, account_id: str) -> tuple[dict[str, Any], Any]:
-    row = ops.account_row(db, account_id)
-    if row is None:
+def _plan(catalog: Tariffs, account_id: str, plan_id: str | None) -> Any:
+    if plan_id is None:
         if all(a.id != account_id for a in catalog.accounts):
             raise InvoiceRefused(f"unknown account {account_id!r}")
         raise InvoiceRefused(f"account {account_id!r} has not been folded by a worker yet: start `cdrflow worker`")
-    plan = catalog.plans.get(row["plan_id"])
+    plan = catalog.plans.get(plan_id)
     if plan is None:
-        raise InvoiceRefused(f"plan {row['plan_id']!r} of account {account_id} is not in the catalogue")
-    return row, plan
+        raise InvoiceRefused(f"plan {plan_id!r} of account {account_id} is not in the catalogue")
+    return plan
 
 
-def _numbers(db: Client, account_id: str) -> list[str]:
-    rows = db.execute(
-        "SELECT reference FROM billing_events FINAL WHERE account_id = %(a)s AND kind = 'AccountOpened'",
-        {"a": account_id},
-    )
-    return [n for n in rows[0][0].split(",") if n] if rows else []
+def _chunks(accounts: Sequence[str], size: int = 1000) -> list[tuple[str, ...]]:
+    """Accounts a thousand at a time (a query's list of them stays well under ClickHouse's
+    256 kB query size)."""
+    return [tuple(accounts[start : start + size]) for start in range(0, len(accounts), size)]
 
 
 def _month_shift(month: str, months: int) -> str:
