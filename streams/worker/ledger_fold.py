@@ -123,19 +123,18 @@ class LedgerFold:
         state = result.state
         rated = result.rated
         if rated.height and self.books:
+            # Rated calls only: an unbilled call's money is 0 (the usage is the same).
             usage = (
-                rated.filter(pl.col("account_id").is_in(list(self.books)))
+                rated.filter(pl.col("account_id").is_in(list(self.books)) & (pl.col("status") == "rated"))
                 .group_by("account_id", pl.col("local_day").dt.strftime("%Y-%m").alias("month"), "class")
-                .agg(
-                    pl.col("amount").sum(), pl.col("credit_used").sum(), (pl.col("status") == "rated").sum(),
-                    pl.col("billable_s").filter(pl.col("status") == "rated").sum(),
-                )
+                .agg(pl.col("amount").sum(), pl.col("credit_used").sum(), pl.len(), pl.col("billable_s").sum())
+                .with_columns(pl.format("{}|calls|{}", "month", "class").alias("class"))
             )
-            for account, month, call_class, amount, credit_used, calls, seconds in usage.iter_rows():
+            for account, month, key, amount, credit_used, calls, seconds in usage.iter_rows():
                 book = self.books[account]
                 # issue 24: the calls wait for their invoice (what the balance paid; the
                 # package credit was invoiced with the package)
-                invoicing.record_calls(book.billing, month, call_class or "", amount - credit_used, calls, seconds, credit_used)
+                invoicing.record_calls(book.billing, month, "", amount - credit_used, calls, seconds, credit_used, key)
                 if month in book.closed_months or not book.remembers(month):
                     continue  # closed: later calls do not re-open its minimum spend (docs/rules.md)
                 book.usage[month] = book.usage.get(month, 0) + amount
