@@ -498,7 +498,9 @@ def sla_credit(
     command = _command(kind="sla_credit", account_id=account, at=parse_instant(at) if at else ended, start=began, end=ended)
     db, published = _run(state_dir, [command], wait_s)
     # issue 24: a credit of a month already invoiced is a credit note of its own
-    notes, why_not = invoices.notes_after(settings_or_fail(state_dir=state_dir), [account], command.at, wait_s=wait_s)
+    # (issued now, or at --at: the command's own instant is the fault's end)
+    notes, why_not = invoices.notes_after(settings_or_fail(state_dir=state_dir), [account], parse_instant(at),
+                                          wait_s=wait_s)
     _report(db, published, json_, "SLA credit", notes=[document_json(note) for note in notes])
     if why_not:
         errors.print(f"[yellow]warning:[/] the SLA credit is recorded; {why_not}", highlight=False)

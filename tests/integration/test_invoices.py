@@ -151,19 +151,31 @@ def test_the_issue_scenario_an_invoice_of_130_50_asked_twice_then_a_credit_note(
     assert [n["invoice_no"] for n in shown["credit_notes"]] == ["CDF00000002"]
     assert {**shown, "credit_notes": [], "issued_now": True} == {**first, "credit_notes": []}  # the invoice stays
 
-    # The tax return of April: the invoice and its credit note, per rate.
+    # A fault of 5 hours from 20 March 21:00, credited after the invoice: a day's rent back,
+    # 109.00 / 31 = 3.5161 -> 3.52, VAT 0.29 (3.52 x 9/109 = 0.2906): a second credit note.
+    sla = _json(pipeline, "sla-credit", "INV", "--start", "2026-03-20T21:00:00+08:00", "--end",
+                "2026-03-21T02:00:00+08:00", "--at", "2026-04-06T10:00:00+08:00")[0]
+    [note] = sla["credit_notes"]
+    assert (note["invoice_no"], note["corrects"], note["month"], note["totals"]) == (
+        "CDF00000003", "CDF00000001", "2026-04", {"gross": "-3.52", "tax": "-0.29", "net": "-3.23"})
+
+    # The tax return of April: the invoice and its credit notes, per rate.
     report = json.loads(_cli(pipeline, "report", "tax", "--from", "2026-04-01", "--to", "2026-04-30",
                              "--format", "json").stdout)
     assert [(r["month"], r["rate"], r["documents"], r["gross"], r["tax"], r["net"]) for r in report] == [
-        ("2026-04", "0.09", 2, "119.0000", "9.8300", "109.1700"),
+        ("2026-04", "0.09", 3, "115.4800", "9.5400", "105.9400"),  # 119.90 - 0.90 - 3.52
         ("2026-04", "0.06", 1, "10.6000", "0.6000", "10.0000"),
     ]
+    page = tmp_path / "april.html"
+    _cli(pipeline, "report", "html", "--month", "2026-04", "--out", str(page))
+    panel = page.read_text().split('id="vat"', 1)[1]
+    assert "<td>0.09</td><td>3</td><td>115.4800</td><td>9.5400</td><td>105.9400</td>" in panel
 
     # The documents ride on their events: a rebuild of ClickHouse from the log gives them back.
     pipeline.stop_workers()
     snapshot = {table: db.execute(f"SELECT * FROM {table} FINAL ORDER BY invoice_no{', line' if 'lines' in table else ''}")
                 for table in ("invoices", "invoice_lines")}
-    assert len(snapshot["invoice_lines"]) == 4
+    assert len(snapshot["invoice_lines"]) == 5
     cli("rebuild")
     assert {table: db.execute(f"SELECT * FROM {table} FINAL ORDER BY invoice_no{', line' if 'lines' in table else ''}")
             for table in snapshot} == snapshot
