@@ -248,20 +248,22 @@ class _Fold:
         if credit_change and self.credit is not None:
             self.credit = self.credit.with_amount(self.credit.amount + credit_change)
         self.book.event_count += 1
-        event = LedgerEvent(
-            event_id=event_id,
-            account_id=self.terms.account_id,
-            kind=kind,  # type: ignore[arg-type]
-            at=at,
-            amount=amount,
-            balance=self.balance,
-            plan_id=self.book.plan_id or self.terms.plan.id,
-            credit_change=credit_change,
-            credit=self.credit.amount if self.credit else 0,
-            **extra,
+        self.out.events.append(
+            LedgerEvent(
+                event_id=event_id,
+                account_id=self.terms.account_id,
+                kind=kind,  # type: ignore[arg-type]
+                at=at,
+                amount=amount,
+                balance=self.balance,
+                plan_id=self.book.plan_id or self.terms.plan.id,
+                credit_change=credit_change,
+                credit=self.credit.amount if self.credit else 0,
+                **extra,
+            )
         )
-        self.out.events.append(event)
-        invoicing.record_event(self.book.billing, event, self.terms.plan.zone, self.offset)  # issue 24
+        # issue 24: what the event charged waits for its invoice (or note)
+        invoicing.record_event(self.book.billing, self.out.events[-1], self.terms.plan.zone, self.offset)
         if quiet:
             return
         if self.funds < before and kind != "RefundIssued":  # a refund empties the balance on purpose

@@ -18,16 +18,8 @@ from rich.table import Table
 from schemas.invoices import document_json
 from schemas.ledger import SERVICES, LedgerCommand
 from schemas.money import format_money, parse_money
-from streams.cli._common import (
-    ExitCode,
-    JsonOption,
-    StateDirOption,
-    console,
-    errors,
-    fail,
-    parse_instant,
-    settings_or_fail,
-)
+from streams.cli._common import ExitCode, JsonOption, StateDirOption, console, fail, parse_instant, settings_or_fail
+from streams.cli._common import errors
 from streams.kafka.client import BrokerError
 from streams.ledger import commands as ops
 from streams.ledger import invoices
