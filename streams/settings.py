@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     topic_prefix: str = Field(
         "", description="Prefix of every topic name the ledger commands use (several pipelines on one broker)."
     )
+    tax_rates: Path | None = Field(
+        None,
+        description="The tax file invoices take the seller and VAT rates from (issue 24); unset = the shipped "
+        "tariffs/tax_rates.toml.",
+    )
 
     edge_pass_s: float | None = Field(
         None,

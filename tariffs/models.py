@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.invoices import TaxCategory
 from schemas.money import parse_money
 
 CallClass = Literal["local", "long_distance", "international"]
@@ -130,11 +131,13 @@ class OffPeak(_Model):
 
 class Service(_Model):
     """A value-added service's fee (spec/ledger.md 1): charged per ``period`` while it is
-    enabled, never when ``included`` in the plan."""
+    enabled, never when ``included`` in the plan. ``tax_category`` (issue 24): its VAT
+    category on invoices; None: the default (docs/rules.md "Invoices and VAT")."""
 
     fee: Money = 0
     period: Literal["month", "year", "once"] = "month"
     included: bool = False
+    tax_category: TaxCategory | None = None
 
 
 def _service(value: object) -> object:
@@ -228,6 +231,9 @@ class PlanVersion(_Model):
     min_topup: Money | None = None
     min_term_months: Annotated[StrictInt, Field(gt=0, le=120)] | None = None
     early_termination: Literal["refuse", "remaining_floor"] = "refuse"
+    # issue 24: the version's prices include VAT (what enterprises are quoted), unless
+    # it says otherwise; invoices then add the tax on top (docs/rules.md).
+    prices_include_tax: bool = True
 
     @field_validator("effective_from")
     @classmethod

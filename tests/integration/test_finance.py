@@ -558,6 +558,7 @@ def test_the_html_report_renders_its_charts_in_headless_chromium(
     text = page.read_text()
     assert "<script src=" not in text  # no network needed: plotly is inline
     assert text.count('class="chart"') == 6
+    assert 'id="vat"' in text and "no invoice issued this month" in text  # the VAT panel (issue 24)
 
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
