@@ -155,7 +155,7 @@ def start_offsets(db: Client, topic: str, accounts: Sequence[str] | None, first_
 def read_window(settings: Settings, starts: dict[int, int], accounts: set[str] | None) -> Window:
     """The accounts' messages from each partition's start to its real end."""
     topic = topic_name(CDR_RAW, settings.topic_prefix)
-    records = asyncio.run(read_to_end(settings.kafka_servers(), {TP(topic, p): o for p, o in starts.items()}, timeout_s=600))
+    records = asyncio.run(read_to_end(settings.kafka_access(), {TP(topic, p): o for p, o in starts.items()}, timeout_s=600))
     chunks: list[tuple[bytes, int, int]] = []
     window = Window(lines=pl.DataFrame(), starts=dict(starts), ends={p: o - 1 for p, o in starts.items()},
                     last_offset={}, topic=topic)

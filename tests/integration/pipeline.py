@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import polars as pl
 from clickhouse_driver import Client
@@ -41,6 +42,14 @@ from streams.stack.provision import ensure_schema
 from tariffs import Tariffs, load_tariffs
 
 PROJECT = Path(__file__).resolve().parents[2]
+
+
+def stack_url(stack: Settings, database: str) -> str:
+    """The URL of a database of the stack's ClickHouse, as its admin (``default`` and the
+    password ``up`` generated): how a test points a command at it as an external one."""
+    params = stack.clickhouse_params()
+    password = quote(params["password"], safe="")
+    return f"clickhouse://{params['user']}:{password}@{params['host']}:{params['port']}/{database}"
 
 
 @dataclass
@@ -82,14 +91,15 @@ class Pipeline:
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        params = self.stack.clickhouse_params()
         self.prefix = f"{self.name}."
         self.database = f"cdrflow_{self.name}"
         self.settings = Settings(
             state_dir=self.stack.state_dir,
             kafka_bootstrap=",".join(self.stack.kafka_servers()),
-            clickhouse_url=f"clickhouse://{params['user']}@{params['host']}:{params['port']}/{self.database}",
+            clickhouse_url=stack_url(self.stack, self.database),
             topic_partitions=self.stack.topic_partitions,
+            # The broker is the embedded one (one node), reached as an external Kafka.
+            topic_replication_factor=1,
             app_id=f"cdrflow-{self.name}",
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -104,6 +114,7 @@ class Pipeline:
             "CDRFLOW_CLICKHOUSE_URL": self.settings.clickhouse_url or "",
             "CDRFLOW_APP_ID": self.settings.app_id,
             "CDRFLOW_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+            "CDRFLOW_TOPIC_REPLICATION_FACTOR": "1",
             "CDRFLOW_TOPIC_PREFIX": self.prefix,
             # Not the stack's folder: its embedded servers would show as this command's own.
             "CDRFLOW_STATE_DIR": str(self.workdir / "cli-state"),
@@ -124,7 +135,7 @@ class Pipeline:
         partitions = [TopicPartition(self.topic("cdr.raw"), p) for p in range(self.settings.topic_partitions)]
         deadline = time.monotonic() + timeout_s
         while True:
-            ends = {tp.partition: end for tp, end in log_end_offsets(self.settings.kafka_servers(), partitions).items()}
+            ends = {tp.partition: end for tp, end in log_end_offsets(self.settings.kafka_access(), partitions).items()}
             figures = worker_state(self.prefixed_settings())
             if all(figures.get(p, {}).get("checkpoint") == end for p, end in ends.items()):
                 return figures
@@ -141,7 +152,14 @@ class Pipeline:
         try:
             names = [self.topic(name) for name in TOPICS]
             admin.create_topics(
-                {name: {"num_partitions": self.settings.topic_partitions, "replication_factor": 1} for name in names}
+                {
+                    self.topic(name): {
+                        "num_partitions": self.settings.topic_partitions,
+                        "replication_factor": 1,
+                        "configs": topic.created_with(1),
+                    }
+                    for name, topic in TOPICS.items()
+                }
             )
             admin.wait_for_topics(names, timeout_ms=30_000)
         finally:
@@ -207,6 +225,7 @@ class Pipeline:
             "CDRFLOW_CLICKHOUSE_URL": self.settings.clickhouse_url or "",
             "CDRFLOW_APP_ID": self.settings.app_id,
             "CDRFLOW_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+            "CDRFLOW_TOPIC_REPLICATION_FACTOR": "1",
             "CDRFLOW_STATE_DIR": str(self.settings.state_dir),
             **(env or {}),
         }

@@ -171,7 +171,7 @@ def test_a_generation_cut_short_while_rolling_is_never_used(stack) -> None:
     base = f"t{uuid.uuid4().hex[:8]}.state"
 
     async def scenario() -> tuple[int, int, int]:
-        log = StateLog(stack.kafka_servers(), base)
+        log = StateLog(stack.kafka_access(), base)
         try:
             state = await log.load(0)  # a new partition: generation 0
             await log.append(state, [

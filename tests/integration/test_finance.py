@@ -34,6 +34,7 @@ from streams.offline.rate import rate_file
 from streams.settings import Settings
 from streams.stack.clickhouse_config import finance_password
 from tariffs import load_tariffs
+from tests.integration.pipeline import stack_url
 from tests.conftest import CDRFLOW, VECTORS
 
 # A fresh database of the test stack per test, every migration applied.
@@ -375,7 +376,7 @@ def test_the_monthly_views_migration_keeps_the_calls_landed_before_it(
             if path.name < "0014":
                 shutil.copy(path, older / path.name)
         apply_migrations(client, older)
-        sink = connect(Settings(clickhouse_url=f"clickhouse://default@{params['host']}:{params['port']}/{name}"))
+        sink = connect(Settings(clickhouse_url=stack_url(stack, name)))
         calls = [(f"u{n}", datetime(2026, 3, 1 + n % 28, 9, tzinfo=CST), 100 + n) for n in range(40)]
         missed = _calls("U001", calls).with_columns(disposition=pl.lit("BUSY"))
         insert_rated(sink, missed)
