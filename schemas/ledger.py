@@ -23,7 +23,7 @@ from schemas.corrections import Correction
 LEDGER_MESSAGE_VERSION: Final[int] = 1
 
 CommandKind = Literal[
-    "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate"
+    "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate", "unblock"
 ]
 EventKind = Literal[
     "AccountOpened",
@@ -45,6 +45,7 @@ EventKind = Literal[
     "AccountClosed",
     "RefundIssued",
     "CallRerated",
+    "InputSkipped",
 ]
 #: Events that take money (amount <= 0), give it (>= 0); every other kind moves none.
 CHARGES: Final[frozenset[str]] = frozenset(
@@ -107,6 +108,11 @@ class LedgerCommand(BaseModel):
     end: AwareDatetime | None = None
     # rerate: one part of a correction (schemas.corrections)
     correction: Correction | None = None
+    # unblock (`cdrflow blocked retry|skip`, docs/streaming.md "Blocked accounts"): try a
+    # blocked account again; with skip_offset, the message it is blocked at (a cdr.raw
+    # offset of the account's partition) is not applied but kept as rejections, why in reason
+    skip_offset: int | None = Field(default=None, ge=0)
+    reason: str = ""
 
     @field_validator("at", "start", "end")
     @classmethod
@@ -129,6 +135,8 @@ class LedgerCommand(BaseModel):
             raise ValueError("an SLA credit needs a fault start and a later end")
         if (self.kind == "rerate") != (self.correction is not None):
             raise ValueError("a rerate command carries a correction, and only a rerate command does")
+        if self.skip_offset is not None and (self.kind != "unblock" or not self.reason.strip()):
+            raise ValueError("only an unblock command skips a message, and it says why (reason)")
         if not self.command_id:
             object.__setattr__(self, "command_id", self._default_id())
         return self
@@ -147,8 +155,9 @@ class LedgerCommand(BaseModel):
         return f"{self.kind}/{self.at.isoformat()}"
 
     def message_value(self) -> dict[str, Any]:
-        """The ``cdr.raw`` message value of this command."""
-        return {"v": LEDGER_MESSAGE_VERSION, "ledger": self.model_dump(mode="json")}
+        """The ``cdr.raw`` message value of this command (fields left at their default are
+        left out: a command reads back equal, and older commands stay byte-for-byte as they were)."""
+        return {"v": LEDGER_MESSAGE_VERSION, "ledger": self.model_dump(mode="json", exclude_defaults=True)}
 
 
 def command_from_value(value: object) -> LedgerCommand | None:

@@ -121,12 +121,13 @@ def status(
 
     Example: cdrflow status --json
     """
+    from streams.settings import redact
     from streams.stack.status import status as stack_status
 
     settings = settings_or_fail(state_dir=state_dir)
     answer = stack_status(settings)
     if json_:
-        console.print_json(json.dumps(answer))
+        console.print_json(redact(json.dumps(answer)))  # nothing secret is in it; if a library put one in, ***
     else:
         _print_status(answer)
     if any(server["state"] != "up" for server in answer["servers"].values()):
@@ -285,8 +286,8 @@ def _print_status(answer: dict[str, Any]) -> None:
             )
         console.print(state)
     if answer.get("blocked_accounts"):
-        blocked = Table(title="blocked accounts: their lines wait in cdr.raw; a worker restart tries them again",
-                        title_justify="left")
+        blocked = Table(title="blocked accounts: their lines wait in cdr.raw (cdrflow blocked retry|skip ACCOUNT; "
+                        "a worker restart tries them too)", title_justify="left")
         for column in ("account", "partition", "first offset", "since", "error"):
             blocked.add_column(column)
         for account, failure in answer["blocked_accounts"].items():

@@ -92,9 +92,14 @@ async def reported_ends(kafka: KafkaAccess, partitions: Iterable[TP]) -> dict[TP
 
 
 async def read_to_end(
-    kafka: KafkaAccess, starts: Mapping[TP, int], *, timeout_s: float = READ_TIMEOUT_S
+    kafka: KafkaAccess,
+    starts: Mapping[TP, int],
+    *,
+    timeout_s: float = READ_TIMEOUT_S,
+    until: Mapping[TP, int] | None = None,
 ) -> dict[TP, list[Any]]:
-    """Every record of each partition from its start offset to its real end.
+    """Every record of each partition from its start offset to its real end (or, for a
+    partition in ``until``, up to that offset: later records fetched with it may come too).
 
     The end is the high watermark of the Fetch responses, read again after each fetch, so
     the answer holds at least what the log held when this was called.
@@ -119,6 +124,9 @@ async def read_to_end(
                 records[partitions[kafka_tp]].extend(batch)
             for kafka_tp in list(remaining):
                 highwater = consumer.highwater(kafka_tp)
+                stop = (until or {}).get(partitions[kafka_tp])
+                if stop is not None and highwater is not None:
+                    highwater = min(highwater, stop)
                 if highwater is not None and await consumer.position(kafka_tp) >= highwater:
                     remaining.discard(kafka_tp)
             if remaining and time.monotonic() > deadline:

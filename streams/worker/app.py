@@ -39,7 +39,7 @@ import polars as pl
 from schemas import topics
 from streams.catalog.watch import CatalogWatch
 from streams.clickhouse import insert as inserts
-from streams.kafka.async_reader import partitions_of
+from streams.kafka.async_reader import TP, partitions_of, read_to_end
 from streams.kafka.client import topic_name
 from streams.settings import KafkaAccess, Settings
 from streams.stack.embedded import remove_topic_files
@@ -164,12 +164,19 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         partition = None if message.partition is None else message.partition % output_partitions[message.kind]
         return outputs[message.kind].send(key=message.key, value=message.value, partition=partition)
 
+    async def read_source(partition: int, start: int, end: int) -> list[SourceMessage]:
+        # A try again of blocked accounts (cdrflow blocked retry|skip): their messages again.
+        tp = TP(cdr_raw.get_topic_name(), partition)
+        records = (await read_to_end(kafka, {tp: start}, until={tp: end}))[tp]
+        return [SourceMessage(r.key or b"", r.partition, r.offset, r.value) for r in records if r.offset < end]
+
     worker = RatingWorker(
         state_log,
         send_output=send_output,
         send_status=lambda key, value: status_topic.send(key=key, value=value),
         mine=assigned,
         source_topic=cdr_raw.get_topic_name(),
+        read_source=read_source,
     )
     rebalance_hook.on_recover(Resumer(app, worker, cdr_raw.get_topic_name(), on_failure=_stop_unsafe))
 
@@ -204,9 +211,15 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
                 try:
                     # Rated now (while the batch before is written), written next: the
                     # take and the rating of the next batch overlap this one's writing.
-                    await worker.rate_batch(messages, catalog.catalog)
+                    batch = await worker.rate_batch(messages, catalog.catalog)
                 except Exception as error:  # a bug in the glue: hold what it touched, go on
                     worker.hold(messages, error)
+                    continue
+                if batch.outcome.unblocks:  # an operator asked to try blocked accounts again
+                    try:
+                        await worker.try_again(batch, catalog.catalog)
+                    except Exception as error:  # they stay blocked; a restart tries them again
+                        log.error("trying blocked accounts again failed: %r", error, exc_info=True)
         finally:
             # A stopping worker finishes the batch it is writing if it can (a write cut
             # short is safe: it is what a kill -9 leaves).
