@@ -473,6 +473,7 @@ class Settings(BaseSettings):
                     password = self.clickhouse_admin_password_file.read_text().strip()
                 except OSError:
                     password = ""
+                _remember_secrets([password])
             return ClickHouseParams(
                 host=EMBEDDED_HOST,
                 port=self.clickhouse_tcp_port,
@@ -558,19 +559,23 @@ def redact(text: str) -> str:
 
 
 class _RedactedRecord(logging.LogRecord):
-    """A log record whose message (and traceback) is redacted once, when it is made."""
+    """A log record whose message and traceback text go through :func:`redact`.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if not _KNOWN_SECRETS:
-            return
-        try:
-            message = self.getMessage()
-        except Exception:  # a bad format string: leave it to logging's own error report
-            return
-        self.msg, self.args = redact(message), None
-        if self.exc_info and self.exc_info[0] is not None:
-            self.exc_text = redact(logging.Formatter().formatException(self.exc_info))
+    Both are redacted where they are read or set (``getMessage``; ``exc_text``, which
+    formatters fill in), not when the record is made: ``logging.makeLogRecord`` and some
+    handlers set a record's fields after it is made.
+    """
+
+    def getMessage(self) -> str:  # noqa: N802 - logging's name
+        return redact(super().getMessage())
+
+    @property
+    def exc_text(self) -> str | None:
+        return self.__dict__.get("_redacted_exc_text")
+
+    @exc_text.setter
+    def exc_text(self, value: str | None) -> None:
+        self.__dict__["_redacted_exc_text"] = None if value is None else redact(value)
 
 
 def install_log_redaction() -> None:

@@ -51,6 +51,11 @@ class CatalogWatch:
         self._lock = asyncio.Lock()
 
     @property
+    def loaded(self) -> bool:
+        """Whether a catalogue was read (:attr:`catalog` raises before)."""
+        return self._catalog is not None
+
+    @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
             raise RuntimeError("the catalogue is not loaded yet: await refresh() first")

@@ -30,8 +30,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            # exc_text: the traceback as the record made it (streams.settings: redacted)
-            line["traceback"] = record.exc_text or self.formatException(record.exc_info)
+            if not record.exc_text:  # set through the record: redacted (streams.settings)
+                record.exc_text = self.formatException(record.exc_info)
+            line["traceback"] = record.exc_text
         return json.dumps(line, ensure_ascii=False)
 
 

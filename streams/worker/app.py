@@ -208,18 +208,15 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
                 if time.monotonic() - last_forced > 1.0 and _names_unknown_account(messages, catalog):
                     last_forced = time.monotonic()
                     await _until_done(catalog.refresh, "reading the tariff catalogue")
-                try:
-                    # Rated now (while the batch before is written), written next: the
-                    # take and the rating of the next batch overlap this one's writing.
-                    batch = await worker.rate_batch(messages, catalog.catalog)
-                except Exception as error:  # a bug in the glue: hold what it touched, go on
-                    worker.hold(messages, error)
-                    continue
-                if batch.outcome.unblocks:  # an operator asked to try blocked accounts again
+                async with worker.lock:
                     try:
-                        await worker.try_again(batch, catalog.catalog)
-                    except Exception as error:  # they stay blocked; a restart tries them again
-                        log.error("trying blocked accounts again failed: %r", error, exc_info=True)
+                        # Rated now (while the batch before is written), written next: the
+                        # take and the rating of the next batch overlap this one's writing.
+                        await worker.rate_batch(messages, catalog.catalog)
+                    except Exception as error:  # a bug in the glue: hold what it touched, go on
+                        worker.hold(messages, error)
+                        continue
+                    await _try_again(worker, catalog)
         finally:
             # A stopping worker finishes the batch it is writing if it can (a write cut
             # short is safe: it is what a kill -9 leaves).
@@ -276,6 +273,9 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 
     @app.timer(STATUS_IDLE_S)
     async def publish_state_figures() -> None:
+        if worker.unblocks and catalog.loaded:  # asked while the agent is idle (found by a write)
+            async with worker.lock:
+                await _try_again(worker, catalog)
         await worker.publish_if_due()
 
     @app.timer(CATALOG_CHECK_S)
@@ -325,6 +325,16 @@ def _embedded_topic_cleaner(settings: Settings) -> Callable[[str], None] | None:
         remove_topic_files(settings, topic)
 
     return clean
+
+
+async def _try_again(worker: RatingWorker, catalog: CatalogWatch) -> None:
+    """Blocked accounts an operator asked to try again (cdrflow blocked retry|skip), now."""
+    if not worker.unblocks:
+        return
+    try:
+        await worker.try_again(catalog.catalog)
+    except Exception as error:  # they stay blocked; a restart tries them again
+        log.error("trying blocked accounts again failed: %r", error, exc_info=True)
 
 
 def _names_unknown_account(messages: list[SourceMessage], catalog: CatalogWatch) -> bool:

@@ -33,7 +33,7 @@ import orjson
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from rating import Catalog
-from streams.worker.batch import BatchOutcome, blocked_core, rate_isolated
+from streams.worker.batch import BatchOutcome, blocked_core, is_unblock, rate_isolated
 from streams.worker.messages import OutputMessage, SourceMessage
 from streams.worker.state_log import PartitionState, StateLog, StateWriteError
 from streams.worker.state_records import CHECKPOINT_KEY, AccountRecords, checkpoint_value, core_of
@@ -187,6 +187,11 @@ class RatingWorker:
         self.read_source = read_source
         #: cdr.raw partition -> the offset after the last message the agent took of it
         self.taken: dict[int, int] = {}
+        #: blocked accounts an operator asked to try again (:meth:`try_again`): account ->
+        #: (partition, offset of the request)
+        self.unblocks: dict[bytes, tuple[int, int]] = {}
+        #: held by whoever rates: the agent's batches and the timer's :meth:`try_again`
+        self.lock = asyncio.Lock()
         #: cdr.raw partition -> its accounts' committed state (loaded by streams.worker.resume)
         self.states: dict[int, PartitionState] = {}
         #: blocked accounts to try once more (those of partitions loaded since the last start)
@@ -233,14 +238,16 @@ class RatingWorker:
             # Older messages of a few accounts: the partition's checkpoint is already past them.
             batch.catch_up = True
             batch.outcome.checkpoints.clear()
+        self.unblocks.update(batch.outcome.unblocks)
         self._writing_batch = batch
         self._writing = asyncio.create_task(self._write_batch(batch), name="cdrflow-write-batch")
         return batch
 
-    async def try_again(self, batch: RatedBatch, catalog: Catalog) -> None:
+    async def try_again(self, catalog: Catalog) -> None:
         """Try blocked accounts again at once, as an operator asked (``cdrflow blocked retry
-        ACCOUNT`` or ``skip``: an ``unblock`` command on the account's log, which ``batch``
-        found among its messages not applied; docs/streaming.md, "Blocked accounts").
+        ACCOUNT`` or ``skip``: an ``unblock`` command on the account's log that a batch found
+        among the account's messages not applied: :attr:`unblocks`; docs/streaming.md,
+        "Blocked accounts"). Call it between two batches, holding :attr:`lock`.
 
         Each account's messages from the one it is blocked at up to where the agent has
         taken its partition are read again from ``cdr.raw`` and rated as a batch of their
@@ -251,10 +258,10 @@ class RatingWorker:
         an operator, only for this read. A failure here is logged: the accounts stay
         blocked, and a restart tries them again.
         """
-        requests = dict(batch.outcome.unblocks)
-        while requests and self.read_source is not None:
+        tried_at: dict[bytes, int] = {}  # account -> the offset it was blocked at when tried
+        while self.unblocks and self.read_source is not None:
             await self.settled()  # the batch that found them is written: their notes are stored
-            again: dict[bytes, tuple[int, int]] = {}
+            requests, self.unblocks = self.unblocks, {}
             for partition in sorted({p for p, _ in requests.values()}):
                 state = self.states.get(partition)
                 if state is None or partition not in self.mine() or partition not in self.taken:
@@ -264,8 +271,11 @@ class RatingWorker:
                     for key, (p, _) in requests.items()
                     if p == partition and (core := core_of(state.fold.accounts.get(key))).blocked is not None
                 }
+                # Tried at this message already (blocked again there): no progress, no loop.
+                blocked_at = {k: o for k, o in blocked_at.items() if tried_at.get(k) != o}
                 if not blocked_at:
                     continue
+                tried_at.update(blocked_at)
                 try:
                     read = await self.read_source(partition, min(blocked_at.values()), self.taken[partition])
                 except Exception as error:  # the accounts stay blocked; a restart tries them again
@@ -277,13 +287,8 @@ class RatingWorker:
                             ", ".join(k.decode("utf-8", "replace") for k in blocked_at), len(messages),
                             self.source_topic, partition, min(blocked_at.values()))
                 self.retry |= set(blocked_at)
-                tried = await self.rate_batch(messages, catalog, catch_up=True)
-                await self.settled()
-                for key, request in tried.outcome.unblocks.items():
-                    core = core_of(self.states[partition].fold.accounts.get(key)) if partition in self.states else None
-                    if core is not None and core.blocked is not None and int(core.blocked["offset"]) > blocked_at[key]:
-                        again[key] = request  # blocked further on, and asked again beyond: once more
-            requests = again
+                await self.rate_batch(messages, catalog, catch_up=True)
+        self.unblocks.clear()
 
     async def settled(self) -> None:
         """Wait until the batch being written (if any) is written or held."""
@@ -359,6 +364,13 @@ class RatingWorker:
                 skipped.append(partition)
                 self.hold([m for m in messages if m.partition == partition], error)
         blocked = {**outcome.blocked, **failed}  # rated up to a message and blocked there, or not at all
+        for key in failed.keys() - outcome.unblocks.keys():
+            # Blocked here (outputs or records refused) with an operator's request after it
+            # in this very batch (a replay of the log): tried again like a held one.
+            core = core_of(stored.get(key))
+            asked = [m for m in messages if m.key == key and m.offset > core.applied_offset and is_unblock(m)]
+            if asked:
+                self.unblocks[key] = (asked[-1].partition, asked[-1].offset)
         if blocked:
             batch.why_not_whole = f"{len(blocked)} account(s) blocked"
         elif skipped:
