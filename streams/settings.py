@@ -342,6 +342,9 @@ class Settings(BaseSettings):
                 f"CDRFLOW_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs CDRFLOW_KAFKA_SASL_USERNAME "
                 "and CDRFLOW_KAFKA_SASL_PASSWORD (or CDRFLOW_KAFKA_SASL_PASSWORD_FILE)"
             )
+        if self.alert_webhook_token is not None and self.alert_webhook and urlsplit(self.alert_webhook).password:
+            raise ValueError("CDRFLOW_ALERT_WEBHOOK has a user:password and CDRFLOW_ALERT_WEBHOOK_TOKEN is set: "
+                             "a request carries one Authorization, choose one")
         if self.embedded_clickhouse and self.clickhouse_secure:
             raise ValueError("CDRFLOW_CLICKHOUSE_SECURE needs CDRFLOW_CLICKHOUSE_URL: the embedded ClickHouse "
                              "listens on 127.0.0.1 without TLS")

@@ -7,6 +7,7 @@ import re
 from datetime import date
 
 import polars as pl
+import pytest
 from aiohttp import web
 
 from streams.worker.notify import Notifier, alert_id
@@ -208,7 +209,7 @@ def test_the_notifier_takes_its_limits_and_token_from_the_settings(tmp_path) -> 
     token = tmp_path / "token"
     token.write_text("file-token-123\n")
     settings = Settings(
-        alert_webhook="https://ops:pw12345@hooks.example.com/a?key=k-123456",
+        alert_webhook="https://hooks.example.com/a?key=k-123456",
         alert_webhook_token_file=token,
         alert_webhook_tries=2,
         alert_webhook_timeout_s=3,
@@ -216,4 +217,6 @@ def test_the_notifier_takes_its_limits_and_token_from_the_settings(tmp_path) -> 
     notifier = Notifier.from_settings(settings)
     assert (notifier.tries, notifier.timeout.total) == (2, 3)
     assert notifier._headers == {"Authorization": "Bearer file-token-123"}
-    assert notifier.shown_as == "https://ops:***@hooks.example.com/a?key=***"
+    assert notifier.shown_as == "https://hooks.example.com/a?key=***"
+    with pytest.raises(ValueError, match="choose one"):  # two Authorizations for one request
+        Settings(alert_webhook="https://ops:pw12345@hooks.example.com/a", alert_webhook_token="t-123456")

@@ -244,6 +244,10 @@ class Notifier:
                 reason = f"no answer within {self.timeout.total:g} s"
             except (aiohttp.ClientError, OSError) as error:
                 reason = f"{type(error).__name__}: {error}"
+            except ValueError as error:  # the request cannot be made (the URL): no try can mend it
+                self.refused += 1
+                log.error("alert %s cannot be posted to %s: %s", payload["id"], self.shown_as, error)
+                return "refused"
             if attempt == tries:
                 break
             wait = random.uniform(delay / 2, delay)

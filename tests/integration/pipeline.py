@@ -89,6 +89,8 @@ class Pipeline:
     workdir: Path
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     workers: list[Worker] = field(default_factory=list)
+    #: the embedded settings of another ClickHouse to land in (default: the stack's)
+    clickhouse: Settings | None = None
 
     def __post_init__(self) -> None:
         self.prefix = f"{self.name}."
@@ -96,7 +98,7 @@ class Pipeline:
         self.settings = Settings(
             state_dir=self.stack.state_dir,
             kafka_bootstrap=",".join(self.stack.kafka_servers()),
-            clickhouse_url=stack_url(self.stack, self.database),
+            clickhouse_url=stack_url(self.clickhouse or self.stack, self.database),
             topic_partitions=self.stack.topic_partitions,
             # The broker is the embedded one (one node), reached as an external Kafka.
             topic_replication_factor=1,
