@@ -112,10 +112,8 @@ def check_outputs(outputs: Iterable[Path], inputs: Iterable[Path] = ()) -> None:
     for path in outputs:
         try:
             found = os.lstat(path)
-        except FileNotFoundError:
+        except OSError:  # not there (or its folder is not): nothing it could overwrite
             continue
-        except OSError as error:
-            raise CdrFileError(f"{path}: cannot be written ({error.strerror})") from None
         if stat.S_ISLNK(found.st_mode):
             raise CdrFileError(
                 f"{path}: is a symbolic link (to {os.readlink(path)}); cdrflow does not write through links in "

@@ -24,6 +24,18 @@ ALERTS = pl.DataFrame(
 )
 
 
+async def _site(handle, **runner_options) -> tuple[web.AppRunner, str]:  # type: ignore[no-untyped-def]
+    """A local webhook at ``/alerts`` served by ``handle``: its runner and URL."""
+    app = web.Application()
+    app.router.add_post("/alerts", handle)
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/alerts"
+
+
 async def _serve(answers: list[int]) -> tuple[web.AppRunner, str, list[tuple[str, dict]]]:
     """A webhook answering the given statuses in turn (then 200), recording each POST."""
     received: list[tuple[str, dict]] = []
@@ -33,14 +45,8 @@ async def _serve(answers: list[int]) -> tuple[web.AppRunner, str, list[tuple[str
         received.append((request.headers["Idempotency-Key"], await request.json()))
         return web.Response(status=pending.pop(0) if pending else 200)
 
-    app = web.Application()
-    app.router.add_post("/alerts", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/alerts", received
+    runner, url = await _site(handle)
+    return runner, url, received
 
 
 def _notify(answers: list[int], alerts: pl.DataFrame = ALERTS) -> tuple[list[tuple[str, dict]], Notifier]:
@@ -118,14 +124,8 @@ async def _hanging_webhook() -> tuple[web.AppRunner, str, list[str]]:
         await asyncio.sleep(3600)
         return web.Response(status=200)
 
-    app = web.Application()
-    app.router.add_post("/alerts", handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, f"http://127.0.0.1:{port}/alerts?token=tok-s3cret", arrived
+    runner, url = await _site(handle, shutdown_timeout=0.1)
+    return runner, f"{url}?token=tok-s3cret", arrived
 
 
 def test_a_hung_webhook_gives_each_alert_up_after_its_tries_and_then_pauses(caplog) -> None:  # type: ignore[no-untyped-def]
@@ -185,14 +185,8 @@ def test_the_token_goes_in_the_authorization_header() -> None:
             seen.append(request.headers.get("Authorization"))
             return web.Response(status=204)
 
-        app = web.Application()
-        app.router.add_post("/alerts", handle)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        notifier = Notifier(f"http://127.0.0.1:{port}/alerts", token="bearer-s3cret")
+        runner, url = await _site(handle)
+        notifier = Notifier(url, token="bearer-s3cret")
         try:
             await notifier.notify(ALERTS.head(1))
         finally:

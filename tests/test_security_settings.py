@@ -12,7 +12,6 @@ import asyncio
 import io
 import logging
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +19,12 @@ import pytest
 from pydantic import ValidationError
 
 from streams.settings import KafkaAccess, Settings, install_log_redaction, redact
-from tests.conftest import PROJECT
-
-CA = None  # made by the fixture below
-
+from tests.conftest import PROJECT, self_signed_certificate
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A self-signed CA certificate (PEM), as a private CA's would be."""
-    folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(folder / "key.pem"),
-         "-out", str(folder / "cert.pem"), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )
-    return folder / "cert.pem"
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

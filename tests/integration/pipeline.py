@@ -44,6 +44,18 @@ from tariffs import Tariffs, load_tariffs
 PROJECT = Path(__file__).resolve().parents[2]
 
 
+def stack_cli_env(stack: Settings) -> dict[str, str]:
+    """The ``CDRFLOW_*`` variables that point a ``cdrflow`` command at the session's embedded stack."""
+    return {
+        "CDRFLOW_STATE_DIR": str(stack.state_dir),
+        "CDRFLOW_KAFKA_PORT": str(stack.kafka_port),
+        "CDRFLOW_S3_PORT": str(stack.s3_port),
+        "CDRFLOW_CLICKHOUSE_TCP_PORT": str(stack.clickhouse_tcp_port),
+        "CDRFLOW_CLICKHOUSE_HTTP_PORT": str(stack.clickhouse_http_port),
+        "CDRFLOW_TOPIC_PARTITIONS": str(stack.topic_partitions),
+    }
+
+
 def stack_url(stack: Settings, database: str) -> str:
     """The URL of a database of the stack's ClickHouse, as its admin (``default`` and the
     password ``up`` generated): how a test points a command at it as an external one."""
@@ -318,6 +330,20 @@ def offline_balances(tariffs: Tariffs, cdrs: Path, out: Path) -> dict[tuple[str,
     """(cdr_id, account_id) -> balance after the call, by the offline ``rate`` path."""
     rate_file(cdrs, Catalog.from_tariffs(tariffs), out)
     return {(r["cdr_id"], r["account_id"]): r["balance"] for r in read_csv_rows(out / "rated.csv")}
+
+
+def assert_export_equals_offline(pipeline: Pipeline, cdrs: Path, tmp_path: Path) -> None:
+    """The export equals the offline ``cdrflow rate`` of the same file: rated rows (balances
+    included) and alerts row for row, rejections by line and reason."""
+    streamed = pipeline.export(tmp_path / "export")
+    rate_file(cdrs, Catalog.from_tariffs(pipeline.tariffs), tmp_path / "offline")
+    for name, key in (("rated", ["account_id", "cdr_id"]), ("alerts", ["account_id", "cdr_id", "kind"])):
+        offline = pl.read_csv(tmp_path / "offline" / f"{name}.csv", infer_schema=False).sort(key)
+        online = pl.read_csv(streamed / f"{name}.csv", infer_schema=False).select(offline.columns).sort(key)
+        assert online.equals(offline), name
+    offline_rejected = {(r["line"], r["reason"]) for r in read_csv_rows(tmp_path / "offline" / "rejected.csv")}
+    online_rejected = {(r["line"], r["reason"]) for r in read_csv_rows(streamed / "rejected.csv")}
+    assert online_rejected == offline_rejected
 
 
 def assert_same_as_expected(pipeline: Pipeline, vectors: Path, tmp_path: Path) -> None:

@@ -41,7 +41,8 @@ from streams.offline.compare import compare_outputs
 from streams.settings import Settings
 from streams.stack.clickhouse_config import _clickhouse_server_command, _write_clickhouse_config
 from streams.stack.servers import PROJECT_TANSU, free_ports
-from tests.conftest import CDRFLOW, VECTORS
+from tests.conftest import CDRFLOW, VECTORS, self_signed_certificate
+from tests.integration.pipeline import stack_cli_env
 
 pytestmark = pytest.mark.integration
 
@@ -52,17 +53,6 @@ def _cli(env: dict[str, str], *args: str | Path, timeout: float = 300) -> subpro
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CDRFLOW_")}
     return subprocess.run([str(CDRFLOW), *map(str, args)], env={**clean, **env}, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def _stack_env(stack: Settings) -> dict[str, str]:
-    return {
-        "CDRFLOW_STATE_DIR": str(stack.state_dir),
-        "CDRFLOW_KAFKA_PORT": str(stack.kafka_port),
-        "CDRFLOW_S3_PORT": str(stack.s3_port),
-        "CDRFLOW_CLICKHOUSE_TCP_PORT": str(stack.clickhouse_tcp_port),
-        "CDRFLOW_CLICKHOUSE_HTTP_PORT": str(stack.clickhouse_http_port),
-        "CDRFLOW_TOPIC_PARTITIONS": str(stack.topic_partitions),
-    }
 
 
 # ------------------------------------------------------------------- the embedded stack
@@ -92,7 +82,7 @@ def test_the_embedded_stack_is_closed_to_other_users_and_other_machines(stack: S
 
 
 def test_topics_check_passes_on_the_stack_and_fails_on_a_topic_with_a_short_retention(stack: Settings) -> None:
-    passed = _cli(_stack_env(stack), "topics", "--check", "--json")
+    passed = _cli(stack_cli_env(stack), "topics", "--check", "--json")
     assert passed.returncode == 0, passed.stdout + passed.stderr
     answer = json.loads(passed.stdout)
     assert answer["ok"] and answer["problems"] == []
@@ -110,7 +100,7 @@ def test_topics_check_passes_on_the_stack_and_fails_on_a_topic_with_a_short_rete
         ])
     finally:
         admin.close()
-    env = {**_stack_env(stack), "CDRFLOW_TOPIC_PREFIX": prefix}
+    env = {**stack_cli_env(stack), "CDRFLOW_TOPIC_PREFIX": prefix}
     failed = _cli(env, "topics", "--check")
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert f"{prefix}cdr.raw: retention.ms is 604800000 (7.0 days)" in failed.stderr
@@ -126,13 +116,7 @@ def test_topics_check_passes_on_the_stack_and_fails_on_a_topic_with_a_short_rete
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tls")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(folder / "key.pem"),
-         "-out", str(folder / "cert.pem"), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True,
-    )
-    return {"cert": folder / "cert.pem", "key": folder / "key.pem"}
+    return {"cert": self_signed_certificate(folder), "key": folder / "key.pem"}
 
 
 SENTINELS = {
