@@ -477,6 +477,7 @@ class RatingWorker:
         (accounts it could not write, its checkpoint) is rated again from the log."""
         self.unwritten = {k: p for k, p in self.unwritten.items() if p != partition}
         self.frozen.discard(partition)
+        self.taken.pop(partition, None)  # the agent resumes it from its checkpoint
 
     def hold(self, messages: Sequence[SourceMessage], error: BaseException) -> None:
         """The writes of these messages' partitions failed in a way nothing narrowed down to
