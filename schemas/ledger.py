@@ -155,9 +155,12 @@ class LedgerCommand(BaseModel):
         return f"{self.kind}/{self.at.isoformat()}"
 
     def message_value(self) -> dict[str, Any]:
-        """The ``cdr.raw`` message value of this command (fields left at their default are
-        left out: a command reads back equal, and older commands stay byte-for-byte as they were)."""
-        return {"v": LEDGER_MESSAGE_VERSION, "ledger": self.model_dump(mode="json", exclude_defaults=True)}
+        """The ``cdr.raw`` message value of this command (an unblock's fields only on an
+        unblock command: the others read as before, by workers of earlier releases too)."""
+        value = self.model_dump(mode="json")
+        if self.kind != "unblock":
+            del value["skip_offset"], value["reason"]
+        return {"v": LEDGER_MESSAGE_VERSION, "ledger": value}
 
 
 def command_from_value(value: object) -> LedgerCommand | None:

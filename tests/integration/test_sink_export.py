@@ -245,7 +245,8 @@ def test_the_insert_retries_until_clickhouse_answers(
 ) -> None:
     params = database.clickhouse_params()
     (port,) = free_ports(1)
-    late = Settings(clickhouse_url=f"clickhouse://default@127.0.0.1:{port}/{params['database']}")
+    late = Settings(clickhouse_url=f"clickhouse://default@127.0.0.1:{port}/{params['database']}",
+                    clickhouse_password=params["password"])
     rated = _rate(VECTORS / "basic").rated
     caplog.set_level(logging.WARNING, logger="streams.clickhouse.insert")
 
