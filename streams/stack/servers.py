@@ -67,6 +67,7 @@ from streams.stack.processes import (
     _wait_until_answers,
 )
 from streams.stack.provision import ensure_schema, ensure_topics
+from streams.stack.topics import check_topics
 
 #: The embedded servers, in start order (the broker needs its S3 store first).
 SERVERS = ("s3", "kafka", "clickhouse")
@@ -140,6 +141,12 @@ def up(
 
     say("creating topics")
     created, warnings = ensure_topics(settings, timeout_s=timeout_s)
+    # Existing topics are never changed here: say which can lose data (cdrflow topics --check).
+    try:
+        warnings += [f"topic {f.topic}: {f.message} (cdrflow topics --check; docs/operations.md)"
+                     for f in check_topics(settings, timeout_s=timeout_s).problems]
+    except Exception as error:  # a cluster may refuse DescribeConfigs to this principal
+        warnings.append(f"could not check the topics' configs ({error}): run cdrflow topics --check")
     say("applying ClickHouse migrations")
     applied = ensure_schema(settings, migrations_dir)
     return StackInfo(
