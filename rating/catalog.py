@@ -13,14 +13,18 @@ from datetime import date, datetime, timedelta
 
 import polars as pl
 
+from rating.bounds import DEFAULT_TIME_BOUNDS, TimeBounds
 from rating.horizon import DEFAULT_HORIZON_MONTHS
 from tariffs import Plan, Tariffs
+from tariffs.models import ANY_CLASS, opening_package
 
 #: Bound of the unbounded last tier, in seconds: far beyond any month of calls.
 UNBOUNDED_S = 1 << 50
 #: Rate keys pack (version, class, number prefix): prefixes have at most 10 digits.
 _PREFIX_SPAN = 10**10
 CLASS_CODES = {"local": 0, "long_distance": 1, "international": 2}
+#: The rate key's class of a ``class = "*"`` rate (issue 23): it matches every class.
+ANY_CLASS_CODE = 3
 
 
 @dataclass(frozen=True)
@@ -52,20 +56,28 @@ class Catalog:
     #: Months before an account's latest charge month that are still judged (rating.horizon):
     #: an operator setting, not part of a plan, so it travels with the catalogue rating uses.
     horizon_months: int = DEFAULT_HORIZON_MONTHS
+    #: The charge times rated at all (rating.bounds): also an operator setting.
+    time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
     _month_cache: dict[tuple[int, int], int | None] = field(default_factory=dict, compare=False)
     _day_cache: dict[tuple[int, date], int | None] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_tariffs(cls, tariffs: Tariffs, *, horizon_months: int = DEFAULT_HORIZON_MONTHS) -> Catalog:
+    def from_tariffs(
+        cls, tariffs: Tariffs, *, horizon_months: int = DEFAULT_HORIZON_MONTHS, time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
+    ) -> Catalog:
         """Compile validated tariffs (``tariffs.load_tariffs``) into lookup columns.
 
         ``horizon_months``: how many months before an account's latest charge month are
-        still rated (older calls are ``late``; docs/rules.md).
+        still rated (older calls are ``late``; docs/rules.md). ``time_bounds``: the charge
+        times rated at all (others are ``invalid_time``; rating.bounds).
         """
         if horizon_months < 0:
             raise ValueError(f"horizon_months must be 0 or more, not {horizon_months}")
         plans = tuple(tariffs.plans.values())
         plan_idx = {plan.id: index for index, plan in enumerate(plans)}
+        # issue 23: an account on a package plan bought it when it was opened: the price
+        # left its opening balance, the credit lasts until the end of the term.
+        bought = [opening_package(a, tariffs.plans[a.plan]) for a in tariffs.accounts]
         accounts = pl.DataFrame(
             {
                 "account_id": [a.id for a in tariffs.accounts],
@@ -74,6 +86,10 @@ class Catalog:
                 "opening_balance": [a.opening_balance for a in tariffs.accounts],
                 "low_balance_threshold": [a.low_balance_threshold for a in tariffs.accounts],
                 "account_daily_cap": [a.daily_cap for a in tariffs.accounts],
+                "package_price": [b[0].price if b else 0 for b in bought],
+                "opening_credit": [b[0].granted if b else 0 for b in bought],
+                "opening_credit_expires": [b[1] if b else None for b in bought],
+                "opening_credit_refund": [b[0].unused == "refund" if b else False for b in bought],
             },
             schema={
                 "account_id": pl.String,
@@ -82,6 +98,10 @@ class Catalog:
                 "opening_balance": pl.Int64,
                 "low_balance_threshold": pl.Int64,
                 "account_daily_cap": pl.Int64,
+                "package_price": pl.Int64,
+                "opening_credit": pl.Int64,
+                "opening_credit_expires": pl.Datetime("us", "UTC"),
+                "opening_credit_refund": pl.Boolean,
             },
         )
         numbers = pl.DataFrame(
@@ -108,6 +128,7 @@ class Catalog:
                         version.increment.first,
                         version.increment.next,
                         0 if version.offpeak is None else version.offpeak.discount_percent,
+                        version.unknown_caller_class,
                     )
                 )
                 for rate in version.rates:
@@ -115,9 +136,11 @@ class Catalog:
                     bounds += [UNBOUNDED_S] * (tier_count - len(bounds))
                     prices = [t.per_minute for t in rate.tiers] + [0] * (tier_count - len(rate.tiers))
                     prefix = 0 if rate.segment == "*" else int(rate.segment)
-                    key = rate_key(version_idx, CLASS_CODES[rate.call_class], prefix)
+                    any_class = rate.call_class == ANY_CLASS
+                    code = ANY_CLASS_CODE if any_class else CLASS_CODES[rate.call_class]
+                    key = rate_key(version_idx, code, prefix)
                     keys.setdefault(rate.segment_length, []).append((key, len(rate_rows)))
-                    rate_rows.append((rate.segment, *bounds, *prices))
+                    rate_rows.append((rate.segment, any_class, *bounds, *prices))
         versions = pl.DataFrame(
             version_rows,
             schema={
@@ -129,6 +152,7 @@ class Catalog:
                 "increment_first": pl.Int64,
                 "increment_next": pl.Int64,
                 "offpeak_percent": pl.Int64,
+                "unknown_caller_class": pl.String,
             },
             orient="row",
         )
@@ -136,6 +160,7 @@ class Catalog:
             rate_rows,
             schema={
                 "rate_segment": pl.String,
+                "rate_any_class": pl.Boolean,
                 **{f"tier_hi_{k}": pl.Int64 for k in range(tier_count)},
                 **{f"tier_price_{k}": pl.Int64 for k in range(tier_count)},
             },
@@ -158,7 +183,13 @@ class Catalog:
             rate_keys=rate_keys,
             tier_count=tier_count,
             horizon_months=horizon_months,
+            time_bounds=time_bounds,
         )
+
+    @property
+    def has_credit(self) -> bool:
+        """Whether an account of this catalogue opens with package credit (issue 23)."""
+        return bool(self.accounts.get_column("opening_credit_expires").is_not_null().any())
 
     @property
     def timezones(self) -> dict[str, list[int]]:
@@ -211,8 +242,9 @@ class Catalog:
 
 
 def rate_key(version_idx: int | pl.Expr, class_code: int | pl.Expr, prefix: int | pl.Expr) -> int | pl.Expr:
-    """One Int64 naming (version, class, number prefix) for the rate lookup."""
-    return (version_idx * 3 + class_code) * _PREFIX_SPAN + prefix
+    """One Int64 naming (version, class, number prefix) for the rate lookup (class codes
+    0-2, and ``ANY_CLASS_CODE`` for a ``*`` rate)."""
+    return (version_idx * 4 + class_code) * _PREFIX_SPAN + prefix
 
 
 def _lookup(pairs: list[tuple[int, int]]) -> tuple[pl.Series, pl.Series]:

@@ -19,6 +19,13 @@ after the correction:
 An alert that holds after but not before **appears**, one that held before but no longer
 **vanishes** (it is cancelled), one that holds in both with another balance **moves**.
 The balance of each corrected call's new row is its balance in the corrected history.
+
+Package credit (issue 23): the sums run over **funds**, balance + credit, the figure
+alerts judge; an event adds ``opening_balance + amount + credit_change`` to them, a call
+takes its amount. A correction moves the balance, never the credit (docs/rules.md), so
+each item's credit is the credit it was billed with (``credit`` of the call's row or of
+the event; a call rated now that was billed as a rejection has the credit of the item
+before it), and a balance is the funds less that credit.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ _ITEM_SCHEMA: Final = {
     "own_new": pl.Int64,
     "alert_cur": pl.Boolean,
     "alert_new": pl.Boolean,
+    "credit": pl.Int64,
 }
 
 
@@ -74,12 +82,13 @@ class Billed:
     events
         Their ledger events with money in the window but ``CallRerated`` (whose money is
         in the calls' current amounts): ``account_id, event_id, kind, amount,
-        opening_balance, local_day, offset, seq`` (``seq``: order within the message).
+        opening_balance, local_day, offset, seq`` (``seq``: order within the message),
+        and ``credit_change``, ``credit`` (package credit, issue 23; 0 when absent).
     cap_alerts
         ``account_id, cdr_id`` of the ``daily_cap_reached`` alerts in force in the window.
     opening
-        ``account_id, balance``: the balance before the window, calls counted at their
-        current amounts (rating.corrected_history).
+        ``account_id, balance``: the funds (balance + package credit) before the window,
+        calls counted at their current amounts (rating.corrected_history).
     """
 
     rated: pl.DataFrame
@@ -122,6 +131,7 @@ class Trajectory:
             (-pl.coalesce("amount_new", "amount")).alias("own_new"),
             (pl.col("status") == "rated").alias("alert_cur"),
             (pl.coalesce("status_new", "status") == "rated").alias("alert_new"),
+            _credit_of(calls),
         )
         # Calls billed as rejections that the correction rates (a late call of the period...).
         new_calls = changed.join(billed.rated.select(keys), on=keys, how="anti").select(
@@ -132,9 +142,13 @@ class Trajectory:
             (-pl.col("amount")).alias("own_new"),
             pl.lit(False).alias("alert_cur"),
             (pl.col("status") == "rated").alias("alert_new"),
+            pl.lit(None, dtype=pl.Int64).alias("credit"),  # the credit of the item before it
         )
-        charge = (pl.col("amount") < 0) & (pl.col("kind") != "RefundIssued")
-        events = billed.events.select(
+        money = _with_credit_columns(billed.events)
+        # A charge lowers the funds; an ending of package credit raises no alert (docs/rules.md).
+        funds = pl.col("amount") + pl.col("credit_change")
+        charge = (funds < 0) & ~pl.col("kind").is_in(["RefundIssued", "PackageCreditExpired"])
+        events = money.select(
             "account_id",
             pl.col("event_id").alias("id"),
             pl.lit("event").alias("item"),
@@ -147,16 +161,19 @@ class Trajectory:
             pl.lit("").alias("topic"),
             pl.lit(-1).alias("partition"),
             # An opening sets the balance it was opened with: in the sum, not in the alert's "before".
-            (pl.col("amount") + pl.col("opening_balance")).alias("effect_cur"),
-            (pl.col("amount") + pl.col("opening_balance")).alias("effect_new"),
-            pl.col("amount").alias("own_cur"),
-            pl.col("amount").alias("own_new"),
+            (funds + pl.col("opening_balance")).alias("effect_cur"),
+            (funds + pl.col("opening_balance")).alias("effect_new"),
+            funds.alias("own_cur"),
+            funds.alias("own_new"),
             charge.alias("alert_cur"),
             charge.alias("alert_new"),
+            "credit",
         )
-        items = pl.concat(
-            [frame.cast(_ITEM_SCHEMA) for frame in (billed_calls, new_calls, events)], how="vertical"
-        ).sort("account_id", "offset", "seq", maintain_order=True)
+        items = (
+            pl.concat([frame.cast(_ITEM_SCHEMA) for frame in (billed_calls, new_calls, events)], how="vertical")
+            .sort("account_id", "offset", "seq", maintain_order=True)
+            .with_columns(pl.col("credit").forward_fill().over("account_id").fill_null(0))
+        )
         thresholds = catalog.accounts.select("account_id", "low_balance_threshold")
         opening = billed.opening.select("account_id", pl.col("balance").alias("opening"))
         items = (
@@ -176,12 +193,13 @@ class Trajectory:
 
     def balances(self) -> pl.DataFrame:
         """``account_id, balance, corrected_balance, delta``: the end of the history before
-        and after the correction."""
+        and after the correction (the balance: the funds less the credit)."""
+        credit = pl.col("credit").last().fill_null(0)
         return (
             self.items.group_by("account_id", maintain_order=True)
             .agg(
-                balance=pl.col("balance_cur").last().fill_null(pl.col("opening").first()),
-                corrected_balance=pl.col("balance_new").last().fill_null(pl.col("opening").first()),
+                balance=pl.col("balance_cur").last().fill_null(pl.col("opening").first()) - credit,
+                corrected_balance=pl.col("balance_new").last().fill_null(pl.col("opening").first()) - credit,
             )
             .with_columns(delta=pl.col("corrected_balance") - pl.col("balance"))
             .sort("account_id")
@@ -199,10 +217,23 @@ def _with_idle(items: pl.DataFrame, accounts: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([items, idle], how="diagonal_relaxed")
 
 
+def _credit_of(calls: pl.DataFrame) -> pl.Expr:
+    """A billed call's package credit after it (0 for rows from before issue 23)."""
+    return (pl.col("credit") if "credit" in calls.columns else pl.lit(0, dtype=pl.Int64)).alias("credit")
+
+
+def _with_credit_columns(events: pl.DataFrame) -> pl.DataFrame:
+    """``events`` with ``credit_change`` and ``credit`` (0 where they were not read)."""
+    missing = [c for c in ("credit_change", "credit") if c not in events.columns]
+    return events.with_columns(pl.lit(0, dtype=pl.Int64).alias(c) for c in missing) if missing else events
+
+
 def corrected_balances(trajectory: Trajectory) -> pl.DataFrame:
-    """``account_id, cdr_id, corrected_balance``: each call's balance in the corrected history."""
+    """``account_id, cdr_id, corrected_balance, corrected_credit``: each call's balance in
+    the corrected history, and the package credit it keeps (as billed)."""
     return trajectory.items.filter(pl.col("item") == "call").select(
-        "account_id", pl.col("id").alias("cdr_id"), pl.col("balance_new").alias("corrected_balance")
+        "account_id", pl.col("id").alias("cdr_id"), (pl.col("balance_new") - pl.col("credit")).alias("corrected_balance"),
+        pl.col("credit").alias("corrected_credit"),
     )
 
 
@@ -246,8 +277,8 @@ def alert_changes(
                 *described,
                 pl.lit(rank).alias("rank"),
                 pl.lit(kind).alias("kind"),
-                pl.when(pl.col(f"{flag}_cur")).then(pl.col("balance_cur")).alias("old_balance"),
-                pl.when(pl.col(f"{flag}_new")).then(pl.col("balance_new")).alias("new_balance"),
+                pl.when(pl.col(f"{flag}_cur")).then(pl.col("balance_cur") - pl.col("credit")).alias("old_balance"),
+                pl.when(pl.col(f"{flag}_new")).then(pl.col("balance_new") - pl.col("credit")).alias("new_balance"),
             )
         )
     alerts = pl.concat(parts).sort("order", "rank")

@@ -76,6 +76,7 @@ def corrected_state(
         daily=daily,
         seen=state.seen,
         latest=state.latest,
+        credits=state.credits,
     ), sorted(set(changes.get_column("month_key").to_list()))
 
 

@@ -16,15 +16,22 @@ import polars as pl
 
 from rating.allowance import allowance_s
 from rating.caps import cap_reached, capped_amount, day_running_totals, spent_after
-from rating.catalog import CLASS_CODES, Catalog, rate_key
+from rating.catalog import ANY_CLASS_CODE, CLASS_CODES, Catalog, rate_key
 from rating.clock import calendar_keys, local_time, month_key, offpeak
+from rating.credit import with_credit, without_credit
 from rating.fields import malformed_detail, malformed_flag, with_typed_fields
-from rating.horizon import Judged, floors, judge_horizon, keep_mask
+from rating.horizon import Judged, floors, judge_horizon, keep_mask, memory_id
 from rating.state import RatingState
 from rating.tiers import round_half_up, tier_columns, tier_seconds, with_tier_start
+from schemas.cdr_csv import records_only
 from schemas.columns import ALERT_KINDS, CDR_COLUMNS
+from tariffs import PlanVersion
 
 _BATCH_COLUMNS = ("line", *CDR_COLUMNS, "framing")
+#: Columns a batch may carry besides those: how a switch format placed the caller
+#: (``schemas.numbering.CALLER_ORIGINS``; worked out from ``caller_area`` when absent) and
+#: when the feed read the line (rating.bounds; no bound when absent).
+_OPTIONAL_COLUMNS: dict[str, pl.DataType] = {"caller_origin": pl.String(), "read_at": pl.Datetime("us", "UTC")}
 # Composite integer keys: a window or lookup over one Int64 column is far cheaper than
 # over several string columns. Month keys and day numbers stay below 2**20.
 _SHIFT = 1 << 20
@@ -52,6 +59,12 @@ class RatingResult:
     remembered
         ``account_id, cdr_id, month_key``: the ids this batch added to the duplicate
         check's memory (``state.seen``), for a caller that stores the state by parts.
+    expiries
+        Package credit that ended at a call of the batch (rating.credit): ``account_id,
+        cdr_id, line, credit_expired`` (the credit left), ``credit_refund`` (it went to the
+        balance), ``credit_expires`` (the end), ``balance`` (right after the ending, before
+        the call), with the batch's further columns: the ledger records each as a
+        ``PackageCreditExpired`` event.
     """
 
     rated: pl.DataFrame
@@ -59,6 +72,7 @@ class RatingResult:
     alerts: pl.DataFrame
     state: RatingState
     remembered: pl.DataFrame
+    expiries: pl.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -99,7 +113,12 @@ def prepare(batch: pl.DataFrame, catalog: Catalog) -> PreparedBatch:
     >>> rate(prepare(batch, catalog), RatingState.empty(), catalog).rated.equals(whole.rated)
     True
     """
-    extra = [c for c in batch.columns if c not in _BATCH_COLUMNS]
+    batch = records_only(batch)
+    extra = [c for c in batch.columns if c not in _BATCH_COLUMNS and c not in _OPTIONAL_COLUMNS]
+    batch = batch.with_columns(
+        pl.col(name).cast(dtype) if name in batch.columns else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in _OPTIONAL_COLUMNS.items()
+    )
     # rechunk: a batch sliced out of a bigger frame shares its string buffers, and polars
     # 2.1 panicked in a string function over such a slice (tests/test_state.py).
     return PreparedBatch(_fields(batch.rechunk().with_row_index("row"), catalog), extra, catalog)
@@ -138,6 +157,13 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
     accepted = judged.filter(pl.col("reason").is_null())
     priced = _price(accepted, state, catalog)
     next_state, remembered = _next_state(state, judged, horizon_judged, priced, catalog)
+    expiries = None
+    if "credit_ends" in priced.columns:  # an account of the batch may have credit
+        expiries = priced.filter(pl.col("credit_expired") > 0).select(
+            "account_id", "cdr_id", "line", "credit_expired", "credit_refund",
+            pl.col("credit_ends").alias("credit_expires"), (pl.col("balance") + pl.col("amount")).alias("balance"),
+            *extra,
+        )
     return RatingResult(
         rated=priced.select(
             "cdr_id",
@@ -154,6 +180,8 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
             "cap_waived",
             "amount",
             "balance",
+            "credit_used",
+            "credit",
             "line",
             "called",
             pl.col("charge").alias("charge_time"),
@@ -170,6 +198,7 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
                 )
             ],
             "offpeak_percent",
+            "caller_origin",
             # What finance reads beside the price (docs/finance.md): not in rated.csv.
             "disposition",
             "caller",
@@ -182,6 +211,7 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
         alerts=_alerts(priced, extra),
         state=next_state,
         remembered=remembered,
+        expiries=expiries,
     )
 
 
@@ -195,6 +225,7 @@ def _fields(frame: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
     numbers = catalog.numbers
     frame = with_typed_fields(frame).with_columns(
         malformed=malformed_flag(),
+        malformed_before_account=malformed_flag(before_account=True),
         account_idx=pl.col("called").replace_strict(
             numbers.get_column("called"), numbers.get_column("account_idx"), default=None, return_dtype=pl.Int64
         ),
@@ -207,17 +238,26 @@ def _fields(frame: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
     # One lazy plan for the rest: polars runs the independent steps side by side.
     frame = frame.lazy()
     answered_at = pl.col("answer")
+    unbilled = (pl.col("disposition") != "ANSWERED") | (pl.col("billsec_n") == 0)
     frame = frame.with_columns(
+        billsec_long=_billsec_longer_than_the_call(~unbilled),
+        charge=pl.coalesce("answer", "start"),  # spec 4 step 5
+        unbilled=unbilled,
+    ).with_columns(
         invalid_time=(pl.col("end") < pl.col("start"))
         | (answered_at.is_not_null() & ((answered_at < pl.col("start")) | (answered_at > pl.col("end"))))
-        | ((pl.col("disposition") == "ANSWERED") & answered_at.is_null()),
-        charge=pl.coalesce("answer", "start"),  # spec 4 step 5
-        **{"class": _call_class()},
-        unbilled=(pl.col("disposition") != "ANSWERED") | (pl.col("billsec_n") == 0),
+        | ((pl.col("disposition") == "ANSWERED") & answered_at.is_null())
+        | pl.col("billsec_long"),
+        out_of_bounds=catalog.time_bounds.outside(pl.col("charge"), pl.col("read_at")),
+        caller_origin=pl.coalesce(
+            "caller_origin",
+            pl.when(pl.col("caller_area").fill_null("") == "").then(pl.lit("unknown")).otherwise(pl.lit("area")),
+        ),
     )
     frame = frame.with_columns(local_time(catalog.timezones)).with_columns(
         calendar_keys(), version_idx=_version_in_force(catalog)
     )
+    frame = frame.with_columns(**{"class": _call_class(catalog)})
     frame = frame.with_columns(
         class_code=pl.col("class").replace_strict(CLASS_CODES, return_dtype=pl.Int64),
     ).with_columns(rate_idx=_rate_index(catalog))
@@ -227,15 +267,20 @@ def _fields(frame: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
 def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> tuple[pl.DataFrame, Judged]:
     """Spec 4 steps 1-7 on a prepared frame, with the horizon's ``late`` after step 2: the
     first rejection wins; ``reason`` stays null for the rest."""
-    passed = frame.select("passed_identity", "row", "account_idx", "account_id", "cdr_id", "month_key", "seen_hash").filter(
-        pl.col("passed_identity")
-    )
+    # A call outside the time bounds is no call: it moves no watermark and is not remembered.
+    passed = frame.select(
+        "passed_identity", "out_of_bounds", "row", "account_idx", "account_id", "cdr_id", "month_key", "seen_hash", "unbilled",
+    ).filter(pl.col("passed_identity") & ~pl.col("out_of_bounds"))
     judged = judge_horizon(passed, state.seen, _seen_hashes(state), state.latest, catalog.horizon_months)
     reason = (
-        pl.when(pl.col("malformed"))
+        pl.when(pl.col("malformed_before_account"))
         .then(pl.lit("malformed"))
         .when(pl.col("account_idx").is_null())
         .then(pl.lit("unknown_number"))
+        .when(pl.col("malformed"))
+        .then(pl.lit("malformed"))
+        .when(pl.col("out_of_bounds"))
+        .then(pl.lit("invalid_time"))
         .when(pl.col("late"))
         .then(pl.lit("late"))
         .when(pl.col("duplicate"))
@@ -293,10 +338,21 @@ def _rejections(rejected: pl.DataFrame, judged: Judged, catalog: Catalog, extra:
         )
         .when(reason == "duplicate")
         .then(pl.format("cdr_id {} was already seen for account {}", pl.col("cdr_id"), pl.col("account_id")))
+        .when((reason == "invalid_time") & pl.col("out_of_bounds"))
+        .then(catalog.time_bounds.detail(pl.col("charge"), pl.col("read_at")))
         .when((reason == "invalid_time") & (pl.col("end") < pl.col("start")))
         .then(pl.lit("end_time is before start_time"))
-        .when((reason == "invalid_time") & answered_at.is_not_null())
+        .when((reason == "invalid_time") & answered_at.is_not_null() & ((answered_at < pl.col("start")) | (answered_at > pl.col("end"))))
         .then(pl.lit("answer_time is outside [start_time, end_time]"))
+        .when((reason == "invalid_time") & pl.col("billsec_long"))
+        .then(
+            pl.format(
+                "billsec {} is more than the {} s from answer_time to end_time ({} s tolerance)",
+                pl.col("billsec_n"),
+                _answered_seconds().round(3).cast(pl.String).str.replace(r"\.0$", ""),
+                pl.lit(BILLSEC_TOLERANCE_S),
+            )
+        )
         .when(reason == "invalid_time")
         .then(pl.lit("disposition ANSWERED without answer_time"))
         .when(pl.col("version_idx").is_null())
@@ -335,16 +391,40 @@ def _month_text(month_key: pl.Expr) -> pl.Expr:
     )
 
 
-def _call_class() -> pl.Expr:
-    # spec 4 step 5: + or 00 marks an international caller.
+def _call_class(catalog: Catalog) -> pl.Expr:
+    # spec 4 step 5: + or 00 marks an international caller. A caller with no area is of
+    # the class its plan version says (docs/rules.md); with no version in force, the default.
     area = pl.col("caller_area").fill_null("")
+    unknown = _from(catalog.versions, "unknown_caller_class", "version_idx").fill_null(
+        PlanVersion.model_fields["unknown_caller_class"].default
+    )
     return (
-        pl.when(area.str.starts_with("+") | area.str.starts_with("00"))
+        pl.when(pl.col("caller_origin") == "unknown")
+        .then(unknown)
+        .when(area.str.starts_with("+") | area.str.starts_with("00"))
         .then(pl.lit("international"))
         .when(area == pl.col("answer_area").fill_null(""))
         .then(pl.lit("local"))
         .otherwise(pl.lit("long_distance"))
     )
+
+
+#: How many seconds billsec may exceed the time from answer to end: switches truncate the
+#: printed times and round billsec each their own way (Asterisk, FreeSWITCH: by up to 1 s).
+BILLSEC_TOLERANCE_S = 1
+
+
+def _answered_seconds() -> pl.Expr:
+    return (pl.col("end") - pl.col("answer")).dt.total_microseconds() / 1_000_000
+
+
+def _billsec_longer_than_the_call(billed: pl.Expr) -> pl.Expr:
+    """A billed call whose billsec is more than its answer -> end (docs/rules.md): the
+    switch's count cannot be trusted, and billing it would charge time no one talked."""
+    micros = (pl.col("end") - pl.col("answer")).dt.total_microseconds()
+    return (
+        billed & pl.col("answer").is_not_null() & (pl.col("billsec_n") * 1_000_000 > micros + BILLSEC_TOLERANCE_S * 1_000_000)
+    ).fill_null(False)
 
 
 def _version_in_force(catalog: Catalog) -> pl.Expr:
@@ -359,12 +439,17 @@ def _version_in_force(catalog: Catalog) -> pl.Expr:
 
 
 def _rate_index(catalog: Catalog) -> pl.Expr:
-    """The rate of the longest segment that prefixes the called number (spec 2.1)."""
+    """The rate of the longest segment that prefixes the called number (spec 2.1); of one
+    segment, the call's class before ``*`` (any class, issue 23)."""
     found: pl.Expr = pl.lit(None, dtype=pl.Int64)
     for length, keys, indices in reversed(catalog.rate_keys):  # longest last: it wins
         prefix = pl.lit(0, dtype=pl.Int64) if length == 0 else pl.col("called").str.slice(0, length).cast(pl.Int64, strict=False)
-        key = rate_key(pl.col("version_idx"), pl.col("class_code"), prefix)
-        match = key.replace_strict(keys, indices, default=None, return_dtype=pl.Int64)
+        exact = rate_key(pl.col("version_idx"), pl.col("class_code"), prefix)
+        any_class = rate_key(pl.col("version_idx"), ANY_CLASS_CODE, prefix)
+        match = pl.coalesce(
+            exact.replace_strict(keys, indices, default=None, return_dtype=pl.Int64),
+            any_class.replace_strict(keys, indices, default=None, return_dtype=pl.Int64),
+        )
         found = pl.coalesce(match, found)
     return found
 
@@ -381,6 +466,11 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         _from(catalog.accounts, "opening_balance", "account_idx"),
         _from(catalog.accounts, "low_balance_threshold", "account_idx"),
         _from(catalog.accounts, "account_daily_cap", "account_idx"),
+        _from(catalog.accounts, "package_price", "account_idx"),
+        _from(catalog.accounts, "opening_credit", "account_idx"),
+        _from(catalog.accounts, "opening_credit_expires", "account_idx"),
+        _from(catalog.accounts, "opening_credit_refund", "account_idx"),
+        _from(catalog.rates, "rate_any_class", "rate_idx"),
         *[_from(catalog.rates, f"tier_{part}_{k}", "rate_idx") for part in ("hi", "price") for k in range(catalog.tier_count)],
         k_month=pl.col("account_idx") * _SHIFT + pl.col("month_key"),
         k_day=pl.col("account_idx") * _SHIFT + _DAY_NUMBER,
@@ -394,7 +484,8 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
     cap_keys, caps = catalog.day_caps(frame.get_column("plan_day"))
     frame = frame.with_columns(
         billable_s=pl.when(rated).then(billable).otherwise(0),
-        uses_allowance=rated & (pl.col("class") != "international"),
+        # spec 4: international calls use no allowance, unless a "*" rate prices them
+        uses_allowance=rated & ((pl.col("class") != "international") | pl.col("rate_any_class").fill_null(False)),
         k_class=pl.col("k_month") * 4 + pl.col("class_code"),
         included_s=pl.col("plan_month").replace_strict(included_keys, included, default=0, return_dtype=pl.Int64),
         daily_cap=pl.coalesce(
@@ -442,12 +533,13 @@ def _price(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl.Data
         .with_columns(capped_amount(), spent_after())
         .with_columns(cap_waived=pl.col("pre") - pl.col("amount"), cap_reached=cap_reached())
     )
-    balance = pl.col("balance_before_batch") - pl.col("amount").cum_sum().over("account_idx")
-    frame = frame.with_columns(balance=balance).with_columns(balance_before=pl.col("balance") + pl.col("amount"))
+    # Package credit first, then the balance (rating.credit); alerts judge both together.
+    frame = with_credit(frame) if _has_credit(state, catalog) else without_credit(frame)
     threshold = pl.col("low_balance_threshold")
+    before, after = pl.col("funds_before"), pl.col("funds_after")
     return frame.with_columns(
-        low_balance=rated & (pl.col("balance_before") >= threshold) & (pl.col("balance") < threshold),
-        arrears=rated & (pl.col("balance_before") >= 0) & (pl.col("balance") < 0),
+        low_balance=rated & (before >= threshold) & (after < threshold),
+        arrears=rated & (before >= 0) & (after < 0),
         offpeak_percent=pl.when(pl.col("offpeak")).then(pl.col("offpeak_percent")).otherwise(0),
     ).collect(engine=_ENGINE)
 
@@ -466,12 +558,32 @@ def _with_state(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> pl
         return [found.get_column(c).fill_null(d) if d is not None else found.get_column(c) for c, d in defaults.items()]
 
     (balance_seed,) = seeds("balances", "account_idx", {"balance": None})
-    return frame.with_columns(
+    frame = frame.with_columns(
         *seeds("allowance", "k_month", {"allowance_used_s": 0}),
         *seeds("charged", "k_class", {"charged_before_s": 0}),
         *seeds("daily", "k_day", {"spent_before": 0, "cap_alerted": False}),
-        balance_before_batch=pl.coalesce(balance_seed, pl.col("opening_balance")),
+        # An account the state does not know yet bought its package when it opened (issue 23).
+        balance_before_batch=pl.coalesce(balance_seed, pl.col("opening_balance") - pl.col("package_price")),
     )
+    if not _has_credit(state, catalog):
+        return frame
+    credit, ends, refund = seeds("credits", "account_idx", {"credit": None, "credit_expires": None, "credit_refund": None})
+    known = _expr(balance_seed).is_not_null()
+    return frame.with_columns(
+        credit_before_batch=pl.when(known).then(_expr(credit).fill_null(0)).otherwise(pl.col("opening_credit")),
+        credit_ends=pl.when(known).then(_expr(ends)).otherwise(pl.col("opening_credit_expires")),
+        credit_refund=pl.when(known).then(_expr(refund).fill_null(False)).otherwise(pl.col("opening_credit_refund")),
+    )
+
+
+def _expr(value: pl.Series | pl.Expr) -> pl.Expr:
+    return pl.lit(value) if isinstance(value, pl.Series) else value
+
+
+def _has_credit(state: RatingState, catalog: Catalog) -> bool:
+    """Whether an account may have package credit: else the batch is charged to balances
+    alone, with none of the credit's column work (rating.credit)."""
+    return state.credits.height > 0 or catalog.has_credit
 
 
 #: The integer key of each state table's rows, as the batch computes it (``k_month`` ...),
@@ -482,6 +594,7 @@ _STATE_KEYS: dict[str, pl.Expr] = {
     "charged": (pl.col("account_idx") * _SHIFT + pl.col("month_key")) * 4
     + pl.col("class").replace_strict(CLASS_CODES, return_dtype=pl.Int64),
     "daily": pl.col("account_idx") * _SHIFT + _DAY_NUMBER,
+    "credits": pl.col("account_idx"),
 }
 
 
@@ -538,9 +651,15 @@ def _next_state(
         "status", "account_idx", "month_key", "class", "local_day", "k_month", "k_class", "k_day",
         "allowance_s", "charged_s", "amount", "cap_reached",
     ).filter(pl.col("status") == "rated")
-    balances = (
-        priced.select("account_idx", "balance").filter(pl.col("account_idx").is_last_distinct()).select(account, "balance")
-    )
+    last = priced.filter(pl.col("account_idx").is_last_distinct())
+    balances = last.select(account, "balance")
+    credits = state.credits
+    if "credit_ends" in priced.columns:
+        # The credit each account of the batch has left; none once it has ended (rating.credit).
+        left = last.filter(pl.col("credit_ends").is_not_null() & ~pl.col("credit_ended")).select(
+            account, "credit", pl.col("credit_ends").alias("credit_expires"), "credit_refund"
+        )
+        credits = pl.concat([credits.join(last.select(account), on="account_id", how="anti"), left.cast(credits.schema)])
     allowance = (
         rated.filter(pl.col("allowance_s") > 0)
         .group_by("k_month")
@@ -561,9 +680,15 @@ def _next_state(
     daily = rated.group_by(pl.col("k_day").alias("key")).agg(
         spent_before=pl.col("amount").sum(), cap_alerted=pl.col("cap_reached").any()
     )
-    remembered = judged.select(
-        "passed_identity", "late", "duplicate", "account_id", "cdr_id", "month_key", "seen_hash"
-    ).filter(pl.col("passed_identity") & ~pl.col("late") & ~pl.col("duplicate"))
+    remembered = (
+        judged.select(
+            "passed_identity", "out_of_bounds", "late", "duplicate", "account_id", "cdr_id", "month_key", "seen_hash", "unbilled",
+        )
+        .filter(pl.col("passed_identity") & ~pl.col("out_of_bounds") & ~pl.col("late") & ~pl.col("duplicate"))
+        .with_columns(cdr_id=memory_id(pl.col("cdr_id"), pl.col("unbilled")))
+    )
+    if remembered.height and remembered.get_column("unbilled").any():
+        remembered = remembered.with_columns(_SEEN_KEY)
     seen = pl.concat([state.seen, remembered.select("account_id", "cdr_id", "month_key")])
     seen_hashes = pl.concat([_seen_hashes(state), remembered.get_column("seen_hash")])
     daily_table, daily_keyed = _add_daily(state, daily, catalog)
@@ -590,7 +715,7 @@ def _next_state(
                 tables[name] = table.filter(keep)
                 if name == "seen":
                     seen_hashes = seen_hashes.filter(keep)
-    new_state = RatingState(**tables, latest=latest)
+    new_state = RatingState(**tables, latest=latest, credits=credits)
     # What the next batch looks up in the tables that grow with the traffic, worked out
     # from this batch's part rather than again from the whole table.
     new_state.remember("seen_hash", (new_state.seen,), seen_hashes)

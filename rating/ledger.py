@@ -12,15 +12,19 @@ rating state). Rules the spec leaves open are in docs/rules.md ("Ledger").
 from __future__ import annotations
 
 import calendar
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from rating import invoicing
 from rating.catalog import _version_for_period
 from rating.tiers import round_half_up
-from schemas.ledger import SERVICES, LedgerCommand, LedgerEvent, fixed_offset
+from schemas.invoices import format_fen
+from schemas.ledger import LedgerCommand, LedgerEvent, fixed_offset
 from tariffs import Plan, PlanVersion
+from tariffs.models import add_months
 
 NOTICE: Final = timedelta(days=30)
 FROZEN: Final = timedelta(days=90)
@@ -85,6 +89,12 @@ class Book:
     #: the log offset of the last correction part applied (-1: none): a correction
     #: computed from the log before it is stale and refused
     corrected_offset: int = -1
+    #: the month's CallRated amounts per 400 number (floors per number, issue 23)
+    number_usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: service -> the month "YYYY-MM" it was last charged (yearly and one-off fees)
+    service_charged: dict[str, str] = field(default_factory=dict)
+    #: charges waiting for an invoice or a note, and the documents issued (rating.invoicing)
+    billing: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -107,6 +117,9 @@ class Book:
             return
         self.forgotten_before = month
         self.usage = {m: v for m, v in self.usage.items() if m >= month and m not in self.closed_months}
+        self.number_usage = {
+            m: v for m, v in self.number_usage.items() if m >= month and m not in self.closed_months
+        }
         self.closed_months = [m for m in self.closed_months if m >= month]
         self.sla_days = [d for d in self.sla_days if d[:7] >= month]
         old = [ref for ref, at in self.topup_months.items() if at < month]
@@ -114,6 +127,7 @@ class Book:
             self.topups.pop(ref, None)
             self.topup_months.pop(ref, None)
         self.corrections = {cid: entry for cid, entry in self.corrections.items() if entry[0] >= month}
+        invoicing.forget(self.billing, month)
 
     def remembers(self, month: str) -> bool:
         """Whether the book still holds what happened in ``month`` ("YYYY-MM")."""
@@ -153,6 +167,31 @@ class Book:
 
 
 @dataclass(frozen=True)
+class Credit:
+    """An account's package credit (issue 23): what is left, until when, and whether what
+    is left at the end goes to the balance (``refund``) or is forfeited."""
+
+    amount: int
+    expires: datetime
+    refund: bool = False
+
+    def to_json(self) -> list[Any]:
+        return [self.amount, self.expires.astimezone(timezone.utc).isoformat(), self.refund]
+
+    @classmethod
+    def from_json(cls, value: list[Any] | None) -> Credit | None:
+        return None if not value else cls(int(value[0]), datetime.fromisoformat(value[1]), bool(value[2]))
+
+    def with_amount(self, amount: int) -> Credit:
+        return Credit(amount, self.expires, self.refund)
+
+
+def credit_event_id(account_id: str, expires: datetime) -> str:
+    """The id of the ``PackageCreditExpired`` event that ends a credit (one per credit end)."""
+    return f"{account_id}/PackageCreditExpired/{expires.astimezone(timezone.utc).isoformat()}"
+
+
+@dataclass(frozen=True)
 class Terms:
     """What the fold needs to know of an account besides its book."""
 
@@ -171,27 +210,43 @@ class Applied:
     #: (number, status, event id, instant): blocked | active | released
     statuses: list[tuple[str, str, str, datetime]] = field(default_factory=list)
     refusal: str | None = None
+    #: the package credit after the command (None: none)
+    credit: Credit | None = None
 
 
 class _Fold:
     """Applies events to a book and balance, with their alerts and consequences."""
 
-    def __init__(self, book: Book, balance: int, terms: Terms, offset: int = -1) -> None:
+    def __init__(self, book: Book, balance: int, terms: Terms, offset: int = -1, credit: Credit | None = None) -> None:
         self.book = book
         self.balance = balance
         self.terms = terms
         #: the log offset of the command being folded (-1: not known)
         self.offset = offset
+        #: package credit (issue 23): floor charges draw on it before the balance
+        self.credit = credit
         self.out = Applied()
 
+    @property
+    def funds(self) -> int:
+        """Credit + balance: what alerts, suspension and reactivation judge (docs/rules.md)."""
+        return self.balance + (self.credit.amount if self.credit else 0)
+
     # ------------------------------------------------------------------ posting
-    def post(self, kind: str, event_id: str, at: datetime, amount: int = 0, *, quiet: bool = False, **extra: Any) -> None:
-        """Record an event and move the balance; ``quiet``: without the alerts and
-        reactivation the money would bring (the caller sees to them)."""
-        before = self.balance
+    def post(
+        self, kind: str, event_id: str, at: datetime, amount: int = 0, *, credit_change: int = 0,
+        quiet: bool = False, **extra: Any,
+    ) -> None:
+        """Record an event and move the balance (and the credit by ``credit_change``);
+        ``quiet``: without the alerts and reactivation the money would bring (the caller
+        sees to them)."""
+        before = self.funds
         if kind == "AccountOpened":
             before = extra.get("opening_balance", 0)
-        self.balance = before + amount
+            self.balance = before
+        self.balance += amount
+        if credit_change and self.credit is not None:
+            self.credit = self.credit.with_amount(self.credit.amount + credit_change)
         self.book.event_count += 1
         self.out.events.append(
             LedgerEvent(
@@ -202,22 +257,52 @@ class _Fold:
                 amount=amount,
                 balance=self.balance,
                 plan_id=self.book.plan_id or self.terms.plan.id,
+                credit_change=credit_change,
+                credit=self.credit.amount if self.credit else 0,
                 **extra,
             )
         )
+        # issue 24: what the event charged waits for its invoice (or note)
+        invoicing.record_event(self.book.billing, self.out.events[-1], self.terms.plan.zone, self.offset)
         if quiet:
             return
-        if amount < 0 and kind != "RefundIssued":  # a refund empties the balance on purpose
+        if self.funds < before and kind != "RefundIssued":  # a refund empties the balance on purpose
             self._alerts(before, event_id, at)
-        elif amount > 0:
+        elif self.funds > before:
             self._credited(event_id, at)
 
+    def charge(self, kind: str, event_id: str, at: datetime, amount: int, **extra: Any) -> None:
+        """A floor charge (true-up, early termination): drawn on the package credit first,
+        the rest from the balance (issue 23)."""
+        drawn = min(self.credit.amount, amount) if self.credit else 0
+        self.post(kind, event_id, at, -(amount - drawn), credit_change=-drawn, **extra)
+
+    def end_credit(self, at: datetime, why: str) -> None:
+        """The package credit ends: what is left is forfeited (the breakage), or goes to
+        the balance when the package says ``unused = "refund"``. Raises no alert."""
+        credit = self.credit
+        if credit is None:
+            return
+        if credit.amount:
+            refund = credit.amount if credit.refund else 0
+            self.post(
+                "PackageCreditExpired",
+                credit_event_id(self.terms.account_id, credit.expires),
+                at,
+                refund,
+                credit_change=-credit.amount,
+                quiet=True,
+                reference=credit.expires.astimezone(self.terms.plan.zone).isoformat(),
+                detail=f"{why}: credit {credit.amount} {'to the balance' if credit.refund else 'forfeited'}",
+            )
+        self.credit = None
+
     def _alerts(self, before: int, event_id: str, at: datetime) -> None:
-        # rating.md 5, in its order: low_balance, then arrears (which suspends).
+        # rating.md 5, in its order: low_balance, then arrears (which suspends); on the funds.
         threshold = self.terms.low_balance_threshold
         day = at.astimezone(self.terms.plan.zone).date()
         for kind, line in (("low_balance", threshold), ("arrears", 0)):
-            if before >= line > self.balance:
+            if before >= line > self.funds:
                 self.out.alerts.append(
                     {
                         "account_id": self.terms.account_id,
@@ -228,18 +313,19 @@ class _Fold:
                         "local_day": day,
                     }
                 )
-        if before >= 0 > self.balance:
+        if before >= 0 > self.funds:
             self.suspend(f"{self.terms.account_id}/AccountSuspended/{event_id}", at)
 
     def suspend(self, event_id: str, at: datetime) -> None:
         if self.book.suspended or self.book.current not in ("active", "cancelling"):
             return
         self.book.suspended = True
-        self.post("AccountSuspended", event_id, at, detail=f"balance {self.balance} below 0")
+        self.post("AccountSuspended", event_id, at, detail=f"balance {self.balance} below 0" + (
+            f" (credit {self.credit.amount})" if self.credit else ""))
         self._status("blocked", event_id, at)
 
     def _credited(self, event_id: str, at: datetime) -> None:
-        if self.balance < 0:
+        if self.funds < 0:
             return
         if self.book.suspended:
             self.book.suspended = False
@@ -273,28 +359,44 @@ class _Fold:
 
     # ------------------------------------------------------------------ deadlines
     def advance(self, until: datetime) -> None:
-        """Apply the lifecycle deadlines that fall at or before ``until``."""
-        account = self.terms.account_id
-        while self.book.lifecycle:
-            state, since_text = self.book.lifecycle[-1]
-            since = _instant(since_text)
-            if state == "cancelling" and since + NOTICE <= until:
-                at = since + NOTICE
-                # The refund waits for the close of this month, after its charges.
-                self.book.refund_due = True
-                frozen = f"{account}/NumberFrozen/{at.isoformat()}"
-                self.transition("frozen", at)
-                self.post("NumberFrozen", frozen, at, detail=f"frozen until {(at + FROZEN).isoformat()}")
-                self._status("blocked", frozen, at)
-            elif state == "frozen" and since + FROZEN <= until:
-                self._close(since + FROZEN, "end of the 90 frozen days")
-            elif state == "kept" and add_months(since, KEEP_MONTHS_MAX) <= until:
-                self._close(add_months(since, KEEP_MONTHS_MAX), f"kept for {KEEP_MONTHS_MAX} months")
+        """Apply the deadlines that fall at or before ``until``, in time order: the
+        lifecycle's and the end of the package credit's term."""
+        while True:
+            deadline = self._lifecycle_deadline()
+            ends = self.credit.expires if self.credit is not None else None
+            if ends is not None and ends <= until and (deadline is None or ends <= deadline[0]):
+                self.end_credit(ends, "end of the package term")
+            elif deadline is not None and deadline[0] <= until:
+                deadline[1]()
             else:
                 return
 
+    def _lifecycle_deadline(self) -> tuple[datetime, Callable[[], None]] | None:
+        """The next lifecycle deadline and what it does (None: there is none)."""
+        if not self.book.lifecycle:
+            return None
+        state, since_text = self.book.lifecycle[-1]
+        since = _instant(since_text)
+        if state == "cancelling":
+            return since + NOTICE, lambda: self._freeze(since + NOTICE)
+        if state == "frozen":
+            return since + FROZEN, lambda: self._close(since + FROZEN, "end of the 90 frozen days")
+        if state == "kept":
+            at = add_months(since, KEEP_MONTHS_MAX)
+            return at, lambda: self._close(at, f"kept for {KEEP_MONTHS_MAX} months")
+        return None
+
+    def _freeze(self, at: datetime) -> None:
+        # The refund waits for the close of this month, after its charges.
+        self.book.refund_due = True
+        frozen = f"{self.terms.account_id}/NumberFrozen/{at.isoformat()}"
+        self.transition("frozen", at)
+        self.post("NumberFrozen", frozen, at, detail=f"frozen until {(at + FROZEN).isoformat()}")
+        self._status("blocked", frozen, at)
+
     def _close(self, at: datetime, why: str) -> None:
         closed = f"{self.terms.account_id}/AccountClosed/{at.isoformat()}"
+        self.end_credit(at, "account closed")
         self.transition("closed", at)
         self.book.suspended = False
         self.post("AccountClosed", closed, at, detail=f"{why}; numbers released")
@@ -306,16 +408,19 @@ class _Fold:
 
 
 def apply_command(
-    book: Book, balance: int, command: LedgerCommand, terms: Terms, *, offset: int = -1
+    book: Book, balance: int, command: LedgerCommand, terms: Terms, *, offset: int = -1,
+    credit: Credit | None = None,
 ) -> tuple[Book, int, Applied]:
-    """Fold one command into an account's book and balance.
+    """Fold one command into an account's book, balance and package ``credit``.
 
     A command the book already holds (same payment reference, month already closed, ...)
     changes nothing; one the book cannot take (a reference used for another amount, a
     closed account) changes nothing and says why in ``Applied.refusal``. ``offset`` is the
-    command's place in the account's log (a correction needs it).
+    command's place in the account's log (a correction needs it). ``Applied.credit`` is
+    the credit after the command.
     """
-    fold = _Fold(Book.from_json(book.to_json()), balance, terms, offset)
+    fold = _Fold(Book.from_json(book.to_json()), balance, terms, offset, credit)
+    fold.out.credit = credit
     account = terms.account_id
     kind = command.kind
     at = command.at
@@ -330,6 +435,7 @@ def apply_command(
         fold.out.refusal = refusal
     local = at.astimezone(terms.plan.zone)
     fold.book.forget_before(_month_text(local.year * 12 + local.month - 1 - LEDGER_MEMORY_MONTHS))
+    fold.out.credit = fold.credit
     return fold.book, fold.balance, fold.out
 
 
@@ -342,6 +448,15 @@ def _open(fold: _Fold, command: LedgerCommand) -> str | None:
     book, account = fold.book, fold.terms.account_id
     if book.opened_at is not None:
         return None if command.imported else f"account {account} is open already (since {book.opened_at})"
+    # issue 23: opening on a package plan buys the package, which the money left must pay.
+    version = fold.terms.plan.version_at(command.at)
+    package = version.package if version is not None else None
+    fees = command.opening_fee + sum(fee for _, fee in command.number_fees.values())
+    if package is not None and command.opening_balance - fees < package.price:
+        return (
+            f"the opening balance {command.opening_balance} less the fees {fees} does not pay for the package "
+            f"of plan {fold.terms.plan.id} ({package.price})"
+        )
     book.plan_id = command.plan
     book.numbers = list(command.numbers)
     book.opened_at = command.at.isoformat()
@@ -366,7 +481,53 @@ def _open(fold: _Fold, command: LedgerCommand) -> str | None:
             reference=number,
             detail=f"grade {grade}, selection fee {fee}" if grade else "imported",
         )
+    if package is not None:
+        ends = package.ends(command.at, fold.terms.plan.zone)
+        fold.credit = Credit(0, ends, package.unused == "refund")
+        fold.post(
+            "PackagePurchased",
+            f"{account}/PackagePurchased",
+            command.at,
+            -package.price,
+            credit_change=package.granted,
+            reference=ends.isoformat(),
+            detail=f"package {package.price}: credit {package.granted} for {package.term_months} month(s), "
+            f"until {ends.isoformat()} (unused credit: {package.unused})",
+        )
     fold._status("active", opened, command.at)
+    return None
+
+
+def _renew(fold: _Fold, command: LedgerCommand) -> str | None:
+    """A renewal (issue 23): the renewal price leaves the balance, the package's credit is
+    added to what is left, and the term restarts on the renewal day or extends from the
+    current end (the version in force at the renewal says which)."""
+    account, plan = fold.terms.account_id, fold.terms.plan
+    if fold.book.shown_state() != "active":
+        return f"account {account} is {fold.book.shown_state()}: only an active account can renew its package"
+    version = plan.version_at(command.at)
+    package = version.package if version is not None else None
+    if package is None:
+        return f"plan {plan.id} has no package at {command.at.isoformat()}: nothing to renew"
+    price = package.renews_for
+    if fold.balance < price:
+        return f"the balance {fold.balance} does not pay for the renewal ({price}): top up first"
+    left = fold.credit.amount if fold.credit is not None else 0
+    start = command.at
+    if package.renewal == "extend" and fold.credit is not None:
+        start = max(start, fold.credit.expires)
+    ends = package.ends(start, plan.zone)
+    fold.credit = Credit(left, ends, package.unused == "refund")
+    fold.post(
+        "PackageRenewed",
+        f"{account}/PackageRenewed/{command.at.isoformat()}",
+        command.at,
+        -price,
+        credit_change=package.granted,
+        reference=ends.isoformat(),
+        detail=f"renewal {price} ({package.renewal}): credit {package.granted} added to {left}, "
+        f"until {ends.isoformat()}",
+    )
     return None
 
 
@@ -376,6 +537,9 @@ def _topup(fold: _Fold, command: LedgerCommand) -> str | None:
         if known == command.amount:
             return None
         return f"payment reference {command.ref!r} was already used for another amount ({known})"
+    version = fold.terms.plan.version_at(command.at)
+    if version is not None and version.min_topup is not None and command.amount < version.min_topup:
+        return f"a top-up of {command.amount} is below the minimum top-up of plan {fold.terms.plan.id} ({version.min_topup})"
     fold.book.topups[command.ref] = command.amount
     fold.book.topup_months[command.ref] = command.at.astimezone(fold.terms.plan.zone).strftime("%Y-%m")
     fold.post(
@@ -391,6 +555,11 @@ def _topup(fold: _Fold, command: LedgerCommand) -> str | None:
 def _services(fold: _Fold, command: LedgerCommand) -> str | None:
     if fold.book.current in ("frozen", "closed"):
         return f"account {fold.terms.account_id} is {fold.book.current}: its services cannot change"
+    version = fold.terms.plan.version_at(command.at)
+    known = version.services if version is not None else {}
+    unknown = sorted(name for name in command.enable if name not in known)
+    if unknown:
+        return f"plan {fold.terms.plan.id} has no service {', '.join(unknown)} (it has {', '.join(known)})"
     for name, enable in [(s, True) for s in command.enable] + [(s, False) for s in command.disable]:
         intervals = fold.book.services.setdefault(name, [])
         on = bool(intervals) and intervals[-1][1] is None
@@ -435,6 +604,30 @@ def _cancel(fold: _Fold, command: LedgerCommand) -> str | None:
     if current in ("frozen", "closed"):
         return f"account {fold.terms.account_id} is {current}: it cannot be cancelled"
     account = fold.terms.account_id
+    # issue 23: the lock-in of the version the account was opened on.
+    opened = _instant(fold.book.opened_at)  # type: ignore[arg-type]
+    contract = fold.terms.plan.version_at(opened)
+    term_end = add_months(opened.astimezone(fold.terms.plan.zone), contract.min_term_months) if (
+        contract is not None and contract.min_term_months) else None
+    if contract is not None and term_end is not None and command.at < term_end:
+        if contract.early_termination == "refuse":
+            return (
+                f"account {account} cannot be cancelled before the end of its minimum term of "
+                f"{contract.min_term_months} month(s) ({term_end.isoformat()})"
+            )
+        months = months_started(command.at, term_end)
+        floors = (contract.minimum_monthly_spend or 0) * (
+            len(fold.book.numbers) if contract.minimum_scope == "number" else 1
+        )
+        if floors * months:
+            fold.charge(
+                "EarlyTerminationCharged",
+                f"{account}/EarlyTerminationCharged/{command.at.isoformat()}",
+                command.at,
+                floors * months,
+                reference=term_end.isoformat(),
+                detail=f"cancelled inside the minimum term: {months} month(s) left of the floor {floors}",
+            )
     if current == "kept":
         fold.post("KeepNumberEnded", f"{account}/KeepNumberEnded/{command.at.isoformat()}", command.at)
     fold.transition("cancelling", command.at)
@@ -457,6 +650,8 @@ def _close_month(fold: _Fold, command: LedgerCommand) -> str | None:
     if opened >= end:
         return None  # opened after the month: nothing to close (not recorded as closed)
     book.closed_months.append(month)
+    # issue 24: the close is a fact of its own (an invoice of the month needs it).
+    fold.post("MonthClosed", f"{terms.account_id}/MonthClosed/{month}", end - _MICRO, reference=month)
     version = month_version(terms.plan, start, end)
     if version is None:
         return None
@@ -466,43 +661,65 @@ def _close_month(fold: _Fold, command: LedgerCommand) -> str | None:
     entirely_inactive = states <= INACTIVE
     days = calendar.monthrange(start.year, start.month)[1]
 
+    opened_day = opened.astimezone(zone).date()
+    # issue 23: the month the account was opened in is pro-rated (rent by days, no floor
+    # unless opened on its first day), charged in full, or charged its calls only.
+    first_month = version.first_month if opened >= start else None
     rent = version.monthly_rent
     detail = f"monthly rent {rent}"
-    opened_day = opened.astimezone(zone).date()
-    if entirely_inactive:
+    if entirely_inactive or first_month == "actual":
         rent = 0
-    elif opened > start:
+    elif opened > start and first_month == "prorate":
         active_days = days - opened_day.day + 1
         rent = round_half_up(version.monthly_rent * active_days, days)
         detail = f"monthly rent {version.monthly_rent} x {active_days}/{days} days (opened {opened_day})"
-    if rent:
+    if rent and version.rent_scope == "number":
+        for number in book.numbers:
+            fold.post("RentCharged", f"{account}/RentCharged/{month}/{number}", last, -rent, reference=month,
+                      detail=f"{detail} for {number}")
+    elif rent:
         fold.post("RentCharged", f"{account}/RentCharged/{month}", last, -rent, reference=month, detail=detail)
 
     if not entirely_inactive:
-        for service in SERVICES:
-            if _overlaps(book.services.get(service, []), start, end):
-                fee = int(getattr(version.services, service))
-                if fee:
-                    fold.post(
-                        "ServiceFeeCharged",
-                        f"{account}/ServiceFeeCharged/{month}/{service}",
-                        last,
-                        -fee,
-                        reference=month,
-                        detail=f"{service} monthly fee",
-                    )
+        for service in [name for name in version.services if name in book.services]:
+            fee, why = _service_fee(book, version, service, month)
+            if fee and _overlaps(book.services[service], start, end):
+                if version.services[service].period != "month":
+                    book.service_charged[service] = month
+                fold.post(
+                    "ServiceFeeCharged",
+                    f"{account}/ServiceFeeCharged/{month}/{service}",
+                    last,
+                    -fee,
+                    reference=month,
+                    detail=f"{service} {why}",
+                )
 
     minimum = version.minimum_monthly_spend
-    open_every_day = opened_day <= start.date() and not (states & INACTIVE)
-    if minimum and open_every_day:
+    floor_applies = not (states & INACTIVE) and (
+        first_month is None or first_month == "full" or (first_month == "prorate" and opened_day <= start.date())
+    )
+    if minimum and floor_applies and version.minimum_scope == "number":
+        for number in book.numbers:
+            usage = book.number_usage.get(month, {}).get(number, 0)
+            if minimum > usage:
+                fold.charge(
+                    "MinimumSpendTrueUp",
+                    f"{account}/MinimumSpendTrueUp/{month}/{number}",
+                    last,
+                    minimum - usage,
+                    reference=month,
+                    detail=f"minimum monthly spend {minimum} of {number}, its calls {usage}",
+                )
+    elif minimum and floor_applies:
         usage = book.usage.get(month, 0)
         shortfall = max(0, minimum - usage)
         if shortfall:
-            fold.post(
+            fold.charge(
                 "MinimumSpendTrueUp",
                 f"{account}/MinimumSpendTrueUp/{month}",
                 last,
-                -shortfall,
+                shortfall,
                 reference=month,
                 detail=f"minimum monthly spend {minimum}, calls {usage}",
             )
@@ -518,11 +735,33 @@ def _close_month(fold: _Fold, command: LedgerCommand) -> str | None:
         )
     if book.refund_due and book.current in ("frozen", "closed"):
         book.refund_due = False
+        # Package credit is never refunded but by a package that says so (issue 23).
+        fold.end_credit(last, "cancelled")
         if fold.balance > 0:
             fold._refund(last, f"end of the cancellation notice, after the {month} charges")
         elif fold.balance < 0:
             book.refund_pending = True
     return None
+
+
+def _service_fee(book: Book, version: PlanVersion, service: str, month: str) -> tuple[int, str]:
+    """What a service enabled in ``month`` costs at its close, and the words for it: a
+    monthly fee every month, a yearly fee in the month it was first charged and every 12
+    months after, a one-off fee once; nothing when the plan includes it (issue 23)."""
+    terms = version.services.get(service)
+    if terms is None or terms.included or not terms.fee:
+        return 0, ""
+    last = book.service_charged.get(service)
+    if terms.period == "year":
+        due = last is None or _month_number(month) - _month_number(last) >= 12
+        return (terms.fee, "yearly fee") if due else (0, "")
+    if terms.period == "once":
+        return (terms.fee, "one-off fee") if last is None else (0, "")
+    return terms.fee, "monthly fee"
+
+
+def _month_number(month: str) -> int:
+    return int(month[:4]) * 12 + int(month[5:7]) - 1
 
 
 def _sla_credit(fold: _Fold, command: LedgerCommand) -> str | None:
@@ -603,6 +842,9 @@ def _rerate(fold: _Fold, command: LedgerCommand) -> str | None:
             # An open month's minimum spend counts its calls as corrected; a closed one
             # stays as it was closed (docs/rules.md).
             book.usage[call.month] = book.usage.get(call.month, 0) + call.delta
+            if call.called and tracks_numbers(terms.plan):
+                numbers = book.number_usage.setdefault(call.month, {})
+                numbers[call.called] = numbers.get(call.called, 0) + call.delta
     part_id = f"{correction.correction_id}.{correction.part}"
     if before >= 0 > fold.balance:
         fold.suspend(f"{account}/AccountSuspended/{part_id}", command.at)
@@ -612,6 +854,40 @@ def _rerate(fold: _Fold, command: LedgerCommand) -> str | None:
         applied = book.corrections[correction.correction_id] = [applied_month, []]
     applied[1].append(correction.part)
     book.corrected_offset = max(book.corrected_offset, fold.offset)
+    return None
+
+
+def _invoice(fold: _Fold, command: LedgerCommand) -> str | None:
+    """Issue a numbered document (issue 24; rating.invoicing): the invoice of a closed
+    month, or a note of what a command changed in an invoiced month. A repeat issues
+    nothing. The number was given by the seller's sequence before the command was written:
+    the CLI checks first what the fold would refuse here (docs/finance.md "Invoice numbers")."""
+    request = command.document
+    assert request is not None
+    book, terms = fold.book, fold.terms
+    if request.kind == "invoice" and request.month not in book.closed_months and book.remembers(request.month):
+        return f"month {request.month} is not closed for account {terms.account_id}: run close-month first"
+    try:
+        document = invoicing.issue(
+            book.billing, request, account_id=terms.account_id, at=command.at, zone=terms.plan.zone,
+            plan_id=book.plan_id or terms.plan.id, numbers=book.numbers, version_of=versions_of(terms.plan),
+        )
+    except ValueError as error:  # a month the tax file has no rate for: fix the file, run again
+        return f"{request.number} cannot be issued: {error}"
+    if document is None:
+        return None
+    kind = {"invoice": "InvoiceIssued", "credit_note": "CreditNoteIssued", "debit_note": "DebitNoteIssued"}[document.kind]
+    about = request.month if request.kind == "invoice" else f"{request.source_offset}/{request.corrects}"
+    fold.post(
+        kind,
+        f"{terms.account_id}/{kind}/{about}",
+        command.at,
+        reference=document.invoice_no or "",
+        detail=f"{document.kind.replace('_', ' ')} of {document.corrects_month or document.month}"
+        + (f", correcting {document.corrects}" if document.corrects else "")
+        + f": gross {format_fen(document.totals.gross)}, VAT {format_fen(document.totals.tax)} CNY",
+        document=document.model_dump_json(),
+    )
     return None
 
 
@@ -625,18 +901,22 @@ _HANDLERS = {
     "close_month": _close_month,
     "sla_credit": _sla_credit,
     "rerate": _rerate,
+    "renew": _renew,
+    "invoice": _invoice,
 }
 
 
 # ---------------------------------------------------------------------------- after calls
 
 
-def after_calls(book: Book, balance: int, terms: Terms, arrears_at: list[tuple[str, datetime]]) -> tuple[Book, int, Applied]:
+def after_calls(
+    book: Book, balance: int, terms: Terms, arrears_at: list[tuple[str, datetime]], credit: Credit | None = None
+) -> tuple[Book, int, Applied]:
     """Suspend an account whose calls raised an ``arrears`` alert (ledger.md 5).
 
     ``arrears_at`` lists (cdr_id, charge instant) of the calls that raised one.
     """
-    fold = _Fold(Book.from_json(book.to_json()), balance, terms)
+    fold = _Fold(Book.from_json(book.to_json()), balance, terms, credit=credit)
     for cdr_id, at in arrears_at:
         fold.suspend(f"{terms.account_id}/AccountSuspended/{cdr_id}", at)
     return fold.book, fold.balance, fold.out
@@ -667,12 +947,28 @@ def month_version(plan: Plan, start: datetime, end: datetime) -> PlanVersion | N
     return None if index is None else plan.versions[index]
 
 
-def add_months(instant: datetime, months: int) -> datetime:
-    """The same wall-clock instant ``months`` later (the day clipped to the month's end)."""
-    total = instant.month - 1 + months
-    year, month = instant.year + total // 12, total % 12 + 1
-    day = min(instant.day, calendar.monthrange(year, month)[1])
-    return instant.replace(year=year, month=month, day=day)
+def versions_of(plan: Plan) -> Callable[[str], PlanVersion | None]:
+    """The version of ``plan`` of each month "YYYY-MM" (:func:`month_version`)."""
+    return lambda month: month_version(plan, *month_bounds(month, plan.zone))
+
+
+def tracks_numbers(plan: Plan) -> bool:
+    """Whether the book keeps the month's usage per 400 number: a version of the plan has
+    floors per number (issue 23)."""
+    return any(version.minimum_scope == "number" for version in plan.versions)
+
+
+def months_started(at: datetime, end: datetime) -> int:
+    """Whole or started months from ``at`` to ``end`` (at least 1 when ``at < end``).
+
+    >>> from datetime import timezone
+    >>> months_started(datetime(2026, 4, 20, tzinfo=timezone.utc), datetime(2026, 6, 10, tzinfo=timezone.utc))
+    2
+    """
+    months = 0
+    while add_months(at, months) < end:
+        months += 1
+    return months
 
 
 def working_days_after(day: date, count: int) -> date:

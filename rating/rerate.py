@@ -217,7 +217,7 @@ class Diff:
     Attributes
     ----------
     calls
-        Changed calls: ``account_id, cdr_id, local_day, class, in_period, old_amount,
+        Changed calls: ``account_id, cdr_id, local_day, class, called, in_period, old_amount,
         new_amount, delta, allowance_delta_s, charged_delta_s, changed`` (the names of the
         columns that differ, comma-separated), then ``old_<c>`` and ``new_<c>`` for each
         of :data:`COMPARED_COLUMNS` (``old_status`` is the rejection reason of a call billed
@@ -255,11 +255,23 @@ class Diff:
         return self.calls.height == 0 and self.alerts.height == 0
 
 
+def _one_row_per_call(rated: pl.DataFrame) -> pl.DataFrame:
+    """The rated rows without the unbilled leg of a call whose id also has a billed row."""
+    if rated.height == 0:
+        return rated
+    shared = pl.struct("account_id", "cdr_id").is_duplicated()
+    return rated.filter(~(shared & (pl.col("status") == "unbilled")))
+
+
 def diff(rerun: RerunResult, billed: Billed, period: Period, catalog: Catalog) -> Diff:
     """Compare the rerun with what was billed (see the module docstring).
 
     ``catalog`` gives the low-balance thresholds of the alerts.
     """
+    # One row per call: the unbilled leg of a call that has a billed one (docs/rules.md,
+    # "Several records of one call") carries no money and is never corrected.
+    billed = dataclasses.replace(billed, rated=_one_row_per_call(billed.rated))
+    rerun = dataclasses.replace(rerun, rated=_one_row_per_call(rerun.rated))
     months = period.month_keys()
     accounts = rerun.rated.get_column("account_id").unique().to_list() + billed.rated.get_column(
         "account_id"
@@ -312,9 +324,16 @@ def diff(rerun: RerunResult, billed: Billed, period: Period, catalog: Catalog) -
 
     trajectory = Trajectory.of(billed, changed, catalog)
     balances_after = corrected_balances(trajectory)
+    # A correction moves the balance, never the package credit: a corrected call keeps the
+    # credit it drew on and left as billed (docs/rules.md "Corrections").
+    billed_used = pl.col("credit_used_old") if "credit_used_old" in changed.columns else pl.lit(None, dtype=pl.Int64)
     new_rows = (
         changed.join(balances_after, on=keys, how="left", maintain_order="left")
-        .with_columns(balance=pl.col("corrected_balance"))
+        .with_columns(
+            balance=pl.col("corrected_balance"),
+            credit=pl.col("corrected_credit"),
+            credit_used=billed_used.fill_null(0),
+        )
         .select(*[c for c in rerun.rated.columns])
     )
     billed_rows = old.join(changed.select(keys), on=keys, how="semi").filter(pl.col("correction_id") == "")
@@ -322,6 +341,7 @@ def diff(rerun: RerunResult, billed: Billed, period: Period, catalog: Catalog) -
         *keys,
         "local_day",
         "class",
+        "called",
         "in_period",
         "old_amount",
         pl.col("amount").alias("new_amount"),

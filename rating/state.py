@@ -18,6 +18,12 @@ CHARGED_SCHEMA = {"account_id": pl.String, "month_key": pl.Int64, "class": pl.St
 DAILY_SCHEMA = {"account_id": pl.String, "local_day": pl.Date, "spent_before": pl.Int64, "cap_alerted": pl.Boolean}
 SEEN_SCHEMA = {"account_id": pl.String, "cdr_id": pl.String, "month_key": pl.Int64}
 LATEST_SCHEMA = {"account_id": pl.String, "latest_month": pl.Int64}
+CREDITS_SCHEMA = {
+    "account_id": pl.String,
+    "credit": pl.Int64,
+    "credit_expires": pl.Datetime("us", "UTC"),
+    "credit_refund": pl.Boolean,
+}
 
 _T = TypeVar("_T")
 
@@ -46,6 +52,12 @@ class RatingState:
         ``account_id, latest_month``: each account's watermark, the latest charge month of
         its log so far (``rating.horizon``). Every table above keeps only the months
         within the horizon of it.
+    credits
+        ``account_id, credit, credit_expires, credit_refund``: package credit (issue 23)
+        that calls draw on before the balance, until ``credit_expires``; then the rest is
+        forfeited, or goes to the balance when ``credit_refund``. An account in
+        ``balances`` but not here has none; one in neither still has the credit of the
+        package it opened with (``Catalog.accounts``).
 
     Examples
     --------
@@ -59,6 +71,7 @@ class RatingState:
     daily: pl.DataFrame
     seen: pl.DataFrame
     latest: pl.DataFrame
+    credits: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CREDITS_SCHEMA))
     #: Lookups the engine derives from the tables above (e.g. hashes of ``seen``), each kept
     #: with the table it came from: see :meth:`derived`. Not part of the state's value.
     _derived: dict[str, tuple[tuple[object, ...], Any]] = field(
@@ -107,4 +120,5 @@ class RatingState:
             ("daily", self.daily),
             ("seen", self.seen),
             ("latest", self.latest),
+            ("credits", self.credits),
         ]

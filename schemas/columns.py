@@ -21,6 +21,10 @@ CDR_COLUMNS: Final[tuple[str, ...]] = (
 )
 CDR_HEADER: Final[str] = ",".join(CDR_COLUMNS)
 
+#: How a ``framing`` problem of the answering number begins: it is judged after the
+#: called number (spec 4 step 2), so a call to no account is ``unknown_number`` first.
+ANSWER_PROBLEM: Final[str] = "answer_number "
+
 DISPOSITIONS: Final[tuple[str, ...]] = ("ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION")
 
 RejectReason = Literal[
@@ -74,6 +78,12 @@ RATED_EXPLAIN_COLUMNS: Final[tuple[str, ...]] = (
     "offpeak_percent",
     "daily_cap",
     "balance",
+    # issue 23: the package credit the call drew on, and the credit left after it
+    "credit_used",
+    "credit",
+    # How the caller was placed (schemas.numbering.CALLER_ORIGINS): `unknown` is rated by
+    # its plan's unknown_caller_class (docs/rules.md).
+    "caller_origin",
 )
 #: Columns the engine adds to rated calls for finance's reports (ClickHouse only): the
 #: CDR's disposition (missed calls), caller and caller area (call origin), billsec (call
@@ -81,7 +91,7 @@ RATED_EXPLAIN_COLUMNS: Final[tuple[str, ...]] = (
 #: which keeps the spec 6 format.
 RATED_FINANCE_COLUMNS: Final[tuple[str, ...]] = ("disposition", "caller", "caller_area", "billsec", "local_hour")
 MONEY_COLUMNS: Final[frozenset[str]] = frozenset(
-    {"base", "discount", "minimum_uplift", "cap_waived", "amount", "balance", "daily_cap"}
+    {"base", "discount", "minimum_uplift", "cap_waived", "amount", "balance", "daily_cap", "credit_used", "credit"}
 )
 
 REJECTED_COLUMNS: Final[tuple[str, ...]] = ("line", "cdr_id", "reason", "detail", "account_id")

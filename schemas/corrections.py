@@ -47,6 +47,8 @@ class CallChange(BaseModel):
     new_amount: int
     allowance_delta_s: int = 0
     charged_delta_s: int = 0
+    #: the 400 number called: its month usage moves too (floors per number, issue 23)
+    called: str = ""
 
     @property
     def delta(self) -> int:

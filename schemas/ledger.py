@@ -13,17 +13,24 @@ A command's message value is ``{"v": 1, "ledger": {...}}`` (a CDR chunk has no
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.corrections import Correction
+from schemas.invoices import InvoiceRequest
+from schemas.invoices import is_month as _is_month
 
 LEDGER_MESSAGE_VERSION: Final[int] = 1
 
 CommandKind = Literal[
-    "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate", "unblock"
+    "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate", "renew",
+    # issue 24: issue a numbered invoice or note (schemas.invoices)
+    "invoice",
+    # issue 22: try a blocked account again, or skip the message it is blocked at
+    "unblock",
 ]
 EventKind = Literal[
     "AccountOpened",
@@ -45,7 +52,18 @@ EventKind = Literal[
     "AccountClosed",
     "RefundIssued",
     "CallRerated",
+    # issue 22: a message a blocked account was stopped at, skipped (`cdrflow blocked skip`)
     "InputSkipped",
+    # issue 23: term packages and lock-in
+    "PackagePurchased",
+    "PackageRenewed",
+    "PackageCreditExpired",
+    "EarlyTerminationCharged",
+    # issue 24: a month closed for the account; documents issued (they carry them whole)
+    "MonthClosed",
+    "InvoiceIssued",
+    "CreditNoteIssued",
+    "DebitNoteIssued",
 ]
 #: Events that take money (amount <= 0), give it (>= 0); every other kind moves none.
 CHARGES: Final[frozenset[str]] = frozenset(
@@ -57,12 +75,25 @@ CHARGES: Final[frozenset[str]] = frozenset(
         "MinimumSpendTrueUp",
         "KeepNumberFeeCharged",
         "RefundIssued",
+        "PackagePurchased",
+        "PackageRenewed",
+        "EarlyTerminationCharged",
     }
 )
-CREDITS: Final[frozenset[str]] = frozenset({"TopUpReceived", "SlaCreditGranted"})
+#: A package's credit that ends goes to the balance (``unused = "refund"``) or nowhere.
+CREDITS: Final[frozenset[str]] = frozenset({"TopUpReceived", "SlaCreditGranted", "PackageCreditExpired"})
 #: Events whose money may go either way: a correction makes a call dearer or cheaper.
 SIGNED: Final[frozenset[str]] = frozenset({"CallRerated"})
+#: Events that grant package credit (``credit_change >= 0``) and that take it (``<= 0``:
+#: floor charges draw on it before the balance; an ending takes what is left); no other
+#: kind touches the credit (issue 23).
+CREDIT_GRANTS: Final[frozenset[str]] = frozenset({"PackagePurchased", "PackageRenewed"})
+CREDIT_TAKES: Final[frozenset[str]] = frozenset(
+    {"MinimumSpendTrueUp", "EarlyTerminationCharged", "PackageCreditExpired"}
+)
+#: The services every plan has (tariffs.models.DEFAULT_SERVICES); a plan may add others.
 SERVICES: Final[tuple[str, ...]] = ("ivr", "recording", "blacklist", "sms")
+_SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 def fixed_offset(instant: datetime) -> datetime:
@@ -113,6 +144,8 @@ class LedgerCommand(BaseModel):
     # offset of the account's partition) is not applied but kept as rejections, why in reason
     skip_offset: int | None = Field(default=None, ge=0)
     reason: str = ""
+    # invoice: the document to issue, its number and the tax table (issue 24)
+    document: InvoiceRequest | None = None
 
     @field_validator("at", "start", "end")
     @classmethod
@@ -126,9 +159,10 @@ class LedgerCommand(BaseModel):
         if self.kind == "topup" and (self.amount <= 0 or not self.ref):
             raise ValueError("a top-up needs a positive amount and a payment reference")
         if self.kind == "services":
-            unknown = sorted(s for s in {*self.enable, *self.disable} if s not in SERVICES)
-            if unknown:
-                raise ValueError(f"unknown service(s) {', '.join(unknown)} (known: {', '.join(SERVICES)})")
+            # Which services exist is the plan's (the fold checks); here only their form.
+            bad = sorted(s for s in {*self.enable, *self.disable} if not _SERVICE_NAME.match(s))
+            if bad:
+                raise ValueError(f"not a service name: {', '.join(bad)} (lower-case letters, digits and _)")
         if self.kind == "close_month" and not _is_month(self.month):
             raise ValueError(f"month must be YYYY-MM, got {self.month!r}")
         if self.kind == "sla_credit" and (self.start is None or self.end is None or self.end <= self.start):
@@ -137,6 +171,8 @@ class LedgerCommand(BaseModel):
             raise ValueError("a rerate command carries a correction, and only a rerate command does")
         if self.skip_offset is not None and (self.kind != "unblock" or not self.reason.strip()):
             raise ValueError("only an unblock command skips a message, and it says why (reason)")
+        if (self.kind == "invoice") != (self.document is not None):
+            raise ValueError("an invoice command carries a document, and only an invoice command does")
         if not self.command_id:
             object.__setattr__(self, "command_id", self._default_id())
         return self
@@ -152,6 +188,8 @@ class LedgerCommand(BaseModel):
             return f"sla_credit/{self.start.isoformat()}/{self.end.isoformat()}"  # type: ignore[union-attr]
         if self.kind == "rerate":
             return f"rerate/{self.correction.correction_id}/{self.correction.part}"  # type: ignore[union-attr]
+        if self.kind == "invoice":
+            return f"invoice/{self.document.number}"  # type: ignore[union-attr]
         return f"{self.kind}/{self.at.isoformat()}"
 
     def message_value(self) -> dict[str, Any]:
@@ -171,14 +209,6 @@ def command_from_value(value: object) -> LedgerCommand | None:
     if not isinstance(value, dict) or "ledger" not in value:
         return None
     return LedgerCommand.model_validate(value["ledger"])
-
-
-def _is_month(text: str) -> bool:
-    try:
-        datetime.strptime(text, "%Y-%m")
-    except ValueError:
-        return False
-    return len(text) == 7
 
 
 class LedgerEvent(BaseModel):
@@ -202,6 +232,12 @@ class LedgerEvent(BaseModel):
     plan_id: str = ""
     reference: str = ""
     detail: str = ""
+    #: what the event did to the package credit (issue 23), and the credit right after it
+    credit_change: int = 0
+    credit: int = 0
+    #: an issued document (InvoiceIssued, CreditNoteIssued, DebitNoteIssued): the
+    #: schemas.invoices.InvoiceDocument as JSON (issue 24); '' on every other kind
+    document: str = ""
 
     @model_validator(mode="after")
     def _sign_of_kind(self) -> LedgerEvent:
@@ -211,4 +247,10 @@ class LedgerEvent(BaseModel):
             raise ValueError(f"{self.kind} gives money: its amount cannot be negative ({self.amount})")
         if self.kind not in CHARGES | CREDITS | SIGNED and self.amount != 0:
             raise ValueError(f"{self.kind} moves no money (amount {self.amount})")
+        if self.kind in CREDIT_GRANTS and self.credit_change < 0:
+            raise ValueError(f"{self.kind} grants credit: its credit_change cannot be negative ({self.credit_change})")
+        if self.kind in CREDIT_TAKES and self.credit_change > 0:
+            raise ValueError(f"{self.kind} takes credit: its credit_change cannot be positive ({self.credit_change})")
+        if self.kind not in CREDIT_GRANTS | CREDIT_TAKES and self.credit_change != 0:
+            raise ValueError(f"{self.kind} moves no credit (credit_change {self.credit_change})")
         return self

@@ -3,21 +3,21 @@
 Account topics are keyed by account id, so one partition holds one account's whole
 history in order (docs/architecture.md: the log is the truth). Every topic gets the same number of
 partitions (``Settings.topic_partitions``), which keeps the account topics
-co-partitioned. ``cdrflow up`` creates each topic listed here that does not exist yet,
+co-partitioned; a topic that names its own (``invoice.numbers``: one) keeps that. ``cdrflow up`` creates each topic listed here that does not exist yet,
 with the configs of its role (below) plus the replication factor and
 ``min.insync.replicas`` of the settings; ``cdrflow topics --check`` compares them with the
 cluster's (docs/operations.md, "The topics"). Add a topic by adding an entry.
 
 Roles, and what they keep:
 
-- **truth** (``KEEP_FOREVER``): the account log, the catalogue, the ingest records and
-  the worker's state. Nothing else holds them (ClickHouse is rebuilt from Kafka, never
+- **truth** (``KEEP_FOREVER``): the account log, the catalogue, the ingest records, the
+  invoice number requests and the worker's state. Nothing else holds them (ClickHouse is rebuilt from Kafka, never
   the other way): never expired, never compacted (``cdr.raw`` is keyed by account:
   compaction would keep only an account's last chunk).
 - **output** (``KEEP_FOREVER``): what the worker derived; ``cdrflow rebuild`` refills
   ClickHouse from them, so they are kept as long as the log they came from.
 - **latest** (``LATEST_VALUE``): a key's last value is all that is ever read (a number's
-  status, a feed's position, a partition's figures): compacted, never expired.
+  status, a feed's position and notes, a partition's figures): compacted, never expired.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ class Topic:
     role: Role = "truth"
     #: topic configs given at creation, from the role unless given
     configs: dict[str, str] = field(default_factory=dict)
+    #: its partitions when not the settings' (``topic_partitions``)
+    partitions: int | None = None
 
     def __post_init__(self) -> None:
         if not self.configs:
@@ -76,8 +78,10 @@ NUMBER_STATUS: Final = "number.status"
 WORKER_STATUS: Final = "worker.status"
 INGEST_FILES: Final = "ingest.files"
 INGEST_POSITIONS: Final = "ingest.positions"
+FEED_NOTES: Final = "feed.notes"
+INVOICE_NUMBERS: Final = "invoice.numbers"
 
-#: Topics by name; partitions come from the settings.
+#: Topics by name; partitions come from the settings unless the topic names its own.
 TOPICS: Final[dict[str, Topic]] = {
     topic.name: topic
     for topic in (
@@ -137,6 +141,23 @@ TOPICS: Final[dict[str, Topic]] = {
             carries="how far `ingest --tail` and `route` have sent their feeds (streams.feeds.positions)",
             # Only the last value of a key is ever read.
             role="latest",
+        ),
+        Topic(
+            FEED_NOTES,
+            key="the feed's source (a tailed generation, a routed partition)",
+            carries="what a live feed's reader noticed about its lines (times written in another zone...), "
+            "for `cdrflow status`",
+            # Only the last note of a source is ever read.
+            role="latest",
+        ),
+        Topic(
+            INVOICE_NUMBERS,
+            key="the seller id",
+            carries="requests for document numbers: a document's number is its place among the distinct "
+            "documents of its seller, in log order (streams.ledger.invoice_numbers; docs/finance.md)",
+            # One partition: one order for every request. Truth, kept for ever: the numbers
+            # are counted from its first message.
+            partitions=1,
         ),
     )
 }

@@ -3,11 +3,17 @@
 A 400 number is ``400`` + 7 digits; its 4-digit segment is ``400X`` and ``s`` the six
 digits after it. The grade is the first that matches, S before A before B, else C. The
 fees default to S 10000.00, A 3000.00, B 800.00, C 0.00 and can be overridden by a
-``number_grades.toml`` beside the plans::
+``number_grades.toml`` beside the plans, which may also give a grade a minimum package
+(issue 23: a 靓号 needs a dearer package): a plan's package ``price`` or its floor
+(``minimum_monthly_spend``) at least this much, either one sufficing::
 
     [fees]
     S = "8888.00"
     A = "2000.00"
+
+    [minimum_package]
+    S = { price = "3000.00" }
+    A = { price = "1000.00", floor = "100.00" }
 """
 
 from __future__ import annotations
@@ -19,16 +25,46 @@ from typing import Literal
 import rtoml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from schemas.money import format_money
 from tariffs.errors import TariffError
-from tariffs.models import Money
+from tariffs.models import Money, PlanVersion
 
 Grade = Literal["S", "A", "B", "C"]
 GRADES_FILE = "number_grades.toml"
 _NUMBER = re.compile(r"^400\d{7}$")
 
 
+class GradeMinimum(BaseModel):
+    """The least package a grade's numbers may be assigned to: a package ``price`` or a
+    floor (``minimum_monthly_spend``) of at least this much, either one sufficing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    price: Money | None = None
+    floor: Money | None = None
+
+    def refuses(self, version: PlanVersion) -> str | None:
+        """Why ``version`` is below this minimum (None: it is not)."""
+        price = version.package.price if version.package is not None else None
+        floor = version.minimum_monthly_spend
+        if self.price is not None and price is not None and price >= self.price:
+            return None
+        if self.floor is not None and floor is not None and floor >= self.floor:
+            return None
+        if self.price is None and self.floor is None:
+            return None
+        wanted = " or ".join(
+            f"{what} of at least {format_money(value)}"
+            for what, value in (("a package price", self.price), ("a floor", self.floor))
+            if value is not None
+        )
+        has = f"package price {format_money(price)}" if price is not None else "no package"
+        has += f", floor {format_money(floor)}" if floor is not None else ", no floor"
+        return f"needs {wanted} ({has})"
+
+
 class GradeFees(BaseModel):
-    """Selection fee per grade, in units of 0.0001 CNY."""
+    """Selection fee per grade, in units of 0.0001 CNY, and each grade's minimum package."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -36,9 +72,17 @@ class GradeFees(BaseModel):
     A: Money = 30_000_000
     B: Money = 8_000_000
     C: Money = 0
+    minimum_package: dict[Grade, GradeMinimum] = {}
 
     def fee(self, grade: Grade) -> int:
         return int(getattr(self, grade))
+
+    def refuses(self, number: str, version: PlanVersion) -> str | None:
+        """Why ``number`` cannot be assigned to a plan at ``version`` (None: it can)."""
+        number_grade = grade(number)
+        minimum = self.minimum_package.get(number_grade)
+        why = None if minimum is None else minimum.refuses(version)
+        return None if why is None else f"number {number} is grade {number_grade}: its plan {why}"
 
 
 def _run(s: str, length: int) -> bool:
@@ -88,9 +132,19 @@ def load_grade_fees(plans_dir: str | Path) -> GradeFees:
         raw = rtoml.load(path)
     except (rtoml.TomlParsingError, UnicodeDecodeError) as error:
         raise TariffError([f"{path}: not valid TOML: {error}"]) from error
+    raw = raw if isinstance(raw, dict) else {}
+    fees = raw.get("fees", {})
     try:
-        return GradeFees.model_validate(raw.get("fees", {}) if isinstance(raw, dict) else {})
+        return GradeFees.model_validate(
+            {**(fees if isinstance(fees, dict) else {}), "minimum_package": raw.get("minimum_package", {})}
+        )
     except ValidationError as error:
         raise TariffError(
-            [f"{path}: fees > {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
+            [f"{path}: {_section(e['loc'])}: {e['msg']}" for e in error.errors()]
         ) from error
+
+
+def _section(loc: tuple[object, ...]) -> str:
+    """``fees > S`` or ``minimum_package > A > price``: where in the file a problem is."""
+    parts = [str(part) for part in loc]
+    return " > ".join(parts if parts and parts[0] == "minimum_package" else ["fees", *parts])

@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from tariffs.errors import TariffError
 from tariffs.grades import GRADES_FILE, load_grade_fees
-from tariffs.models import Account, AccountsFile, Plan
+from schemas.money import format_money
+from tariffs.models import Account, AccountsFile, Plan, opening_package
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,17 @@ def load_tariffs(plans_dir: Path, accounts_file: Path) -> Tariffs:
                     f"{accounts_file}: accounts[{index}] (id {account.id!r}) > plan: "
                     f"plan {account.plan!r} does not exist (plans: {known})"
                 )
+
+    for index, account in enumerate(accounts):
+        # issue 23: an imported account buys its plan's package when it is opened.
+        plan = plans.get(account.plan)
+        bought = opening_package(account, plan) if plan is not None else None
+        if bought is not None and account.opening_balance < bought[0].price:
+            problems.append(
+                f"{accounts_file}: accounts[{index}] (id {account.id!r}) > opening_balance: "
+                f"{format_money(account.opening_balance)} does not pay for the package of plan {plan.id!r} "
+                f"({format_money(bought[0].price)}), which an account on it buys when it is opened"
+            )
 
     grade_fees = None
     if (Path(plans_dir) / GRADES_FILE).exists():

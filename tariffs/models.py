@@ -6,6 +6,7 @@ strings (``"0.15"``). Models are frozen: a loaded catalogue never changes under 
 
 from __future__ import annotations
 
+import calendar
 import re
 from datetime import date, datetime, time, timezone
 from typing import Annotated, Literal
@@ -22,10 +23,14 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.invoices import TaxCategory
 from schemas.money import parse_money
 
 CallClass = Literal["local", "long_distance", "international"]
 CALL_CLASSES: tuple[CallClass, ...] = ("local", "long_distance", "international")
+#: A rate's class: one of CALL_CLASSES, or ``*`` for every class (issue 23).
+RateClass = Literal["local", "long_distance", "international", "*"]
+ANY_CLASS: Literal["*"] = "*"
 
 
 def _money(value: object) -> int:
@@ -76,7 +81,9 @@ class Rate(_Model):
     """Price of one (segment, class) in a plan version (spec 2.1)."""
 
     segment: Annotated[str, Field(pattern=r"^(\*|\d{1,10})$")]
-    call_class: CallClass = Field(alias="class")
+    #: ``*`` matches every class, international included; a rate of the call's own class
+    #: and the same segment wins over it (spec 2.1).
+    call_class: RateClass = Field(alias="class")
     tiers: Annotated[list[Tier], Field(min_length=1)]
 
     @field_validator("tiers")
@@ -122,13 +129,75 @@ class OffPeak(_Model):
     holidays: list[date] = []
 
 
-class Services(_Model):
-    """Monthly fees of value-added services (spec/ledger.md 1)."""
+class Service(_Model):
+    """A value-added service's fee (spec/ledger.md 1): charged per ``period`` while it is
+    enabled, never when ``included`` in the plan. ``tax_category`` (issue 24): its VAT
+    category on invoices; None: the default (docs/rules.md "Invoices and VAT")."""
 
-    ivr: Money = 300_000
-    recording: Money = 500_000
-    blacklist: Money = 100_000
-    sms: Money = 200_000
+    fee: Money = 0
+    period: Literal["month", "year", "once"] = "month"
+    included: bool = False
+    tax_category: TaxCategory | None = None
+
+
+def _service(value: object) -> object:
+    # The short form of the first plans: a fee alone is a monthly fee.
+    return {"fee": value} if isinstance(value, (str, int)) and not isinstance(value, bool) else value
+
+
+#: The four services every plan has, with their monthly fees, unless a plan says otherwise.
+DEFAULT_SERVICES: dict[str, Service] = {
+    "ivr": Service(fee="30.00"),
+    "recording": Service(fee="50.00"),
+    "blacklist": Service(fee="10.00"),
+    "sms": Service(fee="20.00"),
+}
+ServiceName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class Package(_Model):
+    """A prepaid term package (``[versions.package]``, issue 23): opening an account on the
+    plan buys it: ``price`` leaves the balance and ``credit`` (default: the price) is
+    granted until ``term_months`` later; calls and floor charges draw on the credit before
+    the balance; at the end the rest is forfeited (``unused = "forfeit"``) or goes to the
+    balance (``"refund"``). A renewal pays ``renewal_price`` (default: the price) and
+    starts a new term on the renewal day (``renewal = "restart"``) or at the current end
+    (``"extend"``)."""
+
+    price: Money
+    term_months: Annotated[StrictInt, Field(gt=0, le=120)]
+    credit: Money | None = None
+    unused: Literal["forfeit", "refund"] = "forfeit"
+    renewal: Literal["restart", "extend"] = "restart"
+    renewal_price: Money | None = None
+
+    @property
+    def granted(self) -> int:
+        """The credit a purchase or renewal grants."""
+        return self.price if self.credit is None else self.credit
+
+    @property
+    def renews_for(self) -> int:
+        """What a renewal costs."""
+        return self.price if self.renewal_price is None else self.renewal_price
+
+    def ends(self, start: datetime, zone: ZoneInfo) -> datetime:
+        """The end of a term that starts at ``start``: the same local wall-clock time
+        ``term_months`` later (the day clipped to the month's end), a fixed offset."""
+        end = add_months(start.astimezone(zone), self.term_months)
+        return end.replace(tzinfo=timezone(end.utcoffset()))
+
+
+def add_months(instant: datetime, months: int) -> datetime:
+    """The same wall-clock instant ``months`` later (the day clipped to the month's end).
+
+    >>> add_months(datetime(2026, 1, 31, 9, 0), 1)
+    datetime.datetime(2026, 2, 28, 9, 0)
+    """
+    total = instant.month - 1 + months
+    year, month = instant.year + total // 12, total % 12 + 1
+    day = min(instant.day, calendar.monthrange(year, month)[1])
+    return instant.replace(year=year, month=month, day=day)
 
 
 class PlanVersion(_Model):
@@ -143,17 +212,40 @@ class PlanVersion(_Model):
     increment: Increment = Increment(first=60, next=60)
     offpeak: OffPeak | None = None
     rates: list[Rate] = []
+    #: The class of a call whose caller has no area (withheld, masked, an extension):
+    #: what carriers bill an unidentified domestic caller at (docs/rules.md).
+    unknown_caller_class: CallClass = "long_distance"
     # spec/ledger.md 1: fields the ledger reads; rating ignores them.
     opening_fee: Money = 0
     keep_number_fee: Money = 150_000
-    services: Services = Services()
+    services: dict[ServiceName, Annotated[Service, BeforeValidator(_service)]] = Field(
+        default_factory=lambda: dict(DEFAULT_SERVICES)
+    )
     sla_credit_after_minutes: Annotated[StrictInt, Field(gt=0)] = 120
+    # issue 23: packages, floors per number, the opening month, top-ups and lock-in
+    # (spec/ledger.md); only ``package`` touches rating (its credit).
+    package: Package | None = None
+    minimum_scope: Literal["account", "number"] = "account"
+    rent_scope: Literal["account", "number"] = "account"
+    first_month: Literal["prorate", "full", "actual"] = "prorate"
+    min_topup: Money | None = None
+    min_term_months: Annotated[StrictInt, Field(gt=0, le=120)] | None = None
+    early_termination: Literal["refuse", "remaining_floor"] = "refuse"
+    # issue 24: the version's prices include VAT (what enterprises are quoted), unless
+    # it says otherwise; invoices then add the tax on top (docs/rules.md).
+    prices_include_tax: bool = True
 
     @field_validator("effective_from")
     @classmethod
     def _fixed_offset(cls, instant: datetime) -> datetime:
         # TOML readers attach their own tzinfo classes; keep a plain fixed offset.
         return instant.replace(tzinfo=timezone(instant.utcoffset()))
+
+    @field_validator("services")
+    @classmethod
+    def _with_default_services(cls, services: dict[str, Service]) -> dict[str, Service]:
+        # Today's four keep their meaning and fees unless the plan names them.
+        return {**DEFAULT_SERVICES, **services}
 
     @field_validator("rates")
     @classmethod
@@ -205,6 +297,18 @@ class Plan(_Model):
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 
+    def version_at(self, instant: datetime) -> PlanVersion | None:
+        """The version in force at ``instant`` (spec 2.1), else None."""
+        found = None
+        for version in self.versions:
+            if version.effective_from <= instant:
+                found = version
+        return found
+
+    @property
+    def has_packages(self) -> bool:
+        return any(version.package is not None for version in self.versions)
+
 
 FourHundredNumber = Annotated[str, Field(pattern=r"^400\d{7}$")]
 
@@ -232,6 +336,22 @@ class Account(_Model):
             doubled = sorted({n for n in numbers if numbers.count(n) > 1})
             raise ValueError(f"number listed twice: {', '.join(doubled)}")
         return numbers
+
+
+def opened_instant(account: Account, plan: Plan) -> datetime:
+    """When an account of the accounts file counts as opened (spec/ledger.md 1): its
+    ``opened_at``, else the earliest ``effective_from`` of its plan."""
+    return account.opened_at or min(version.effective_from for version in plan.versions)
+
+
+def opening_package(account: Account, plan: Plan) -> tuple[Package, datetime] | None:
+    """The package an imported account buys when it is opened (issue 23), and the end of
+    its credit: the package of the version in force at the opening (None: none)."""
+    opened = opened_instant(account, plan)
+    version = plan.version_at(opened)
+    if version is None or version.package is None:
+        return None
+    return version.package, version.package.ends(opened, plan.zone)
 
 
 class AccountsFile(_Model):

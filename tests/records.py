@@ -15,6 +15,7 @@ def via_records(state: RatingState) -> RatingState:
     fold = RecordFold()
     balances = dict(state.balances.iter_rows())
     latest = dict(state.latest.iter_rows())
+    credits = {a: [c, e.isoformat(), r] for a, c, e, r in state.credits.iter_rows()}
     months = pl.concat(
         [
             state.allowance.select("account_id", "month_key"),
@@ -28,7 +29,8 @@ def via_records(state: RatingState) -> RatingState:
     values = month_values(state, months)
     for account in state.account_ids().to_list():
         update = AccountUpdate(
-            core=Core(applied_offset=0, balance=balances.get(account), latest_month=latest.get(account)),
+            core=Core(applied_offset=0, balance=balances.get(account), latest_month=latest.get(account),
+                      credit=credits.get(account)),
             months={m: v for (a, m), v in values.items() if a == account},
             remembered={
                 m: group.get_column("cdr_id").to_list()

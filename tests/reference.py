@@ -11,7 +11,15 @@ Decisions for what the spec leaves open (agreed with the engine):
   matched exactly; a field holding NUL or U+FFFD, or a line longer than 4096 UTF-8 bytes,
   is malformed too.
 - Every CDR that passed steps 1-2 is remembered for the duplicate check, even when it is
-  later rejected or unbilled.
+  later rejected or unbilled, with its kind: a CDR that would be billed (ANSWERED,
+  billsec > 0) is a duplicate only of an earlier one that would have been billed; an
+  unbilled one of any earlier one (several records of one call, docs/rules.md).
+- A charge time before 2001-01-01 or from 2100-01-01 (UTC) is ``invalid_time``, judged
+  right after step 2: it moves no watermark and is not remembered.
+- A billed CDR whose billsec exceeds the seconds from answer to end by more than 1 is
+  ``invalid_time``.
+- A caller without an area (``caller_area`` empty) is of the class its plan version's
+  ``unknown_caller_class`` says (``long_distance`` when no version is in force).
 - The horizon (docs/rules.md): an account's watermark is the latest local charge month of
   the CDRs of its log that passed steps 1-2, the current one included; a CDR whose month
   is before ``watermark - horizon_months`` is ``late`` (checked after step 2, not
@@ -21,6 +29,15 @@ Decisions for what the spec leaves open (agreed with the engine):
   which ``spent >= cap`` while the call's pre-cap price was above 0.
 - A time-of-day ``t`` is inside a window ``[s, e)`` when ``s <= t < e`` for ``s < e``,
   and when ``t >= s or t < e`` for ``e <= s`` (so ``s == e`` is the whole day).
+- A rate of class ``*`` matches every class; of two rates of one segment, the call's own
+  class wins; a call a ``*`` rate prices uses the allowance, international or not.
+- Package credit (issue 23): an account on a plan whose version in force at its opening
+  has a package starts with ``opening_balance - price`` and the package's credit until
+  the end of its term. A rated call takes its amount from the credit first. At the first
+  rated or unbilled call whose charge time is at or after the end, the credit left ends
+  before the call: forfeited, or added to the balance (``unused = "refund"``).
+  ``low_balance`` and ``arrears`` judge credit + balance (the funds) before and after the
+  call; a row's ``balance`` is the balance alone.
 """
 
 from __future__ import annotations
@@ -33,6 +50,7 @@ from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from tariffs import Account, Plan, PlanVersion, Rate, Tariffs
+from tariffs.models import opening_package
 
 DISPOSITIONS = frozenset({"ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION"})
 MAX_LINE_BYTES = 4096
@@ -59,11 +77,21 @@ class _Cdr:
     disposition: str
 
 
+EARLIEST_CALL = datetime(2001, 1, 1, tzinfo=timezone.utc)
+LATEST_CALL = datetime(2100, 1, 1, tzinfo=timezone.utc)
+BILLSEC_TOLERANCE_S = 1
+
+
 @dataclass
 class _AccountState:
     balance: int
-    #: cdr_id -> the charge month (year * 12 + month - 1) it was remembered with
+    credit: int = 0
+    credit_ends: datetime | None = None
+    credit_refund: bool = False
+    #: cdr_id -> the charge month (year * 12 + month - 1) it was remembered with, for
+    #: records that would be billed, and for unbilled ones
     seen_cdr_ids: dict[str, int] = field(default_factory=dict)
+    seen_unbilled_ids: dict[str, int] = field(default_factory=dict)
     watermark: int | None = None
     allowance_used_s: dict[tuple[int, int], int] = field(default_factory=dict)
     charged_s: dict[tuple[int, int, str], int] = field(default_factory=dict)
@@ -115,17 +143,29 @@ def _parse_cdr(fields: list[str] | None) -> _Cdr | None:
                 int(billsec_text), disposition)
 
 
+def _billed(cdr: _Cdr) -> bool:
+    return cdr.disposition == "ANSWERED" and cdr.billsec > 0
+
+
 def _invalid_time(cdr: _Cdr) -> bool:
-    """Spec 4 step 4."""
+    """Spec 4 step 4, and a billsec longer than the call."""
     if cdr.end < cdr.start:
         return True
     if cdr.answer is not None and not (cdr.start <= cdr.answer <= cdr.end):
         return True
-    return cdr.disposition == "ANSWERED" and cdr.answer is None
+    if cdr.disposition == "ANSWERED" and cdr.answer is None:
+        return True
+    return (
+        _billed(cdr)
+        and cdr.answer is not None
+        and cdr.billsec > (cdr.end - cdr.answer).total_seconds() + BILLSEC_TOLERANCE_S
+    )
 
 
-def _call_class(cdr: _Cdr) -> str:
-    """Spec 4 step 5."""
+def _call_class(cdr: _Cdr, version: PlanVersion | None) -> str:
+    """Spec 4 step 5; a caller without an area by the version's rule."""
+    if cdr.caller_area == "":
+        return version.unknown_caller_class if version is not None else "long_distance"
     if cdr.caller_area.startswith(("+", "00")):
         return "international"
     return "local" if cdr.caller_area == cdr.answer_area else "long_distance"
@@ -167,9 +207,26 @@ def _matching_rate(version: PlanVersion, called: str, call_class: str) -> Rate |
     """Spec 2.1: the longest segment that is ``*`` or a prefix of the called number."""
     candidates = [
         rate for rate in version.rates
-        if rate.call_class == call_class and (rate.segment == "*" or called.startswith(rate.segment))
+        if rate.call_class in (call_class, "*") and (rate.segment == "*" or called.startswith(rate.segment))
     ]
-    return max(candidates, key=lambda rate: rate.segment_length, default=None)
+    return max(candidates, key=lambda rate: (rate.segment_length, rate.call_class != "*"), default=None)
+
+
+def _opening_state(account: Account, plan: Plan) -> _AccountState:
+    bought = opening_package(account, plan)
+    if bought is None:
+        return _AccountState(balance=account.opening_balance)
+    package, ends = bought
+    return _AccountState(balance=account.opening_balance - package.price, credit=package.granted,
+                         credit_ends=ends, credit_refund=package.unused == "refund")
+
+
+def _end_credit(state: _AccountState, charge_time: datetime) -> None:
+    """The credit left ends at the first call at or after its end."""
+    if state.credit_ends is not None and charge_time >= state.credit_ends:
+        if state.credit_refund:
+            state.balance += state.credit
+        state.credit, state.credit_ends = 0, None
 
 
 def _billable_s(billsec: int, first: int, next_: int) -> int:
@@ -214,12 +271,12 @@ def _is_offpeak(version: PlanVersion, local: datetime) -> bool:
 
 
 def _rated_row(line: int, cdr: _Cdr, account_id: str, status: str, call_class: str,
-               balance: int, **numbers: int | bool) -> dict:
+               state: _AccountState, **numbers: int | bool) -> dict:
     row: dict = {
         "line": line, "cdr_id": cdr.cdr_id, "account_id": account_id, "status": status,
         "class": call_class, "offpeak": False, "billable_s": 0, "allowance_s": 0,
         "charged_s": 0, "base": 0, "discount": 0, "minimum_uplift": 0, "cap_waived": 0,
-        "amount": 0, "balance": balance,
+        "amount": 0, "balance": state.balance, "credit_used": 0, "credit": state.credit,
     }
     row.update(numbers)
     return row
@@ -236,7 +293,7 @@ def rate_reference(
     """
     accounts: dict[str, Account] = {account.id: account for account in tariffs.accounts}
     owner_of = tariffs.account_of_number()
-    states = {account.id: _AccountState(balance=account.opening_balance)
+    states = {account.id: _opening_state(account, tariffs.plans[account.plan])
               for account in tariffs.accounts}
     rated: list[dict] = []
     rejected: list[dict] = []
@@ -259,6 +316,9 @@ def rate_reference(
         plan = tariffs.plans[account.plan]
         zone = ZoneInfo(plan.timezone)
         charge_time = cdr.answer if cdr.answer is not None else cdr.start
+        if not EARLIEST_CALL <= charge_time < LATEST_CALL:
+            reject(line, cdr.cdr_id, "invalid_time")
+            continue
         local = charge_time.astimezone(zone)
         month_key = local.year * 12 + local.month - 1
         state.watermark = month_key if state.watermark is None else max(state.watermark, month_key)
@@ -266,22 +326,25 @@ def rate_reference(
         if month_key < oldest_judged:
             reject(line, cdr.cdr_id, "late")
             continue
-        if state.seen_cdr_ids.get(cdr.cdr_id, oldest_judged - 1) >= oldest_judged:
+        billed = _billed(cdr)
+        blocking = [state.seen_cdr_ids] if billed else [state.seen_cdr_ids, state.seen_unbilled_ids]
+        if any(memory.get(cdr.cdr_id, oldest_judged - 1) >= oldest_judged for memory in blocking):
             reject(line, cdr.cdr_id, "duplicate")
             continue
         # decision: remembered even if rejected below or unbilled.
-        state.seen_cdr_ids[cdr.cdr_id] = month_key
+        (state.seen_cdr_ids if billed else state.seen_unbilled_ids)[cdr.cdr_id] = month_key
         if _invalid_time(cdr):
             reject(line, cdr.cdr_id, "invalid_time")
             continue
 
-        call_class = _call_class(cdr)
+        version = _version_at(plan, charge_time)
+        call_class = _call_class(cdr, version)
 
         if cdr.disposition != "ANSWERED" or cdr.billsec == 0:
-            rated.append(_rated_row(line, cdr, account_id, "unbilled", call_class, state.balance))
+            _end_credit(state, charge_time)
+            rated.append(_rated_row(line, cdr, account_id, "unbilled", call_class, state))
             continue
 
-        version = _version_at(plan, charge_time)
         rate = _matching_rate(version, cdr.called, call_class) if version is not None else None
         if version is None or rate is None:
             reject(line, cdr.cdr_id, "no_rate")
@@ -295,9 +358,10 @@ def rate_reference(
         month = (local.year, local.month)
         day = local.date()
 
+        _end_credit(state, charge_time)
         billable_s = _billable_s(cdr.billsec, version.increment.first, version.increment.next)
         allowance_s = 0
-        if call_class != "international":
+        if call_class != "international" or rate.call_class == "*":
             used_s = state.allowance_used_s.get(month, 0)
             allowance_s = min(billable_s, max(0, month_version.included_minutes * 60 - used_s))
             state.allowance_used_s[month] = used_s + allowance_s
@@ -322,14 +386,17 @@ def rate_reference(
         amount = pre_cap if cap is None else min(pre_cap, max(0, cap - spent))
         state.spent_today[day] = spent + amount
 
-        before = state.balance
-        after = before - amount
-        state.balance = after
+        before = state.balance + state.credit  # the funds: credit + balance
+        credit_used = min(state.credit, amount)
+        state.credit -= credit_used
+        state.balance -= amount - credit_used
+        after = state.balance + state.credit
         rated.append(_rated_row(
-            line, cdr, account_id, "rated", call_class, after,
+            line, cdr, account_id, "rated", call_class, state,
             offpeak=offpeak, billable_s=billable_s, allowance_s=allowance_s,
             charged_s=charged_s, base=base, discount=discount,
             minimum_uplift=minimum_uplift, cap_waived=pre_cap - amount, amount=amount,
+            credit_used=credit_used,
         ))
 
         # spec 5: alerts of one call in the order daily_cap_reached, low_balance, arrears.
@@ -344,7 +411,7 @@ def rate_reference(
         if before >= 0 > after:
             kinds.append("arrears")
         alerts.extend({"line": line, "account_id": account_id, "kind": kind,
-                       "cdr_id": cdr.cdr_id, "balance": after} for kind in kinds)
+                       "cdr_id": cdr.cdr_id, "balance": state.balance} for kind in kinds)
 
     return rated, rejected, alerts
 

@@ -24,6 +24,8 @@ TIMEZONES = ("Asia/Shanghai", "UTC", "America/New_York", "Europe/Berlin", "Asia/
 INCREMENTS = ((60, 60), (6, 6), (30, 6), (1, 1))
 SEGMENTS = ("*", "400", "4008", "40080")
 CLASSES = ("local", "long_distance", "international")
+#: A rate's class may also be "*": every class (issue 23).
+RATE_CLASSES = (*CLASSES, "*")
 #: 400 numbers whose longest matching segment differs: 40080..., 4008..., 400...
 NUMBER_POOL = ("4008012345", "4008099999", "4008123456", "4008765432", "4001234567",
                "4007003333", "4006001234", "4000800001")
@@ -112,9 +114,9 @@ def offpeak_tables(draw: st.DrawFn) -> dict:
 @st.composite
 def rates(draw: st.DrawFn) -> list[dict]:
     out = []
-    for call_class in CLASSES:
-        # international may have no rate at all (-> no_rate); the others usually have one
-        least = 0 if call_class == "international" else draw(st.sampled_from([0, 1, 1, 1]))
+    for call_class in RATE_CLASSES:
+        # international and "*" may have no rate at all (-> no_rate); the others usually have one
+        least = 0 if call_class in ("international", "*") else draw(st.sampled_from([0, 1, 1, 1]))
         for segment in draw(st.sets(st.sampled_from(SEGMENTS), min_size=least, max_size=3)):
             out.append({"segment": segment, "class": call_class, "tiers": draw(tiers())})
     return out
@@ -135,7 +137,22 @@ def plan_versions(draw: st.DrawFn, effective_from: datetime) -> dict:
         version["daily_cap"] = format_money(draw(small_money))
     if draw(st.integers(0, 3)):
         version["offpeak"] = draw(offpeak_tables())
+    if draw(st.integers(0, 2)) == 0:
+        version["package"] = draw(packages())
+    if draw(st.integers(0, 2)) == 0:
+        version["unknown_caller_class"] = draw(st.sampled_from(CLASSES))
     return version
+
+
+@st.composite
+def packages(draw: st.DrawFn) -> dict:
+    """A term package (issue 23): short terms, so that credit ends inside the log."""
+    package: dict = {"price": format_money(draw(small_money)), "term_months": draw(st.sampled_from([1, 1, 2]))}
+    if draw(st.booleans()):
+        package["credit"] = format_money(draw(small_money))
+    if draw(st.booleans()):
+        package["unused"] = draw(st.sampled_from(["forfeit", "refund"]))
+    return package
 
 
 @st.composite
@@ -171,6 +188,8 @@ def account_sets(draw: st.DrawFn, plan_ids: list[str]) -> list[dict]:
         }
         if draw(st.booleans()):
             account["daily_cap"] = format_money(draw(small_money))
+        if draw(st.booleans()):  # opened inside the log: a package's credit may end in it
+            account["opened_at"] = draw(instants()).astimezone(_offset_zone("+08:00"))
         accounts.append(account)
     return accounts
 
@@ -228,15 +247,18 @@ def _pad_to_bytes(fields: list[str], size: int) -> list[str]:
 def cdr_lines(draw: st.DrawFn, called_numbers: list[str], cdr_ids: list[str]) -> str:
     kind = draw(st.sampled_from(
         ["answered"] * 8 + ["unanswered", "zero_billsec", "unknown", "invalid_time",
-                            "malformed", "boundary_length"]
+                            "malformed", "boundary_length", "long_billsec", "far_time"]
     ))
     called = draw(st.sampled_from(UNKNOWN_NUMBERS if kind == "unknown" else called_numbers))
     international = draw(st.integers(0, 4)) == 0
-    caller_area = draw(st.sampled_from(INTERNATIONAL_AREAS if international else AREAS))
+    # an empty caller area: a caller without one (withheld), rated by unknown_caller_class
+    caller_area = draw(st.sampled_from(INTERNATIONAL_AREAS if international else (*AREAS, "")))
     answer_area = draw(st.sampled_from(AREAS))
     offset = draw(st.sampled_from(OFFSETS))
     fraction = draw(st.sampled_from(["", "", "", ".250", ".999999"]))
     start = draw(instants())
+    if kind == "far_time":  # a switch clock gone wrong: outside the times rated
+        start = start.replace(year=draw(st.sampled_from([1999, 2000, 2100, 2107])))
     answer: datetime | None = start + timedelta(seconds=draw(st.integers(0, 30)))
     billsec = draw(st.one_of(
         st.integers(1, 400),
@@ -252,6 +274,8 @@ def cdr_lines(draw: st.DrawFn, called_numbers: list[str], cdr_ids: list[str]) ->
     elif kind == "zero_billsec":
         billsec = 0
     end = (answer or start) + timedelta(seconds=billsec)
+    if kind == "long_billsec":  # billsec more than the call lasted (1 s is tolerated)
+        end -= timedelta(seconds=draw(st.sampled_from([1, 2, 3, 60])))
     if kind == "invalid_time":
         how = draw(st.sampled_from(["end_before_start", "answer_before_start",
                                     "answer_after_end", "answered_without_answer"]))

@@ -99,7 +99,8 @@ def test_numbers_are_unique_and_match_their_plans_segments(data: GeneratedDatase
     loaded = load_tariffs(data.plans_dir, data.accounts_file)
     numbers = [number for account in loaded.accounts for number in account.numbers]
     assert len(numbers) == len(set(numbers))
-    segments = {"std-100": ("4008", "4006"), "eco-4007": ("4007",), "vip-500": ("4001",)}
+    segments = {"std-100": ("4008", "4006"), "eco-4007": ("4007",), "vip-500": ("4001",),
+                "pkg-3y-3000": ("4008", "4006"), "floor-50": ("4007", "4006")}
     for account in loaded.accounts:
         assert all(number.startswith(segments[account.plan]) for number in account.numbers), account
 

@@ -1,5 +1,6 @@
 """The live edges' pure parts (issue 14), without servers: lines out of shipped messages,
-the ends a position may carry, and the commands' refusals of bad options."""
+the ends a position may carry, the commands' refusals of bad options, and the router's
+consumer that never sends LeaveGroup."""
 
 from __future__ import annotations
 
@@ -9,8 +10,14 @@ import importlib
 import pytest
 from typer.testing import CliRunner
 
+from kafka import KafkaConsumer
+from kafka.coordinator.base import Generation, MemberState
+from kafka.errors import KafkaConnectionError
+from kafka.future import Future
+
 from schemas.shipped_lines import field_path, message_lines
 from streams.feeds.positions import Position, held_ends, partition_of, tail_key
+from streams.kafka.client import without_leave_group
 
 
 def test_a_raw_message_is_the_line_without_its_line_end() -> None:
@@ -86,3 +93,48 @@ def test_the_live_commands_refuse_bad_options_before_reaching_the_broker(args: l
     result = CliRunner().invoke(app, args, env={"CDRFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_router_consumer_quits_its_group_without_a_leave_group_request(quiet: bool) -> None:
+    """tansu 0.6.0 wedges a group whose leader leaves it while it re-forms (docs/infra.md),
+    so the routers' consumers only forget their membership. This pins the kafka-python 3
+    internals that relies on: a plain consumer, as a member of a group, sends LeaveGroup on
+    close; one made by ``without_leave_group`` sends nothing and is out of the group all
+    the same."""
+    consumer = KafkaConsumer(bootstrap_servers=["127.0.0.1:9"], group_id="g", api_version=(3, 9))
+    try:
+        if quiet:
+            without_leave_group(consumer)
+        coordinator = consumer._coordinator
+        sent: list[str] = []
+
+        def send(request, **_):  # type: ignore[no-untyped-def]
+            sent.append(type(request).__name__)
+            return Future().failure(KafkaConnectionError("no broker in a unit test"))
+
+        coordinator._manager.send = send
+        coordinator._generation = Generation(3, "member-1", "range")  # a member of a formed group
+        coordinator.state = MemberState.STABLE
+        coordinator.coordinator_id = "coordinator-0"
+        consumer.close(autocommit=False)
+        assert sent == ([] if quiet else ["LeaveGroupRequest"])
+        assert consumer.group_metadata().member_id == ""
+    finally:
+        consumer.close()
+
+
+def test_a_routed_header_of_a_gbk_profile_is_found_and_names_the_columns() -> None:
+    # issue 21: a 400 platform's export (Chinese header, GBK) shipped line by line
+    from schemas.switch_formats import PROFILES_DIR, Feed
+    from streams.feeds.shipped import _as_header, _header_probe
+
+    feed = Feed.of("mapped", profile=PROFILES_DIR / "platform-400-export.toml")
+    header = "话单编号,主叫号码,400号码,接听号码,呼叫时间,接通时间,挂机时间,通话时长,呼叫结果".encode("gbk")
+    line = "HD1, 13800138000, 4008001234, 01088886666, 2026-03-02 09:00:00, 2026-03-02 09:00:05, 2026-03-02 09:02:10, 00:02:05, 已接通".encode("gbk")
+    probe = _header_probe(feed)
+    assert probe(header) and not probe(line)
+    layout = _as_header(feed, header)
+    assert layout is not None and feed.decode_header(header).decode().startswith("话单编号")
+    (row,) = layout.parse(line + b"\n", 0).to_dicts()
+    assert (row["cdr_id"], row["billsec"], row["disposition"], row["framing"]) == ("HD1", "125", "ANSWERED", None)

@@ -131,3 +131,26 @@ def test_export_refuses_an_out_with_a_link_in_it_before_reading_clickhouse(tmp_p
     assert result.exit_code == 2, result.output
     assert "symbolic link" in result.output and target.read_text() == "kept\n"
     assert sorted(p.name for p in out.iterdir()) == ["alerts.csv"]
+
+
+def test_invoice_out_refuses_a_link_among_its_documents_and_writes_none(tmp_path: Path) -> None:
+    # cdrflow invoice --out (issue 24) writes each document's .json and .html: the same rule.
+    from streams.cli.invoice import _write
+    from streams.ledger.invoices import Result
+    from tests.test_invoicing import scenario
+
+    document = scenario().invoice("2026-03", 1)
+    assert document is not None and document.invoice_no
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "target.html"
+    target.write_text("kept\n")
+    (out / f"{document.invoice_no}.html").symlink_to(target)
+    with pytest.raises(CdrFileError, match="symbolic link"):
+        _write(out, [Result("A1", "2026-03", document=document)])
+    assert target.read_text() == "kept\n" and sorted(p.name for p in out.iterdir()) == [f"{document.invoice_no}.html"]
+    (out / f"{document.invoice_no}.html").unlink()
+    (out / f".{document.invoice_no}.json.partial").symlink_to(target)  # planted after the check: not followed
+    written = _write(out, [Result("A1", "2026-03", document=document)])
+    assert [p.name for p in written] == [f"{document.invoice_no}.json", f"{document.invoice_no}.html"]
+    assert target.read_text() == "kept\n" and document.invoice_no in (out / f"{document.invoice_no}.html").read_text()

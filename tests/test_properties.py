@@ -19,7 +19,7 @@ from tests.strategies import Scenario, scenarios
 
 RATED_KEYS = ("line", "cdr_id", "account_id", "status", "class", "offpeak", "billable_s",
               "allowance_s", "charged_s", "base", "discount", "minimum_uplift", "cap_waived",
-              "amount", "balance")
+              "amount", "balance", "credit_used", "credit")
 ALERT_KEYS = ("line", "account_id", "kind", "cdr_id", "balance")
 
 PROPERTY_SETTINGS = settings(
@@ -213,6 +213,35 @@ WINDOW_WRAPS_MIDNIGHT = _scenario(
 )
 
 
+PACKAGE_CREDIT_ENDS = _scenario(
+    [
+        # issue 23: credit drawn before the balance, ended at the first call at or after
+        # the end of the term (refunded here), a "*" rate beside a local one, its allowance
+        _plan("pkg", [{"effective_from": "2026-01-01T00:00:00+08:00", "included_minutes": 1,
+                       "package": {"price": "1.00", "credit": "1.20", "term_months": 1, "unused": "refund"},
+                       "rates": [{"segment": "*", "class": "*", "tiers": _tiers("0.30")},
+                                 {"segment": "*", "class": "local", "tiers": _tiers("0.10")}]}]),
+        _plan("flat", [{"effective_from": "2026-01-01T00:00:00+08:00",
+                        "package": {"price": "0.50", "term_months": 1},
+                        "rates": [{"segment": "*", "class": "*", "tiers": _tiers("0.20")}]}]),
+    ],
+    [
+        {"id": "A001", "plan": "pkg", "numbers": ["4008012345"], "opening_balance": "1.50",
+         "low_balance_threshold": "1.00", "opened_at": "2026-02-10T09:00:00+08:00"},
+        {"id": "A002", "plan": "flat", "numbers": ["4008123456"], "opening_balance": "0.50",
+         "low_balance_threshold": "0.30", "opened_at": "2026-02-01T00:00:00+08:00"},
+    ],
+    [
+        _call("P1", "4008012345", "2026-02-11T10:00:00+08:00", 120, caller_area="+44"),  # 1 min free, 0.30
+        _call("P2", "4008012345", "2026-02-12T10:00:00+08:00", 300),  # local 0.50: credit 0.40
+        _call("Q1", "4008123456", "2026-02-02T10:00:00+08:00", 180, caller_area="021"),  # 0.60: credit 0.50, balance 0.10
+        _call("P3", "4008012345", "2026-03-10T09:00:00+08:00", 60, caller_area="021"),  # ends: +0.40; March's free minute
+        _call("P4", "4008012345", "2026-03-01T10:00:00+08:00", 60),  # before the end, after it in the log
+        _call("Q2", "4008123456", "2026-03-01T00:00:00+08:00", 60),  # ends with nothing left
+    ],
+)
+
+
 # --- running both sides ------------------------------------------------------------------
 
 def _engine_results(scenario: Scenario, cuts: list[int] | None = None) -> list:
@@ -240,6 +269,7 @@ def _engine_results(scenario: Scenario, cuts: list[int] | None = None) -> list:
 @example(scenario=CAP_BINDS)
 @example(scenario=NON_SHANGHAI_TIMEZONES)
 @example(scenario=WINDOW_WRAPS_MIDNIGHT)
+@example(scenario=PACKAGE_CREDIT_ENDS)
 def test_engine_equals_reference_on_random_logs(scenario: Scenario) -> None:
     want_rated, want_rejected, want_alerts = rate_reference_csv(
         scenario.tariffs, scenario.csv_bytes, scenario.horizon_months

@@ -238,3 +238,14 @@ def test_a_settings_error_does_not_print_the_password() -> None:
     with pytest.raises(ValidationError) as error:
         Settings(clickhouse_url="clickhouse://u:pw-in-url-123@:notaport/db")
     assert "pw-in-url-123" not in str(error.value)
+
+
+def test_the_live_feeds_events_are_redacted(sasl_ssl: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    # `ingest --tail` and `route` print their errors and warnings (a library's words) as they come.
+    from streams.cli.live_display import LiveDisplay
+
+    LiveDisplay("route", ("partition",), json_=True).event(
+        {"event": "error", "message": "SASL login cdrflow/kafka-s3cret-from-a-file refused"}
+    )
+    printed = capsys.readouterr().out
+    assert "s3cret" not in printed and '"message":"SASL login cdrflow/*** refused"' in printed, printed

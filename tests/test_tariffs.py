@@ -48,7 +48,7 @@ def _problems(tariff_dir: Path) -> str:
 
 def test_reference_plans_load(tariff_dir: Path) -> None:
     tariffs = load_tariffs(tariff_dir / "plans", tariff_dir / "accounts.toml")
-    assert sorted(tariffs.plans) == ["eco-4007", "std-100", "vip-500"]
+    assert sorted(tariffs.plans) == ["eco-4007", "floor-50", "pkg-3y-3000", "std-100", "vip-500"]
     assert tariffs.plans["std-100"].versions[0].rates[0].tiers[0].per_minute == 1500
     assert tariffs.accounts[0].daily_cap == 800_000
 

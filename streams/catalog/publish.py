@@ -36,6 +36,7 @@ from streams.kafka.client import Sender, decode_json, make_reader, read_to_end, 
 from streams.settings import Settings
 from tariffs import Account, Plan, Tariffs
 from tariffs.grades import GradeFees
+from tariffs.models import opened_instant
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +242,12 @@ def publish_tariffs(
     fees = grades_on_topic(plan_records)
     if tariffs.grade_fees is not None and tariffs.grade_fees != fees:
         sender = Sender(settings)
-        value = {grade: format_money(tariffs.grade_fees.fee(grade)) for grade in "SABC"}
+        value: dict[str, Any] = {grade: format_money(tariffs.grade_fees.fee(grade)) for grade in "SABC"}
+        if tariffs.grade_fees.minimum_package:  # issue 23: a grade's minimum package
+            value["minimum_package"] = {
+                grade: {k: format_money(v) for k, v in minimum.model_dump(exclude_none=True).items()}
+                for grade, minimum in tariffs.grade_fees.minimum_package.items()
+            }
         sender.send(topic_name(PLANS, topic_prefix), GRADES_KEY.encode(), value)
         sender.flush()
     loaded_accounts = {a.id for a in tariffs.accounts}
@@ -283,7 +289,7 @@ def _publish_imports(settings: Settings, tariffs: Tariffs, accounts: list[Accoun
         command = LedgerCommand(
             kind="open",
             account_id=account.id,
-            at=account.opened_at or min(v.effective_from for v in plan.versions),
+            at=opened_instant(account, plan),
             plan=account.plan,
             numbers=account.numbers,
             opening_balance=account.opening_balance,

@@ -15,12 +15,16 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from schemas.invoices import document_json
 from schemas.ledger import SERVICES, LedgerCommand
 from schemas.money import format_money, parse_money
 from streams.cli._common import ExitCode, JsonOption, StateDirOption, console, fail, parse_instant, settings_or_fail
+from streams.cli._common import errors
 from streams.kafka.client import BrokerError
 from streams.ledger import commands as ops
+from streams.ledger import invoices
 from tariffs.grades import grade as grade_of
+from tariffs.models import add_months
 
 account_app = typer.Typer(help="Open accounts, take payments, services and lifecycle; show balances.", no_args_is_help=True)
 number_app = typer.Typer(help="400 numbers: grades and selection fees.", no_args_is_help=True)
@@ -71,21 +75,27 @@ def _context(state_dir: Any) -> tuple[Any, Any, Any]:
     return settings, catalog, ops.client(settings)
 
 
-def _report(db: Any, published: list[ops.Published], json_: bool, title: str) -> None:
-    """Print the events each command produced, and the balance after."""
+def _report(db: Any, published: list[ops.Published], json_: bool, title: str,
+            notes: list[dict[str, Any]] | None = None) -> None:
+    """Print the events each command produced, and the balance after (``notes``: the
+    credit notes they gave, in the JSON)."""
     results = []
     for item in published:
         account = item.command.account_id
         events = ops.events_of(db, account, offsets=[item.offset])
         row = ops.account_row(db, account) or {}
-        results.append({"account_id": account, "events": events, "balance": row.get("balance"), "state": row.get("state")})
+        results.append({"account_id": account, "events": events, "balance": row.get("balance"), "state": row.get("state"),
+                        "credit": row.get("credit", 0), "credit_expires": row.get("credit_expires") or None})
     if json_:
         console.print_json(json.dumps([
             {
                 "account_id": r["account_id"],
                 "balance": format_money(r["balance"]) if r["balance"] is not None else None,
                 "state": r["state"],
+                "credit": format_money(r["credit"] or 0),
+                "credit_expires": r["credit_expires"],
                 "events": [_event_json(e) for e in r["events"]],
+                **({"credit_notes": notes} if notes is not None else {}),
             }
             for r in results
         ]))
@@ -114,6 +124,8 @@ def _event_json(e: dict[str, Any]) -> dict[str, Any]:
         "balance": format_money(e["balance"]),
         "reference": e["reference"],
         "detail": e["detail"],
+        "credit_change": format_money(e.get("credit_change", 0)),
+        "credit": format_money(e.get("credit", 0)),
     }
 
 
@@ -160,13 +172,23 @@ def account_open(
         existing = next((a for a in catalog.accounts if a.id == id_), None)
         if existing is not None and (existing.plan != plan or sorted(existing.numbers) != sorted(wanted)):
             raise ops.LedgerRefused(f"account {id_!r} exists already, with plan {existing.plan} and numbers {existing.numbers}")
+        fees = ops.grade_fees(settings)
+        version = catalog.plans[plan].versions[0]
+        for candidate in catalog.plans[plan].versions:
+            if candidate.effective_from <= instant:
+                version = candidate
+        # issue 23: a grade may need a dearer package; a package must be paid at opening.
+        below = [why for why in (fees.refuses(n, version) for n in wanted) if why]
+        if below:
+            raise ops.LedgerRefused(f"plan {plan}: {'; '.join(below)}")
+        charged = version.opening_fee + sum(fees.fee(g) for g in grades.values())
+        if version.package is not None and balance - charged < version.package.price:
+            raise ops.LedgerRefused(
+                f"--opening-balance {format_money(balance)} less the fees {format_money(charged)} does not pay for "
+                f"the package of plan {plan} ({format_money(version.package.price)})"
+            )
     except ops.LedgerRefused as error:
         raise _refuse(error) from None
-    fees = ops.grade_fees(settings)
-    version = catalog.plans[plan].versions[0]
-    for candidate in catalog.plans[plan].versions:
-        if candidate.effective_from <= instant:
-            version = candidate
     command = _command(
         kind="open",
         account_id=id_,
@@ -202,16 +224,23 @@ def account_topup(
     if units <= 0:
         raise fail(f"AMOUNT {amount!r}: a top-up must be positive; nothing was written", ExitCode.BAD_INPUT)
     _, catalog, db = _context(state_dir)
+    instant = parse_instant(at)
     try:
-        ops.require_account(db, catalog, account)
+        row = ops.require_account(db, catalog, account)
         known = ops.topup_amount(db, ref)
         if known is not None and known != (account, units):
             raise ops.LedgerRefused(
                 f"payment reference {ref!r} was already used for {format_money(known[1])} on account {known[0]}"
             )
+        version = _version(catalog, row["plan_id"], instant)
+        if known is None and version is not None and version.min_topup is not None and units < version.min_topup:
+            raise ops.LedgerRefused(
+                f"a top-up of {format_money(units)} is below the minimum top-up of plan {row['plan_id']} "
+                f"({format_money(version.min_topup)})"
+            )
     except ops.LedgerRefused as error:
         raise _refuse(error) from None
-    command = _command(kind="topup", account_id=account, at=parse_instant(at), amount=units, ref=ref)
+    command = _command(kind="topup", account_id=account, at=instant, amount=units, ref=ref)
     db, published = _run(state_dir, [command], wait_s)
     _report(db, published, json_, "top-up")
 
@@ -219,14 +248,14 @@ def account_topup(
 @account_app.command("services")
 def account_services(
     account: Annotated[str, typer.Argument(help="The account.")],
-    enable: Annotated[str, typer.Option("--enable", help=f"Services to turn on ({','.join(SERVICES)}).")] = "",
+    enable: Annotated[str, typer.Option("--enable", help=f"Services to turn on ({','.join(SERVICES)}, or the plan's own).")] = "",
     disable: Annotated[str, typer.Option("--disable", help="Services to turn off.")] = "",
     at: AtOption = None,
     json_: JsonOption = False,
     wait_s: WaitOption = ops.WAIT_S,
     state_dir: StateDirOption = None,
 ) -> None:
-    """Turn value-added services on or off (each is charged monthly at month close)."""
+    """Turn value-added services on or off (charged at month close: monthly, yearly or once, as the plan says)."""
     on = [s.strip() for s in enable.split(",") if s.strip()]
     off = [s.strip() for s in disable.split(",") if s.strip()]
     if not on and not off:
@@ -257,26 +286,76 @@ def account_cancel(account: Annotated[str, typer.Argument()], at: AtOption = Non
     _lifecycle(state_dir, account, "cancel", at, json_, wait_s)
 
 
+@account_app.command("renew")
+def account_renew(account: Annotated[str, typer.Argument()], at: AtOption = None, json_: JsonOption = False,
+                  wait_s: WaitOption = ops.WAIT_S, state_dir: StateDirOption = None) -> None:
+    """Renew the account's term package: the renewal price leaves the balance, the package's
+    credit is added, the term restarts today or extends from its end (as the plan says)."""
+    _lifecycle(state_dir, account, "renew", at, json_, wait_s)
+
+
 _ALLOWED = {
     "keep": ({"active"}, "only an active account can be kept"),
     "resume": ({"kept"}, "only a kept account can resume"),
     "cancel": ({"active", "suspended", "kept", "cancelling"}, "a frozen or closed account cannot be cancelled"),
     "services": ({"active", "suspended", "kept", "cancelling"}, "a frozen or closed account has no services"),
+    "renew": ({"active"}, "only an active account can renew its package"),
 }
 
 
 def _lifecycle(state_dir: Any, account: str, kind: str, at: str | None, json_: bool, wait_s: float, **fields: Any) -> None:
     _, catalog, db = _context(state_dir)
+    instant = parse_instant(at)
     try:
         row = ops.require_account(db, catalog, account)
         allowed, why = _ALLOWED[kind]
         if row["state"] not in allowed:
             raise ops.LedgerRefused(f"account {account} is {row['state']}: {why}")
+        _check_plan_rules(db, catalog, account, row, kind, instant, fields)
     except ops.LedgerRefused as error:
         raise _refuse(error) from None
-    command = _command(kind=kind, account_id=account, at=parse_instant(at), **fields)
+    command = _command(kind=kind, account_id=account, at=instant, **fields)
     db, published = _run(state_dir, [command], wait_s)
     _report(db, published, json_, kind)
+
+
+def _version(catalog: Any, plan_id: str, instant: Any) -> Any:
+    plan = catalog.plans.get(plan_id)
+    return plan.version_at(instant) if plan is not None else None
+
+
+def _check_plan_rules(db: Any, catalog: Any, account: str, row: dict[str, Any], kind: str, instant: Any,
+                      fields: dict[str, Any]) -> None:
+    """What the plan says about a command (issue 23), checked before anything is written;
+    the worker's fold checks the same again."""
+    plan_id = row["plan_id"]
+    if kind == "services":
+        version = _version(catalog, plan_id, instant)
+        known = version.services if version is not None else {}
+        unknown = sorted(name for name in fields.get("enable", []) if name not in known)
+        if unknown:
+            raise ops.LedgerRefused(f"plan {plan_id} has no service {', '.join(unknown)} (it has {', '.join(known)})")
+    elif kind == "renew":
+        version = _version(catalog, plan_id, instant)
+        if version is None or version.package is None:
+            raise ops.LedgerRefused(f"plan {plan_id} has no package at {instant.isoformat()}: nothing to renew")
+        price = version.package.renews_for
+        if row["balance"] < price:
+            raise ops.LedgerRefused(
+                f"the balance {format_money(row['balance'])} does not pay for the renewal ({format_money(price)}): "
+                "top up first"
+            )
+    elif kind == "cancel" and row["state"] != "cancelling":
+        opened = ops.opened_at(db, account)
+        plan = catalog.plans.get(plan_id)
+        contract = plan.version_at(opened) if plan is not None and opened is not None else None
+        if contract is not None and contract.min_term_months and contract.early_termination == "refuse":
+            ends = add_months(opened.astimezone(plan.zone), contract.min_term_months)
+            if instant < ends:
+                raise ops.LedgerRefused(
+                    f"account {account} cannot be cancelled before the end of its minimum term of "
+                    f"{contract.min_term_months} month(s) ({ends.isoformat()})"
+                )
 
 
 @account_app.command("show")
@@ -292,6 +371,7 @@ def account_show(account: Annotated[str, typer.Argument()], json_: JsonOption = 
         console.print_json(json.dumps({
             **view,
             "balance": format_money(view["balance"]),
+            "credit": format_money(view["credit"]),
             "month_calls_amount": format_money(view["month_calls_amount"]),
             "recent_events": [_event_json(e) for e in view["recent_events"]],
             "alerts": [{**a, "balance": format_money(a["balance"])} for a in view["alerts"]],
@@ -301,6 +381,8 @@ def account_show(account: Annotated[str, typer.Argument()], json_: JsonOption = 
     table.add_row("state", view["state"])
     table.add_row("plan", view["plan_id"])
     table.add_row("balance", f"{format_money(view['balance'])} CNY")
+    if view["credit_expires"]:
+        table.add_row("package credit", f"{format_money(view['credit'])} CNY until {view['credit_expires']}")
     table.add_row(f"calls in {view['month']}", f"{view['month_calls']:,} calls, {format_money(view['month_calls_amount'])} CNY")
     table.add_row("allowance left", f"{view['allowance_left_s'] // 60:,} min {view['allowance_left_s'] % 60} s")
     table.add_row("services", ", ".join(view["services"]) or "none")
@@ -331,7 +413,8 @@ def account_history(account: Annotated[str, typer.Argument()], json_: JsonOption
     rows = ops.history(db, account)
     if json_:
         console.print_json(json.dumps([
-            {**r, "at": r["at"].isoformat(), "amount": format_money(r["amount"]), "balance": format_money(r["balance"])}
+            {**r, "at": r["at"].isoformat(), "amount": format_money(r["amount"]), "balance": format_money(r["balance"]),
+             "credit": format_money(r["credit"])}
             for r in rows
         ]))
         return
@@ -375,7 +458,8 @@ def close_month(
     totals = {"RentCharged": 0, "ServiceFeeCharged": 0, "MinimumSpendTrueUp": 0, "KeepNumberFeeCharged": 0}
     for item in published:
         events = ops.events_of(db, item.command.account_id, offsets=[item.offset])
-        sums = {k: sum(-e["amount"] for e in events if e["kind"] == k) for k in totals}
+        # a true-up drawn on package credit counts too (issue 23)
+        sums = {k: sum(-(e["amount"] + e["credit_change"]) for e in events if e["kind"] == k) for k in totals}
         for k in totals:
             totals[k] += sums[k]
         row = ops.account_row(db, item.command.account_id) or {"balance": 0}
@@ -405,7 +489,16 @@ def sla_credit(
         raise _refuse(error) from None
     command = _command(kind="sla_credit", account_id=account, at=parse_instant(at) if at else ended, start=began, end=ended)
     db, published = _run(state_dir, [command], wait_s)
-    _report(db, published, json_, "SLA credit")
+    # issue 24: a credit of a month already invoiced is a credit note of its own
+    # (issued now, or at --at: the command's own instant is the fault's end)
+    notes, why_not = invoices.notes_after(settings_or_fail(state_dir=state_dir), [account], parse_instant(at),
+                                          wait_s=wait_s)
+    _report(db, published, json_, "SLA credit", notes=[document_json(note) for note in notes])
+    if why_not:
+        errors.print(f"[yellow]warning:[/] the SLA credit is recorded; {why_not}", highlight=False)
+    if not json_:
+        for note in notes:
+            console.print(invoices.note_words(note))
 
 
 @number_app.command("grade")

@@ -27,9 +27,15 @@ position, before it died or lost the partition.
 
 **Refusals and a broker away.** When a send is refused (two producers writing one
 partition at the same moment on tansu, docs/infra.md) or the broker stops answering, the
-sends in flight may or may not have landed: the router reports it (``error``), leaves the
-group, waits and joins again, recovering its partitions as a restart would. A line whose
-send was refused while later lines of its partition landed is sent again after them.
+sends in flight may or may not have landed: the router reports it (``error``), lets go of
+its sender and of what it knew of its partitions, waits, and takes the partitions the
+group still gives it over again, as a restart would. It stays in the group: leaving would
+make every router rebalance, and on tansu 0.6.0 a leader that leaves while its group
+re-forms wedges the group until the broker restarts (docs/infra.md). For the same reason
+it never sends LeaveGroup, not even when it stops
+(:func:`streams.kafka.client.without_leave_group`): its partitions move when its session
+expires (6 s), as after a kill -9. A line whose send was refused while later lines of its
+partition landed is sent again after them.
 
 **Header formats.** A line of a canonical (or header-naming profile's) feed that reads as
 its header line names the columns for the lines after it on that partition (and is no
@@ -59,7 +65,7 @@ from schemas.switch_formats import Feed, Layout
 from schemas.topics import ACCOUNTS, PLANS
 from streams.catalog.routing_table import RoutingTable
 from streams.feeds.ingest import NothingLoaded
-from streams.feeds.live import LIVE_LINGER_MS, LiveTopics, Tally, send_batch
+from streams.feeds.live import LIVE_LINGER_MS, LiveTopics, Tally, report_warnings, send_batch
 from streams.feeds.positions import (
     Position,
     PositionBook,
@@ -78,17 +84,22 @@ from streams.kafka.client import (
     require_topics,
     topic_name,
     unreachable,
+    without_leave_group,
 )
 from streams.settings import Settings
 
 POLL_MS: Final[int] = 200
 MAX_RECORDS: Final[int] = 5_000
 POSITION_EVERY_S: Final[float] = 1.0
-#: The wait before joining again after a refused send or a broker away, doubling up to RETRY_MAX_S.
+#: The wait before taking its partitions over again after a refused send or a broker away,
+#: doubling up to RETRY_MAX_S.
 RETRY_S: Final[float] = 1.0
 RETRY_MAX_S: Final[float] = 30.0
+#: How long the group's coordinator may take to answer a commit or an offset fetch (then:
+#: an error, recovered from as any other).
+GROUP_TIMEOUT_MS: Final[int] = 30_000
 
-RouteEventKind = Literal["assigned", "revoked", "progress", "error"]
+RouteEventKind = Literal["assigned", "revoked", "progress", "error", "warning"]
 
 
 def default_group(topic: str) -> str:
@@ -126,6 +137,8 @@ class _Partition:
     layout: Layout | None
     header: str | None = None
     tally: Tally = field(default_factory=Tally)
+    #: What was said about the partition's lines (streams.feeds.live.report_warnings).
+    warned: list[str] = field(default_factory=list)
     skip: set[int] = field(default_factory=set)
     #: While ``skip`` is not passed, the recovered position's raw_ends (streams.feeds.positions.held_ends).
     floor: dict[int, int] | None = None
@@ -178,6 +191,8 @@ class ShippedFeed:
         self._consumer: KafkaConsumer | None = None
         self._recorded_at = 0.0
         self._listener = _Listener()
+        #: Set by an error: the next step takes every assigned partition over again.
+        self._retake = False
         self._header_probe = _header_probe(self.feed)
 
     # ------------------------------------------------------------------ life cycle
@@ -210,41 +225,54 @@ class ShippedFeed:
         self.table.start()
 
     def _join(self) -> None:
-        """Open the sender and join the group (partitions come with the next polls)."""
-        self._listener = _Listener()  # nothing of an earlier membership's changes carries over
-        self._sender = Sender(self.settings, make_producer(self.settings, linger_ms=LIVE_LINGER_MS))
+        """Open the sender and join the group (partitions come with the next polls). The
+        membership lasts until :meth:`_drop`: an error mid-run does not give it up."""
+        self._open_sender()
         try:
-            self._consumer = KafkaConsumer(
-                **self.settings.kafka_access().kafka_python(),
-                client_id="cdrflow-route",
-                group_id=self.group,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                allow_auto_create_topics=False,
-                bootstrap_timeout_ms=int(BOOTSTRAP_TIMEOUT_S * 1000),
-                # A dead router's partitions move after 6 s (docs/infra.md: joins take
-                # ~3 s on tansu with a short session; the default 45 s would stall them).
-                session_timeout_ms=6_000,
-                heartbeat_interval_ms=2_000,
-                # Long: a new owner reads cdr.raw back inside the assignment callback.
-                max_poll_interval_ms=300_000,
-                # tansu holds every fetch this long, data or not (docs/streaming.md);
-                # shorter waits come back empty on its s3 store.
-                fetch_max_wait_ms=500,
-                max_partition_fetch_bytes=8 * 1024 * 1024,
+            self._consumer = without_leave_group(
+                KafkaConsumer(
+                    **self.settings.kafka_access().kafka_python(),
+                    client_id="cdrflow-route",
+                    group_id=self.group,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    allow_auto_create_topics=False,
+                    bootstrap_timeout_ms=int(BOOTSTRAP_TIMEOUT_S * 1000),
+                    # A dead router's partitions move after 6 s (docs/infra.md: joins take
+                    # ~3 s on tansu with a short session; the default 45 s would stall them).
+                    # A stopped one's too: it never sends LeaveGroup (without_leave_group).
+                    session_timeout_ms=6_000,
+                    heartbeat_interval_ms=2_000,
+                    # Long: a step that takes partitions over reads cdr.raw back between
+                    # two polls (each read may take up to READ_TIMEOUT_S).
+                    max_poll_interval_ms=300_000,
+                    # tansu holds every fetch this long, data or not (docs/streaming.md);
+                    # shorter waits come back empty on its s3 store.
+                    fetch_max_wait_ms=500,
+                    max_partition_fetch_bytes=8 * 1024 * 1024,
+                )
             )
         except KafkaError as error:
             raise unreachable(self.settings, error) from None
         self._consumer.subscribe([self.topic], listener=self._listener)
+
+    def _open_sender(self) -> None:
+        self._sender = Sender(self.settings, make_producer(self.settings, linger_ms=LIVE_LINGER_MS))
 
     def run(self, stop: Any, *, retry_s: float = RETRY_S) -> None:
         """:meth:`start`, then a :meth:`step` every ``Settings.edge_pass`` (at most) until
         ``stop`` (a ``threading.Event``) is set, then :meth:`close`.
 
         A broker error at the start ends the run (exit 1 in the command). Later, a refused
-        send or a broker away is reported (``error``) and recovered from: the router leaves
-        the group, waits ``retry_s`` (doubling up to ``RETRY_MAX_S`` while it lasts) and
-        joins again, taking its partitions over from the positions as a restart would.
+        send or a broker away is reported (``error``) and recovered from in place: the
+        router lets go of its sender and of what it knew of its partitions (not of its
+        group membership), waits ``retry_s`` (doubling up to ``RETRY_MAX_S`` while it
+        lasts) and takes the partitions the group gives it over again, from the positions
+        and the read-back, as a restart would.
+
+        It never leaves the group for an error: leaving is a rebalance of every router,
+        and on tansu 0.6.0 a leader that leaves while the group re-forms wedges the group
+        until the broker restarts (docs/infra.md; the take-over test's failures in CI).
         """
         self.start()
         pass_s = self.settings.edge_pass()
@@ -253,12 +281,13 @@ class ShippedFeed:
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    if self._consumer is None:
-                        self._join()
+                    if self._sender is None:
+                        self._open_sender()
                     routed = self.step()
                 except (BrokerError, KafkaError, AioKafkaError, TimeoutError, OSError) as error:
-                    self.on_event(RouteEvent("error", self.topic, -1, f"{error} (joining again in {wait_s:g} s)"))
-                    self._drop()  # its partitions go to the group; ours come back from the positions
+                    again = f"(taking its partitions over again in {wait_s:g} s)"
+                    self.on_event(RouteEvent("error", self.topic, -1, f"{error} {again}"))
+                    self._let_go()
                     stop.wait(wait_s)
                     wait_s = min(RETRY_MAX_S, wait_s * 2)
                     continue
@@ -272,26 +301,38 @@ class ShippedFeed:
             self._drop()
 
     def close(self) -> None:
-        """Record and commit every position, and leave the group."""
+        """Record and commit every position, and quit the group (its session expires: no
+        LeaveGroup, see :func:`streams.kafka.client.without_leave_group`)."""
         if self._sender is not None and self._consumer is not None:
             self._sender.flush()
             self._record(list(self.partitions.values()), force=True)
         self._drop()
 
+    def _let_go(self) -> None:
+        """After an error: the sends in flight may or may not have landed, so the sender and
+        what the router knew of its partitions go; the next step takes the partitions the
+        group still gives it over again (:meth:`assigned`)."""
+        self._close_sender()
+        self.partitions.clear()
+        self._retake = True
+
     def _drop(self) -> None:
         if self._consumer is not None:
             try:
                 self._consumer.close(autocommit=False)
-            except Exception:  # leaving the group is a courtesy; the session expires anyway
+            except Exception:  # quitting the group is a courtesy; the session expires anyway
                 pass
             self._consumer = None
+        self._close_sender()
+        self.partitions.clear()
+
+    def _close_sender(self) -> None:
         if self._sender is not None:
             try:
                 self._sender.close()
             except Exception:
                 pass
             self._sender = None
-        self.partitions.clear()
 
     @property
     def sender(self) -> Sender:
@@ -313,7 +354,10 @@ class ShippedFeed:
         polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.max_records)
         revoked, assigned = self._listener.take()
         self.revoked(revoked)
+        if self._retake:  # after an error (run): every partition the group still gives it
+            assigned = list(dict.fromkeys([*assigned, *(tp for tp in self.consumer.assignment() if tp not in revoked)]))
         self.assigned(assigned)
+        self._retake = False
         routed = 0
         for tp, records in polled.items():
             if tp in revoked or tp in assigned:
@@ -339,7 +383,7 @@ class ShippedFeed:
                 if layout is not None:
                     self._send(partition, records, shipped, segment)
                     segment = []
-                    partition.layout, partition.header = layout, line.decode("utf-8-sig")
+                    partition.layout, partition.header = layout, self.feed.decode_header(line).decode("utf-8", errors="replace")
                     partition.tally.lines += 1  # a line, but no CDR: nothing to send
                     continue
             segment.append(index)
@@ -362,6 +406,10 @@ class ShippedFeed:
         problem = pl.Series("problem", problems, dtype=pl.String)
         batch = batch.with_columns(
             pl.Series("line", [records[i].offset for i in indices], dtype=pl.Int64),
+            # read_at: the record's own timestamp, the bound of its call's time (rating.bounds).
+            pl.Series("read_at", [_timestamp(records[i]) for i in indices], dtype=pl.Int64)
+            .cast(pl.Datetime("ms"))
+            .dt.replace_time_zone("UTC"),
             pl.coalesce(problem, pl.col("framing")).alias("framing"),
             pl.when(problem.is_null()).then(pl.col("cdr_id")).otherwise(pl.lit("")).alias("cdr_id"),
         )
@@ -376,6 +424,9 @@ class ShippedFeed:
                 skip=partition.skip,
             )
         )
+        if partition.layout is not None:
+            for warning in report_warnings(self.sender, self.topics, partition.source, partition.layout, partition.warned):
+                self.on_event(RouteEvent("warning", self.topic, partition.tp.partition, warning))
         if partition.skip and partition.next_offset > max(partition.skip):
             partition.skip.clear()
             partition.floor = None
@@ -414,7 +465,9 @@ class ShippedFeed:
             )
         self.sender.flush()
         # The group's offsets, for lag tools: after the positions, never ahead of them.
-        self.consumer.commit({p.tp: OffsetAndMetadata(p.next_offset, "", -1) for p in moved})
+        self.consumer.commit(
+            {p.tp: OffsetAndMetadata(p.next_offset, "", -1) for p in moved}, timeout_ms=GROUP_TIMEOUT_MS
+        )
         for partition in moved:
             partition.recorded = partition.next_offset
             self.on_event(
@@ -437,7 +490,7 @@ class ShippedFeed:
         taken: list[_Partition] = []
         for tp in fresh:
             position = positions.get(route_key(tp.topic, tp.partition))
-            committed = self.consumer.committed(tp)
+            committed = self.consumer.committed(tp, timeout_ms=GROUP_TIMEOUT_MS)
             known = [n for n in (committed, position.next_line if position else None) if n is not None]
             header = position.header if position else None
             partition = _Partition(
@@ -543,6 +596,12 @@ def _layout_of(feed: Feed, header: str | None) -> Layout | None:
     return None
 
 
+def _timestamp(record: Any) -> int | None:
+    """A record's timestamp (ms), None when the producer set none."""
+    value = getattr(record, "timestamp", None)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
 def _placeholder_layout() -> Layout:
     # Frames the lines of a partition without a layout yet; each row is then rejected.
     return Feed.canonical().layout(",".join(CDR_COLUMNS).encode())
@@ -555,8 +614,11 @@ def _header_probe(feed: Feed) -> Callable[[bytes], bool]:
     if feed.profile is None:
         needle = CDR_COLUMNS[0].encode()
     else:
-        named = [spec.column for spec in feed.profile.columns.values() if isinstance(spec.column, str)]
-        needle = named[0].encode() if named else b""
+        named = [
+            spec.column for sources in feed.profile.columns.values() for spec in sources if isinstance(spec.column, str)
+        ]
+        codec = "utf-8" if feed.encoding.startswith("utf-8") else feed.encoding
+        needle = named[0].encode(codec) if named else b""
     return lambda line: needle in line
 
 

@@ -65,10 +65,16 @@ LINE_KINDS: Mapping[str, str] = {
     "SlaCreditGranted": "credits",
     "RefundIssued": "refunds",
     "CallRerated": "corrections",
+    # issue 23: term packages; forfeited credit is the breakage
+    "PackagePurchased": "package",
+    "PackageRenewed": "package",
+    "PackageCreditExpired": "breakage",
+    "EarlyTerminationCharged": "early_termination",
 }
 #: The order of a statement's lines: calls first, then these kinds.
 LINE_ORDER = (
-    "calls", "corrections", "rent", "services", "minimum_spend_true_up", "fees", "top_ups", "credits", "refunds", "other",
+    "calls", "corrections", "rent", "services", "minimum_spend_true_up", "package", "early_termination", "fees",
+    "top_ups", "credits", "refunds", "breakage", "other",
 )
 _DESCRIPTIONS: Mapping[str, str] = {
     "RentCharged": "monthly rent",
@@ -80,6 +86,10 @@ _DESCRIPTIONS: Mapping[str, str] = {
     "TopUpReceived": "top-up",
     "SlaCreditGranted": "SLA credit",
     "RefundIssued": "refund",
+    "PackagePurchased": "package bought",
+    "PackageRenewed": "package renewed",
+    "PackageCreditExpired": "package credit ended",
+    "EarlyTerminationCharged": "early termination",
 }
 
 
@@ -161,6 +171,12 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
     ``opening_balance`` plus the lines. ``calls_amount`` is what the month's calls cost
     (positive); the call lines carry it negated, one line per call class.
 
+    Package credit (issue 23) is the statement's second column: each line also says what
+    it did to the credit (``credit``: a call's part drawn on it, a package's grant, the
+    credit that ended: the ``breakage`` line when forfeited), and ``opening_credit`` plus
+    the lines' credit is ``closing_credit``. A line's ``amount`` is what moved the balance:
+    a call drawn wholly on credit has amount 0 there and its price in ``credit``.
+
     Calls count **as billed** (their first rating; a call a correction rated, billed as a
     rejection, not at all): a correction is a line of the month it was applied in, one per
     correction and month of the calls it corrected (docs/rules.md "Corrections"), so a
@@ -173,25 +189,29 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
     """
     first, following = month_range(month)
     where = {"account": account_id, "first": first, "next": following, "month": month}
-    calls_before, calls_seen = client.execute(
-        "SELECT sumIf(amount, local_day < %(first)s), count() FROM rated_calls FINAL WHERE account_id = %(account)s",
+    calls_before, credit_used_before, calls_seen = client.execute(
+        "SELECT sumIf(amount, local_day < %(first)s), sumIf(credit_used, local_day < %(first)s), count() "
+        "FROM rated_calls FINAL WHERE account_id = %(account)s",
         where,
     )[0]
-    events_before, opened_with, events_seen, corrected_before = client.execute(
+    events_before, opened_with, events_seen, corrected_before, credit_before = client.execute(
         "SELECT sumIf(opening_balance + amount, month < %(month)s), "
         "sumIf(opening_balance, month = %(month)s), count(), "
-        "sumIf(amount, kind = 'CallRerated' AND substring(reference, 1, 7) < %(month)s) "
+        "sumIf(amount, kind = 'CallRerated' AND substring(reference, 1, 7) < %(month)s), "
+        "sumIf(credit_change, month < %(month)s) "
         "FROM billing_events FINAL WHERE account_id = %(account)s",
         where,
     )[0]
-    retained = client.execute(
-        "SELECT sum(amount) FROM retained_call_totals FINAL WHERE account_id = %(account)s AND month < %(month)s",
+    retained, retained_credit = client.execute(
+        "SELECT sum(amount), sum(credit_used) FROM retained_call_totals FINAL "
+        "WHERE account_id = %(account)s AND month < %(month)s",
         where,
-    )[0][0]
+    )[0]
     by_class = calls_as_billed(client, account_id, first, following)
     events = client.execute(
-        "SELECT kind, local_day, amount, reference, detail, event_id FROM billing_events FINAL "
-        "WHERE account_id = %(account)s AND month = %(month)s AND (amount != 0 OR kind = 'CallRerated') "
+        "SELECT kind, local_day, amount, reference, detail, event_id, credit_change FROM billing_events FINAL "
+        "WHERE account_id = %(account)s AND month = %(month)s "
+        "AND (amount != 0 OR credit_change != 0 OR kind = 'CallRerated') "
         "ORDER BY effective_time, effective_us, event_id",
         where,
     )
@@ -199,24 +219,25 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
         raise ReportError(f"--account: account {account_id!r} has no calls and no ledger events in ClickHouse")
 
     lines: list[dict[str, Any]] = []
-    for call_class, (calls, billable_s, amount) in sorted(by_class.items()):
+    for call_class, (calls, billable_s, amount, credit_used) in sorted(by_class.items()):
         lines.append(
             {
                 "kind": "calls",
                 "description": f"{call_class.replace('_', ' ')} calls: {calls} calls, {format_minutes(billable_s)} min",
-                "amount": -amount,
+                "amount": -(amount - credit_used),
+                "credit": -credit_used,
                 "class": call_class,
                 "calls": calls,
                 "minutes": billable_s,
             }
         )
     corrections: dict[tuple[str, str], dict[str, Any]] = {}
-    for kind, local_day, amount, reference, detail, event_id in events:
+    for kind, local_day, amount, reference, detail, event_id, credit_change in events:
         if kind == "CallRerated":
             # One line per correction and month of calls; the event id ends with the correction's id.
             key = (event_id.rsplit("/", 1)[-1], reference[:7])
             line = corrections.setdefault(key, {
-                "kind": "corrections", "amount": 0, "calls": 0, "correction_id": key[0],
+                "kind": "corrections", "amount": 0, "credit": 0, "calls": 0, "correction_id": key[0],
                 "calls_month": key[1], "local_day": local_day,
             })
             line["amount"] += amount
@@ -229,6 +250,7 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
                 "kind": LINE_KINDS.get(kind, "other"),
                 "description": f"{local_day.isoformat()} {words}" + (f" ({about})" if about else ""),
                 "amount": amount,
+                "credit": credit_change,
             }
         )
     for line in corrections.values():
@@ -238,48 +260,62 @@ def statement(client: Client, account_id: str, month: str) -> dict[str, Any]:
         )
         lines.append(line)
     lines.sort(key=lambda line: LINE_ORDER.index(line["kind"]))  # stable: dates stay in order
-    # Calls before the month as billed: their current amounts less what corrections added.
-    opening = opened_with + events_before - (calls_before + corrected_before) - retained
-    calls_amount = sum(amount for _, _, amount in by_class.values())
+    # Calls before the month as billed: their current amounts less what corrections added;
+    # what they drew on package credit left the credit, not the balance.
+    opening = (
+        opened_with + events_before - (calls_before + corrected_before) - (retained or 0)
+        + credit_used_before + (retained_credit or 0)
+    )
+    opening_credit = credit_before - credit_used_before - (retained_credit or 0)
+    calls_amount = sum(amount for _, _, amount, _ in by_class.values())
     return {
         "account_id": account_id,
         "month": month,
         "opening_balance": opening,
         "closing_balance": opening + sum(line["amount"] for line in lines),
+        "opening_credit": opening_credit,
+        "closing_credit": opening_credit + sum(line["credit"] for line in lines),
         "calls_amount": calls_amount,
         "lines": lines,
     }
 
 
 def calls_as_billed(client: Client, account_id: str, first: date, following: date) -> dict[str, list[int]]:
-    """Class -> [calls, billable seconds, amount] of the account's rated calls of local days
-    ``[first, following)`` as first billed: the current version of calls never corrected,
-    the first-rating version (rated_call_versions, version 0) of corrected ones."""
+    """Class -> [calls, billable seconds, amount, credit used] of the account's rated calls
+    of local days ``[first, following)`` as first billed: the current version of calls
+    never corrected, the first-rating version (rated_call_versions, version 0) of corrected
+    ones. What a call drew on package credit is the same in every version (a correction
+    moves the balance only, docs/rules.md), so it is read from the current one."""
     where = {"account": account_id, "first": first, "next": following}
     days = "local_day >= %(first)s AND local_day < %(next)s AND status = 'rated'"
     found: dict[str, list[int]] = {}
-    for call_class, calls, billable_s, amount in client.execute(
-        f"SELECT class, count(), sum(billable_s), sum(amount) FROM rated_calls FINAL WHERE account_id = %(account)s "
-        f"AND {days} AND cdr_id NOT IN (SELECT cdr_id FROM rated_call_versions WHERE account_id = %(account)s) "
-        "GROUP BY class",
+    for call_class, calls, billable_s, amount, credit_used in client.execute(
+        f"SELECT class, count(), sum(billable_s), sum(amount), sum(credit_used) FROM rated_calls FINAL "
+        f"WHERE account_id = %(account)s AND {days} "
+        "AND cdr_id NOT IN (SELECT cdr_id FROM rated_call_versions WHERE account_id = %(account)s) GROUP BY class",
         where,
     ) + client.execute(
-        f"SELECT class, count(), sum(billable_s), sum(amount) FROM rated_call_versions FINAL "
+        f"SELECT class, count(), sum(billable_s), sum(amount), 0 FROM rated_call_versions FINAL "
         f"WHERE account_id = %(account)s AND version = 0 AND {days} GROUP BY class",
         where,
+    ) + client.execute(
+        f"SELECT class, 0, 0, 0, sum(credit_used) FROM rated_calls FINAL WHERE account_id = %(account)s AND {days} "
+        "AND cdr_id IN (SELECT cdr_id FROM rated_call_versions WHERE account_id = %(account)s AND version = 0) "
+        "GROUP BY class",
+        where,
     ):
-        totals = found.setdefault(call_class, [0, 0, 0])
-        for index, value in enumerate((calls, billable_s, amount)):
+        totals = found.setdefault(call_class, [0, 0, 0, 0])
+        for index, value in enumerate((calls, billable_s, amount, credit_used)):
             totals[index] += int(value)
     return found
 
 
 def statement_json(statement_: Mapping[str, Any]) -> dict[str, Any]:
     """The statement with money as 4-decimal strings and minutes as 2-decimal strings."""
-    money = ("opening_balance", "closing_balance", "calls_amount")
+    money = ("opening_balance", "closing_balance", "calls_amount", "opening_credit", "closing_credit")
     lines = []
     for line in statement_["lines"]:
-        shown = {**line, "amount": format_money(line["amount"])}
+        shown = {**line, "amount": format_money(line["amount"]), "credit": format_money(line.get("credit", 0))}
         if "minutes" in line:
             shown["minutes"] = format_minutes(line["minutes"])
         lines.append(shown)
@@ -383,7 +419,8 @@ def _split_top_level(expressions: str) -> list[str]:
 
 def revenue(client: Client, start: date, end: date, by: RevenueBy, as_: RevenueAs = "corrected") -> Report:
     """Rated calls from ``start`` to ``end`` (local days, both included) grouped by ``by``:
-    ``calls`` (rated calls), ``minutes`` (billable seconds), ``amount``.
+    ``calls`` (rated calls), ``minutes`` (billable seconds), ``amount``; then, when package
+    credit was forfeited in those days, a last line ``breakage`` with its amount.
 
     ``as_``: ``corrected`` counts each call at its current version (corrections restate
     the days of the calls); ``billed`` at its first rating (a call a correction rated,
@@ -403,13 +440,34 @@ def revenue(client: Client, start: date, end: date, by: RevenueBy, as_: RevenueA
                 found[group] = totals
             else:
                 found.pop(group, None)
+    rows = [
+        {by: k, "calls": calls, "minutes": seconds, "amount": amount}
+        for (k,), (calls, seconds, amount) in sorted(found.items())
+    ]
+    forfeited = breakage(client, start, end)
+    if forfeited:  # issue 23: forfeited package credit is revenue of its own line
+        rows.append({by: BREAKAGE, "calls": 0, "minutes": 0, "amount": forfeited})
     return Report(
         f"revenue {start} to {end} by {by}" + (" as billed" if as_ == "billed" else ""),
         (by, "calls", "minutes", "amount"),
-        [
-            {by: k, "calls": calls, "minutes": seconds, "amount": amount}
-            for (k,), (calls, seconds, amount) in sorted(found.items())
-        ],
+        rows,
+    )
+
+
+#: The key of revenue's line of forfeited package credit, whatever it is grouped by.
+BREAKAGE = "breakage"
+
+
+def breakage(client: Client, start: date, end: date) -> int:
+    """Package credit forfeited on local days ``start`` to ``end`` (both included): what
+    ``PackageCreditExpired`` events took from the credit and did not give to the balance."""
+    return int(
+        client.execute(
+            "SELECT sum(-(credit_change + amount)) FROM billing_events FINAL "
+            "WHERE kind = 'PackageCreditExpired' AND local_day >= %(first)s AND local_day <= %(last)s",
+            {"first": start, "last": end},
+        )[0][0]
+        or 0
     )
 
 
@@ -515,6 +573,36 @@ def _bucket_sql() -> str:
     # The index of the bucket (0..4): sorts as the buckets do.
     bounds = [low for _, low in DURATION_BUCKETS[1:]]
     return "multiIf(" + ", ".join(f"billsec < {low}, {index}" for index, low in enumerate(bounds)) + f", {len(bounds)})"
+
+
+# ------------------------------------------------------------------------------------ tax
+
+
+def tax(client: Client, start: date, end: date) -> Report:
+    """Output VAT for the tax return (issue 24): the lines of invoices, credit notes and
+    debit notes issued on local days ``start`` to ``end`` (both included), per month of
+    issue, VAT category and rate: documents, ``gross``, ``tax`` and ``net`` (a note's
+    negative lines reduce its month's figures)."""
+    if end < start:
+        raise ReportError(f"--to {end} is before --from {start}")
+    rows = client.execute(
+        "SELECT toYYYYMM(issued_day) AS issued, category, rate, uniqExact(invoice_no), "
+        "sum(gross), sum(tax), sum(net) FROM invoice_lines FINAL "
+        "WHERE issued_day >= %(first)s AND issued_day <= %(last)s "
+        "GROUP BY issued, category, rate ORDER BY issued, category, rate DESC",
+        {"first": start, "last": end},
+    )
+    return Report(
+        f"output VAT of the documents issued {start} to {end}",
+        ("month", "category", "rate", "documents", "gross", "tax", "net"),
+        [
+            {"month": f"{int(month) // 100:04d}-{int(month) % 100:02d}", "category": category, "rate": rate, "documents": int(documents), "gross": int(gross),
+             "tax": int(vat), "net": int(net)}
+            for month, category, rate, documents, gross, vat, net in rows
+        ],
+        money=frozenset({"gross", "tax", "net"}),
+        minutes=frozenset(),
+    )
 
 
 # -------------------------------------------------------------------------------- rejects

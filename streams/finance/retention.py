@@ -147,9 +147,10 @@ def is_settled(parts: int, level: int) -> bool:
 def _keep_totals(client: Client, partition: int) -> None:
     """Per account and local month, what the calls of a rated_calls partition add up to."""
     client.execute(
-        "INSERT INTO retained_call_totals (account_id, month, `partition`, calls, billable_s, amount, retained_time) "
+        "INSERT INTO retained_call_totals (account_id, month, `partition`, calls, billable_s, amount, retained_time, "
+        "credit_used) "
         "SELECT account_id, substring(toString(local_day), 1, 7) AS month, toUInt32(%(partition)s), "
-        "count(), sum(billable_s), sum(amount), now() "
+        "count(), sum(billable_s), sum(amount), now(), sum(credit_used) "
         "FROM rated_calls FINAL WHERE toYYYYMM(charge_time) = %(partition)s GROUP BY account_id, month",
         {"partition": partition},
     )

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
+import kafka
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -131,6 +132,35 @@ def make_reader(settings: Settings) -> KafkaConsumer:
         )
     except KafkaError as error:
         raise unreachable(settings, error) from None
+
+
+def without_leave_group(consumer: KafkaConsumer) -> KafkaConsumer:
+    """``consumer``, made to quit its group without a LeaveGroup request: on ``close`` (and
+    when kafka-python gives up on a slow ``poll``) it only forgets its membership, which the
+    broker expires after the session timeout, as after a kill -9.
+
+    tansu 0.6.0 wedges a group whose leader leaves while the group re-forms (a member
+    joined or left since the last assignment): the leader is removed but stays named as
+    the group's leader, so no member can ever complete a rebalance again, new ones
+    included, until the broker restarts (docs/infra.md). A member that only stops
+    heartbeating is expired with its leadership, and the next member to join leads.
+
+    Uses kafka-python 3's coordinator (``_coordinator.maybe_leave_group_async``, the one
+    place that sends LeaveGroup); raises ``RuntimeError`` if it is not there, rather than
+    leave groups silently.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if not (hasattr(coordinator, "maybe_leave_group_async") and hasattr(coordinator, "reset_generation")):
+        raise RuntimeError(
+            f"kafka-python {kafka.__version__} has no ConsumerCoordinator.maybe_leave_group_async: "
+            "cdrflow cannot keep its consumer groups from sending LeaveGroup (docs/infra.md); use kafka-python 3.0"
+        )
+
+    async def forget_membership(reason: str | None = None, timeout_ms: int | None = None) -> None:
+        coordinator.reset_generation()  # what a LeaveGroup does locally, without the request
+
+    coordinator.maybe_leave_group_async = forget_membership
+    return consumer
 
 
 def require_topics(settings: Settings, reader: KafkaConsumer, names: Iterable[str]) -> None:

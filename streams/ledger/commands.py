@@ -44,16 +44,29 @@ class Published:
 
 
 def account_row(db: Client, account_id: str) -> dict[str, Any] | None:
-    """The latest balance row of an account (None: the worker never folded it)."""
+    """The latest balance row of an account (None: the worker never folded it), with its
+    package credit and when that ends ('' when it has none)."""
     rows = db.execute(
-        "SELECT argMax(balance, version), argMax(state, version), argMax(plan_id, version), max(version) "
+        "SELECT argMax(balance, version), argMax(state, version), argMax(plan_id, version), max(version), "
+        "argMax(credit, version), argMax(credit_expires, version) "
         "FROM account_balances WHERE account_id = %(a)s GROUP BY account_id",
         {"a": account_id},
     )
     if not rows:
         return None
-    balance, state, plan_id, version = rows[0]
-    return {"balance": int(balance), "state": state, "plan_id": plan_id, "version": int(version)}
+    balance, state, plan_id, version, credit, credit_expires = rows[0]
+    return {"balance": int(balance), "state": state, "plan_id": plan_id, "version": int(version),
+            "credit": int(credit), "credit_expires": credit_expires}
+
+
+def opened_at(db: Client, account_id: str) -> datetime | None:
+    """When the account was opened (its AccountOpened event), None when not folded yet."""
+    rows = db.execute(
+        "SELECT effective_time, effective_us FROM billing_events FINAL "
+        "WHERE account_id = %(a)s AND kind = 'AccountOpened'",
+        {"a": account_id},
+    )
+    return rows[0][0].replace(tzinfo=timezone.utc, microsecond=int(rows[0][1])) if rows else None
 
 
 def topup_amount(db: Client, ref: str) -> tuple[str, int] | None:
@@ -72,7 +85,7 @@ def events_of(db: Client, account_id: str, *, offsets: list[int] | None = None, 
         where += f" AND `offset` IN ({', '.join(str(int(o)) for o in offsets) or '-2'})"
     rows = db.execute(
         "SELECT event_id, kind, effective_time, effective_us, amount, opening_balance, balance, reference, detail, "
-        f"`partition`, `offset` FROM billing_events FINAL WHERE {where}",
+        f"`partition`, `offset`, credit_change, credit FROM billing_events FINAL WHERE {where}",
         {"a": account_id},
     )
     events = [
@@ -86,6 +99,8 @@ def events_of(db: Client, account_id: str, *, offsets: list[int] | None = None, 
             "reference": r[7],
             "detail": r[8],
             "offset": int(r[10]),
+            "credit_change": int(r[11]),
+            "credit": int(r[12]),
         }
         for r in rows
     ]
@@ -103,10 +118,15 @@ _KIND_ORDER: Final[dict[str, int]] = {
     k: i
     for i, k in enumerate(
         [
-            "RefundIssued", "NumberFrozen", "AccountClosed", "AccountOpened", "NumberAssigned", "KeepNumberEnded",
+            "PackageCreditExpired", "RefundIssued", "NumberFrozen", "AccountClosed", "AccountOpened", "NumberAssigned",
+            "KeepNumberEnded",
             "CancellationRequested", "KeepNumberStarted", "TopUpReceived", "ServiceEnabled", "ServiceDisabled",
-            "RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged", "SlaCreditGranted",
+            "MonthClosed", "RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged", "SlaCreditGranted",
             "CallRerated", "AccountSuspended", "AccountReactivated",
+            # issue 23: the ending of a credit comes before the charges it precedes
+            "PackagePurchased", "PackageRenewed", "EarlyTerminationCharged",
+            # issue 24: a document is a command of its own
+            "InvoiceIssued", "CreditNoteIssued", "DebitNoteIssued",
         ]
     )
 }
@@ -157,6 +177,8 @@ def account_view(db: Client, catalog: Tariffs, account_id: str, *, at: datetime 
         "state": row["state"],
         "plan_id": row["plan_id"],
         "balance": row["balance"],
+        "credit": row["credit"],
+        "credit_expires": row["credit_expires"] or None,
         "month": month,
         "month_calls": int(calls),
         "month_calls_amount": int(amount or 0),
@@ -176,10 +198,11 @@ def history(db: Client, account_id: str) -> list[dict[str, Any]]:
     was applied (a call a correction rated, billed as a rejection, only so).
     """
     calls = db.execute(
-        "SELECT cdr_id, charge_time, charge_us, amount, balance, `offset`, line, status FROM rated_calls FINAL "
+        "SELECT cdr_id, charge_time, charge_us, amount, balance, `offset`, line, status, credit FROM rated_calls FINAL "
         "WHERE account_id = %(a)s",
         {"a": account_id},
     )
+    call_offsets = {int(row[5]) for row in calls}
     first_rated: dict[str, tuple[Any, ...]] = {}
     corrected: set[str] = set()
     for cdr_id, version, amount, balance, status in db.execute(
@@ -190,7 +213,7 @@ def history(db: Client, account_id: str) -> list[dict[str, Any]]:
         if int(version) == 0:
             first_rated[cdr_id] = (amount, balance, status)
     rows = []
-    for cdr_id, at, us, amount, balance, offset, line, status in calls:
+    for cdr_id, at, us, amount, balance, offset, line, status, credit in calls:
         if cdr_id in corrected:
             if cdr_id not in first_rated:
                 continue
@@ -201,6 +224,7 @@ def history(db: Client, account_id: str) -> list[dict[str, Any]]:
                 "at": at.replace(tzinfo=timezone.utc, microsecond=int(us)),
                 "amount": -int(amount),
                 "balance": int(balance),
+                "credit": int(credit),
                 "reference": cdr_id,
                 "_order": (int(offset), 0, int(line)),
             }
@@ -212,14 +236,28 @@ def history(db: Client, account_id: str) -> list[dict[str, Any]]:
                 "at": event["at"],
                 "amount": event["amount"] + event["opening_balance"],
                 "balance": event["balance"],
+                "credit": event["credit"],
                 "reference": event["reference"] or event["detail"],
-                "_order": (event["offset"], 1, index),
+                # a credit that ended at a call comes just before that call (its reference)
+                "_order": (event["offset"], 0, _line_of(calls, event)) if event["kind"] == "PackageCreditExpired"
+                and event["offset"] in call_offsets else (event["offset"], 1, index),
             }
         )
     rows.sort(key=lambda r: r["_order"])
     for r in rows:
         r.pop("_order")
     return rows
+
+
+def _line_of(calls: list[tuple[Any, ...]], event: dict[str, Any]) -> float:
+    """Where a credit that ended at a call goes in the history: just before the call of its
+    message that folded it (the first call at or after its end)."""
+    ends = event["at"].replace(microsecond=0)
+    lines = [
+        int(row[6]) for row in calls
+        if int(row[5]) == event["offset"] and (row[1] if row[1].tzinfo else row[1].replace(tzinfo=timezone.utc)) >= ends
+    ]
+    return min(lines, default=0) - 0.5
 
 
 def grade_fees(settings: Settings) -> Any:

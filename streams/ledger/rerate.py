@@ -61,7 +61,7 @@ LINES_PER_RATING: Final[int] = 200_000
 LANDING_TIMEOUT_S: Final[float] = 120.0
 _RATED_KEEP: Final = (
     "source", "ingest_id", "topic", "partition", "offset", "version", "correction_id",
-    "disposition", "caller", "caller_area", "billsec", "local_hour",
+    "disposition", "caller", "caller_area", "billsec", "local_hour", "credit_used", "credit",
 )
 _ORIGIN_KEEP: Final = ("source", "ingest_id", "topic", "partition", "offset")
 
@@ -210,19 +210,22 @@ def read_billed(db: Client, frames: Client, topic: str, window: Window, accounts
                           where=span).filter(in_window)
     events = pl.DataFrame(
         db.execute(
-            "SELECT account_id, event_id, kind, amount, opening_balance, local_day, `partition`, `offset` "
+            "SELECT account_id, event_id, kind, amount, opening_balance, local_day, `partition`, `offset`, "
+            "credit_change, credit, effective_time "
             f"FROM billing_events FINAL WHERE {mine}`offset` >= %(low)s AND `offset` <= %(high)s "
-            "AND kind != 'CallRerated' AND (amount != 0 OR opening_balance != 0)",
+            "AND kind != 'CallRerated' AND (amount != 0 OR opening_balance != 0 OR credit_change != 0)",
             params,
         ),
         schema={"account_id": pl.String, "event_id": pl.String, "kind": pl.String, "amount": pl.Int64,
-                "opening_balance": pl.Int64, "local_day": pl.Date, "partition": pl.Int32, "offset": pl.Int64},
+                "opening_balance": pl.Int64, "local_day": pl.Date, "partition": pl.Int32, "offset": pl.Int64,
+                "credit_change": pl.Int64, "credit": pl.Int64, "effective_time": pl.Datetime("us", "UTC")},
         orient="row",
     ).filter(in_window)
     order = ledger_ops.event_order()
-    events = events.with_columns(
+    rated = rated.filter(in_window)
+    events = _at_calls(events.with_columns(
         seq=pl.col("kind").replace_strict(order, default=len(order), return_dtype=pl.Int64)
-    ).sort("offset", "seq", "event_id")
+    ), rated).drop("effective_time").sort("offset", "seq", "event_id")
     caps = pl.DataFrame(
         db.execute(
             "SELECT account_id, cdr_id, cancelled FROM alerts FINAL "
@@ -233,12 +236,31 @@ def read_billed(db: Client, frames: Client, topic: str, window: Window, accounts
         orient="row",
     ).filter(pl.col("cancelled") == 0).drop("cancelled")
     return Billed(
-        rated=rated.filter(in_window),
+        rated=rated,
         rejected=rejected,
         events=events,
         cap_alerts=caps,
         opening=_opening(db, window, accounts),
     )
+
+
+def _at_calls(events: pl.DataFrame, rated: pl.DataFrame) -> pl.DataFrame:
+    """Package credit that ended at a call (issue 23) goes just before that call in the
+    history: the first call of its message charged at or after the end (``seq``: its line
+    less one, after the call before it)."""
+    ended = events.filter(pl.col("kind") == "PackageCreditExpired")
+    if ended.height == 0 or rated.height == 0:
+        return events
+    lines = (
+        ended.select("account_id", "event_id", "offset", "effective_time")
+        .join(rated.select("account_id", "offset", "line", "charge_time"), on=["account_id", "offset"])
+        .filter(pl.col("charge_time") >= pl.col("effective_time").dt.truncate("1s"))
+        .group_by("event_id")
+        .agg(at_line=pl.col("line").min() - 1)
+    )
+    return events.join(lines, on="event_id", how="left").with_columns(
+        seq=pl.coalesce("at_line", "seq")
+    ).drop("at_line")
 
 
 def _in_window(window: Window) -> pl.Expr:
@@ -254,8 +276,9 @@ def _opening(db: Client, window: Window, accounts: Sequence[str]) -> pl.DataFram
     for partition, start in window.starts.items():
         where = "account_id IN %(accounts)s AND `partition` = %(p)s AND `offset` < %(start)s"
         bound = {**params, "p": partition, "start": start}
+        # the funds: package credit counts (rating.corrected_history)
         for account, amount in db.execute(
-            f"SELECT account_id, sum(opening_balance + amount) FROM billing_events FINAL WHERE {where} "
+            f"SELECT account_id, sum(opening_balance + amount + credit_change) FROM billing_events FINAL WHERE {where} "
             "AND kind != 'CallRerated' GROUP BY account_id",
             bound,
         ):
@@ -393,7 +416,8 @@ def prepare(
     first_month = date(first // 12, first % 12 + 1, 1)
     progress("finding where the period starts in the log", 0, 1)
     starts = start_offsets(db, topic, None if accounts is None else chosen, first_month)
-    catalog = correction_catalog(Catalog.from_tariffs(tariffs))
+    # The worker's time bounds: a call it refused as no call's stays refused.
+    catalog = correction_catalog(Catalog.from_tariffs(tariffs, time_bounds=settings.time_bounds()))
     digest = catalogue_digest(tariffs, chosen)
     if not starts:
         window = Window(lines=pl.DataFrame(), starts={}, ends={}, last_offset={}, topic=topic)
@@ -540,6 +564,7 @@ def _call_change(row: dict[str, Any]) -> CallChange:
         new_amount=row["new_amount"],
         allowance_delta_s=row["allowance_delta_s"],
         charged_delta_s=row["charged_delta_s"],
+        called=row.get("called") or "",
     )
 
 

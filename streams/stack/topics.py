@@ -90,7 +90,10 @@ def wanted_topics(settings: Settings, *, state_topics: Sequence[str] = ()) -> li
     def wanted(name: str, topic: Topic, partitions: int, made_by: str) -> WantedTopic:
         return WantedTopic(name, topic.role, partitions, replicas, topic.created_with(insync), topic.carries, made_by)
 
-    out = [wanted(topic_name(name, prefix), topic, settings.topic_partitions, "cdrflow up") for name, topic in TOPICS.items()]
+    out = [
+        wanted(topic_name(name, prefix), topic, topic.partitions or settings.topic_partitions, "cdrflow up")
+        for name, topic in TOPICS.items()
+    ]
     shown = list(state_topics) or [topic_name(STATE_TOPIC.name.replace("<app_id>", settings.app_id), prefix)]
     out += [wanted(name, STATE_TOPIC, 1, "the worker") for name in shown]
     out += [
@@ -159,7 +162,7 @@ def compare(wanted: WantedTopic, actual: dict[str, Any]) -> list[Finding]:
         found.append(Finding(wanted.name, "warning", message))
 
     if wanted.made_by == "cdrflow up" and actual["partitions"] != wanted.partitions:
-        warning(f"{actual['partitions']} partitions, the settings say {wanted.partitions} (left as it is: changing "
+        warning(f"{actual['partitions']} partitions, cdrflow wants {wanted.partitions} (left as it is: changing "
                 "it would move accounts between partitions)")
     if actual["replication"] < wanted.replication:
         problem(f"{actual['replication']} replica(s), the settings say {wanted.replication}: a broker lost can "

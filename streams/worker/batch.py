@@ -297,9 +297,13 @@ def _updates(
     remembered, and the horizon below which its records go."""
     balances = dict(state.balances.iter_rows())
     latest = dict(state.latest.iter_rows())
+    credits = {account: [credit, ends, refund] for account, credit, ends, refund in state.credits.iter_rows()}
     updates: dict[str, AccountUpdate] = {}
     for account, key in accounts.items():
         core = cores[key]
+        if account in balances:  # its package credit is the state's: none when it has none
+            credit = credits.get(account)
+            core.credit = None if credit is None else [credit[0], credit[1].isoformat(), credit[2]]
         core.balance = balances.get(account, core.balance)
         core.latest_month = latest.get(account, core.latest_month)
         floor = None if core.latest_month is None else core.latest_month - horizon_months
@@ -335,6 +339,8 @@ def _updates(
 _BALANCE_SCHEMA = {
     "account_id": pl.String,
     "balance": pl.Int64,
+    "credit": pl.Int64,
+    "credit_expires": pl.String,
     "state": pl.String,
     "plan_id": pl.String,
     "updated_time": pl.Datetime("us", "UTC"),

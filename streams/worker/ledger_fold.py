@@ -14,11 +14,12 @@ from typing import Any, Final
 import numpy as np
 import polars as pl
 
-from rating import Catalog, RatingState
+from rating import Catalog, RatingState, invoicing
 from rating.corrected_state import corrected_state
 from rating.fields import with_typed_fields
-from rating.ledger import Book, Terms, after_calls, apply_command
-from schemas.ledger import LedgerCommand
+from rating.ledger import Book, Credit, Terms, after_calls, apply_command, credit_event_id, tracks_numbers
+from rating.state import CREDITS_SCHEMA
+from schemas.ledger import LedgerCommand, LedgerEvent
 from schemas.messages import frame_from_value
 from streams.clickhouse.tables import ALERTS, RATED, Table
 from streams.worker.messages import _KEY_INDEX, OutputMessage, SourceMessage, _garbage_row, encode
@@ -46,6 +47,9 @@ _EVENT_SCHEMA = {
     "partition": pl.Int32,
     "offset": pl.Int64,
     _KEY_INDEX: pl.Int32,
+    "credit_change": pl.Int64,
+    "credit": pl.Int64,
+    "document": pl.String,
 }
 
 
@@ -69,13 +73,15 @@ class LedgerFold:
         self.latest: dict[str, Any] = {}
         self._accounts = {
             row["account_id"]: row for row in catalog.accounts.select(
-                "account_id", "plan_id", "opening_balance", "low_balance_threshold"
+                "account_id", "plan_id", "opening_balance", "low_balance_threshold", "package_price",
+                "opening_credit", "opening_credit_expires", "opening_credit_refund",
             ).iter_rows(named=True)
         }
         self._plans = {plan.id: plan for plan in catalog.plans}
-        #: balances the commands left, applied to the state at the next flush
-        self._pending: dict[str, int] = {}
+        #: balances and package credits the commands left, applied to the state at the next flush
+        self._pending: dict[str, tuple[int, Credit | None]] = {}
         self._known: tuple[pl.DataFrame, dict[str, int]] | None = None
+        self._known_credits: tuple[pl.DataFrame, dict[str, Credit]] | None = None
 
     # --------------------------------------------------------------- calls
     def split_inactive(self, lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -117,20 +123,28 @@ class LedgerFold:
         state = result.state
         rated = result.rated
         if rated.height and self.books:
+            # Rated calls only: an unbilled call's money is 0 (the usage is the same).
             usage = (
-                rated.filter(pl.col("account_id").is_in(list(self.books)))
-                .group_by("account_id", pl.col("local_day").dt.strftime("%Y-%m").alias("month"))
-                .agg(pl.col("amount").sum())
+                rated.filter(pl.col("account_id").is_in(list(self.books)) & (pl.col("status") == "rated"))
+                .group_by("account_id", pl.col("local_day").dt.strftime("%Y-%m").alias("month"), "class")
+                .agg(pl.col("amount").sum(), pl.col("credit_used").sum(), pl.len(), pl.col("billable_s").sum())
+                .with_columns(pl.format("{}|calls|{}", "month", "class").alias("class"))
             )
-            for account, month, amount in usage.iter_rows():
+            for account, month, key, amount, credit_used, calls, seconds in usage.iter_rows():
                 book = self.books[account]
+                # issue 24: the calls wait for their invoice (what the balance paid; the
+                # package credit was invoiced with the package)
+                invoicing.record_calls(book.billing, month, "", amount - credit_used, calls, seconds, credit_used, key)
                 if month in book.closed_months or not book.remembers(month):
                     continue  # closed: later calls do not re-open its minimum spend (docs/rules.md)
                 book.usage[month] = book.usage.get(month, 0) + amount
+            self._number_usage(rated)
         if rated.height:
             latest = rated.group_by("account_id").agg(pl.col("charge_time").max())
             for account, at in latest.iter_rows():
                 self._touch(account, at)
+        if result.expiries is not None and result.expiries.height:
+            self._expiries(result.expiries)
         arrears = result.alerts.filter(pl.col("kind") == "arrears")
         if arrears.height and self.books:
             times = arrears.join(rated.select("account_id", "cdr_id", "charge_time"), on=["account_id", "cdr_id"])
@@ -142,7 +156,7 @@ class LedgerFold:
                     continue
                 pairs = list(zip(rows.get_column("cdr_id").to_list(), rows.get_column("charge_time").to_list()))
                 balance = self._balance(state, account_id)
-                book, balance, applied = after_calls(book, balance, terms, pairs)
+                book, balance, applied = after_calls(book, balance, terms, pairs, self._credit(state, account_id))
                 self.books[account_id] = book
                 index = int(rows.get_column(_KEY_INDEX)[0]) if _KEY_INDEX in rows.columns else self._index(account_id)
                 position = (
@@ -151,6 +165,55 @@ class LedgerFold:
                 )
                 self._record(applied, index, position, terms)
         return state
+
+    def _number_usage(self, rated: pl.DataFrame) -> None:
+        """The month's usage per 400 number of accounts with floors per number (issue 23)."""
+        tracked = [a for a, b in self.books.items() if b.plan_id in self._plans and tracks_numbers(self._plans[b.plan_id])]
+        if not tracked:
+            return
+        usage = (
+            rated.filter(pl.col("account_id").is_in(tracked))
+            .group_by("account_id", pl.col("local_day").dt.strftime("%Y-%m").alias("month"), "called")
+            .agg(pl.col("amount").sum())
+        )
+        for account, month, called, amount in usage.iter_rows():
+            book = self.books[account]
+            if month in book.closed_months or not book.remembers(month):
+                continue
+            numbers = book.number_usage.setdefault(month, {})
+            numbers[called] = numbers.get(called, 0) + amount
+
+    def _expiries(self, expiries: pl.DataFrame) -> None:
+        """Package credit that ended at a call (rating.credit): a ``PackageCreditExpired``
+        event each, at the credit's end, placed at the call's message."""
+        for row in expiries.iter_rows(named=True):
+            account = row["account_id"]
+            terms = self._terms(account, None)
+            book = self.books.get(account)
+            if terms is None or book is None:
+                continue
+            ends = row["credit_expires"]
+            left = int(row["credit_expired"])
+            refund = bool(row["credit_refund"])
+            book.event_count += 1
+            event = LedgerEvent(
+                event_id=credit_event_id(account, ends),
+                account_id=account,
+                kind="PackageCreditExpired",
+                at=ends,
+                amount=left if refund else 0,
+                balance=int(row["balance"]),
+                plan_id=book.plan_id or terms.plan.id,
+                credit_change=-left,
+                credit=0,
+                reference=ends.astimezone(terms.plan.zone).isoformat(),
+                detail=f"end of the package term, at call {row['cdr_id']}: credit {left} "
+                + ("to the balance" if refund else "forfeited"),
+            )
+            index = int(row[_KEY_INDEX]) if _KEY_INDEX in row else self._index(account)
+            position = (int(row["partition"]), int(row["offset"])) if "offset" in row else (-1, -1)
+            invoicing.record_event(book.billing, event, terms.plan.zone, position[1])
+            self._record(_Events([event]), index, position, terms)
 
     # --------------------------------------------------------------- commands
     def apply(self, state: RatingState, index: int, message: SourceMessage, command: LedgerCommand) -> RatingState:
@@ -168,7 +231,9 @@ class LedgerFold:
         balance = self._balance(state, account)
         correction = command.correction
         recorded = correction is not None and correction.part in book.corrections.get(correction.correction_id, [0, []])[1]
-        book, balance, applied = apply_command(book, balance, command, terms, offset=message.offset)
+        book, balance, applied = apply_command(
+            book, balance, command, terms, offset=message.offset, credit=self._credit(state, account)
+        )
         if applied.refusal:
             self._refuse(message, index, command, applied.refusal)
             return state
@@ -177,7 +242,7 @@ class LedgerFold:
         self._touch(account, command.at)
         if correction is not None and not recorded:
             state = self._corrected(self.flush(state), account, index, message, correction)
-        self._pending[account] = balance
+        self._pending[account] = (balance, applied.credit)
         return state
 
     def skipped(self, state: RatingState, index: int, message: SourceMessage, command: LedgerCommand, rows: int) -> None:
@@ -188,6 +253,7 @@ class LedgerFold:
         terms = self._terms(account, None)
         local = command.at.astimezone(terms.plan.zone if terms is not None else timezone.utc)
         position = f"{self.topic}[{message.partition}]@{message.offset}"
+        credit = self._credit(state, account)
         self.events.append(
             {
                 "event_id": f"{account}/InputSkipped/{position}",
@@ -202,6 +268,10 @@ class LedgerFold:
                 "plan_id": terms.plan.id if terms is not None else "",
                 "reference": position,
                 "detail": f"{rows} line(s) kept as rejections: {command.reason}"[:500],
+                # no package credit moves (issue 23); the credit right after it, as every event
+                "credit_change": 0,
+                "credit": credit.amount if credit is not None else 0,
+                "document": "",
                 "topic": self.topic,
                 "partition": message.partition,
                 "offset": message.offset,
@@ -249,9 +319,14 @@ class LedgerFold:
     ) -> dict[str, Any]:
         known = self._accounts.get(account)
         balance = self._balance(state, account)
+        credit = self._credit(state, account)
         return {
             "account_id": account,
             "balance": balance,
+            "credit": credit.amount if credit is not None else 0,
+            "credit_expires": "" if credit is None else credit.expires.astimezone(
+                self._plans[book.plan_id].zone if book is not None and book.plan_id in self._plans else timezone.utc
+            ).isoformat(),
             "state": book.shown_state() if book is not None and book.lifecycle else "active",
             "plan_id": (book.plan_id if book is not None and book.plan_id else (known or {}).get("plan_id", "")),
             "updated_time": self.latest.get(account, datetime(1970, 1, 1, tzinfo=timezone.utc)),
@@ -275,25 +350,55 @@ class LedgerFold:
 
     def _balance(self, state: RatingState, account: str) -> int:
         if account in self._pending:
-            return self._pending[account]
+            return self._pending[account][0]
         if self._known is None or self._known[0] is not state.balances:
             self._known = (state.balances, dict(state.balances.iter_rows()))
         if account in self._known[1]:
             return int(self._known[1][account])
         known = self._accounts.get(account)
-        return int(known["opening_balance"]) if known else 0
+        return int(known["opening_balance"]) - int(known["package_price"]) if known else 0
+
+    def _credit(self, state: RatingState, account: str) -> Credit | None:
+        """The account's package credit (issue 23), as the engine would seed it."""
+        if account in self._pending:
+            return self._pending[account][1]
+        if self._known_credits is None or self._known_credits[0] is not state.credits:
+            self._known_credits = (
+                state.credits,
+                {a: Credit(c, e, r) for a, c, e, r in state.credits.iter_rows()},
+            )
+        if account in self._known_credits[1]:
+            return self._known_credits[1][account]
+        if self._known is None or self._known[0] is not state.balances:
+            self._known = (state.balances, dict(state.balances.iter_rows()))
+        known = self._accounts.get(account)
+        if account in self._known[1] or known is None or known["opening_credit_expires"] is None:
+            return None
+        return Credit(int(known["opening_credit"]), known["opening_credit_expires"], bool(known["opening_credit_refund"]))
 
     def flush(self, state: RatingState) -> RatingState:
-        """The state with the balances the commands since the last flush left (one concat)."""
+        """The state with the balances and credits the commands since the last flush left
+        (one concat each)."""
         if not self._pending:
             return state
+        accounts = list(self._pending)
         pending = pl.DataFrame(
-            {"account_id": list(self._pending), "balance": list(self._pending.values())},
+            {"account_id": accounts, "balance": [balance for balance, _ in self._pending.values()]},
             schema=state.balances.schema,
+        )
+        credits = pl.DataFrame(
+            [
+                (account, credit.amount, credit.expires, credit.refund)
+                for account, (_, credit) in self._pending.items()
+                if credit is not None
+            ],
+            schema=CREDITS_SCHEMA,
+            orient="row",
         )
         self._pending = {}
         balances = pl.concat([state.balances.join(pending, on="account_id", how="anti"), pending])
-        return dataclasses.replace(state, balances=balances)
+        kept = state.credits.filter(~pl.col("account_id").is_in(accounts))
+        return dataclasses.replace(state, balances=balances, credits=pl.concat([kept, credits]))
 
     def _index(self, account: str) -> int:
         return self.keys.index(account.encode())
@@ -338,6 +443,15 @@ class LedgerFold:
             account_id=command.account_id,
         )
         self.refusals.append(row)
+
+
+@dataclasses.dataclass
+class _Events:
+    """What ``_record`` takes: events alone (no alerts, no statuses)."""
+
+    events: list[LedgerEvent]
+    alerts: tuple[()] = ()
+    statuses: tuple[()] = ()
 
 
 #: An account the catalogue does not know yet (opened by command): tariffs.Account's default.

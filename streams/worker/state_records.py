@@ -4,8 +4,9 @@ Pure (no Kafka): how one account's part of the rating state, its ledger book and
 place in the log become records of bounded size, and back. docs/streaming.md ("The
 state records") tells the layout and why:
 
-- the **core** (key = the account id): ``applied_offset``, balance, watermark, ledger
-  book, a failure if the account is blocked, and the list of the account's other records;
+- the **core** (key = the account id): ``applied_offset``, balance, package credit,
+  watermark, ledger book, a failure if the account is blocked, and the list of the
+  account's other records;
 - a **month** record per charge month still within the horizon (``<id>\\x00m<month_key>``):
   allowance used, seconds charged per class, and each local day's spend and cap alert;
 - **seen segments** (``<id>\\x00s<month_key>.<n>``): the ids remembered for the duplicate
@@ -28,6 +29,7 @@ import functools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 import numpy as np
@@ -39,6 +41,7 @@ from rating.state import (
     ALLOWANCE_SCHEMA,
     BALANCES_SCHEMA,
     CHARGED_SCHEMA,
+    CREDITS_SCHEMA,
     DAILY_SCHEMA,
     LATEST_SCHEMA,
     SEEN_SCHEMA,
@@ -164,10 +167,12 @@ class Core:
     blocked: dict[str, Any] | None = None
     #: names of the account's other records
     parts: list[bytes] = field(default_factory=list)
+    #: package credit (issue 23): [amount, end (ISO 8601, UTC), refund]; None: none
+    credit: list[Any] | None = None
 
     def encode(self) -> bytes:
         value: dict[str, Any] = {"v": 2, "applied_offset": self.applied_offset}
-        for name in ("balance", "latest_month", "ledger", "blocked"):
+        for name in ("balance", "latest_month", "ledger", "blocked", "credit"):
             if getattr(self, name) is not None:
                 value[name] = getattr(self, name)
         value["parts"] = [name.decode() for name in sorted(self.parts)]
@@ -185,13 +190,17 @@ class Core:
             ledger=raw.get("ledger"),
             blocked=raw.get("blocked"),
             parts=[name.encode() for name in raw.get("parts", [])],
+            credit=raw.get("credit"),
         )
 
 
 def core_of(records: AccountRecords | None) -> Core:
     """The decoded core of an account's records (a fresh copy: the caller may change it)."""
     core = _stored_core(records)
-    return Core(core.applied_offset, core.balance, core.latest_month, core.ledger, core.blocked, list(core.parts))
+    return Core(
+        core.applied_offset, core.balance, core.latest_month, core.ledger, core.blocked, list(core.parts),
+        None if core.credit is None else list(core.credit),
+    )
 
 
 def _stored_core(records: AccountRecords | None) -> Core:
@@ -217,7 +226,7 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
     together from each segment's, so a batch pays for the records of its accounts, not
     for parsing them again.
     """
-    balances, latest, allowance, charged = [], [], [], []
+    balances, latest, allowance, charged, credits = [], [], [], [], []
     day_owners: list[tuple[str, int]] = []  # account, days in its month record
     day_texts: list[str] = []
     day_values: list[list[Any]] = []
@@ -228,6 +237,9 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
         core = _stored_core(records)
         if core.balance is not None:
             balances.append((account, core.balance))
+        if core.credit is not None:
+            amount, ends, refund = core.credit
+            credits.append((account, int(amount), datetime.fromisoformat(ends), bool(refund)))
         if core.latest_month is not None:
             latest.append((account, core.latest_month))
         for name, record in records.items():
@@ -249,6 +261,7 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
         daily=_daily_frame(day_owners, day_texts, day_values),
         seen=_seen_frame(segments),
         latest=pl.DataFrame(latest, schema=LATEST_SCHEMA, orient="row"),
+        credits=pl.DataFrame(credits, schema=CREDITS_SCHEMA, orient="row"),
     )
     return state
 

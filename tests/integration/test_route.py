@@ -8,12 +8,16 @@ its own, one per message, routed like ingest routes files.
 - Two routers in one consumer group, taking over from one that died, a position write of
   theirs refused once: every line of a 3-partition topic is judged as ingest judges it
   (same rejection, same account), once.
+- The group's leader stopped, then refused a send, each time while another router was
+  joining (the group re-forming): the group goes on, every line judged once (tansu 0.6.0
+  wedges a group whose leader sends LeaveGroup then, docs/infra.md: the old router did).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -26,7 +30,7 @@ from rating import Catalog
 from schemas.cdr_csv import parse_csv
 from schemas.switch_formats import Feed
 from streams.feeds.routing import route
-from streams.feeds.shipped import RouteEvent, ShippedFeed
+from streams.feeds.shipped import POLL_MS, RouteEvent, ShippedFeed
 from streams.kafka.client import BrokerError, make_producer
 from streams.offline.generate import generate_dataset
 from streams.offline.rate import rate_file
@@ -38,6 +42,8 @@ from tests.integration.pipeline import Pipeline
 pytestmark = [pytest.mark.integration]
 
 LAND_TIMEOUT_S = 180.0
+#: The refusal the routers of these tests are given, as tansu words a real one.
+INJECTED = "the broker refused 1 message: [Error -1] UnknownError (injected)"
 
 
 def _create_topic(pipeline: Pipeline, name: str, partitions: int) -> str:
@@ -70,6 +76,63 @@ def _produce(pipeline: Pipeline, topic: str, values: list[bytes], *, seconds: fl
         return [(meta.partition, meta.offset) for meta in (f.get(timeout=60) for f in futures)]
     finally:
         producer.close()
+
+
+class _Timeline:
+    """Every router's events, timed, for a failure's message: who did what, when."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, RouteEvent]] = []
+        self.lines: list[str] = []
+        self.began = time.monotonic()
+
+    def of(self, router: int) -> Callable[[RouteEvent], None]:
+        def on_event(event: RouteEvent) -> None:
+            self.events.append((router, event))
+            self.lines.append(
+                f"{time.monotonic() - self.began:6.1f} s router {router}: {event.kind} "
+                f"[{event.partition}]@{event.next_offset} {event.message}"
+            )
+
+        return on_event
+
+    def kinds(self, router: int, kind: str) -> list[RouteEvent]:
+        return [event for n, event in self.events if n == router and event.kind == kind]
+
+    def tail(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+
+def _wait_dealt(pipeline: Pipeline, count: int, timeline: _Timeline, *, timeout_s: float) -> None:
+    """Until ``count`` lines are on cdr.raw or cdr.rejected (fails with the timeline)."""
+    deadline = time.monotonic() + timeout_s
+    dealt = 0
+    while time.monotonic() < deadline:
+        dealt = sum(len(n) for n in edge_output(pipeline).lines_by_source().values())
+        if dealt >= count:
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"{dealt} of {count} lines routed within {timeout_s:.0f} s:\n{timeline.tail()}")
+
+
+def _assert_judged_as_ingest(  # type: ignore[no-untyped-def]
+    pipeline: Pipeline, topic: str, where: list[tuple[int, int]], text: list[bytes], tariffs
+) -> None:
+    """Each line once, judged as ingest judges the file ``text`` (header first): the same
+    accepted lines (by account), the same rejections. ``where`` is each message's (partition,
+    offset), in the file's order."""
+    output = edge_output(pipeline)
+    output.assert_each_line_once(sources_in_order=False)
+    identity = pl.DataFrame(
+        [(f"{topic}[{p}]", offset, n) for n, (p, offset) in enumerate(where, start=1)],
+        schema=["source", "line", "file_line"],
+        orient="row",
+    )
+    expected = route(parse_csv(b"\n".join(text) + b"\n"), tariffs.account_of_number(), source="f", ingest_id="i")
+    sent = output.raw.join(identity, on=["source", "line"]).select("file_line", "account").sort("file_line")
+    assert sent.rows() == expected.accepted.select("line", "account_id").sort("line").rows()
+    rejected = output.rejected.unique().join(identity, on=["source", "line"]).select("file_line", "reason")
+    assert rejected.sort("file_line").rows() == expected.rejected.select("line", "reason").sort("line").rows()
 
 
 def test_lines_routed_raw_then_in_json_with_the_router_killed_land_as_the_offline_run(
@@ -143,7 +206,7 @@ class _RefusedOnce(ShippedFeed):
 
     def _record(self, partitions, *, force):  # type: ignore[no-untyped-def]
         if not force and any(p.recorded != p.next_offset for p in partitions) and self.once.acquire(blocking=False):
-            raise BrokerError("the broker refused 1 message: [Error -1] UnknownError (injected)")
+            raise BrokerError(INJECTED)
         super()._record(partitions, force=force)
 
 
@@ -154,7 +217,6 @@ def test_routers_in_a_group_take_over_and_judge_every_line_as_ingest_once(pipeli
     topic = _create_topic(pipeline, "switch.lines", 3)
     # The shipper sends the header too (it reads the file from its start): no CDR.
     where = _produce(pipeline, topic, [header, *lines])
-    line_of = {position: n for n, position in enumerate(where, start=1)}  # file line (header = 1)
 
     dying = ShippedFeed(pipeline.settings, topic, topic_prefix=pipeline.prefix, position_every_s=0.0, max_records=400)
     dying.start()
@@ -163,60 +225,128 @@ def test_routers_in_a_group_take_over_and_judge_every_line_as_ingest_once(pipeli
     dying.position_every_s = 3600.0  # from here on it records nothing
     for _ in range(2):
         dying.step()
-    dying._drop()  # gone: its last sends unrecorded
+    dying._drop()  # gone: its last sends unrecorded (and, as any router, no LeaveGroup: its session expires)
     dying.table.stop()
 
     stop = threading.Event()
-    events: list[RouteEvent] = []
-    timeline: list[str] = []  # for a failure's message: who did what, when
-    began = time.monotonic()
-
-    def on_event(event: RouteEvent, router: int) -> None:
-        events.append(event)
-        timeline.append(f"{time.monotonic() - began:6.1f} s router {router}: {event.kind} "
-                        f"[{event.partition}]@{event.next_offset} {event.message}")
-
+    timeline = _Timeline()
     once = threading.Lock()
     routers = [
-        _RefusedOnce(pipeline.settings, topic, topic_prefix=pipeline.prefix,
-                     on_event=lambda event, n=n: on_event(event, n), once=once)
+        _RefusedOnce(pipeline.settings, topic, topic_prefix=pipeline.prefix, on_event=timeline.of(n), once=once)
         for n in range(2)
     ]
     escaped: list[BaseException] = []
     threads = [running(lambda router=router: router.run(stop, retry_s=0.5), escaped) for router in routers]
-    dealt_lines = 0
     try:
-        # ~17 s alone; a CI machine running four test files at once has taken over 90 s
-        # (group joins and the take-over's read-back wait for the machine).
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            dealt_lines = sum(len(n) for n in edge_output(pipeline).lines_by_source().values())
-            if dealt_lines >= len(lines):
-                break
-            time.sleep(1.0)
+        # ~25 s alone (the dead router's session expires first). Until 2026-12-07 a router
+        # refused while the group re-formed left it, and when it led the group that wedged
+        # the group on tansu (docs/infra.md): nothing routed for minutes.
+        _wait_dealt(pipeline, len(lines), timeline, timeout_s=240)
     finally:
         stop.set()
         for thread in threads:
             thread.join(60)
-    assert dealt_lines >= len(lines), f"{dealt_lines} of {len(lines)} lines routed:\n" + "\n".join(timeline[-40:])
     assert escaped == []
     assert all(router.partitions == {} for router in routers)  # both stopped cleanly
     # Reported (a loaded machine may add real refusals, recovered from alike).
     assert once.locked()
-    assert "the broker refused 1 message: [Error -1] UnknownError (injected) (joining again in 0.5 s)" in [
-        e.message for e in events if e.kind == "error"
+    assert f"{INJECTED} (taking its partitions over again in 0.5 s)" in [
+        event.message for _, event in timeline.events if event.kind == "error"
     ]
-    output = edge_output(pipeline)
-    output.assert_each_line_once(sources_in_order=False)
+    _assert_judged_as_ingest(pipeline, topic, where, text, tariffs)
 
-    # Judged as ingest judges the file: the same accepted lines (by account), the same rejections.
-    identity = pl.DataFrame(
-        [(f"{topic}[{p}]", offset, n) for (p, offset), n in line_of.items()],
-        schema=["source", "line", "file_line"],
-        orient="row",
-    )
-    expected = route(parse_csv(b"\n".join(text) + b"\n"), tariffs.account_of_number(), source="f", ingest_id="i")
-    sent = output.raw.join(identity, on=["source", "line"]).select("file_line", "account").sort("file_line")
-    assert sent.rows() == expected.accepted.select("line", "account_id").sort("line").rows()
-    rejected = output.rejected.unique().join(identity, on=["source", "line"]).select("file_line", "reason")
-    assert rejected.sort("file_line").rows() == expected.rejected.select("line", "reason").sort("line").rows()
+
+class _Held(ShippedFeed):
+    """A router the test can hold at the start of a step, before it polls (so it takes no
+    part in the group's rebalances, as a router busy reading ``cdr.raw`` back), and whose
+    next step it can refuse (raised before that step polls)."""
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()  # cleared: the next step waits at it
+        self.gate.set()
+        self.held = threading.Event()
+        self.refuse = threading.Event()
+
+    def step(self, timeout_ms: int = POLL_MS) -> int:
+        if not self.gate.is_set():
+            self.held.set()
+            self.gate.wait()
+            self.held.clear()
+        if self.refuse.is_set():
+            self.refuse.clear()
+            raise BrokerError(INJECTED)
+        return super().step(timeout_ms)
+
+
+def _until(test: Callable[[], bool], what: str, timeline: _Timeline, *, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not test():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s:\n{timeline.tail()}"
+        time.sleep(0.05)
+
+
+def _joining(router: ShippedFeed) -> bool:
+    """The broker has taken ``router`` into its group (it handed it a member id: the group
+    re-forms from then on)."""
+    consumer = router._consumer
+    return consumer is not None and bool(consumer.group_metadata().member_id)
+
+
+def test_the_group_goes_on_when_its_leader_stops_or_is_refused_while_another_router_joins(pipeline: Pipeline) -> None:
+    tariffs = pipeline.load_catalog(VECTORS / "mixed")
+    text = (VECTORS / "mixed" / "cdrs.csv").read_bytes().splitlines()
+    topic = _create_topic(pipeline, "switch.lines", 3)
+    third = len(text) // 3
+    parts = [text[:third], text[third : 2 * third], text[2 * third :]]  # the header first
+    where = _produce(pipeline, topic, parts[0])
+    timeline = _Timeline()
+    stop = threading.Event()
+    escaped: list[BaseException] = []
+    threads: list[threading.Thread] = []
+
+    def router(n: int, kind: type[ShippedFeed] = ShippedFeed) -> ShippedFeed:
+        return kind(pipeline.settings, topic, topic_prefix=pipeline.prefix, on_event=timeline.of(n))
+
+    first = router(0)
+    try:
+        # 1. Router 0 alone leads the group and routes the first third.
+        first.start()
+        deadline = time.monotonic() + 60
+        while sum(p.next_offset for p in first.partitions.values()) < third:
+            assert time.monotonic() < deadline, f"router 0 routing the first third:\n{timeline.tail()}"
+            first.step()
+        # Router 1 joins; router 0 stops before the group re-formed (it does not poll again).
+        second = router(1, _Held)
+        threads.append(running(lambda: second.run(stop, retry_s=0.5), escaped))
+        _until(lambda: _joining(second), "router 1 joining", timeline)
+        first.close()
+        where += _produce(pipeline, topic, parts[1])
+        _wait_dealt(pipeline, 2 * third - 1, timeline, timeout_s=120)  # all but the header
+
+        # 2. Router 1 now leads (alone). It is held; router 2 joins; router 1's next step
+        # is refused, before it polls: before the group re-formed.
+        assert isinstance(second, _Held)
+        second.gate.clear()
+        _until(second.held.is_set, "router 1 held", timeline)
+        other = router(2)
+        threads.append(running(lambda: other.run(stop, retry_s=0.5), escaped))
+        _until(lambda: _joining(other), "router 2 joining", timeline)
+        second.refuse.set()
+        second.gate.set()
+        # The group re-forms with router 2 in it (before: never), which then routes its share.
+        _until(lambda: bool(timeline.kinds(2, "assigned")), "router 2 assigned", timeline, timeout_s=120)
+        where += _produce(pipeline, topic, parts[2])
+        _wait_dealt(pipeline, len(text) - 1, timeline, timeout_s=120)
+    finally:
+        first.table.stop()
+        first._drop()
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert escaped == []
+    assert timeline.kinds(1, "assigned"), timeline.tail()  # router 1 took router 0's partitions
+    # Reported (a loaded machine may add real refusals, recovered from alike).
+    refused = [event.message for event in timeline.kinds(1, "error")]
+    assert f"{INJECTED} (taking its partitions over again in 0.5 s)" in refused, timeline.tail()
+    _assert_judged_as_ingest(pipeline, topic, where, text, tariffs)

@@ -33,12 +33,12 @@ from pathlib import Path
 import pytest
 from clickhouse_driver import Client
 from clickhouse_driver.errors import ServerException
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 from schemas.topics import TOPICS
 from streams.offline.compare import compare_outputs
-from streams.settings import Settings
+from streams.settings import KafkaAccess, Settings
 from streams.stack.clickhouse_config import _clickhouse_server_command, _write_clickhouse_config
 from streams.stack.servers import PROJECT_TANSU, free_ports
 from tests.conftest import CDRFLOW, VECTORS, self_signed_certificate
@@ -295,6 +295,15 @@ def test_the_pipeline_over_tls_lands_exactly_and_no_secret_leaves_a_process(
         assert exported.returncode == 0, exported.stdout + exported.stderr
         compared = compare_outputs(BASIC / "expected", tmp_path / "export")
         assert compared.ok, compared.report()
+        # Issue 24's invoices over TLS (the catalogue, ClickHouse): March is open, so drafts.
+        invoiced = run("invoice", "--all", "--month", "2026-03", "--json", "--out", tmp_path / "invoices")
+        assert invoiced.returncode == 0, invoiced.stdout + invoiced.stderr
+        drafts = json.loads(invoiced.stdout)["documents"]
+        assert drafts and len(list((tmp_path / "invoices").glob("draft-*.html"))) == len(drafts)
+        # The router over TLS (its group consumer, position book, read-back): the vector's
+        # lines again, from a topic of their own (already on cdr.raw: the worker rejects them).
+        tls_access = KafkaAccess((str(tls_kafka["bootstrap"]),), "SSL", ssl_cafile=str(tls["cert"]))
+        outputs.append(_route_the_lines(tls_access, env, tmp_path))
         # The alerts reached the webhook with the bearer token, some after a retry.
         deadline = time.monotonic() + 60
         while len({p for p, _ in _Webhook.seen}) < 1 or len(_Webhook.seen) < 4:
@@ -322,6 +331,41 @@ def test_the_pipeline_over_tls_lands_exactly_and_no_secret_leaves_a_process(
     leaks = [(where, secret) for where, content in places.items() for secret in secrets if secret in content]
     assert leaks == [], leaks
     assert len(places) > 10
+
+
+def _route_the_lines(access: KafkaAccess, env: dict[str, str], tmp_path: Path) -> str:
+    """``cdrflow route --json`` of the basic vector's lines (one per message, put on the
+    broker through ``access``) until it has read them all; what it printed."""
+    topic = f"tls-switch-lines-{os.getpid()}"
+    admin = KafkaAdminClient(**access.kafka_python())
+    try:
+        admin.create_topics([NewTopic(topic, 1, 1)])
+        admin.wait_for_topics([topic], timeout_ms=30_000)
+    finally:
+        admin.close()
+    lines = (BASIC / "cdrs.csv").read_bytes().splitlines()
+    producer = KafkaProducer(**access.kafka_python(), linger_ms=20)
+    for line in lines:
+        producer.send(topic, value=line)
+    producer.flush(timeout=60)
+    producer.close()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CDRFLOW_")}
+    log = tmp_path / "route.out"
+    with log.open("wb") as out:
+        router = subprocess.Popen([str(CDRFLOW), "route", "--from-topic", topic, "--json"], env={**clean, **env},
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not any(
+            event.get("lines", 0) >= len(lines)
+            for event in (json.loads(text) for text in log.read_text().splitlines() if text.startswith("{"))
+        ):
+            assert router.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(1.0)
+    finally:
+        router.terminate()
+        router.wait(timeout=60)
+    return log.read_text()
 
 
 def _secret(folder: Path, name: str, value: str) -> Path:
