@@ -5,7 +5,10 @@ In one run, on a throwaway stack (temporary state folder, free ports):
 
 1. **raw round trip**: every CDR line produced as one message with kafka-python and
    consumed back by a consumer started first; time from the first send to the last
-   message received (docs/infra.md measured ~12.8k lines/s here);
+   message received (docs/infra.md measured ~12.8k lines/s here). It runs on a topic of
+   its own (``bench.round-trip``, as many partitions as ``cdr.raw``): on ``cdr.raw`` its
+   200k one-line messages would be input the worker rates (each a rejection keyed by a
+   CDR id, with state of its own) while the month is measured;
 2. **cdrflow end to end**: `cdrflow load`, a background `cdrflow worker`, a small warm-up
    file ingested and landed (so the group join is not counted), then the generated month
    ingested with `--wait`: ingest start to the last row landed in ClickHouse (watched by
@@ -15,6 +18,15 @@ In one run, on a throwaway stack (temporary state folder, free ports):
    ``insert_rated`` of 1M rated calls).
 
 Targets (issue 4): end to end >= the raw round trip; sink >= 500k rows/s.
+
+**Where the time goes** (issue 26): the worker runs at ``info`` level, which logs one line
+per rating batch and per sink insert (no profiler: the figures are those of an ordinary
+run). After the month landed the bench sums, from the worker's log, the seconds each stage
+took (a rating batch's rating, the wait for its outputs' acknowledgements, its state
+writes; each sink's decode and insert) and reads the CPU seconds every process of the
+stack used meanwhile (``/proc/PID/stat``; ingest's from its ``rusage``), per CDR. Stages
+overlap (a batch is rated while the one before is written, sinks run beside the rating),
+so the seconds add up to more than the wall clock.
 
 Usage::
 
@@ -27,6 +39,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -37,15 +51,20 @@ from pathlib import Path
 # Runnable from a plain checkout too, not only from an installed project.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer  # noqa: E402
+from kafka.admin import NewTopic  # noqa: E402
+from kafka.errors import TopicAlreadyExistsError  # noqa: E402
 
-from schemas.topics import CDR_RAW
 from streams.offline.generate import generate_dataset  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.stack import servers as stack  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TARGET_SINK_ROWS_PER_S = 500_000
+#: The raw round trip's own topic (not cdr.raw: see the module's docstring).
+ROUND_TRIP_TOPIC = "bench.round-trip"
+#: The servers of the stack whose CPU is counted, by their pid files (STATE/run/NAME.json).
+_PROCESSES = ("worker", "kafka", "clickhouse", "s3")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,15 +96,24 @@ def main(argv: list[str] | None = None) -> int:
             raw_s = _raw_round_trip(settings, lines)
             say("cdrflow: load, worker, warm-up ...")
             _cdrflow(env, "load", "--plans", data.plans_dir, "--accounts", data.accounts_file)
-            stack.start_worker(settings)
+            worker = stack.start_worker(settings, loglevel="info")  # a line per batch: the stages
             _cdrflow(env, "ingest", warmup.cdrs_file, "--wait", "--timeout", "300")
             say("cdrflow ingest --wait of the month ...")
             watch = _LandingWatch(settings, len(lines))
+            log_from = Path(worker.log).stat().st_size
+            cpu_before = _cpu_of_servers(root / "state")
+            children_before = _children_cpu()
             started = time.perf_counter()
             watch.start(started)
             ingested = json.loads(_cdrflow(env, "ingest", data.cdrs_file, "--wait", "--timeout", "1200", "--json"))
             command_s = time.perf_counter() - started
             pipeline_s = watch.stop() or command_s
+            cpu = {
+                name: round(after - cpu_before.get(name, 0.0), 2)
+                for name, after in _cpu_of_servers(root / "state").items()
+            }
+            cpu["ingest"] = round(_children_cpu() - children_before, 2)
+            stages = _stages(Path(worker.log), log_from)
             say("sink ...")
             sink = json.loads(
                 _run(
@@ -115,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         "landed_after_send_s": round(pipeline_s - ingested["seconds"], 2),
         "ratio_pipeline_to_raw": round(pipeline_rate / raw_rate, 2),
         "sink_rows_per_s": sink_rate,
+        "stages_s": stages,
+        "cpu_s": cpu,
+        "cpu_us_per_cdr": {name: round(seconds * 1e6 / len(lines), 1) for name, seconds in cpu.items()},
         "targets_met": pipeline_rate >= raw_rate and (sink_rate or 0) >= TARGET_SINK_ROWS_PER_S,
     }
     if args.json:
@@ -132,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"ratio              {pipeline_rate / raw_rate:.2f} x the raw round trip")
         print(f"sink               {sink_rate:,} rows/s (insert_rated)" if sink_rate else "sink               (no figure)")
+        _print_stages(figures, len(lines), ingested)
         verdict = "PASS" if figures["targets_met"] else "FAIL"
         print(f"targets: end to end >= raw round trip, sink >= 500k rows/s: {verdict}")
     return 0 if figures["targets_met"] else 1
@@ -140,8 +172,15 @@ def main(argv: list[str] | None = None) -> int:
 def _raw_round_trip(settings: Settings, lines: list[bytes]) -> float:
     """Produce every line as one keyed message and consume them all back; seconds taken."""
     access = settings.kafka_access().kafka_python()
+    admin = KafkaAdminClient(**access)
+    try:
+        admin.create_topics([NewTopic(ROUND_TRIP_TOPIC, settings.topic_partitions, settings.replication_factor())])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        admin.close()
     consumer = KafkaConsumer(
-        CDR_RAW,
+        ROUND_TRIP_TOPIC,
         **access,
         group_id=f"bench-{time.time_ns()}",
         auto_offset_reset="earliest",
@@ -152,7 +191,7 @@ def _raw_round_trip(settings: Settings, lines: list[bytes]) -> float:
     )
     producer = KafkaProducer(**access, linger_ms=20, batch_size=64 * 1024, acks=1)
     # A first message makes the topic and lets the consumer join before the clock starts.
-    producer.send(CDR_RAW, key=b"warmup", value=b"warmup").get(timeout=30)
+    producer.send(ROUND_TRIP_TOPIC, key=b"warmup", value=b"warmup").get(timeout=30)
     deadline = time.monotonic() + 60
     seen = 0
     while seen == 0 and time.monotonic() < deadline:
@@ -171,7 +210,7 @@ def _raw_round_trip(settings: Settings, lines: list[bytes]) -> float:
     started = time.perf_counter()
     reader.start()
     for line in lines:
-        producer.send(CDR_RAW, key=line.split(b",", 1)[0], value=line)
+        producer.send(ROUND_TRIP_TOPIC, key=line.split(b",", 1)[0], value=line)
     producer.flush()
     done.wait()
     took = time.perf_counter() - started
@@ -220,6 +259,65 @@ class _LandingWatch:
         self._thread.join()
         self.client.disconnect()
         return self.landed_s
+
+
+_RATED = re.compile(
+    r"rated (\d+) lines of (\d+) messages .* in ([\d.]+) s(?: \(while the batch before was written\))?; "
+    r"(\d+) output messages acknowledged in ([\d.]+) s; state written in ([\d.]+) s"
+)
+_SUNK = re.compile(r"sink (\w+): (\d+) rows of (\d+) messages decoded in ([\d.]+) s, inserted in ([\d.]+) s")
+
+
+def _stages(log: Path, start: int) -> dict[str, dict[str, float]]:
+    """Seconds per stage from the worker's log lines written since byte ``start``."""
+    with log.open("rb") as handle:
+        handle.seek(start)
+        text = handle.read().decode("utf-8", "replace")
+    stages: dict[str, dict[str, float]] = {}
+
+    def add(name: str, seconds: float, count: int, rows: int) -> None:
+        stage = stages.setdefault(name, {"seconds": 0.0, "batches": 0, "rows": 0})
+        stage["seconds"] = round(stage["seconds"] + seconds, 3)
+        stage["batches"] += count
+        stage["rows"] += rows
+
+    for lines, _, rated, outputs, acked, state in _RATED.findall(text):
+        add("worker: rate a batch (decode, rate, encode)", float(rated), 1, int(lines))
+        add("worker: outputs sent and acknowledged", float(acked), 1, int(outputs))
+        add("worker: state records and checkpoint written", float(state), 1, int(lines))
+    for kind, rows, _, decoded, inserted in _SUNK.findall(text):
+        add(f"sink {kind}: decode", float(decoded), 1, int(rows))
+        add(f"sink {kind}: insert", float(inserted), 1, int(rows))
+    return stages
+
+
+def _cpu_of_servers(state_dir: Path) -> dict[str, float]:
+    """CPU seconds (user + system) each running server of the stack has used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name in _PROCESSES:
+        try:
+            pid = json.loads((state_dir / "run" / f"{name}.json").read_text())["pid"]
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, KeyError):
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return used
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _print_stages(figures: dict, cdrs: int, ingested: dict) -> None:
+    print("where the time goes (seconds summed over the run's batches; stages overlap)")
+    print(f"  {'ingest: read, check, route, produce the file':46} {ingested['files'][0]['seconds']:8.2f}")
+    for name, stage in figures["stages_s"].items():
+        print(f"  {name:46} {stage['seconds']:8.2f}  ({stage['batches']} batches, {stage['rows']:,} rows)")
+    print("CPU per process while the month went through (seconds; microseconds per CDR)")
+    for name, seconds in sorted(figures["cpu_s"].items(), key=lambda item: -item[1]):
+        print(f"  {name:12} {seconds:7.2f}  {figures['cpu_us_per_cdr'][name]:8.1f}")
 
 
 def _sink_rows_per_s(sink: dict) -> int | None:

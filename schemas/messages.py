@@ -39,8 +39,16 @@ def _optional_lists(chunk: pl.DataFrame) -> dict[str, list[object]]:
     if "caller_origin" in chunk.columns:
         out["caller_origin"] = chunk.get_column("caller_origin").to_list()
     if "read_at" in chunk.columns:
-        out["read_at"] = chunk.get_column("read_at").dt.epoch("ms").to_list()
+        # Epoch milliseconds from the physical integers, without an expression (`dt.epoch`
+        # runs a query per call: per chunk, most of ingest's CPU; docs/streaming.md).
+        read_at = chunk.get_column("read_at")
+        per_ms = _UNITS_PER_MS[getattr(read_at.dtype, "time_unit", None) or "us"]
+        physical = read_at.cast(pl.Int64).to_list()
+        out["read_at"] = physical if per_ms == 1 else [None if v is None else v // per_ms for v in physical]
     return out
+
+
+_UNITS_PER_MS: Final[dict[str, int]] = {"ms": 1, "us": 1_000, "ns": 1_000_000}
 
 
 def _optional_series(value: dict[str, object], lines: int) -> list[pl.Series]:
@@ -50,15 +58,19 @@ def _optional_series(value: dict[str, object], lines: int) -> list[pl.Series]:
         column = value.get(name)
         if isinstance(column, list) and len(column) == lines:
             try:
-                if name == "read_at":
-                    series.append(pl.Series(name, column, dtype=pl.Int64, strict=True).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"))
-                else:
-                    series.append(pl.Series(name, column, dtype=dtype, strict=True))
+                series.append(_typed_optional(name, column))
                 continue
             except (TypeError, OverflowError, pl.exceptions.PolarsError):
                 pass
         series.append(pl.Series(name, [None] * lines, dtype=dtype))
     return series
+
+
+def _typed_optional(name: str, values: list[object]) -> pl.Series:
+    """An optional column's values as its type; raises if one is not of it."""
+    if name == "read_at":  # epoch milliseconds on the wire
+        return pl.Series(name, values, dtype=pl.Int64, strict=True).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC")
+    return pl.Series(name, values, dtype=OPTIONAL_CHUNK_COLUMNS[name], strict=True)
 
 
 def cdr_chunk_value(source: str, chunk: pl.DataFrame, ingest_id: str = "") -> dict[str, object]:
@@ -82,6 +94,34 @@ def cdr_chunk_value(source: str, chunk: pl.DataFrame, ingest_id: str = "") -> di
         **{name: chunk.get_column(name).to_list() for name in CDR_COLUMNS},
         **_optional_lists(chunk),
     }
+
+
+def cdr_chunk_values(source: str, chunks: Sequence[pl.DataFrame], ingest_id: str = "") -> list[dict[str, object]]:
+    """:func:`cdr_chunk_value` of each chunk, each column turned into Python once for all.
+
+    A feed sends a file's lines as a chunk per account (~100 lines): made one by one, the
+    per-call cost of polars (a dozen columns to lists per chunk, each call waiting for the
+    interpreter lock that the producer's thread holds) was most of ingest's time.
+
+    Examples
+    --------
+    >>> frame = pl.DataFrame({"line": [2, 3, 4], **{c: ["x", "y", "z"] for c in CDR_COLUMNS}})
+    >>> values = cdr_chunk_values("f.csv", [frame.head(2), frame.tail(1)])
+    >>> values == [cdr_chunk_value("f.csv", frame.head(2)), cdr_chunk_value("f.csv", frame.tail(1))]
+    True
+    """
+    if not chunks:
+        return []
+    if any(chunk.schema != chunks[0].schema for chunk in chunks):
+        return [cdr_chunk_value(source, chunk, ingest_id) for chunk in chunks]
+    whole = cdr_chunk_value(source, pl.concat(chunks, how="vertical", rechunk=False), ingest_id)
+    values = []
+    start = 0
+    for chunk in chunks:
+        end = start + chunk.height
+        values.append({name: value[start:end] if isinstance(value, list) else value for name, value in whole.items()})
+        start = end
+    return values
 
 
 def cdr_chunk_frame(value: dict[str, object]) -> pl.DataFrame:
@@ -165,7 +205,10 @@ def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
     columns: dict[str, list[object]] = {name: [] for name in _CHUNK_FIELDS}
     sources: list[str] = []
     ingest_ids: list[str] = []
-    optional: list[pl.Series] = []
+    # The optional columns' values over all messages (nulls for a message without one),
+    # and the chunks that had any, should one hold a value of the wrong type.
+    optional: dict[str, list[object]] = {name: [] for name in OPTIONAL_CHUNK_COLUMNS}
+    with_optional: list[tuple[dict[str, object], int]] = []
     heights: list[int] = []
     errors: dict[int, Exception] = {}
     for index, raw in enumerate(values):
@@ -178,10 +221,13 @@ def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
             continue
         for name in _CHUNK_FIELDS:
             columns[name].extend(value[name])
-        if any(name in value for name in OPTIONAL_CHUNK_COLUMNS):
-            optional.append(pl.DataFrame(_optional_series(value, height)))
-        else:
-            optional.append(height)  # type: ignore[arg-type]  # nulls, made once below
+        for name, gathered in optional.items():
+            column = value.get(name)
+            if isinstance(column, list) and len(column) == height:
+                gathered.extend(column)
+            else:
+                gathered.extend([None] * height)
+        with_optional.append((value, height))
         source, ingest_id = value.get("source"), value.get("ingest_id")
         sources.append(source if isinstance(source, str) else "")
         ingest_ids.append(ingest_id if isinstance(ingest_id, str) else "")
@@ -204,12 +250,20 @@ def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
         if kept
         else pl.Series("ingest_id", [], dtype=pl.String),
     )
-    parts = [
-        part if isinstance(part, pl.DataFrame) else pl.DataFrame(schema=OPTIONAL_CHUNK_COLUMNS).clear(part)
-        for part in optional
-    ]
-    extra = pl.concat(parts) if parts else pl.DataFrame(schema=OPTIONAL_CHUNK_COLUMNS)
-    return ChunkBatch(frame=pl.concat([frame, extra], how="horizontal"), heights=heights, errors=errors)
+    extra = [_optional_column(name, gathered, with_optional) for name, gathered in optional.items()]
+    return ChunkBatch(frame=frame.with_columns(extra), heights=heights, errors=errors)
+
+
+def _optional_column(name: str, values: list[object], chunks: list[tuple[dict[str, object], int]]) -> pl.Series:
+    """One optional column over a batch's chunks, built once; if a value is not of its
+    type, chunk by chunk, with nulls for the chunks whose values are not (as
+    :func:`cdr_chunk_frame` does)."""
+    try:
+        return _typed_optional(name, values)
+    except (TypeError, OverflowError, pl.exceptions.PolarsError):
+        position = list(OPTIONAL_CHUNK_COLUMNS).index(name)
+        parts = [_optional_series(value, height)[position] for value, height in chunks]
+        return pl.concat(parts) if parts else pl.Series(name, [], dtype=OPTIONAL_CHUNK_COLUMNS[name])
 
 
 def _chunk_height(value: object) -> int:

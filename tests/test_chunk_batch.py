@@ -104,3 +104,59 @@ def test_output_messages_decoded_at_once_equal_read_output_one_by_one() -> None:
             continue
         assert isinstance(result, pl.DataFrame) and result.equals(expected) and result.schema == expected.schema
     assert [isinstance(r, Exception) for r in decoded] == [False, True, False, True, False, True]
+
+
+def _with_optional(first_line: int, lines: int, **columns: list[object]) -> bytes:
+    value = json.loads(_chunk(first_line, lines))
+    value.update(columns)
+    return json.dumps(value).encode()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [_with_optional(50, 2, caller_origin=["local", None], read_at=[1772323200000, 1772323260000])],
+        [_with_optional(50, 2, read_at=[1772323200000, "not epoch ms"])],  # this chunk's read_at: nulls
+        [_with_optional(50, 2, caller_origin=["local", 3])],  # this chunk's caller_origin: nulls
+        [_with_optional(50, 2, read_at=[1772323200000])],  # a length that is not the chunk's: nulls
+        [_with_optional(50, 1, read_at=[1]), _with_optional(60, 2, caller_origin="not a list")],
+    ],
+    ids=["both", "read_at-wrong-type", "origin-wrong-type", "read_at-short", "mixed"],
+)
+def test_optional_columns_decode_at_once_as_one_by_one(extra: list[bytes]) -> None:
+    """The optional columns (caller_origin, read_at) are built once over the batch; a chunk
+    whose values are not of their type gets nulls, as it would decoded alone, the others keep theirs."""
+    values = [_chunk(2, 3), *extra, _with_optional(10, 1, caller_origin=["national"], read_at=[1772409600000])]
+    batch = cdr_chunks_frame(values)
+    frame, heights, errors = _one_by_one(values)
+    assert batch.frame.equals(frame)
+    assert batch.frame.schema == frame.schema
+    assert batch.heights == heights and errors == []
+    assert batch.frame.get_column("read_at").is_not_null().sum() >= 1
+
+
+def test_chunk_values_made_at_once_equal_those_made_one_by_one() -> None:
+    """Ingest and the live feeds make a piece's messages at once (cdr_chunk_values): each
+    must be the message cdr_chunk_value makes of its chunk alone, read_at and caller_origin
+    included, also for chunks whose columns differ."""
+    from datetime import UTC, datetime
+
+    from schemas.messages import cdr_chunk_values
+
+    frame = pl.DataFrame(
+        {
+            "line": [2, 3, 4, 5, 6],
+            **{c: [f"{c}-{n}" for n in range(5)] for c in CDR_COLUMNS},
+            "caller_origin": ["local", None, "national", "local", None],
+            "read_at": pl.Series([datetime(2026, 3, 1, 0, 0, n, 5000, tzinfo=UTC) for n in range(5)]).cast(
+                pl.Datetime("ms", "UTC")
+            ),
+        }
+    )
+    chunks = [frame.slice(0, 2), frame.slice(2, 0), frame.slice(2, 3)]
+    values = cdr_chunk_values("f.csv", chunks, "i9")
+    assert values == [cdr_chunk_value("f.csv", chunk, "i9") for chunk in chunks]
+    assert values[0]["read_at"] == [1772323200005, 1772323201005] and values[2]["line"] == [4, 5, 6]
+    mixed = [frame.slice(0, 2), frame.slice(2, 3).drop("read_at")]
+    assert cdr_chunk_values("f.csv", mixed) == [cdr_chunk_value("f.csv", chunk) for chunk in mixed]
+    assert cdr_chunk_values("f.csv", []) == []

@@ -39,7 +39,7 @@ from typing import Any, Final, Literal
 import polars as pl
 from aiokafka.errors import KafkaError
 
-from schemas.messages import cdr_chunk_value, frame_value
+from schemas.messages import cdr_chunk_values, frame_value
 from schemas.switch_formats import Feed
 from schemas.topics import ACCOUNTS, CDR_RAW, CDR_REJECTED, INGEST_FILES, PLANS
 from streams.catalog.publish import decoded_catalog_value, fold_catalog, read_catalog
@@ -406,8 +406,9 @@ def send_file(
 def _send_chunks(
     sender: Sender, topic: str, chunks: list[tuple[str, pl.DataFrame]], source: str, result: FileResult
 ) -> None:
-    for account_id, lines in chunks:
-        sender.send(topic, account_id.encode(), cdr_chunk_value(source, lines, result.ingest_id))
+    values = cdr_chunk_values(source, [lines for _, lines in chunks], result.ingest_id)
+    for (account_id, _), value in zip(chunks, values):
+        sender.send(topic, account_id.encode(), value)
         result.raw_messages += 1
 
 

@@ -19,7 +19,7 @@ from typing import Final
 
 import polars as pl
 
-from schemas.messages import cdr_chunk_value, frame_value
+from schemas.messages import cdr_chunk_values, frame_value
 from schemas.switch_formats import Layout
 from schemas.topics import CDR_RAW, CDR_REJECTED, FEED_NOTES, INGEST_FILES, INGEST_POSITIONS
 from streams.feeds.routing import AccountChunker, rejection_groups, route
@@ -102,8 +102,9 @@ def send_batch(
         tally.skipped = int(already.sum())
         accepted = accepted.filter(~already)
     chunker = AccountChunker()
-    for account_id, lines in [*chunker.add(accepted), *chunker.flush()]:
-        sender.send(topics.raw, account_id.encode(), cdr_chunk_value(source, lines, ingest_id))
+    chunks = [*chunker.add(accepted), *chunker.flush()]
+    for (account_id, _), value in zip(chunks, cdr_chunk_values(source, [lines for _, lines in chunks], ingest_id)):
+        sender.send(topics.raw, account_id.encode(), value)
         tally.messages += 1
     for key, rows in rejection_groups(routed):
         sender.send(topics.rejected, key, frame_value(rows))
