@@ -31,14 +31,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 4 --dist loadfile --durations=25
 
+# Every bench one after the other, then one table: figures, floors measured in the same run,
+# ratios, targets, and the change from the previous run (bench/summary.py).
 bench: setup
-	-$(BIN)/python bench/rate_bench.py
-	-$(BIN)/python bench/sink_bench.py
-	-$(BIN)/python bench/pipeline_bench.py
-	-$(BIN)/python bench/finance_bench.py
-	-$(BIN)/python bench/live_batch_bench.py
-	-$(BIN)/python bench/latency_bench.py
-	-$(BIN)/python bench/soak_bench.py
+	$(BIN)/python bench/summary.py
 
 clean:
 	rm -rf demo-data .pytest_cache .hypothesis
