@@ -24,7 +24,9 @@ from schemas.corrections import Correction
 LEDGER_MESSAGE_VERSION: Final[int] = 1
 
 CommandKind = Literal[
-    "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate", "renew"
+    "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate", "renew",
+    # issue 25: a number moves between accounts (one command on each account's log)
+    "transfer_out", "transfer_in",
 ]
 EventKind = Literal[
     "AccountOpened",
@@ -51,6 +53,9 @@ EventKind = Literal[
     "PackageRenewed",
     "PackageCreditExpired",
     "EarlyTerminationCharged",
+    # issue 25: the arrears lifecycle's reclaim, and number transfers
+    "NumberReleased",
+    "NumberTransferred",
 ]
 #: Events that take money (amount <= 0), give it (>= 0); every other kind moves none.
 CHARGES: Final[frozenset[str]] = frozenset(
@@ -81,6 +86,7 @@ CREDIT_TAKES: Final[frozenset[str]] = frozenset(
 #: The services every plan has (tariffs.models.DEFAULT_SERVICES); a plan may add others.
 SERVICES: Final[tuple[str, ...]] = ("ivr", "recording", "blacklist", "sms")
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_NUMBER = re.compile(r"^400\d{7}$")
 
 
 def fixed_offset(instant: datetime) -> datetime:
@@ -126,6 +132,9 @@ class LedgerCommand(BaseModel):
     end: AwareDatetime | None = None
     # rerate: one part of a correction (schemas.corrections)
     correction: Correction | None = None
+    # transfer_out / transfer_in (issue 25): the number, and the account it goes to / comes from
+    number: str = ""
+    counterpart: str = ""
 
     @field_validator("at", "start", "end")
     @classmethod
@@ -147,6 +156,10 @@ class LedgerCommand(BaseModel):
             raise ValueError(f"month must be YYYY-MM, got {self.month!r}")
         if self.kind == "sla_credit" and (self.start is None or self.end is None or self.end <= self.start):
             raise ValueError("an SLA credit needs a fault start and a later end")
+        if self.kind in ("transfer_out", "transfer_in") and (
+            not _NUMBER.match(self.number) or not self.counterpart or self.counterpart == self.account_id
+        ):
+            raise ValueError("a transfer needs a 400 number and another account (counterpart)")
         if (self.kind == "rerate") != (self.correction is not None):
             raise ValueError("a rerate command carries a correction, and only a rerate command does")
         if not self.command_id:
@@ -164,6 +177,8 @@ class LedgerCommand(BaseModel):
             return f"sla_credit/{self.start.isoformat()}/{self.end.isoformat()}"  # type: ignore[union-attr]
         if self.kind == "rerate":
             return f"rerate/{self.correction.correction_id}/{self.correction.part}"  # type: ignore[union-attr]
+        if self.kind in ("transfer_out", "transfer_in"):
+            return f"{self.kind}/{self.number}/{self.at.isoformat()}"
         return f"{self.kind}/{self.at.isoformat()}"
 
     def message_value(self) -> dict[str, Any]:
@@ -213,6 +228,8 @@ class LedgerEvent(BaseModel):
     #: what the event did to the package credit (issue 23), and the credit right after it
     credit_change: int = 0
     credit: int = 0
+    #: NumberTransferred on the account the number left: the account it went to (issue 25)
+    transferred_to: str = ""
 
     @model_validator(mode="after")
     def _sign_of_kind(self) -> LedgerEvent:

@@ -166,6 +166,8 @@ BILLING_EVENTS = Table(
         "topic": pl.String(), "partition": pl.Int32(), "offset": pl.Int64(), "version": pl.UInt64(),
         # migration 0024 (issue 23): what the event did to the package credit, and the credit after it
         "credit_change": pl.Int64(), "credit": pl.Int64(),
+        # migration 0040 (issue 25): NumberTransferred on the old account: the account it went to
+        "transferred_to": pl.String(),
     },
     micros={"effective_time": "effective_us"},
 )
@@ -185,7 +187,11 @@ BALANCES = Table(
         }
     ),
     # migration 0025 (issue 23): package credit left and its end (ISO 8601, '' when none)
-    optional={"events": pl.UInt64(), "credit": pl.Int64(), "credit_expires": pl.String()},
+    optional={
+        "events": pl.UInt64(), "credit": pl.Int64(), "credit_expires": pl.String(),
+        # migration 0041 (issue 25): the lifecycle's next deadline (frozen, released, closed) and when
+        "next_step": pl.String(), "next_step_at": pl.String(),
+    },
 )
 
 
