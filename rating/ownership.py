@@ -17,6 +17,8 @@ from typing import Final
 
 import polars as pl
 
+from tariffs import Tariffs
+
 #: The "since" of a number's first owner: before any call.
 _BEGINNING: Final[datetime] = datetime(1900, 1, 1, tzinfo=timezone.utc)
 OWNERS_SCHEMA: Final = {"called": pl.String, "since": pl.Datetime("us", "UTC"), "owner": pl.String}
@@ -72,3 +74,23 @@ def owner_at(frame: pl.DataFrame, owners: pl.DataFrame) -> pl.DataFrame:
         .join(found, on="_row", how="left", maintain_order="left")
         .select(pl.Series("owned", owned), "owner")
     )
+
+
+class Routing(dict[str, str]):
+    """Each number's account now (a plain ``dict``), with ``owners``: the owners over time
+    of the numbers that were transferred (:func:`owners_frame`). The feeds route with it
+    (``streams.feeds.routing.route``): a call of a transferred number goes to the account
+    that held it at the call's charge time.
+
+    >>> Routing({"4008000001": "B"}, owners_frame({})).owners.height
+    0
+    """
+
+    def __init__(self, current: Mapping[str, str], owners: pl.DataFrame):
+        super().__init__(current)
+        self.owners = owners
+
+
+def routing_of(tariffs: Tariffs) -> Routing:
+    """The :class:`Routing` of a catalogue."""
+    return Routing(tariffs.account_of_number(), owners_frame(tariffs.owners()))

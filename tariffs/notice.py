@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tariffs.loader import Tariffs
-from tariffs.models import Plan, PlanVersion
+from tariffs.models import PlanVersion
 
 #: What a notice says changed, besides these bookkeeping fields.
 _NOT_A_CHANGE = frozenset({"effective_from", "published_at", "valid_until", "description"})
@@ -115,15 +115,6 @@ def changed_fields(before: PlanVersion, after: PlanVersion) -> tuple[str, ...]:
     """
     old, new = before.model_dump(), after.model_dump()
     return tuple(name for name in new if name not in _NOT_A_CHANGE and old.get(name) != new[name])
-
-
-def version_on_sale(plan: Plan, instant: datetime) -> PlanVersion | None:
-    """The version in force at ``instant`` if it is still on sale then (``valid_until``
-    not passed): what a new account may be opened on."""
-    version = plan.version_at(instant)
-    if version is None or (version.valid_until is not None and instant >= version.valid_until):
-        return None
-    return version
 
 
 def _days(delta: timedelta) -> str:

@@ -392,7 +392,8 @@ class LedgerFold:
                 self._plans[book.plan_id].zone if book is not None and book.plan_id in self._plans else timezone.utc
             ).isoformat(),
             "state": book.shown_state() if book is not None and book.lifecycle else "active",
-            **_next_step(book),
+            **_next_step(book, self._plans[book.plan_id].zone if book is not None and book.plan_id in self._plans
+                         else timezone.utc),
             "plan_id": (book.plan_id if book is not None and book.plan_id else (known or {}).get("plan_id", "")),
             "updated_time": self.latest.get(account, datetime(1970, 1, 1, tzinfo=timezone.utc)),
             "version": offset,
@@ -510,12 +511,13 @@ class LedgerFold:
         self.refusals.append(row)
 
 
-def _next_step(book: Book | None) -> dict[str, str]:
-    """The lifecycle's next deadline for ``account show`` (issue 25): what and when."""
+def _next_step(book: Book | None, zone: Any) -> dict[str, str]:
+    """The lifecycle's next deadline for ``account show`` (issue 25): what, and when in
+    the plan's timezone."""
     step = None if book is None else book.next_step()
     if step is None:
         return {"next_step": "", "next_step_at": ""}
-    return {"next_step": step[0], "next_step_at": step[1].isoformat()}
+    return {"next_step": step[0], "next_step_at": step[1].astimezone(zone).isoformat()}
 
 
 @dataclasses.dataclass
