@@ -43,7 +43,7 @@ SPEND_KINDS: Final = frozenset(
 #: Months of unusual_spend's basis: the closed whole months before the month judged.
 SPEND_BASIS_MONTHS: Final[int] = 3
 #: Forwarded chunk ids a log remembers (a copy follows its original within seconds).
-FORWARDS_KEPT: Final[int] = 256
+FORWARDS_KEPT: Final[int] = 32
 
 
 def _json_copy(value: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
 import polars as pl
 import pytest
@@ -26,6 +26,7 @@ from streams.worker.messages import SourceMessage
 from streams.worker.sinks import read_output
 from streams.worker.state_records import RecordFold
 from tariffs import Account, Plan, Tariffs
+from tariffs.models import Transfer
 from tariffs.catalogue import CatalogueRules
 from tests.test_properties import _call
 
@@ -387,8 +388,18 @@ def test_the_transfer_command_names_a_number_and_another_account() -> None:
     assert command.command_id == f"transfer_in/{MOVED}/2026-03-10T00:00:00+08:00"
 
 
-def _timedelta_days(days: int) -> timedelta:
-    return timedelta(days=days)
 
+def test_the_feeds_route_a_transferred_number_by_the_calls_charge_time() -> None:
+    from rating.ownership import routing_of
+    from streams.feeds.routing import route
 
-UTC = timezone.utc
+    tariffs = Tariffs(plans={"p": _plan()}, accounts=(OLD, NEW), transfers=(
+        Transfer.model_validate({"number": MOVED, "from": "OLD", "to": "NEW", "at": "2026-03-10T00:00:00+08:00"}),))
+    lines = [_call("r1", MOVED, "2026-03-09T23:59:59+08:00", 60), _call("r2", MOVED, "2026-03-10T00:00:00+08:00", 60),
+             _call("r3", "4008000009", "2026-03-12T10:00:00+08:00", 60)]
+    batch = parse_csv(("\n".join([CDR_HEADER, *lines]) + "\n").encode())
+    routed = route(batch, routing_of(tariffs), source="f.csv", ingest_id="i1")
+    assert routed.accepted.select("cdr_id", "account_id").rows() == [("r1", "OLD"), ("r2", "NEW"), ("r3", "OLD")]
+    # A plain map (no owners over time) routes by the number's account now, as before.
+    plain = route(batch, tariffs.account_of_number(), source="f.csv", ingest_id="i1")
+    assert plain.accepted.get_column("account_id").to_list() == ["NEW", "NEW", "OLD"]

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import rtoml
 from pydantic import BaseModel, ValidationError
@@ -40,6 +40,7 @@ from tariffs.grades import GradeFees
 from tariffs.models import Transfer, opened_instant, ownership
 
 log = logging.getLogger(__name__)
+_Setting = TypeVar("_Setting", bound=BaseModel)
 
 
 class CatalogError(RuntimeError):
@@ -305,14 +306,19 @@ def transfer_value(transfer: Transfer) -> dict[str, Any]:
 
 def rules_on_topic(plan_records: Iterable[tuple[bytes | None, Any]]) -> CatalogueRules:
     """The last catalogue rules published (the defaults when none were)."""
-    rules = CatalogueRules()
-    for key, value in plan_records:
-        if key == RULES_KEY.encode() and isinstance(value, dict):
+    return _setting_on_topic(plan_records, RULES_KEY, CatalogueRules)
+
+
+def _setting_on_topic(plan_records: Iterable[tuple[bytes | None, Any]], key: str, model: type[_Setting]) -> _Setting:
+    """The last valid value of a ``#`` key of the plans topic (the model's defaults when none)."""
+    found = model()
+    for record_key, value in plan_records:
+        if record_key == key.encode() and isinstance(value, dict):
             try:
-                rules = CatalogueRules.model_validate(value)
+                found = model.model_validate(value)
             except ValidationError:
-                log.warning("plans: the value of key %s is not valid catalogue rules, skipped", RULES_KEY)
-    return rules
+                log.warning("plans: the value of key %s is not a valid %s, skipped", key, model.__name__)
+    return found
 
 
 def transfers_on_topic(account_records: Iterable[tuple[bytes | None, Any]]) -> tuple[Transfer, ...]:
@@ -333,14 +339,7 @@ def transfers_on_topic(account_records: Iterable[tuple[bytes | None, Any]]) -> t
 
 def grades_on_topic(plan_records: Iterable[tuple[bytes | None, Any]]) -> GradeFees:
     """The last grade fees published (the defaults when none were)."""
-    fees = GradeFees()
-    for key, value in plan_records:
-        if key == GRADES_KEY.encode() and isinstance(value, dict):
-            try:
-                fees = GradeFees.model_validate(value)
-            except ValidationError:
-                log.warning("plans: the value of key %s is not valid grade fees, skipped", GRADES_KEY)
-    return fees
+    return _setting_on_topic(plan_records, GRADES_KEY, GradeFees)
 
 
 def publish_transfers(settings: Settings, transfers: Iterable[Transfer], *, topic_prefix: str = "") -> None:

@@ -105,15 +105,22 @@ class LedgerFold:
         of a released number that starts at or after its release is ``unknown_number``;
         a call of a kept, frozen or closed account is ``account_inactive``. The rest is
         given back to rate."""
-        books = {
-            a: b for a, b in self.books.items()
-            if b.away or b.released or b.inactive_periods() or (b.arrears or {}).get("release_at")
-        }
-        if not books:
+        periods = {a: b.inactive_periods() for a, b in self.books.items()}
+        # Every line of an account with a lifecycle period or a release to come; only the
+        # lines of its given-away or released numbers otherwise (a busy account that gave
+        # one number away pays nothing for the others).
+        whole = {a for a, b in self.books.items() if periods[a] or (b.arrears or {}).get("release_at")}
+        pairs = {f"{a}\x00{n}" for a, b in self.books.items() for n in (*b.away, *b.released)}
+        if not whole and not pairs:
             return lines, lines.clear()
+        books = {a: b for a, b in self.books.items() if a in whole or b.away or b.released}
         accounts = pl.Series([self.keys[i].decode("utf-8", "replace") for i in range(len(self.keys))])
         owner = accounts.gather(lines.get_column(_KEY_INDEX))
-        candidates = owner.is_in(list(books)).to_numpy()
+        candidates = owner.is_in(list(whole))
+        if pairs:
+            keyed = (owner + "\x00" + lines.get_column("called").fill_null("")).is_in(list(pairs))
+            candidates = candidates | keyed
+        candidates = candidates.to_numpy()
         if not candidates.any():
             return lines, lines.clear()
         typed = with_typed_fields(lines.filter(pl.Series(candidates)).select(
@@ -123,7 +130,6 @@ class LedgerFold:
         reasons: list[str | None] = [None] * lines.height
         details: list[str | None] = [None] * lines.height
         forward_to: list[str | None] = [None] * lines.height
-        periods = {a: b.inactive_periods() for a, b in books.items()}
         rows = zip(where, typed.get_column("start").to_list(), typed.get_column("answer").to_list(),
                    typed.get_column("called").to_list(), strict=True)
         for row, start, answer, called in rows:
