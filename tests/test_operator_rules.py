@@ -403,3 +403,64 @@ def test_the_feeds_route_a_transferred_number_by_the_calls_charge_time() -> None
     # A plain map (no owners over time) routes by the number's account now, as before.
     plain = route(batch, tariffs.account_of_number(), source="f.csv", ingest_id="i1")
     assert plain.accepted.get_column("account_id").to_list() == ["NEW", "NEW", "OLD"]
+
+
+# ---------------------------------------------------------------------------- tariff notice
+
+VERSION_ONE = 'id = "p"\n[[versions]]\neffective_from = 2026-01-01T00:00:00+08:00\n'
+
+
+def _folder(tmp_path, *versions: str, catalogue: str | None = None):  # type: ignore[no-untyped-def]
+    from tariffs import load_tariffs
+
+    plans = tmp_path / "plans"
+    plans.mkdir(exist_ok=True)
+    (plans / "p.toml").write_text(VERSION_ONE + "".join(versions))
+    if catalogue is not None:
+        (plans / "catalogue.toml").write_text(catalogue)
+    accounts = tmp_path / "accounts.toml"
+    accounts.write_text('[[accounts]]\nid = "A"\nplan = "p"\nnumbers = ["4008000001"]\n')
+    return load_tariffs(plans, accounts)
+
+
+def _version(effective: str, published: str | None = None) -> str:
+    text = f"[[versions]]\neffective_from = {effective}\n"
+    return text + (f"published_at = {published}\n" if published else "")
+
+
+def test_a_version_published_with_less_than_the_catalogues_notice_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tariffs.notice import coming_changes, short_notices
+
+    # 29 days of notice: short; 30: enough; none given: not judged; the plan's first
+    # version (published the day it takes effect) is no change for anyone.
+    tariffs = _folder(
+        tmp_path,
+        _version("2026-05-01T00:00:00+08:00", "2026-04-02T00:00:00+08:00"),
+        _version("2026-06-01T00:00:00+08:00", "2026-05-02T00:00:00+08:00"),
+        _version("2026-07-01T00:00:00+08:00"),
+    )
+    problems = short_notices(tariffs)
+    assert len(problems) == 1 and "versions[1] (effective_from 2026-05-01T00:00:00+08:00)" in problems[0]
+    assert "29 days of notice" in problems[0] and "p.toml" in problems[0]
+    strict = _folder(tmp_path, _version("2026-06-01T00:00:00+08:00", "2026-05-02T00:00:00+08:00"),
+                     catalogue="notice_days = 45\n")
+    assert len(short_notices(strict)) == 1
+    changes = coming_changes(tariffs, datetime.fromisoformat("2026-04-20T00:00:00+08:00"), 45)
+    assert [(c.effective_from.month, c.notice_days, c.accounts) for c in changes] == [(5, 29, ("A",)), (6, 30, ("A",))]
+
+
+def test_bad_catalogue_rules_and_published_tariffs_are_refused_naming_the_field(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tariffs import TariffError
+
+    with pytest.raises(TariffError, match=r"catalogue.toml: unusual_calls > count"):
+        _folder(tmp_path, catalogue="[unusual_calls]\ncount = 1\n")
+    with pytest.raises(TariffError, match="unusual_spend_factor must be an integer or a decimal string"):
+        _folder(tmp_path, catalogue="unusual_spend_factor = 2.5\n")
+    assert _folder(tmp_path, catalogue='unusual_spend_factor = "2.5"\n').rules.unusual_spend_percent == 250
+    with pytest.raises(TariffError, match="a tariff is published before it takes effect"):
+        _folder(tmp_path, _version("2026-05-01T00:00:00+08:00", "2026-05-02T00:00:00+08:00"), catalogue="")
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="reclaim_after_days"):
+        Plan.model_validate({"id": "p", "versions": [{"effective_from": "2026-01-01T00:00:00+08:00",
+                                                      "frozen_after_days": 90, "reclaim_after_days": 30}]})

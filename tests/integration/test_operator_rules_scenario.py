@@ -33,6 +33,7 @@ timezone = "Asia/Shanghai"
 
 [[versions]]
 effective_from = 2026-01-01T00:00:00+08:00
+valid_until = 2026-05-01T00:00:00+08:00
 frozen_after_days = 30
 reclaim_after_days = 60
 increment = { first = 60, next = 60 }
@@ -226,6 +227,11 @@ def test_the_rules_a_400_operator_must_keep(pipeline: Pipeline, tmp_path: Path) 
         transfers = json.loads(run.cli("report", "transfers", "--format", "json").stdout)
         assert transfers == [{"number": MOVED, "from": "OLD", "to": "NEW", "at": "2026-04-14T16:00:00+00:00",
                               "local_day": "2026-04-15", "status": "done"}]
+
+        # The first version is on sale until 1 May: no account is opened on it after.
+        late = run.cli("account", "open", "--id", "LATE", "--plan", "op", "--numbers", "4006537126",
+                       "--opening-balance", "10.00", "--at", "2026-05-10T00:00:00+08:00", ok=False)
+        assert late.exit_code != 0 and "not on sale since 2026-05-01" in late.output, late.output
 
         # Tariff notice: a version published 10 days before it takes effect.
         with (plans / "op.toml").open("a") as plan:
