@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 
 import polars as pl
 
+from rating.bounds import DEFAULT_TIME_BOUNDS, TimeBounds
 from rating.horizon import DEFAULT_HORIZON_MONTHS
 from rating.ownership import OWNERS_SCHEMA, owners_frame
 from tariffs import Plan, Tariffs
@@ -62,15 +63,20 @@ class Catalog:
     owners: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=OWNERS_SCHEMA))
     #: issue 25: the catalogue's own rules (catalogue.toml): the unusual_calls alert's
     rules: CatalogueRules = field(default_factory=CatalogueRules)
+    #: The charge times rated at all (rating.bounds): also an operator setting.
+    time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
     _month_cache: dict[tuple[int, int], int | None] = field(default_factory=dict, compare=False)
     _day_cache: dict[tuple[int, date], int | None] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_tariffs(cls, tariffs: Tariffs, *, horizon_months: int = DEFAULT_HORIZON_MONTHS) -> Catalog:
+    def from_tariffs(
+        cls, tariffs: Tariffs, *, horizon_months: int = DEFAULT_HORIZON_MONTHS, time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
+    ) -> Catalog:
         """Compile validated tariffs (``tariffs.load_tariffs``) into lookup columns.
 
         ``horizon_months``: how many months before an account's latest charge month are
-        still rated (older calls are ``late``; docs/rules.md).
+        still rated (older calls are ``late``; docs/rules.md). ``time_bounds``: the charge
+        times rated at all (others are ``invalid_time``; rating.bounds).
         """
         if horizon_months < 0:
             raise ValueError(f"horizon_months must be 0 or more, not {horizon_months}")
@@ -129,6 +135,7 @@ class Catalog:
                         version.increment.first,
                         version.increment.next,
                         0 if version.offpeak is None else version.offpeak.discount_percent,
+                        version.unknown_caller_class,
                     )
                 )
                 for rate in version.rates:
@@ -152,6 +159,7 @@ class Catalog:
                 "increment_first": pl.Int64,
                 "increment_next": pl.Int64,
                 "offpeak_percent": pl.Int64,
+                "unknown_caller_class": pl.String,
             },
             orient="row",
         )
@@ -184,6 +192,7 @@ class Catalog:
             horizon_months=horizon_months,
             owners=owners_frame(tariffs.owners()),
             rules=tariffs.rules,
+            time_bounds=time_bounds,
         )
 
     @property

@@ -20,18 +20,24 @@ from rating.catalog import ANY_CLASS_CODE, CLASS_CODES, Catalog, rate_key
 from rating.clock import calendar_keys, local_time, month_key, offpeak
 from rating.credit import with_credit, without_credit
 from rating.fields import malformed_detail, malformed_flag, with_typed_fields
-from rating.horizon import Judged, floors, judge_horizon, keep_mask
+from rating.horizon import Judged, floors, judge_horizon, keep_mask, memory_id
 from rating.ownership import owner_at
 from rating.unusual_calls import burst_alerts
 from rating.state import RatingState
 from rating.tiers import round_half_up, tier_columns, tier_seconds, with_tier_start
+from schemas.cdr_csv import records_only
 from schemas.columns import ALERT_KINDS, CDR_COLUMNS
+from tariffs import PlanVersion
 
 #: A batch column naming the account a line was routed to (the worker: its message's key).
 #: When given, the line is that account's: routing decided it when the line entered the
 #: log, so a replay with a later catalogue rates it the same (docs/rules.md, "Number transfer").
 ROUTED_ACCOUNT = "routed_account"
 _BATCH_COLUMNS = ("line", *CDR_COLUMNS, "framing", ROUTED_ACCOUNT)
+#: Columns a batch may carry besides those: how a switch format placed the caller
+#: (``schemas.numbering.CALLER_ORIGINS``; worked out from ``caller_area`` when absent) and
+#: when the feed read the line (rating.bounds; no bound when absent).
+_OPTIONAL_COLUMNS: dict[str, pl.DataType] = {"caller_origin": pl.String(), "read_at": pl.Datetime("us", "UTC")}
 # Composite integer keys: a window or lookup over one Int64 column is far cheaper than
 # over several string columns. Month keys and day numbers stay below 2**20.
 _SHIFT = 1 << 20
@@ -113,7 +119,12 @@ def prepare(batch: pl.DataFrame, catalog: Catalog) -> PreparedBatch:
     >>> rate(prepare(batch, catalog), RatingState.empty(), catalog).rated.equals(whole.rated)
     True
     """
-    extra = [c for c in batch.columns if c not in _BATCH_COLUMNS]
+    batch = records_only(batch)
+    extra = [c for c in batch.columns if c not in _BATCH_COLUMNS and c not in _OPTIONAL_COLUMNS]
+    batch = batch.with_columns(
+        pl.col(name).cast(dtype) if name in batch.columns else pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in _OPTIONAL_COLUMNS.items()
+    )
     # rechunk: a batch sliced out of a bigger frame shares its string buffers, and polars
     # 2.1 panicked in a string function over such a slice (tests/test_state.py).
     return PreparedBatch(_fields(batch.rechunk().with_row_index("row"), catalog), extra, catalog)
@@ -198,6 +209,7 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
                 )
             ],
             "offpeak_percent",
+            "caller_origin",
             # What finance reads beside the price (docs/finance.md): not in rated.csv.
             "disposition",
             "caller",
@@ -222,7 +234,11 @@ def _from(table: pl.DataFrame, column: str, index: str) -> pl.Expr:
 def _fields(frame: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
     """What spec 4 steps 1-7 ask of each row, but for the duplicate check (no state)."""
     frame = with_typed_fields(frame)
-    frame = frame.with_columns(malformed=malformed_flag(), account_idx=_account_index(frame, catalog))
+    frame = frame.with_columns(
+        malformed=malformed_flag(),
+        malformed_before_account=malformed_flag(before_account=True),
+        account_idx=_account_index(frame, catalog),
+    )
     frame = frame.with_columns(
         _from(catalog.accounts, "account_id", "account_idx"),
         _from(catalog.accounts, "plan_idx", "account_idx"),
@@ -231,17 +247,26 @@ def _fields(frame: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
     # One lazy plan for the rest: polars runs the independent steps side by side.
     frame = frame.lazy()
     answered_at = pl.col("answer")
+    unbilled = (pl.col("disposition") != "ANSWERED") | (pl.col("billsec_n") == 0)
     frame = frame.with_columns(
+        billsec_long=_billsec_longer_than_the_call(~unbilled),
+        charge=pl.coalesce("answer", "start"),  # spec 4 step 5
+        unbilled=unbilled,
+    ).with_columns(
         invalid_time=(pl.col("end") < pl.col("start"))
         | (answered_at.is_not_null() & ((answered_at < pl.col("start")) | (answered_at > pl.col("end"))))
-        | ((pl.col("disposition") == "ANSWERED") & answered_at.is_null()),
-        charge=pl.coalesce("answer", "start"),  # spec 4 step 5
-        **{"class": _call_class()},
-        unbilled=(pl.col("disposition") != "ANSWERED") | (pl.col("billsec_n") == 0),
+        | ((pl.col("disposition") == "ANSWERED") & answered_at.is_null())
+        | pl.col("billsec_long"),
+        out_of_bounds=catalog.time_bounds.outside(pl.col("charge"), pl.col("read_at")),
+        caller_origin=pl.coalesce(
+            "caller_origin",
+            pl.when(pl.col("caller_area").fill_null("") == "").then(pl.lit("unknown")).otherwise(pl.lit("area")),
+        ),
     )
     frame = frame.with_columns(local_time(catalog.timezones)).with_columns(
         calendar_keys(), version_idx=_version_in_force(catalog)
     )
+    frame = frame.with_columns(**{"class": _call_class(catalog)})
     frame = frame.with_columns(
         class_code=pl.col("class").replace_strict(CLASS_CODES, return_dtype=pl.Int64),
     ).with_columns(rate_idx=_rate_index(catalog))
@@ -274,15 +299,20 @@ def _account_index(frame: pl.DataFrame, catalog: Catalog) -> pl.Series:
 def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> tuple[pl.DataFrame, Judged]:
     """Spec 4 steps 1-7 on a prepared frame, with the horizon's ``late`` after step 2: the
     first rejection wins; ``reason`` stays null for the rest."""
-    passed = frame.select("passed_identity", "row", "account_idx", "account_id", "cdr_id", "month_key", "seen_hash").filter(
-        pl.col("passed_identity")
-    )
+    # A call outside the time bounds is no call: it moves no watermark and is not remembered.
+    passed = frame.select(
+        "passed_identity", "out_of_bounds", "row", "account_idx", "account_id", "cdr_id", "month_key", "seen_hash", "unbilled",
+    ).filter(pl.col("passed_identity") & ~pl.col("out_of_bounds"))
     judged = judge_horizon(passed, state.seen, _seen_hashes(state), state.latest, catalog.horizon_months)
     reason = (
-        pl.when(pl.col("malformed"))
+        pl.when(pl.col("malformed_before_account"))
         .then(pl.lit("malformed"))
         .when(pl.col("account_idx").is_null())
         .then(pl.lit("unknown_number"))
+        .when(pl.col("malformed"))
+        .then(pl.lit("malformed"))
+        .when(pl.col("out_of_bounds"))
+        .then(pl.lit("invalid_time"))
         .when(pl.col("late"))
         .then(pl.lit("late"))
         .when(pl.col("duplicate"))
@@ -340,10 +370,21 @@ def _rejections(rejected: pl.DataFrame, judged: Judged, catalog: Catalog, extra:
         )
         .when(reason == "duplicate")
         .then(pl.format("cdr_id {} was already seen for account {}", pl.col("cdr_id"), pl.col("account_id")))
+        .when((reason == "invalid_time") & pl.col("out_of_bounds"))
+        .then(catalog.time_bounds.detail(pl.col("charge"), pl.col("read_at")))
         .when((reason == "invalid_time") & (pl.col("end") < pl.col("start")))
         .then(pl.lit("end_time is before start_time"))
-        .when((reason == "invalid_time") & answered_at.is_not_null())
+        .when((reason == "invalid_time") & answered_at.is_not_null() & ((answered_at < pl.col("start")) | (answered_at > pl.col("end"))))
         .then(pl.lit("answer_time is outside [start_time, end_time]"))
+        .when((reason == "invalid_time") & pl.col("billsec_long"))
+        .then(
+            pl.format(
+                "billsec {} is more than the {} s from answer_time to end_time ({} s tolerance)",
+                pl.col("billsec_n"),
+                _answered_seconds().round(3).cast(pl.String).str.replace(r"\.0$", ""),
+                pl.lit(BILLSEC_TOLERANCE_S),
+            )
+        )
         .when(reason == "invalid_time")
         .then(pl.lit("disposition ANSWERED without answer_time"))
         .when(pl.col("version_idx").is_null())
@@ -382,16 +423,40 @@ def _month_text(month_key: pl.Expr) -> pl.Expr:
     )
 
 
-def _call_class() -> pl.Expr:
-    # spec 4 step 5: + or 00 marks an international caller.
+def _call_class(catalog: Catalog) -> pl.Expr:
+    # spec 4 step 5: + or 00 marks an international caller. A caller with no area is of
+    # the class its plan version says (docs/rules.md); with no version in force, the default.
     area = pl.col("caller_area").fill_null("")
+    unknown = _from(catalog.versions, "unknown_caller_class", "version_idx").fill_null(
+        PlanVersion.model_fields["unknown_caller_class"].default
+    )
     return (
-        pl.when(area.str.starts_with("+") | area.str.starts_with("00"))
+        pl.when(pl.col("caller_origin") == "unknown")
+        .then(unknown)
+        .when(area.str.starts_with("+") | area.str.starts_with("00"))
         .then(pl.lit("international"))
         .when(area == pl.col("answer_area").fill_null(""))
         .then(pl.lit("local"))
         .otherwise(pl.lit("long_distance"))
     )
+
+
+#: How many seconds billsec may exceed the time from answer to end: switches truncate the
+#: printed times and round billsec each their own way (Asterisk, FreeSWITCH: by up to 1 s).
+BILLSEC_TOLERANCE_S = 1
+
+
+def _answered_seconds() -> pl.Expr:
+    return (pl.col("end") - pl.col("answer")).dt.total_microseconds() / 1_000_000
+
+
+def _billsec_longer_than_the_call(billed: pl.Expr) -> pl.Expr:
+    """A billed call whose billsec is more than its answer -> end (docs/rules.md): the
+    switch's count cannot be trusted, and billing it would charge time no one talked."""
+    micros = (pl.col("end") - pl.col("answer")).dt.total_microseconds()
+    return (
+        billed & pl.col("answer").is_not_null() & (pl.col("billsec_n") * 1_000_000 > micros + BILLSEC_TOLERANCE_S * 1_000_000)
+    ).fill_null(False)
 
 
 def _version_in_force(catalog: Catalog) -> pl.Expr:
@@ -651,9 +716,15 @@ def _next_state(
     daily = rated.group_by(pl.col("k_day").alias("key")).agg(
         spent_before=pl.col("amount").sum(), cap_alerted=pl.col("cap_reached").any()
     )
-    remembered = judged.select(
-        "passed_identity", "late", "duplicate", "account_id", "cdr_id", "month_key", "seen_hash"
-    ).filter(pl.col("passed_identity") & ~pl.col("late") & ~pl.col("duplicate"))
+    remembered = (
+        judged.select(
+            "passed_identity", "out_of_bounds", "late", "duplicate", "account_id", "cdr_id", "month_key", "seen_hash", "unbilled",
+        )
+        .filter(pl.col("passed_identity") & ~pl.col("out_of_bounds") & ~pl.col("late") & ~pl.col("duplicate"))
+        .with_columns(cdr_id=memory_id(pl.col("cdr_id"), pl.col("unbilled")))
+    )
+    if remembered.height and remembered.get_column("unbilled").any():
+        remembered = remembered.with_columns(_SEEN_KEY)
     seen = pl.concat([state.seen, remembered.select("account_id", "cdr_id", "month_key")])
     seen_hashes = pl.concat([_seen_hashes(state), remembered.get_column("seen_hash")])
     daily_table, daily_keyed = _add_daily(state, daily, catalog)

@@ -6,7 +6,7 @@ import re
 
 import polars as pl
 
-from schemas.columns import DISPOSITIONS
+from schemas.columns import ANSWER_PROBLEM, DISPOSITIONS
 
 # ISO 8601 with an offset: 2026-03-02T09:15:00+08:00, ...Z, ...+0800, optional fraction.
 # Seconds 00-59: a leap second (:60) is no time a switch should bill.
@@ -72,15 +72,26 @@ def _suffix_shift_us(suffix: str) -> int | None:
     return micros - offset_us if sign == "+" else micros + offset_us
 
 
-def malformed_flag() -> pl.Expr:
+def answer_problem() -> pl.Expr:
+    """Whether a row's only fault is its answering side (a switch format could not place
+    the number the call was forwarded to): malformed, but judged after spec 4 step 2, so
+    that a call to a number of no account is ``unknown_number`` first."""
+    return pl.col("framing").str.starts_with(ANSWER_PROBLEM).fill_null(False)
+
+
+def malformed_flag(*, before_account: bool = False) -> pl.Expr:
     """Whether a row is malformed (spec 4 step 1); in words of the spec.
 
     NUL bytes and bad UTF-8 are framing faults, found where the bytes are read
-    (``schemas.cdr_csv``). Needs :func:`with_typed_fields` first.
+    (``schemas.cdr_csv``). Needs :func:`with_typed_fields` first. ``before_account``:
+    only what is judged before the called number (all but :func:`answer_problem`).
     """
     answer_given = pl.col("answer_time").fill_null("") != ""
+    framing = pl.col("framing").is_not_null()
+    if before_account:
+        framing = framing & ~answer_problem()
     return (
-        pl.col("framing").is_not_null()
+        framing
         | (pl.col("cdr_id").fill_null("") == "")
         | pl.col("start").is_null()
         | pl.col("end").is_null()
@@ -94,7 +105,7 @@ def malformed_detail() -> pl.Expr:
     """Why a malformed row is malformed, in words; evaluate it on rejected rows only."""
     answer_text = pl.col("answer_time")
     return (
-        pl.when(pl.col("framing").is_not_null())
+        pl.when(pl.col("framing").is_not_null() & ~answer_problem())
         .then(pl.col("framing"))
         .when(pl.col("cdr_id").fill_null("") == "")
         .then(pl.lit("cdr_id is empty"))
@@ -112,7 +123,7 @@ def malformed_detail() -> pl.Expr:
                 "disposition {} is not one of {}", _quoted("disposition"), pl.lit(", ".join(DISPOSITIONS))
             )
         )
-        .otherwise(pl.lit(None, dtype=pl.String))
+        .otherwise(pl.col("framing"))
     )
 
 

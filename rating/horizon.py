@@ -18,6 +18,14 @@ Everything depends on the log order only (the watermark of a call is a running m
 over the calls before it), so rating a log in any split of batches gives the same
 results, and forgetting what is older than the horizon after each batch changes nothing:
 no later call can reach it.
+
+**Several records of one call** share its id (Asterisk writes one per party a channel
+dialled, all with the channel's uniqueid; docs/rules.md): a record that would be billed
+(answered, billsec > 0) is a duplicate only of a record that would have been billed too,
+and an unbilled record (unanswered, or 0 s) of any record. So the 0 s or unanswered legs
+of a call never make its billed leg a duplicate, a second unbilled leg adds no second
+missed call, and a resent file is still all duplicates. Each id is remembered with its
+kind: an unbilled record's id with :data:`UNBILLED_MARK` after it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,14 @@ import polars as pl
 #: Months before the watermark still judged: a call of the watermark's month or of the
 #: month before it is rated; anything older is ``late``.
 DEFAULT_HORIZON_MONTHS = 1
+#: Follows the ``cdr_id`` of an unbilled record in what the state remembers (a record
+#: of a line: no line holds this byte in a field it keeps as an id).
+UNBILLED_MARK = "\x1funbilled"
+
+
+def memory_id(cdr_id: pl.Expr, unbilled: pl.Expr) -> pl.Expr:
+    """The id a record is remembered by: its ``cdr_id``, marked when it is unbilled."""
+    return pl.when(unbilled).then(cdr_id + UNBILLED_MARK).otherwise(cdr_id)
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,8 @@ def judge_horizon(passed: pl.DataFrame, seen: pl.DataFrame, seen_hashes: pl.Seri
     Parameters
     ----------
     passed
-        ``row, account_idx, account_id, cdr_id, month_key, seen_hash`` in log order.
+        ``row, account_idx, account_id, cdr_id, month_key, seen_hash, unbilled`` in log
+        order (``seen_hash``: of the account and ``cdr_id``, unmarked).
     seen
         The state's remembered ids: ``account_id, cdr_id, month_key``.
     seen_hashes
@@ -74,7 +91,7 @@ def judge_horizon(passed: pl.DataFrame, seen: pl.DataFrame, seen_hashes: pl.Seri
     --------
     >>> passed = pl.DataFrame({"row": [0, 1, 2], "account_idx": [0, 0, 0], "account_id": ["A"] * 3,
     ...                        "cdr_id": ["x", "y", "x"], "month_key": [24302, 24304, 24302]})
-    >>> passed = passed.with_columns(seen_hash=pl.struct("account_id", "cdr_id").hash())
+    >>> passed = passed.with_columns(seen_hash=pl.struct("account_id", "cdr_id").hash(), unbilled=False)
     >>> seen = pl.DataFrame(schema={"account_id": pl.String, "cdr_id": pl.String, "month_key": pl.Int64})
     >>> none = pl.DataFrame(schema={"account_id": pl.String, "latest_month": pl.Int64})
     >>> judged = judge_horizon(passed, seen, pl.Series([], dtype=pl.UInt64), none, 1)
@@ -122,25 +139,30 @@ def _duplicates(
     latest: pl.DataFrame,
     horizon: int,
 ) -> pl.Series:
-    """Rows whose (account, cdr_id) is remembered within the horizon (spec 4 step 3).
+    """Rows whose (account, cdr_id) is remembered within the horizon (spec 4 step 3), a
+    billed record's only by a billed one (module docstring).
 
     A hash finds the few candidates cheaply (ids repeated in the batch, or found among the
-    state's); for those, one pass in log order applies the rule exactly: a call is a
-    duplicate when its id was remembered with a month ``>= watermark - horizon``,
-    otherwise it is remembered itself.
+    state's, marked or not); for those, one pass in log order applies the rule exactly: a
+    call is a duplicate when an id that blocks it was remembered with a month
+    ``>= watermark - horizon``, otherwise it is remembered itself.
     """
     hashes = on_time.get_column("seen_hash")
     in_batch = on_time.filter(pl.col("seen_hash").is_duplicated())
-    remembered = seen.filter(seen_hashes.is_in(hashes.implode())) if seen.height else seen
-    candidates = pl.concat([in_batch, on_time.join(remembered, on=["account_id", "cdr_id"], how="semi")]).unique(
-        "row"
-    )
+    if seen.height:
+        marked = on_time.select(pl.struct("account_id", pl.col("cdr_id") + UNBILLED_MARK).hash()).to_series()
+        remembered = seen.filter(seen_hashes.is_in(pl.concat([hashes, marked]).implode()))
+    else:
+        remembered = seen
+    bare = remembered.with_columns(pl.col("cdr_id").str.strip_suffix(UNBILLED_MARK))
+    candidates = pl.concat([in_batch, on_time.join(bare, on=["account_id", "cdr_id"], how="semi")]).unique("row")
     if candidates.height == 0:
         return pl.Series("row", [], dtype=on_time.schema["row"])
-    if remembered.height == 0 and _all_within_horizon(candidates, latest, horizon):
-        # Repeats inside one batch, all of a month within the horizon of their account's
-        # latest month after the batch (so of every watermark before): every repeat after
-        # the first is a duplicate (the common case).
+    one_kind = in_batch.group_by("account_idx", "cdr_id").agg(pl.col("unbilled").n_unique() == 1).get_column("unbilled").all()
+    if remembered.height == 0 and one_kind and _all_within_horizon(candidates, latest, horizon):
+        # Repeats inside one batch, all of one kind and of a month within the horizon of
+        # their account's latest month after the batch (so of every watermark before):
+        # every repeat after the first is a duplicate (the common case).
         return in_batch.filter(~pl.struct("account_idx", "cdr_id").is_first_distinct()).get_column("row")
     accounts = candidates.get_column("account_idx").unique().implode()
     marks = _running_watermark(seeded.filter(pl.col("account_idx").is_in(accounts)))
@@ -150,15 +172,14 @@ def _duplicates(
         key = (account_id, cdr_id)
         latest[key] = max(month_key, latest.get(key, month_key))
     rows = []
-    for row, account_id, cdr_id, month_key, mark in candidates.select(
-        "row", "account_id", "cdr_id", "month_key", "watermark"
+    for row, account_id, cdr_id, month_key, mark, unbilled in candidates.select(
+        "row", "account_id", "cdr_id", "month_key", "watermark", "unbilled"
     ).iter_rows():
-        key = (account_id, cdr_id)
-        before = latest.get(key)
-        if before is not None and before >= mark - horizon:
+        blocking = [(account_id, cdr_id), (account_id, cdr_id + UNBILLED_MARK)] if unbilled else [(account_id, cdr_id)]
+        if any(latest.get(key, mark - horizon - 1) >= mark - horizon for key in blocking):
             rows.append(row)
         else:
-            latest[key] = month_key
+            latest[(account_id, cdr_id + UNBILLED_MARK if unbilled else cdr_id)] = month_key
     return pl.Series("row", rows, dtype=on_time.schema["row"])
 
 

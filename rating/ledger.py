@@ -18,8 +18,10 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from rating import invoicing
 from rating.catalog import _version_for_period
 from rating.tiers import round_half_up
+from schemas.invoices import format_fen
 from schemas.ledger import LedgerCommand, LedgerEvent, fixed_offset
 from tariffs import Plan, PlanVersion
 from tariffs.models import add_months
@@ -100,6 +102,8 @@ class Book:
     number_usage: dict[str, dict[str, int]] = field(default_factory=dict)
     #: service -> the month "YYYY-MM" it was last charged (yearly and one-off fees)
     service_charged: dict[str, str] = field(default_factory=dict)
+    #: charges waiting for an invoice or a note, and the documents issued (rating.invoicing)
+    billing: dict[str, Any] = field(default_factory=dict)
     # issue 25 -----------------------------------------------------------------------
     #: the arrears lifecycle of a suspension: {"since", "frozen_at", "release_at"} (ISO
     #: 8601; the last two None when the plan sets no such days); None: not in arrears
@@ -152,6 +156,7 @@ class Book:
             self.topups.pop(ref, None)
             self.topup_months.pop(ref, None)
         self.corrections = {cid: entry for cid, entry in self.corrections.items() if entry[0] >= month}
+        invoicing.forget(self.billing, month)
         self.spend = {m: v for m, v in self.spend.items() if m >= month}
         self.spend_closed = {m: v for m, v in self.spend_closed.items() if m >= month}
         self.unusual_months = [m for m in self.unusual_months if m >= month]
@@ -338,6 +343,8 @@ class _Fold:
                 **extra,
             )
         )
+        # issue 24: what the event charged waits for its invoice (or note)
+        invoicing.record_event(self.book.billing, self.out.events[-1], self.terms.plan.zone, self.offset)
         if quiet:
             return
         if self.funds < before and kind != "RefundIssued":  # a refund empties the balance on purpose
@@ -806,6 +813,9 @@ def _close_month(fold: _Fold, command: LedgerCommand) -> str | None:
     opened = _instant(book.opened_at)  # type: ignore[arg-type]
     if opened >= end:
         return None  # opened after the month: nothing to close (not recorded as closed)
+    # issue 24: the close is a fact of its own (an invoice of the month needs it). No
+    # money: neither a charge of the month (unusual_spend) nor an invoice line.
+    fold.post("MonthClosed", f"{terms.account_id}/MonthClosed/{month}", end - _MICRO, reference=month)
     version = month_version(terms.plan, start, end)
     if version is None:
         book.closed_months.append(month)
@@ -1087,6 +1097,40 @@ def _rerate(fold: _Fold, command: LedgerCommand) -> str | None:
     return None
 
 
+def _invoice(fold: _Fold, command: LedgerCommand) -> str | None:
+    """Issue a numbered document (issue 24; rating.invoicing): the invoice of a closed
+    month, or a note of what a command changed in an invoiced month. A repeat issues
+    nothing. The number was given by the seller's sequence before the command was written:
+    the CLI checks first what the fold would refuse here (docs/finance.md "Invoice numbers")."""
+    request = command.document
+    assert request is not None
+    book, terms = fold.book, fold.terms
+    if request.kind == "invoice" and request.month not in book.closed_months and book.remembers(request.month):
+        return f"month {request.month} is not closed for account {terms.account_id}: run close-month first"
+    try:
+        document = invoicing.issue(
+            book.billing, request, account_id=terms.account_id, at=command.at, zone=terms.plan.zone,
+            plan_id=book.plan_id or terms.plan.id, numbers=book.numbers, version_of=versions_of(terms.plan),
+        )
+    except ValueError as error:  # a month the tax file has no rate for: fix the file, run again
+        return f"{request.number} cannot be issued: {error}"
+    if document is None:
+        return None
+    kind = {"invoice": "InvoiceIssued", "credit_note": "CreditNoteIssued", "debit_note": "DebitNoteIssued"}[document.kind]
+    about = request.month if request.kind == "invoice" else f"{request.source_offset}/{request.corrects}"
+    fold.post(
+        kind,
+        f"{terms.account_id}/{kind}/{about}",
+        command.at,
+        reference=document.invoice_no or "",
+        detail=f"{document.kind.replace('_', ' ')} of {document.corrects_month or document.month}"
+        + (f", correcting {document.corrects}" if document.corrects else "")
+        + f": gross {format_fen(document.totals.gross)}, VAT {format_fen(document.totals.tax)} CNY",
+        document=document.model_dump_json(),
+    )
+    return None
+
+
 _HANDLERS = {
     "open": _open,
     "topup": _topup,
@@ -1098,6 +1142,7 @@ _HANDLERS = {
     "sla_credit": _sla_credit,
     "rerate": _rerate,
     "renew": _renew,
+    "invoice": _invoice,
     "transfer_out": _transfer_out,
     "transfer_in": _transfer_in,
 }
@@ -1178,6 +1223,11 @@ def month_version(plan: Plan, start: datetime, end: datetime) -> PlanVersion | N
     """rating.md: the version in force at the month's start, else the first in it."""
     index = _version_for_period(plan, start, end)
     return None if index is None else plan.versions[index]
+
+
+def versions_of(plan: Plan) -> Callable[[str], PlanVersion | None]:
+    """The version of ``plan`` of each month "YYYY-MM" (:func:`month_version`)."""
+    return lambda month: month_version(plan, *month_bounds(month, plan.zone))
 
 
 def tracks_numbers(plan: Plan) -> bool:

@@ -255,11 +255,23 @@ class Diff:
         return self.calls.height == 0 and self.alerts.height == 0
 
 
+def _one_row_per_call(rated: pl.DataFrame) -> pl.DataFrame:
+    """The rated rows without the unbilled leg of a call whose id also has a billed row."""
+    if rated.height == 0:
+        return rated
+    shared = pl.struct("account_id", "cdr_id").is_duplicated()
+    return rated.filter(~(shared & (pl.col("status") == "unbilled")))
+
+
 def diff(rerun: RerunResult, billed: Billed, period: Period, catalog: Catalog) -> Diff:
     """Compare the rerun with what was billed (see the module docstring).
 
     ``catalog`` gives the low-balance thresholds of the alerts.
     """
+    # One row per call: the unbilled leg of a call that has a billed one (docs/rules.md,
+    # "Several records of one call") carries no money and is never corrected.
+    billed = dataclasses.replace(billed, rated=_one_row_per_call(billed.rated))
+    rerun = dataclasses.replace(rerun, rated=_one_row_per_call(rerun.rated))
     months = period.month_keys()
     accounts = rerun.rated.get_column("account_id").unique().to_list() + billed.rated.get_column(
         "account_id"

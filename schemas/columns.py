@@ -21,6 +21,10 @@ CDR_COLUMNS: Final[tuple[str, ...]] = (
 )
 CDR_HEADER: Final[str] = ",".join(CDR_COLUMNS)
 
+#: How a ``framing`` problem of the answering number begins: it is judged after the
+#: called number (spec 4 step 2), so a call to no account is ``unknown_number`` first.
+ANSWER_PROBLEM: Final[str] = "answer_number "
+
 DISPOSITIONS: Final[tuple[str, ...]] = ("ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION")
 
 RejectReason = Literal[
@@ -78,6 +82,9 @@ RATED_EXPLAIN_COLUMNS: Final[tuple[str, ...]] = (
     # issue 23: the package credit the call drew on, and the credit left after it
     "credit_used",
     "credit",
+    # How the caller was placed (schemas.numbering.CALLER_ORIGINS): `unknown` is rated by
+    # its plan's unknown_caller_class (docs/rules.md).
+    "caller_origin",
 )
 #: Columns the engine adds to rated calls for finance's reports (ClickHouse only): the
 #: CDR's disposition (missed calls), caller and caller area (call origin), billsec (call

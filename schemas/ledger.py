@@ -20,11 +20,15 @@ from typing import Any, Final, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.corrections import Correction
+from schemas.invoices import InvoiceRequest
+from schemas.invoices import is_month as _is_month
 
 LEDGER_MESSAGE_VERSION: Final[int] = 1
 
 CommandKind = Literal[
     "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate", "renew",
+    # issue 24: issue a numbered invoice or note (schemas.invoices)
+    "invoice",
     # issue 25: a number moves between accounts (one command on each account's log)
     "transfer_out", "transfer_in",
 ]
@@ -53,6 +57,11 @@ EventKind = Literal[
     "PackageRenewed",
     "PackageCreditExpired",
     "EarlyTerminationCharged",
+    # issue 24: a month closed for the account; documents issued (they carry them whole)
+    "MonthClosed",
+    "InvoiceIssued",
+    "CreditNoteIssued",
+    "DebitNoteIssued",
     # issue 25: the arrears lifecycle's reclaim, and number transfers
     "NumberReleased",
     "NumberTransferred",
@@ -132,6 +141,8 @@ class LedgerCommand(BaseModel):
     end: AwareDatetime | None = None
     # rerate: one part of a correction (schemas.corrections)
     correction: Correction | None = None
+    # invoice: the document to issue, its number and the tax table (issue 24)
+    document: InvoiceRequest | None = None
     # transfer_out / transfer_in (issue 25): the number, and the account it goes to / comes from
     number: str = ""
     counterpart: str = ""
@@ -162,6 +173,8 @@ class LedgerCommand(BaseModel):
             raise ValueError("a transfer needs a 400 number and another account (counterpart)")
         if (self.kind == "rerate") != (self.correction is not None):
             raise ValueError("a rerate command carries a correction, and only a rerate command does")
+        if (self.kind == "invoice") != (self.document is not None):
+            raise ValueError("an invoice command carries a document, and only an invoice command does")
         if not self.command_id:
             object.__setattr__(self, "command_id", self._default_id())
         return self
@@ -177,6 +190,8 @@ class LedgerCommand(BaseModel):
             return f"sla_credit/{self.start.isoformat()}/{self.end.isoformat()}"  # type: ignore[union-attr]
         if self.kind == "rerate":
             return f"rerate/{self.correction.correction_id}/{self.correction.part}"  # type: ignore[union-attr]
+        if self.kind == "invoice":
+            return f"invoice/{self.document.number}"  # type: ignore[union-attr]
         if self.kind in ("transfer_out", "transfer_in"):
             return f"{self.kind}/{self.number}/{self.at.isoformat()}"
         return f"{self.kind}/{self.at.isoformat()}"
@@ -194,14 +209,6 @@ def command_from_value(value: object) -> LedgerCommand | None:
     if not isinstance(value, dict) or "ledger" not in value:
         return None
     return LedgerCommand.model_validate(value["ledger"])
-
-
-def _is_month(text: str) -> bool:
-    try:
-        datetime.strptime(text, "%Y-%m")
-    except ValueError:
-        return False
-    return len(text) == 7
 
 
 class LedgerEvent(BaseModel):
@@ -228,6 +235,9 @@ class LedgerEvent(BaseModel):
     #: what the event did to the package credit (issue 23), and the credit right after it
     credit_change: int = 0
     credit: int = 0
+    #: an issued document (InvoiceIssued, CreditNoteIssued, DebitNoteIssued): the
+    #: schemas.invoices.InvoiceDocument as JSON (issue 24); '' on every other kind
+    document: str = ""
     #: NumberTransferred on the account the number left: the account it went to (issue 25)
     transferred_to: str = ""
 

@@ -25,12 +25,47 @@ from schemas.columns import CDR_COLUMNS
 #: Lines of one account per ``cdr.raw`` message.
 CDR_CHUNK_LINES: Final[int] = 500
 MESSAGE_VERSION: Final[int] = 1
+#: What a chunk may carry per line besides the CDR columns (rating reads both, and
+#: both are absent from older messages): how a switch format placed the caller, and
+#: when the feed read the line (epoch milliseconds; ``rating.bounds``).
+OPTIONAL_CHUNK_COLUMNS: Final[dict[str, pl.DataType]] = {
+    "caller_origin": pl.String(),
+    "read_at": pl.Datetime("ms", "UTC"),
+}
+
+
+def _optional_lists(chunk: pl.DataFrame) -> dict[str, list[object]]:
+    out: dict[str, list[object]] = {}
+    if "caller_origin" in chunk.columns:
+        out["caller_origin"] = chunk.get_column("caller_origin").to_list()
+    if "read_at" in chunk.columns:
+        out["read_at"] = chunk.get_column("read_at").dt.epoch("ms").to_list()
+    return out
+
+
+def _optional_series(value: dict[str, object], lines: int) -> list[pl.Series]:
+    """The optional columns of a decoded chunk (nulls where absent or not as expected)."""
+    series = []
+    for name, dtype in OPTIONAL_CHUNK_COLUMNS.items():
+        column = value.get(name)
+        if isinstance(column, list) and len(column) == lines:
+            try:
+                if name == "read_at":
+                    series.append(pl.Series(name, column, dtype=pl.Int64, strict=True).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"))
+                else:
+                    series.append(pl.Series(name, column, dtype=dtype, strict=True))
+                continue
+            except (TypeError, OverflowError, pl.exceptions.PolarsError):
+                pass
+        series.append(pl.Series(name, [None] * lines, dtype=dtype))
+    return series
 
 
 def cdr_chunk_value(source: str, chunk: pl.DataFrame, ingest_id: str = "") -> dict[str, object]:
     """The JSON value of a ``cdr.raw`` message: one account's lines of one file, in order.
 
-    ``chunk`` has ``line`` and the 12 CDR columns (strings, as in the file).
+    ``chunk`` has ``line`` and the 12 CDR columns (strings, as in the file), and may have
+    the :data:`OPTIONAL_CHUNK_COLUMNS`.
 
     Examples
     --------
@@ -45,6 +80,7 @@ def cdr_chunk_value(source: str, chunk: pl.DataFrame, ingest_id: str = "") -> di
         "ingest_id": ingest_id,
         "line": chunk.get_column("line").to_list(),
         **{name: chunk.get_column(name).to_list() for name in CDR_COLUMNS},
+        **_optional_lists(chunk),
     }
 
 
@@ -57,8 +93,8 @@ def cdr_chunk_frame(value: dict[str, object]) -> pl.DataFrame:
     Examples
     --------
     >>> frame = pl.DataFrame({"line": [2], **{c: ["x"] for c in CDR_COLUMNS}})
-    >>> cdr_chunk_frame(cdr_chunk_value("f.csv", frame)).select("source", "line", "framing").row(0)
-    ('f.csv', 2, None)
+    >>> cdr_chunk_frame(cdr_chunk_value("f.csv", frame)).select("source", "line", "framing", "read_at").row(0)
+    ('f.csv', 2, None, None)
     """
     if not isinstance(value, dict) or value.get("v") != MESSAGE_VERSION:
         raise ValueError("not a cdr.raw chunk (expected a JSON object with v=1)")
@@ -83,7 +119,7 @@ def cdr_chunk_frame(value: dict[str, object]) -> pl.DataFrame:
             "source": pl.Series([source if isinstance(source, str) else ""] * len(lines), dtype=pl.String),
             "ingest_id": pl.Series([ingest_id if isinstance(ingest_id, str) else ""] * len(lines), dtype=pl.String),
         }
-    )
+    ).with_columns(_optional_series(value, len(lines)))
 
 
 @dataclass(frozen=True)
@@ -129,6 +165,7 @@ def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
     columns: dict[str, list[object]] = {name: [] for name in _CHUNK_FIELDS}
     sources: list[str] = []
     ingest_ids: list[str] = []
+    optional: list[pl.Series] = []
     heights: list[int] = []
     errors: dict[int, Exception] = {}
     for index, raw in enumerate(values):
@@ -141,6 +178,10 @@ def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
             continue
         for name in _CHUNK_FIELDS:
             columns[name].extend(value[name])
+        if any(name in value for name in OPTIONAL_CHUNK_COLUMNS):
+            optional.append(pl.DataFrame(_optional_series(value, height)))
+        else:
+            optional.append(height)  # type: ignore[arg-type]  # nulls, made once below
         source, ingest_id = value.get("source"), value.get("ingest_id")
         sources.append(source if isinstance(source, str) else "")
         ingest_ids.append(ingest_id if isinstance(ingest_id, str) else "")
@@ -163,7 +204,12 @@ def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
         if kept
         else pl.Series("ingest_id", [], dtype=pl.String),
     )
-    return ChunkBatch(frame=frame, heights=heights, errors=errors)
+    parts = [
+        part if isinstance(part, pl.DataFrame) else pl.DataFrame(schema=OPTIONAL_CHUNK_COLUMNS).clear(part)
+        for part in optional
+    ]
+    extra = pl.concat(parts) if parts else pl.DataFrame(schema=OPTIONAL_CHUNK_COLUMNS)
+    return ChunkBatch(frame=pl.concat([frame, extra], how="horizontal"), heights=heights, errors=errors)
 
 
 def _chunk_height(value: object) -> int:

@@ -85,6 +85,14 @@ def _work_out(distinct: pl.DataFrame) -> pl.DataFrame:
         # "+86..." / "0086...": the national significant number; "+..."/"00..." abroad.
         pl.when(pl.col("digits").str.contains(r"^(?:\+|00)86\d"))
         .then(pl.col("digits").str.replace(r"^(?:\+|00)86", ""))
+        # "86..." without + or 00, when what follows is a whole national number: a mobile,
+        # or a fixed line's area code (no trunk 0) and subscriber number (9-11 digits).
+        .when(
+            pl.col("digits").str.contains(r"^861[3-9]\d{9}$")
+            | pl.col("digits").str.slice(2).str.contains(f"^(?:{_cn_fixed_line_pattern()})$")
+            & pl.col("digits").str.contains(r"^86[1-9]\d{8,10}$")
+        )
+        .then(pl.col("digits").str.slice(2))
         .when(pl.col("digits").str.contains(r"^0[1-9]\d*$"))
         .then(pl.col("digits").str.slice(1))
         .when(pl.col("digits").str.contains(r"^1\d{10}$"))
@@ -252,3 +260,84 @@ def mobile_segments(area_code: str) -> np.ndarray:
 def is_area_code(code: str) -> bool:
     """Whether ``code`` is in the form :func:`derive_areas` gives (``0`` + digits, or ``+`` + digits)."""
     return re.fullmatch(r"0[1-9]\d{1,3}|\+[1-9]\d{0,2}", code) is not None
+
+
+#: Caller ids a switch writes when the caller withheld the number (or it was not sent).
+WITHHELD_CALLERS: Final[tuple[str, ...]] = (
+    "anonymous", "unknown", "private", "restricted", "withheld", "unavailable", "blocked", "privacy",
+)  # fmt: skip
+#: How a caller was placed (docs/rules.md, "Callers without an area"): by the area its
+#: number carries, as a number of the answering side's city, or not at all.
+CALLER_ORIGINS: Final[tuple[str, ...]] = ("area", "same_city", "unknown")
+#: A number of the city it is dialled in, without its area code: 7 or 8 digits, not
+#: starting with 0 (a trunk prefix) or 1 (mobiles, service codes).
+_SAME_CITY = r"^[2-9]\d{6,7}$"
+
+
+def place_numbers(callers: pl.Series, answers: pl.Series, default_area: str | None = None) -> pl.DataFrame:
+    """Where the two sides of each call are: ``caller_area, caller_origin, answer_area,
+    answer_problem`` (docs/rules.md, "Callers without an area").
+
+    - The answering side: the area its number carries; else ``default_area`` (the city a
+      platform's own numbers are in: a number without its area code, or a format that
+      does not record the answering number); else empty, and ``answer_problem`` says why.
+    - The caller: the area its number carries (``area``); a number of 7-8 digits without
+      area code is of the answering side's city (``same_city``; ``default_area`` when
+      the answering side has none); anything else (withheld, masked ``1862831****``, an
+      extension, a service code, letters) has no area: ``unknown``, an empty area, rated
+      by its plan's ``unknown_caller_class``.
+
+    Examples
+    --------
+    >>> placed = place_numbers(pl.Series(["13800138000", "62345678", "anonymous", "1862831****"]),
+    ...                        pl.Series(["02161234567"] * 4))
+    >>> placed.select("caller_area", "caller_origin", "answer_area").rows()
+    [('010', 'area', '021'), ('021', 'same_city', '021'), ('', 'unknown', '021'), ('', 'unknown', '021')]
+    """
+    answered = derive_areas(answers)
+    fallback = pl.lit(default_area, dtype=pl.String)
+    frame = pl.DataFrame({"caller": callers.cast(pl.String), "answer_number": answers.cast(pl.String)}).with_columns(
+        answer_area=pl.coalesce(answered.get_column("area"), fallback),
+        answer_problem=pl.when(answered.get_column("area").is_null() & fallback.is_null()).then(
+            pl.when(answers.fill_null("") == "")
+            .then(pl.lit("is empty: no answering number is recorded, and no default_area places the answering side"))
+            .otherwise(answered.get_column("problem"))
+        ),
+    )
+    placed = derive_areas(callers)
+    digits = frame.get_column("caller").fill_null("").str.replace_all(_SEPARATORS, "")
+    same_city = placed.get_column("area").is_null() & digits.str.contains(_SAME_CITY)
+    home = pl.coalesce(pl.col("answer_area").replace("", None), fallback)
+    return frame.with_columns(
+        caller_area=pl.when(placed.get_column("area").is_not_null())
+        .then(placed.get_column("area"))
+        .when(same_city)
+        .then(home)
+        .fill_null(""),
+        caller_origin=pl.when(placed.get_column("area").is_not_null())
+        .then(pl.lit("area"))
+        .when(same_city & home.is_not_null())
+        .then(pl.lit("same_city"))
+        .otherwise(pl.lit("unknown")),
+        answer_area=pl.col("answer_area").fill_null(""),
+    ).select("caller_area", "caller_origin", "answer_area", "answer_problem")
+
+
+def normalise_called(called: pl.Expr, prefixes: tuple[str, ...] = ()) -> pl.Expr:
+    """The dialled number as an account knows it (``4008001234``), from what switches write.
+
+    Blanks, dashes, dots and brackets go; then the first of ``prefixes`` (a switch's
+    routing prefix, longest first) it starts with; then ``+86``, ``0086`` or ``86`` before
+    a 400/800 number, or the trunk ``0``. Anything else is left as it is (and names no
+    account).
+
+    Examples
+    --------
+    >>> numbers = pl.Series(["+864008001234", "864008001234", "04008001234", " 400 800 1234", "179094008001234"])
+    >>> pl.select(normalise_called(pl.lit(numbers), ("17909",))).to_series().to_list()
+    ['4008001234', '4008001234', '4008001234', '4008001234', '4008001234']
+    """
+    number = called.fill_null("").str.replace_all(_SEPARATORS, "")
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        number = pl.when(number.str.starts_with(prefix)).then(number.str.slice(len(prefix))).otherwise(number)
+    return number.str.replace(r"^(?:\+86|0086|86|0)([48]00\d{7})$", "${1}")

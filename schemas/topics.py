@@ -22,6 +22,8 @@ class Topic:
     carries: str
     #: topic configs given at creation (e.g. ``cleanup.policy``)
     configs: dict[str, str] = field(default_factory=dict)
+    #: its partitions when not the settings' (``topic_partitions``)
+    partitions: int | None = None
 
 
 #: The topic names, one constant each: code names a topic by these, never by a literal
@@ -39,6 +41,8 @@ NUMBER_STATUS: Final = "number.status"
 WORKER_STATUS: Final = "worker.status"
 INGEST_FILES: Final = "ingest.files"
 INGEST_POSITIONS: Final = "ingest.positions"
+FEED_NOTES: Final = "feed.notes"
+INVOICE_NUMBERS: Final = "invoice.numbers"
 
 #: Topics by name; partitions come from the settings.
 TOPICS: Final[dict[str, Topic]] = {
@@ -96,6 +100,23 @@ TOPICS: Final[dict[str, Topic]] = {
             carries="how far `ingest --tail` and `route` have sent their feeds (streams.feeds.positions)",
             # Only the last value of a key is ever read.
             configs={"cleanup.policy": "compact"},
+        ),
+        Topic(
+            FEED_NOTES,
+            key="the feed's source (a tailed generation, a routed partition)",
+            carries="what a live feed's reader noticed about its lines (times written in another zone...), "
+            "for `cdrflow status`",
+            configs={"cleanup.policy": "compact"},
+        ),
+        Topic(
+            INVOICE_NUMBERS,
+            key="the seller id",
+            carries="requests for document numbers: a document's number is its place among the distinct "
+            "documents of its seller, in log order (streams.ledger.invoice_numbers; docs/finance.md)",
+            # One partition: one order for every request. Kept for ever: the numbers are
+            # counted from its first message.
+            configs={"retention.ms": "-1", "retention.bytes": "-1"},
+            partitions=1,
         ),
     )
 }

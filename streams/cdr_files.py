@@ -5,8 +5,11 @@ Shared by every path that reads a file (``rate``, ``ingest``, ``ingest --tail``)
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
+
+import polars as pl
 
 from schemas.cdr_csv import HeaderError
 from schemas.switch_formats import Feed, Layout
@@ -63,3 +66,20 @@ def open_cdr_file(path: Path, feed: Feed | None = None) -> tuple[IO[bytes], Layo
     except CdrFileError:
         handle.close()
         raise
+
+
+def modified_at(path: Path) -> datetime:
+    """When a file was last written (UTC): the instant its lines were known to exist.
+
+    ``rate`` and ``ingest`` stamp it on every line of the file as ``read_at``: a call
+    cannot have happened after the switch wrote it (``rating.bounds``), and the stamp is
+    the same whichever of the two reads the file, however often."""
+    return datetime.fromtimestamp(path.stat().st_mtime_ns // 1_000 / 1_000_000, UTC).replace(microsecond=0)
+
+
+def stamped(batch: pl.DataFrame, read_at: datetime | pl.Series) -> pl.DataFrame:
+    """The batch with ``read_at`` (UTC, to the millisecond) on every line, or per line."""
+    if isinstance(read_at, datetime):
+        value = pl.lit(read_at.astimezone(UTC).replace(tzinfo=None), dtype=pl.Datetime("ms")).dt.replace_time_zone("UTC")
+        return batch.with_columns(value.alias("read_at"))
+    return batch.with_columns(read_at.cast(pl.Datetime("ms", "UTC")).alias("read_at"))

@@ -11,12 +11,16 @@ Two ways to run, and nothing else in the code knows which one it is:
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, TypedDict
+from typing import TYPE_CHECKING, Annotated, TypedDict
 from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AwareDatetime, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from rating.bounds import TimeBounds
 
 #: Where the embedded servers listen; they are for this machine only.
 EMBEDDED_HOST = "127.0.0.1"
@@ -113,8 +117,29 @@ class Settings(BaseSettings):
             "rejected `late` (docs/rules.md, 'The horizon'). Offline `rate` takes --horizon-months."
         ),
     )
+    # rating.bounds.TimeBounds' defaults (tests/test_time_bounds.py holds them equal)
+    earliest_call: AwareDatetime = Field(
+        datetime(2001, 1, 1, tzinfo=UTC),
+        description="Calls charged before this instant are rejected `invalid_time` (docs/rules.md, 'Times that "
+        "are no call's'). Offline `rate` takes --earliest-call.",
+    )
+    latest_call: AwareDatetime = Field(
+        datetime(2100, 1, 1, tzinfo=UTC),
+        description="Calls charged at or after this instant are rejected `invalid_time`. `rate`: --latest-call.",
+    )
+    ahead_hours: float = Field(
+        24.0,
+        ge=0,
+        description="Calls charged more than this many hours after their line was read are rejected "
+        "`invalid_time` (a switch clock ahead). `rate`: --ahead-hours.",
+    )
     topic_prefix: str = Field(
         "", description="Prefix of every topic name the ledger commands use (several pipelines on one broker)."
+    )
+    tax_rates: Path | None = Field(
+        None,
+        description="The tax file invoices take the seller and VAT rates from (issue 24); unset = the shipped "
+        "tariffs/tax_rates.toml.",
     )
 
     edge_pass_s: float | None = Field(
@@ -196,6 +221,12 @@ class Settings(BaseSettings):
         if self.edge_pass_s is not None:
             return self.edge_pass_s
         return EMBEDDED_EDGE_PASS_S if self.embedded_kafka else EXTERNAL_EDGE_PASS_S
+
+    def time_bounds(self) -> TimeBounds:
+        """The charge times rated at all (``rating.bounds``), from the three settings."""
+        from rating.bounds import TimeBounds  # polars: only for those that rate
+
+        return TimeBounds(self.earliest_call, self.latest_call, timedelta(hours=self.ahead_hours))
 
     def kafka_servers(self) -> list[str]:
         """The bootstrap servers as ``host:port`` strings, as kafka-python takes them."""

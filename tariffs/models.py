@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.invoices import TaxCategory
 from schemas.money import parse_money
 
 CallClass = Literal["local", "long_distance", "international"]
@@ -131,11 +132,13 @@ class OffPeak(_Model):
 
 class Service(_Model):
     """A value-added service's fee (spec/ledger.md 1): charged per ``period`` while it is
-    enabled, never when ``included`` in the plan."""
+    enabled, never when ``included`` in the plan. ``tax_category`` (issue 24): its VAT
+    category on invoices; None: the default (docs/rules.md "Invoices and VAT")."""
 
     fee: Money = 0
     period: Literal["month", "year", "once"] = "month"
     included: bool = False
+    tax_category: TaxCategory | None = None
 
 
 def _service(value: object) -> object:
@@ -210,6 +213,9 @@ class PlanVersion(_Model):
     increment: Increment = Increment(first=60, next=60)
     offpeak: OffPeak | None = None
     rates: list[Rate] = []
+    #: The class of a call whose caller has no area (withheld, masked, an extension):
+    #: what carriers bill an unidentified domestic caller at (docs/rules.md).
+    unknown_caller_class: CallClass = "long_distance"
     # spec/ledger.md 1: fields the ledger reads; rating ignores them.
     opening_fee: Money = 0
     keep_number_fee: Money = 150_000
@@ -226,6 +232,9 @@ class PlanVersion(_Model):
     min_topup: Money | None = None
     min_term_months: Annotated[StrictInt, Field(gt=0, le=120)] | None = None
     early_termination: Literal["refuse", "remaining_floor"] = "refuse"
+    # issue 24: the version's prices include VAT (what enterprises are quoted), unless
+    # it says otherwise; invoices then add the tax on top (docs/rules.md).
+    prices_include_tax: bool = True
     # issue 25: what a day of outage credits (spec/ledger.md 4), the arrears lifecycle
     # (spec/ledger.md 5: days from the suspension), and what a published tariff states
     # (MIIT 2018 notice: when it was published, until when it is on sale, in words).

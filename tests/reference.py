@@ -11,7 +11,15 @@ Decisions for what the spec leaves open (agreed with the engine):
   matched exactly; a field holding NUL or U+FFFD, or a line longer than 4096 UTF-8 bytes,
   is malformed too.
 - Every CDR that passed steps 1-2 is remembered for the duplicate check, even when it is
-  later rejected or unbilled.
+  later rejected or unbilled, with its kind: a CDR that would be billed (ANSWERED,
+  billsec > 0) is a duplicate only of an earlier one that would have been billed; an
+  unbilled one of any earlier one (several records of one call, docs/rules.md).
+- A charge time before 2001-01-01 or from 2100-01-01 (UTC) is ``invalid_time``, judged
+  right after step 2: it moves no watermark and is not remembered.
+- A billed CDR whose billsec exceeds the seconds from answer to end by more than 1 is
+  ``invalid_time``.
+- A caller without an area (``caller_area`` empty) is of the class its plan version's
+  ``unknown_caller_class`` says (``long_distance`` when no version is in force).
 - The horizon (docs/rules.md): an account's watermark is the latest local charge month of
   the CDRs of its log that passed steps 1-2, the current one included; a CDR whose month
   is before ``watermark - horizon_months`` is ``late`` (checked after step 2, not
@@ -76,14 +84,21 @@ class _Cdr:
     disposition: str
 
 
+EARLIEST_CALL = datetime(2001, 1, 1, tzinfo=timezone.utc)
+LATEST_CALL = datetime(2100, 1, 1, tzinfo=timezone.utc)
+BILLSEC_TOLERANCE_S = 1
+
+
 @dataclass
 class _AccountState:
     balance: int
     credit: int = 0
     credit_ends: datetime | None = None
     credit_refund: bool = False
-    #: cdr_id -> the charge month (year * 12 + month - 1) it was remembered with
+    #: cdr_id -> the charge month (year * 12 + month - 1) it was remembered with, for
+    #: records that would be billed, and for unbilled ones
     seen_cdr_ids: dict[str, int] = field(default_factory=dict)
+    seen_unbilled_ids: dict[str, int] = field(default_factory=dict)
     watermark: int | None = None
     allowance_used_s: dict[tuple[int, int], int] = field(default_factory=dict)
     charged_s: dict[tuple[int, int, str], int] = field(default_factory=dict)
@@ -137,17 +152,29 @@ def _parse_cdr(fields: list[str] | None) -> _Cdr | None:
                 int(billsec_text), disposition)
 
 
+def _billed(cdr: _Cdr) -> bool:
+    return cdr.disposition == "ANSWERED" and cdr.billsec > 0
+
+
 def _invalid_time(cdr: _Cdr) -> bool:
-    """Spec 4 step 4."""
+    """Spec 4 step 4, and a billsec longer than the call."""
     if cdr.end < cdr.start:
         return True
     if cdr.answer is not None and not (cdr.start <= cdr.answer <= cdr.end):
         return True
-    return cdr.disposition == "ANSWERED" and cdr.answer is None
+    if cdr.disposition == "ANSWERED" and cdr.answer is None:
+        return True
+    return (
+        _billed(cdr)
+        and cdr.answer is not None
+        and cdr.billsec > (cdr.end - cdr.answer).total_seconds() + BILLSEC_TOLERANCE_S
+    )
 
 
-def _call_class(cdr: _Cdr) -> str:
-    """Spec 4 step 5."""
+def _call_class(cdr: _Cdr, version: PlanVersion | None) -> str:
+    """Spec 4 step 5; a caller without an area by the version's rule."""
+    if cdr.caller_area == "":
+        return version.unknown_caller_class if version is not None else "long_distance"
     if cdr.caller_area.startswith(("+", "00")):
         return "international"
     return "local" if cdr.caller_area == cdr.answer_area else "long_distance"
@@ -320,6 +347,9 @@ def rate_reference(
         plan = tariffs.plans[account.plan]
         zone = ZoneInfo(plan.timezone)
         charge_time = cdr.answer if cdr.answer is not None else cdr.start
+        if not EARLIEST_CALL <= charge_time < LATEST_CALL:
+            reject(line, cdr.cdr_id, "invalid_time")
+            continue
         local = charge_time.astimezone(zone)
         month_key = local.year * 12 + local.month - 1
         state.watermark = month_key if state.watermark is None else max(state.watermark, month_key)
@@ -327,23 +357,25 @@ def rate_reference(
         if month_key < oldest_judged:
             reject(line, cdr.cdr_id, "late")
             continue
-        if state.seen_cdr_ids.get(cdr.cdr_id, oldest_judged - 1) >= oldest_judged:
+        billed = _billed(cdr)
+        blocking = [state.seen_cdr_ids] if billed else [state.seen_cdr_ids, state.seen_unbilled_ids]
+        if any(memory.get(cdr.cdr_id, oldest_judged - 1) >= oldest_judged for memory in blocking):
             reject(line, cdr.cdr_id, "duplicate")
             continue
         # decision: remembered even if rejected below or unbilled.
-        state.seen_cdr_ids[cdr.cdr_id] = month_key
+        (state.seen_cdr_ids if billed else state.seen_unbilled_ids)[cdr.cdr_id] = month_key
         if _invalid_time(cdr):
             reject(line, cdr.cdr_id, "invalid_time")
             continue
 
-        call_class = _call_class(cdr)
+        version = _version_at(plan, charge_time)
+        call_class = _call_class(cdr, version)
 
         if cdr.disposition != "ANSWERED" or cdr.billsec == 0:
             _end_credit(state, charge_time)
             rated.append(_rated_row(line, cdr, account_id, "unbilled", call_class, state))
             continue
 
-        version = _version_at(plan, charge_time)
         rate = _matching_rate(version, cdr.called, call_class) if version is not None else None
         if version is None or rate is None:
             reject(line, cdr.cdr_id, "no_rate")

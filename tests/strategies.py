@@ -141,6 +141,8 @@ def plan_versions(draw: st.DrawFn, effective_from: datetime) -> dict:
         version["offpeak"] = draw(offpeak_tables())
     if draw(st.integers(0, 2)) == 0:
         version["package"] = draw(packages())
+    if draw(st.integers(0, 2)) == 0:
+        version["unknown_caller_class"] = draw(st.sampled_from(CLASSES))
     return version
 
 
@@ -247,15 +249,18 @@ def _pad_to_bytes(fields: list[str], size: int) -> list[str]:
 def cdr_lines(draw: st.DrawFn, called_numbers: list[str], cdr_ids: list[str]) -> str:
     kind = draw(st.sampled_from(
         ["answered"] * 8 + ["unanswered", "zero_billsec", "unknown", "invalid_time",
-                            "malformed", "boundary_length"]
+                            "malformed", "boundary_length", "long_billsec", "far_time"]
     ))
     called = draw(st.sampled_from(UNKNOWN_NUMBERS if kind == "unknown" else called_numbers))
     international = draw(st.integers(0, 4)) == 0
-    caller_area = draw(st.sampled_from(INTERNATIONAL_AREAS if international else AREAS))
+    # an empty caller area: a caller without one (withheld), rated by unknown_caller_class
+    caller_area = draw(st.sampled_from(INTERNATIONAL_AREAS if international else (*AREAS, "")))
     answer_area = draw(st.sampled_from(AREAS))
     offset = draw(st.sampled_from(OFFSETS))
     fraction = draw(st.sampled_from(["", "", "", ".250", ".999999"]))
     start = draw(instants())
+    if kind == "far_time":  # a switch clock gone wrong: outside the times rated
+        start = start.replace(year=draw(st.sampled_from([1999, 2000, 2100, 2107])))
     answer: datetime | None = start + timedelta(seconds=draw(st.integers(0, 30)))
     billsec = draw(st.one_of(
         st.integers(1, 400),
@@ -271,6 +276,8 @@ def cdr_lines(draw: st.DrawFn, called_numbers: list[str], cdr_ids: list[str]) ->
     elif kind == "zero_billsec":
         billsec = 0
     end = (answer or start) + timedelta(seconds=billsec)
+    if kind == "long_billsec":  # billsec more than the call lasted (1 s is tolerated)
+        end -= timedelta(seconds=draw(st.sampled_from([1, 2, 3, 60])))
     if kind == "invalid_time":
         how = draw(st.sampled_from(["end_before_start", "answer_before_start",
                                     "answer_after_end", "answered_without_answer"]))

@@ -105,7 +105,8 @@ def test_month_close_prorates_the_opening_month_and_charges_services_and_shortfa
     book, balance, out = run(book, balance, "close_month", "2026-04-02T00:00:00+08:00", month="2026-03")
     rent = round_half_up(310 * CNY * 21, 31)
     # no minimum spend: the account was not open on 1 March
-    assert [(e.kind, e.amount) for e in out.events] == [("RentCharged", -rent), ("ServiceFeeCharged", -30 * CNY)]
+    assert [(e.kind, e.amount) for e in out.events] == [
+        ("MonthClosed", 0), ("RentCharged", -rent), ("ServiceFeeCharged", -30 * CNY)]
     assert all(e.at == month_bounds("2026-03", PLAN.zone)[1] - timedelta(microseconds=1) for e in out.events)
     assert balance == before - rent - 30 * CNY
     again = run(book, balance, "close_month", "2026-04-03T00:00:00+08:00", month="2026-03")
@@ -116,7 +117,8 @@ def test_a_full_month_gets_the_minimum_spend_true_up() -> None:
     book, balance = opened(balance_cny=20_000, when="2026-02-20T09:00:00+08:00")
     book.usage["2026-03"] = 40 * CNY
     book, balance, out = run(book, balance, "close_month", "2026-04-02T00:00:00+08:00", month="2026-03")
-    assert [(e.kind, e.amount) for e in out.events] == [("RentCharged", -310 * CNY), ("MinimumSpendTrueUp", -60 * CNY)]
+    assert [(e.kind, e.amount) for e in out.events] == [
+        ("MonthClosed", 0), ("RentCharged", -310 * CNY), ("MinimumSpendTrueUp", -60 * CNY)]
 
 
 def test_a_kept_month_has_no_rent_and_the_keep_number_fee() -> None:
@@ -124,7 +126,7 @@ def test_a_kept_month_has_no_rent_and_the_keep_number_fee() -> None:
     book, balance, out = run(book, balance, "keep", "2026-02-25T09:00:00+08:00")
     assert book.current == "kept" and [s[1] for s in out.statuses] == ["blocked", "blocked"]
     book, balance, out = run(book, balance, "close_month", "2026-04-02T00:00:00+08:00", month="2026-03")
-    assert [(e.kind, e.amount) for e in out.events] == [("KeepNumberFeeCharged", -15 * CNY)]
+    assert [(e.kind, e.amount) for e in out.events] == [("MonthClosed", 0), ("KeepNumberFeeCharged", -15 * CNY)]
     assert book.inactive_periods()[0][1] is None
     book, balance, out = run(book, balance, "resume", "2026-04-10T09:00:00+08:00")
     assert book.current == "active" and [e.kind for e in out.events] == ["KeepNumberEnded"]
@@ -153,8 +155,8 @@ def test_cancellation_freezes_at_the_notice_end_refunds_after_that_month_then_cl
     assert [(e.kind, e.at) for e in out.events][0] == ("NumberFrozen", at("2026-04-09T12:00:00+08:00"))
     kinds = [e.kind for e in out.events]
     # April: cancelling until the 9th, so rent (billing continues during the notice)
-    assert kinds == ["NumberFrozen", "RentCharged", "RefundIssued"]
-    rent, refund = out.events[1], out.events[2]
+    assert kinds == ["NumberFrozen", "MonthClosed", "RentCharged", "RefundIssued"]
+    rent, refund = out.events[2], out.events[3]
     assert rent.amount == -310 * CNY and refund.amount == -rent.balance and balance == 0
     assert refund.at == at("2026-04-30T23:59:59.999999+08:00")
     assert refund.reference == "2026-07-02"  # 45 working days after 30 April 2026
@@ -162,9 +164,9 @@ def test_cancellation_freezes_at_the_notice_end_refunds_after_that_month_then_cl
     refused = run(book, balance, "cancel", "2026-05-02T00:00:00+08:00")
     assert refused[2].refusal and refused[2].events == []
     book, balance, out = run(book, balance, "close_month", "2026-06-01T00:00:00+08:00", month="2026-05")
-    assert out.events == []  # frozen all May: no fees
+    assert [e.kind for e in out.events] == ["MonthClosed"]  # frozen all May: no fees
     book, balance, out = run(book, balance, "close_month", "2026-08-01T00:00:00+08:00", month="2026-07")
-    assert [e.kind for e in out.events] == ["AccountClosed"] and book.current == "closed"
+    assert [e.kind for e in out.events] == ["AccountClosed", "MonthClosed"] and book.current == "closed"
     assert {s[1] for s in out.statuses} == {"released"}
 
 

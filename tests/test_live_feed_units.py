@@ -122,3 +122,19 @@ def test_a_router_consumer_quits_its_group_without_a_leave_group_request(quiet: 
         assert consumer.group_metadata().member_id == ""
     finally:
         consumer.close()
+
+
+def test_a_routed_header_of_a_gbk_profile_is_found_and_names_the_columns() -> None:
+    # issue 21: a 400 platform's export (Chinese header, GBK) shipped line by line
+    from schemas.switch_formats import PROFILES_DIR, Feed
+    from streams.feeds.shipped import _as_header, _header_probe
+
+    feed = Feed.of("mapped", profile=PROFILES_DIR / "platform-400-export.toml")
+    header = "话单编号,主叫号码,400号码,接听号码,呼叫时间,接通时间,挂机时间,通话时长,呼叫结果".encode("gbk")
+    line = "HD1, 13800138000, 4008001234, 01088886666, 2026-03-02 09:00:00, 2026-03-02 09:00:05, 2026-03-02 09:02:10, 00:02:05, 已接通".encode("gbk")
+    probe = _header_probe(feed)
+    assert probe(header) and not probe(line)
+    layout = _as_header(feed, header)
+    assert layout is not None and feed.decode_header(header).decode().startswith("话单编号")
+    (row,) = layout.parse(line + b"\n", 0).to_dicts()
+    assert (row["cdr_id"], row["billsec"], row["disposition"], row["framing"]) == ("HD1", "125", "ANSWERED", None)

@@ -197,13 +197,16 @@ def test_a_suspended_account_is_frozen_then_loses_its_numbers_at_the_stated_days
     book, balance, out = _run(book, balance, "topup", "2026-03-20T00:00:00+08:00", amount=10 * CNY, ref="P1")
     assert book.shown_state() == "suspended"  # 40.00 still owed
     book, balance, out = _run(book, balance, "close_month", "2026-04-01T00:10:00+08:00", month="2026-03")
-    assert [(e.kind, e.at) for e in out.events] == [("NumberFrozen", _at("2026-03-31T00:00:00+08:00"))]
+    # the deadline first, then the close (issue 24's MonthClosed, no money)
+    assert [(e.kind, e.at) for e in out.events] == [
+        ("NumberFrozen", _at("2026-03-31T00:00:00+08:00")), ("MonthClosed", _at("2026-03-31T23:59:59.999999+08:00"))]
     assert [s[1] for s in out.statuses] == ["blocked", "blocked"]
     assert (book.shown_state(), book.next_step()) == ("frozen", ("released", _at("2026-04-30T00:00:00+08:00")))
     book, balance, out = _run(book, balance, "close_month", "2026-05-01T00:10:00+08:00", month="2026-04")
     assert [(e.kind, e.reference) for e in out.events] == [
-        ("NumberReleased", "4008000002"), ("NumberReleased", "4008000003"), ("AccountClosed", "")]
-    assert all(e.at == _at("2026-04-30T00:00:00+08:00") for e in out.events)
+        ("NumberReleased", "4008000002"), ("NumberReleased", "4008000003"), ("AccountClosed", ""),
+        ("MonthClosed", "2026-04")]
+    assert all(e.at == _at("2026-04-30T00:00:00+08:00") for e in out.events[:3])
     assert [s[:2] for s in out.statuses] == [("4008000002", "released"), ("4008000003", "released")]
     assert (book.shown_state(), balance, book.next_step(), book.numbers) == ("closed", -40 * CNY, None, [])
 

@@ -127,7 +127,8 @@ def test_floor_charges_draw_on_the_credit_first_and_rent_does_not() -> None:
     account.open("200.00", when="2026-03-01T00:00:00+08:00")  # balance 100, credit 100
     assert account.run("close_month", "2026-04-01T00:00:00+08:00", month="2026-03") is None
     # rent 30 from the balance; the 40 true-up (no calls) from the credit
-    assert account.kinds() == [("RentCharged", -30 * CNY, 0), ("MinimumSpendTrueUp", 0, -40 * CNY)]
+    assert account.kinds() == [
+        ("MonthClosed", 0, 0), ("RentCharged", -30 * CNY, 0), ("MinimumSpendTrueUp", 0, -40 * CNY)]
     assert (account.balance, account.credit.amount) == (70 * CNY, 60 * CNY)  # type: ignore[union-attr]
 
 
@@ -137,7 +138,7 @@ def test_cancelling_forfeits_the_credit_with_the_refund() -> None:
     assert account.run("cancel", "2026-03-12T10:00:00+08:00") is None
     # The notice ends on 04-11, after the credit's end (04-10): it ends first, then the refund of the balance.
     assert account.run("close_month", "2026-05-02T00:00:00+08:00", month="2026-04") is None
-    assert [e.kind for e in account.events] == ["PackageCreditExpired", "NumberFrozen", "RefundIssued"]
+    assert [e.kind for e in account.events] == ["PackageCreditExpired", "NumberFrozen", "MonthClosed", "RefundIssued"]
     assert [e.amount for e in account.events if e.kind == "RefundIssued"] == [-50 * CNY]
 
 
@@ -161,22 +162,24 @@ def test_floors_per_number_charge_each_number_its_shortfall_and_full_opens_in_fu
     account.book.usage = {"2026-03": 1 * CNY}
     assert account.run("close_month", "2026-04-01T00:00:00+08:00", month="2026-03") is None
     # full: rent 10 per number, not pro-rated; floors 50 - 1 = 49 and 50 - 0 = 50
-    assert [(e.event_id.split("/", 2)[2], e.amount) for e in account.events] == [
+    assert [(e.event_id.split("/", 2)[2], e.amount) for e in account.events if e.kind != "MonthClosed"] == [
         (f"2026-03/{NUMBERS[0]}", -10 * CNY), (f"2026-03/{NUMBERS[1]}", -10 * CNY),
         (f"2026-03/{NUMBERS[0]}", -49 * CNY), (f"2026-03/{NUMBERS[1]}", -50 * CNY),
     ]
     assert account.balance == (500 - 20 - 99) * CNY
 
 
-@pytest.mark.parametrize(("first_month", "charged"), [("prorate", [("RentCharged", -220_000)]),  # 31 x 22/31
-                                                      ("actual", [])])
+@pytest.mark.parametrize(("first_month", "charged"), [
+    ("prorate", [("MonthClosed", 0), ("RentCharged", -220_000)]),  # 31 x 22/31
+    ("actual", [("MonthClosed", 0)]),
+])
 def test_the_opening_month_is_prorated_or_charged_its_calls_only(first_month: str, charged: list) -> None:
     account = Account(plan(monthly_rent="31.00", minimum_monthly_spend="50.00", first_month=first_month))
     account.open("500.00")  # opened on 03-10: 22 of 31 days
     assert account.run("close_month", "2026-04-01T00:00:00+08:00", month="2026-03") is None
     assert [(e.kind, e.amount) for e in account.events] == charged
     assert account.run("close_month", "2026-05-01T00:00:00+08:00", month="2026-04") is None
-    assert [e.kind for e in account.events] == ["RentCharged", "MinimumSpendTrueUp"]  # the next month in full
+    assert [e.kind for e in account.events] == ["MonthClosed", "RentCharged", "MinimumSpendTrueUp"]  # the next month in full
 
 
 # ---------------------------------------------------------------------------- top-ups, lock-in

@@ -32,11 +32,12 @@ def result() -> RatingResult:
 
 
 def test_the_tables_take_the_frames_the_engine_gives(result: RatingResult) -> None:
-    # The finance columns are optional in the table (frames from older workers lack them).
+    # The finance columns and caller_origin are optional in the table (frames from older
+    # workers lack them).
     finance = {name: RATED.optional[name] for name in RATED_FINANCE_COLUMNS}
-    # So are the credit columns (issue 23), which the engine gives after the balance.
-    credit = {name: RATED.optional[name] for name in ("credit_used", "credit")}
-    assert dict(pl.Schema({**RATED.schema, **finance, **credit})) == dict(result.rated.schema)
+    # So are the credit columns (issue 23) and how the caller was placed (issue 21).
+    extra = {name: RATED.optional[name] for name in ("credit_used", "credit", "caller_origin")}
+    assert dict(pl.Schema({**RATED.schema, **finance, **extra})) == dict(result.rated.schema)
     assert REJECTED.schema == result.rejected.schema
     assert ALERTS.schema == result.alerts.schema
 

@@ -6,7 +6,9 @@ the results must be the same, but for the line numbers (Master.csv has no header
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from streams.offline.rate import rate_file
 from tariffs import load_tariffs
 from tests.conftest import VECTORS, run_cdrflow
 
-FREESWITCH = PROFILES_DIR / "freeswitch.toml"
+FREESWITCH = PROFILES_DIR / "freeswitch-answering.toml"
 CANONICAL = PROFILES_DIR / "canonical.toml"
 #: FreeSWITCH mod_cdr_csv's documented default template ("example", cdr_csv.conf.xml)
 #: plus the B-leg dial string, as the example profile describes it.
@@ -74,7 +76,12 @@ def test_generated_files_hold_the_same_calls(traffic: tuple[GeneratedDataset, Ge
     assert canonical.accounts_file.read_bytes() == asterisk.accounts_file.read_bytes()
     lines = asterisk.cdrs_file.read_text(encoding="utf-8").splitlines()
     assert len(lines) == canonical.cdrs == len(canonical.cdrs_file.read_text(encoding="utf-8").splitlines()) - 1
-    assert lines[0].startswith('"') and lines[0].count('","') >= len(ASTERISK_COLUMNS) - 1
+    # As cdr_csv.c writes them: text quoted, duration and billsec bare, an unanswered
+    # call's answer time empty and bare; times in UTC (usegmtime=yes).
+    first = next(csv.reader([lines[0]]))
+    assert len(first) == len(ASTERISK_COLUMNS) and lines[0].startswith('"')
+    assert re.search(r',"(ANSWERED|NO ANSWER)",', lines[0]) and re.search(r',\d+,\d+,"', lines[0])
+    assert any(re.search(r'\d",,"\d', line) for line in lines[:200])
 
 
 def test_asterisk_master_csv_rates_exactly_like_the_canonical_file(
@@ -92,10 +99,12 @@ def test_asterisk_master_csv_rates_exactly_like_the_canonical_file(
     assert actual["rejected"].select(keys).equals(expected["rejected"].select(keys))
     assert set(actual["rejected"].get_column("reason")) == {"malformed", "duplicate", "unknown_number", "no_rate"}
     # The words differ only where a line is broken in each format's own way: a time not
-    # in the format's form, one column short (of 18 rather than 12).
+    # in the format's form, a column short (of 12) or too many (of Asterisk's layouts).
     differ = actual["rejected"].filter(pl.col("detail") != expected["rejected"].get_column("detail"))
     assert differ.height > 0
-    assert differ.get_column("detail").str.contains(r"^start_time '|^wrong number of columns: 17 \(expected 18\)$").all()
+    assert differ.get_column("detail").str.contains(
+        r"^start_time '|^wrong number of columns: 19 \(expected 16, 17, 18, 19, 20 or 21\)$|^wrong number of columns: 22"
+    ).all()
     # And `cdrflow compare` agrees, given the shifted expectation.
     want = tmp_path / "want"
     want.mkdir()
@@ -204,13 +213,14 @@ def _frame(text: str, feed: Feed | None = None) -> pl.DataFrame:
 
 def test_asterisk_fields_become_canonical_with_physical_line_numbers() -> None:
     frame = _frame(_asterisk() + "\n" + _asterisk(uniqueid="1772413200.2", answer="", billsec="0",
-                                                  disposition="NO ANSWER", userfield="") + "\n")
+                                                  disposition="NO ANSWER", userfield="", lastdata="") + "\n")
     first, second = frame.to_dicts()
     assert first == {
         "line": 1, "cdr_id": "1772413200.1", "switch_id": "", "caller": "13800138000", "called": "4008001234",
         "answer_number": "01088886666", "caller_area": "010", "answer_area": "010",
-        "start_time": "2026-03-02T09:00:00+08:00", "answer_time": "2026-03-02T09:00:05+08:00",
-        "end_time": "2026-03-02T09:01:05+08:00", "billsec": "60", "disposition": "ANSWERED", "framing": None,
+        "start_time": "2026-03-02T09:00:00+00:00", "answer_time": "2026-03-02T09:00:05+00:00",
+        "end_time": "2026-03-02T09:01:05+00:00", "billsec": "60", "disposition": "ANSWERED",
+        "caller_origin": "area", "framing": None,
     }  # fmt: skip
     # an unanswered call with no forwarding number is read, with no answer area
     assert (second["line"], second["answer_time"], second["answer_area"], second["framing"]) == (2, "", "", None)
@@ -229,14 +239,12 @@ def test_the_switch_timezone_and_switch_id_apply() -> None:
 @pytest.mark.parametrize(
     ("line", "framing"),
     [
-        (_asterisk(src=""), "caller is empty (withheld or not recorded)"),
-        (_asterisk(src="62345678"), "caller '62345678' is not a number with an area code"),
-        (_asterisk(userfield=""), "answer_number is empty (withheld or not recorded)"),
-        (_asterisk(userfield="4008009999"), "answer_number '4008009999' is not a telephone number with an area"),
+        (_asterisk(userfield="", lastdata="1001,20"), "answer_number is empty: no answering number is recorded"),
+        (_asterisk(userfield="4008009999", lastdata=""), "answer_number '4008009999' is not a telephone number with an area"),
         (_asterisk(start="02/03/2026 09:00"), "start_time '02/03/2026 09:00' is not a time in the form %Y-%m-%d"),
         (_asterisk(end=""), "end_time is empty"),
-        (_asterisk().rsplit(",", 1)[0], "wrong number of columns: 17 (expected 18)"),
-        (_asterisk() + ',"x"', "wrong number of columns: 19 (expected 18)"),
+        (",".join(_asterisk().split(",")[:15]), "wrong number of columns: 13 (expected 16, 17, 18, 19, 20 or 21)"),
+        (_asterisk() + ',"x","y","z","w"', "wrong number of columns: 22 (expected 16, 17, 18, 19, 20 or 21)"),
         (_asterisk().replace('"SIP/ct-00000001"', '"SIP/ct-00000001'), "unbalanced quotes"),
         (_asterisk()[:-1], "unbalanced quotes"),
     ],
@@ -252,7 +260,7 @@ def test_a_broken_line_is_rejected_malformed_with_its_reason(tmp_path: Path) -> 
     vectors = VECTORS / "basic"
     good = _asterisk(dst="4008001234", uniqueid="u-ok")
     (tmp_path / "Master.csv").write_text(
-        "\n".join([good, _asterisk(src="95588", uniqueid="u-short"), _asterisk(uniqueid="u-cols")[:-25]]) + "\n",
+        "\n".join([good, _asterisk(userfield="95588", lastdata="", uniqueid="u-short"), _asterisk(uniqueid="u-cols")[:-25]]) + "\n",
         encoding="utf-8",
     )
     run = run_cdrflow(
@@ -261,14 +269,14 @@ def test_a_broken_line_is_rejected_malformed_with_its_reason(tmp_path: Path) -> 
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
     figures = json.loads(run.stdout)
-    assert figures["format"] == "asterisk (times in Asia/Shanghai)"
+    assert figures["format"] == "asterisk (times in UTC)"
     assert figures["rejected"]["malformed"] == 2 and figures["cdrs"] == 3
     rejected = pl.read_csv(tmp_path / "out" / "rejected.csv", infer_schema=False).to_dicts()
     assert [(r["line"], r["cdr_id"], r["reason"]) for r in rejected] == [
         ("2", "u-short", "malformed"),
         ("3", "", "malformed"),
     ]
-    assert "caller '95588' is not a number with an area code" in rejected[0]["detail"]
+    assert "answer_number '95588' is not a number with an area code" in rejected[0]["detail"]
     assert rejected[1]["detail"] == "unbalanced quotes"
 
 
@@ -295,9 +303,9 @@ _GOOD = FREESWITCH.read_text(encoding="utf-8")
         (_GOOD.replace('to = "BUSY"', 'to = "ENGAGED"'), "key disposition.rules.2.to"),
         (_GOOD.replace('otherwise = "FAILED"', 'otherwise = "FAILED"\nunknown = 1'), "key disposition.unknown: unknown key"),
         (_GOOD.replace("columns_per_line = 16\n", ""), "columns_per_line is required when header = false"),
-        (_GOOD.replace('name = "freeswitch-default"', 'name = "fs"\ntimezone = "Mars/Olympus"'), "key timezone: 'Mars/Olympus' is not an IANA timezone name"),
+        (_GOOD.replace('name = "freeswitch-answering"', 'name = "fs"\ntimezone = "Mars/Olympus"'), "key timezone: 'Mars/Olympus' is not an IANA timezone name"),
         (_GOOD.replace('time_format = "%Y-%m-%d %H:%M:%S"', 'time_format = "%H:%M"'), "key time_format: must be"),
-        (_GOOD.replace('name = "freeswitch-default"\n', ""), "key name: required key missing"),
+        (_GOOD.replace('name = "freeswitch-answering"\n', ""), "key name: required key missing"),
         (_GOOD.replace("[columns]", "[columns"), "not valid TOML"),
     ],
 )
@@ -389,7 +397,8 @@ rules = [{ values = ["OK"], billsec = "positive", to = "ANSWERED" }, { values = 
     assert rows[0]["caller"] == "+8613800138000" and rows[0]["caller_area"] == "010"
     assert rows[0]["answer_area"] == "0755" and rows[0]["switch_id"] == "acme-1"
     assert rows[0]["start_time"] == "2026-03-02T09:00:00+06:00" and rows[0]["disposition"] == "ANSWERED"
-    assert rows[1]["framing"] == "caller is empty (withheld or not recorded)"  # the regex found no number
+    # the regex found no number: a caller without an area, rated by its plan's rule
+    assert rows[1]["framing"] is None and (rows[1]["caller_area"], rows[1]["caller_origin"]) == ("", "unknown")
     assert rows[2]["disposition"] == "NO ANSWER" and rows[2]["framing"] is None
 
 
@@ -407,3 +416,98 @@ def test_generate_writes_master_csv_from_the_cli(tmp_path: Path) -> None:
     assert not (tmp_path / "cdrs.csv").exists()
     assert len((tmp_path / "Master.csv").read_text(encoding="utf-8").splitlines()) == 500
     shutil.rmtree(tmp_path)
+
+
+# ------------------------------------------------------------ what real switches write
+
+
+def test_generated_quirks_rate_alike_in_both_formats_and_in_gbk(tmp_path: Path) -> None:
+    """generate --quirks: callers as +86/86/same-city/withheld/masked numbers, 0 s legs before
+    answered calls, Chinese names; the Asterisk file in GBK. Both formats rate alike."""
+    options = {"cdrs": 4_000, "accounts": 60, "month": "2026-03", "seed": 5, "quirks": True}
+    canonical = generate_dataset(tmp_path / "c", **options)
+    asterisk = generate_dataset(tmp_path / "a", **options, cdr_format="asterisk", encoding="gbk")
+    assert canonical.unknown_callers > 50 and canonical.extra_legs == 80
+    raw = asterisk.cdrs_file.read_bytes()
+    assert "张三".encode("gbk") in raw and "张三".encode() not in raw
+    rate_file(canonical.cdrs_file, _catalog(canonical), tmp_path / "oc")
+    summary = rate_file(asterisk.cdrs_file, _catalog(asterisk), tmp_path / "oa", feed=Feed.of("asterisk", encoding="gbk"))
+    want, got = _shifted(_outputs(tmp_path / "oc"), -1), _outputs(tmp_path / "oa")
+    assert got["rated"].drop("caller_origin").equals(want["rated"].drop("caller_origin"))
+    assert got["alerts"].equals(want["alerts"])
+    keys = ["line", "cdr_id", "reason"]
+    assert got["rejected"].select(keys).equals(want["rejected"].select(keys))
+    # every caller was billed: withheld and masked callers by their plan's unknown_caller_class
+    origins = got["rated"].group_by("caller_origin").len().sort("caller_origin").rows()
+    assert [origin for origin, _ in origins] == ["area", "same_city", "unknown"]
+    assert "malformed" not in {r for r in summary.rejected if summary.rejected[r] > canonical.malformed}
+    # the 0 s legs did not make their calls duplicates: each answered leg was rated
+    legs = got["rated"].filter(pl.col("cdr_id").is_duplicated())
+    assert legs.height >= 2 * 70 and set(legs.get_column("status")) == {"rated", "unbilled"}
+
+
+def test_a_freeswitch_name_with_quotes_and_commas_is_read_as_written() -> None:
+    feed = Feed.of("mapped", profile=PROFILES_DIR / "freeswitch-answering.toml")
+    line = ('"Smith "JJ", John","13800138000","4008001234","public","2026-03-02 09:00:00","2026-03-02 09:00:05",'
+            '"2026-03-02 09:02:10","130","125","NORMAL_CLEARING","u1","","","PCMA","PCMA","sofia/gateway/gw/01088886666"')  # fmt: skip
+    chinese = line.replace('Smith "JJ", John', "张三, 销售部").replace('"u1"', '"u2"')
+    rows = feed.layout(None).parse(f"{line}\n{chinese}\n".encode(), 1).to_dicts()
+    assert [(r["cdr_id"], r["framing"], r["disposition"], r["answer_area"]) for r in rows] == [
+        ("u1", None, "ANSWERED", "010"), ("u2", None, "ANSWERED", "010")
+    ]
+
+
+def test_bytes_that_are_not_utf8_count_only_in_the_fields_used() -> None:
+    good = _asterisk().encode()
+    bad_name = good.replace("Zhang, San".encode(), b"Zhang\xa5\xa5")
+    bad_caller = good.replace(b'"13800138000"', b'"1380\xa5138000"', 1)
+    rows = _frame_bytes(bad_name + b"\n" + bad_caller + b"\n").to_dicts()
+    assert rows[0]["framing"] is None and rows[0]["cdr_id"] == "1772413200.1"
+    # a used field (src) that is not UTF-8: malformed, and its id is still read
+    assert rows[1]["framing"].startswith("not UTF-8") and rows[1]["cdr_id"] == "1772413200.1"
+
+
+def _frame_bytes(data: bytes, feed: Feed | None = None) -> pl.DataFrame:
+    feed = feed or Feed.of("asterisk")
+    return feed.layout(None).parse(data, 1)
+
+
+def test_a_byte_order_mark_before_a_headerless_file_is_not_part_of_its_first_field() -> None:
+    rows = _frame_bytes(b"\xef\xbb\xbf" + _asterisk().encode() + b"\n").to_dicts()
+    assert rows[0]["framing"] is None and rows[0]["caller"] == "13800138000"
+
+
+@pytest.mark.parametrize(
+    ("written", "normalised"),
+    [("+864008001234", "4008001234"), ("864008001234", "4008001234"), ("04008001234", "4008001234"),
+     (" 4008001234", "4008001234"), ("400-800-1234", "4008001234"), ("4008001234", "4008001234")],
+)
+def test_a_called_number_is_normalised_before_the_account_lookup(written: str, normalised: str) -> None:
+    (row,) = _frame_bytes(_asterisk(dst=written).encode() + b"\n").to_dicts()
+    assert row["called"] == normalised
+
+
+@pytest.mark.parametrize(
+    ("caller", "area", "origin"),
+    [("13800138000", "010", "area"), ("+8613800138000", "010", "area"), ("8613800138000", "010", "area"),
+     ("861062345678", "010", "area"), ("62345678", "010", "same_city"), ("anonymous", "", "unknown"),
+     ("", "", "unknown"), ("1862831****", "", "unknown"), ("1001", "", "unknown"), (" 02161234567", "021", "area"),
+     ("+14155550123", "+1", "area")],
+)
+def test_every_caller_is_placed_and_none_is_malformed(caller: str, area: str, origin: str) -> None:
+    for disposition, billsec in (("ANSWERED", "60"), ("NO ANSWER", "0")):
+        (row,) = _frame_bytes(_asterisk(src=caller, disposition=disposition, billsec=billsec).encode() + b"\n").to_dicts()
+        assert (row["caller_area"], row["caller_origin"], row["framing"]) == (area, origin, None)
+
+
+def test_an_unknown_number_is_judged_before_the_answering_side(tmp_path: Path) -> None:
+    vectors = VECTORS / "basic"
+    (tmp_path / "Master.csv").write_text(
+        _asterisk(dst="4009999999", userfield="1001", lastdata="", uniqueid="u1") + "\n"
+        + _asterisk(dst="4008001234", userfield="1001", lastdata="", uniqueid="u2") + "\n",
+        encoding="utf-8",
+    )
+    rate_file(tmp_path / "Master.csv", Catalog.from_tariffs(load_tariffs(vectors / "plans", vectors / "accounts.toml")),
+              tmp_path / "out", feed=Feed.of("asterisk"))  # fmt: skip
+    rejected = pl.read_csv(tmp_path / "out" / "rejected.csv", infer_schema=False)
+    assert rejected.select("cdr_id", "reason").rows() == [("u1", "unknown_number"), ("u2", "malformed")]

@@ -42,6 +42,7 @@ class CatalogWatch:
     def __init__(self, settings: Settings, topic_prefix: str = ""):
         self.bootstrap = settings.kafka_servers()
         self.horizon_months = settings.horizon_months
+        self.time_bounds = settings.time_bounds()
         self.plans_topic = topic_name(PLANS, topic_prefix)
         self.accounts_topic = topic_name(ACCOUNTS, topic_prefix)
         self._records: dict[TP, list[tuple[bytes | None, Any]]] = {}
@@ -80,7 +81,7 @@ class CatalogWatch:
             accounts = [r for tp, rs in self._records.items() if tp.topic == self.accounts_topic for r in rs]
             tariffs = await asyncio.to_thread(fold_catalog, plans, accounts)
             self._catalog = await asyncio.to_thread(
-                lambda: Catalog.from_tariffs(tariffs, horizon_months=self.horizon_months)
+                lambda: Catalog.from_tariffs(tariffs, horizon_months=self.horizon_months, time_bounds=self.time_bounds)
             )
             self._accounts = frozenset(account.id for account in tariffs.accounts)
             log.info("catalogue loaded: %d plans, %d accounts", len(tariffs.plans), len(tariffs.accounts))

@@ -124,12 +124,20 @@ def notice_or_fail(tariffs: Tariffs, allow: bool) -> list[str]:
     return problems
 
 
-def feed_or_fail(kind: str, profile: Path | None, switch_timezone: str | None, switch_id: str | None) -> Feed:
+def feed_or_fail(
+    kind: str, profile: Path | None, switch_timezone: str | None, switch_id: str | None, encoding: str | None = None
+) -> Feed:
     """The feed of the format options, or a clean exit naming the option or profile key."""
     try:
-        return make_feed(kind, profile, switch_timezone, switch_id)
+        return make_feed(kind, profile, switch_timezone, switch_id, encoding)
     except ValueError as exc:  # ProfileError included
         raise fail(str(exc), ExitCode.BAD_INPUT) from None
+
+
+def warn(lines: list[str], what: str) -> None:
+    """Say loudly, on stderr, what a reader noticed about a whole file (feed warnings)."""
+    for line in lines:
+        errors.print(f"[bold yellow]warning[/] {what}: {line}", markup=True, highlight=False, soft_wrap=True)
 
 
 def parse_instant(text: str | None, option: str = "--at") -> datetime:

@@ -15,11 +15,14 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from schemas.invoices import document_json
 from schemas.ledger import SERVICES, LedgerCommand
 from schemas.money import format_money, parse_money
 from streams.cli._common import ExitCode, JsonOption, StateDirOption, console, fail, parse_instant, settings_or_fail
+from streams.cli._common import errors
 from streams.kafka.client import BrokerError
 from streams.ledger import commands as ops
+from streams.ledger import invoices
 from tariffs.grades import grade as grade_of
 from tariffs.models import add_months
 
@@ -72,8 +75,10 @@ def _context(state_dir: Any) -> tuple[Any, Any, Any]:
     return settings, catalog, ops.client(settings)
 
 
-def _report(db: Any, published: list[ops.Published], json_: bool, title: str) -> None:
-    """Print the events each command produced, and the balance after."""
+def _report(db: Any, published: list[ops.Published], json_: bool, title: str,
+            notes: list[dict[str, Any]] | None = None) -> None:
+    """Print the events each command produced, and the balance after (``notes``: the
+    credit notes they gave, in the JSON)."""
     results = []
     for item in published:
         account = item.command.account_id
@@ -90,6 +95,7 @@ def _report(db: Any, published: list[ops.Published], json_: bool, title: str) ->
                 "credit": format_money(r["credit"] or 0),
                 "credit_expires": r["credit_expires"],
                 "events": [_event_json(e) for e in r["events"]],
+                **({"credit_notes": notes} if notes is not None else {}),
             }
             for r in results
         ]))
@@ -499,7 +505,16 @@ def sla_credit(
         raise _refuse(error) from None
     command = _command(kind="sla_credit", account_id=account, at=parse_instant(at) if at else ended, start=began, end=ended)
     db, published = _run(state_dir, [command], wait_s)
-    _report(db, published, json_, "SLA credit")
+    # issue 24: a credit of a month already invoiced is a credit note of its own
+    # (issued now, or at --at: the command's own instant is the fault's end)
+    notes, why_not = invoices.notes_after(settings_or_fail(state_dir=state_dir), [account], parse_instant(at),
+                                          wait_s=wait_s)
+    _report(db, published, json_, "SLA credit", notes=[document_json(note) for note in notes])
+    if why_not:
+        errors.print(f"[yellow]warning:[/] the SLA credit is recorded; {why_not}", highlight=False)
+    if not json_:
+        for note in notes:
+            console.print(invoices.note_words(note))
 
 
 @number_app.command("grade")

@@ -35,8 +35,15 @@ from streams.cli._common import (
     outcome_table,
     progress_bar,
     settings_or_fail,
+    warn,
 )
-from streams.cli.format_options import FormatOption, ProfileOption, SwitchIdOption, SwitchTimezoneOption
+from streams.cli.format_options import (
+    EncodingOption,
+    FormatOption,
+    ProfileOption,
+    SwitchIdOption,
+    SwitchTimezoneOption,
+)
 
 if TYPE_CHECKING:
     from streams.feeds.ingest import FollowEvent, IngestRun
@@ -135,6 +142,7 @@ def ingest(
     profile: ProfileOption = None,
     switch_timezone: SwitchTimezoneOption = None,
     switch_id: SwitchIdOption = None,
+    encoding: EncodingOption = None,
     json_: JsonOption = False,
 ) -> None:
     """Send CDR files to the workers, each line to its account's partition in file order.
@@ -151,7 +159,7 @@ def ingest(
     from streams.feeds.ingest import AlreadyIngested, NothingLoaded, ingest_paths
     from streams.kafka.client import BrokerError
 
-    feed = feed_or_fail(format_, profile, switch_timezone, switch_id)
+    feed = feed_or_fail(format_, profile, switch_timezone, switch_id, encoding)
     settings = settings_or_fail()
     if tail:
         if follow_ or wait or force:
@@ -186,6 +194,8 @@ def ingest(
     except (BrokerError, CatalogError) as error:
         raise fail(str(error), ExitCode.FAILED) from None
     figures = _run_figures(run)
+    for result in run.files:
+        warn(result.warnings, str(result.path))
     landed = None
     if wait:
         landed = _wait(settings, run.ingest_ids, run.lines, timeout=timeout, json_=json_, started=started)
@@ -237,6 +247,7 @@ def _file_figures(result: Any) -> dict[str, Any]:
         "raw_messages": result.raw_messages,
         "rejected_messages": result.rejected_messages,
         "seconds": round(result.seconds, 3),
+        "warnings": result.warnings,
     }
 
 
@@ -421,7 +432,9 @@ def _tail(settings: Settings, paths: list[Path], *, feed: Any, json_: bool) -> N
             **tally_figures(event.tally),
             **({"behind_bytes": event.behind_bytes} if event.kind == "progress" else {}),
         }
-        style = {"lost": "red", "error": "red", "truncated": "yellow", "rotated": "green"}.get(event.kind, "cyan")
+        style = {"lost": "red", "error": "red", "truncated": "yellow", "rotated": "green", "warning": "bold yellow"}.get(
+            event.kind, "cyan"
+        )
         shown = None if event.kind == "progress" else f"[{style}]{event.kind}[/] {event.source or event.path}: {event.message}"
         display.event(figures, shown)
         if event.tally is not None or event.kind == "following":

@@ -44,6 +44,7 @@ COMMANDS: Final[dict[str, Command]] = {
     "sla-credit": Command("streams.cli.account:sla_credit"),
     "rebuild": Command("streams.cli.rebuild:rebuild"),
     "rerate": Command("streams.cli.rerate:rerate"),
+    "invoice": Command("streams.cli.invoice:invoice"),
     "report": Command("streams.cli.report:report_app", group=True),
     "retention": Command("streams.cli.report:retention"),
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -27,8 +27,18 @@ from streams.cli._common import (
     outcome_table,
     parse_instant,
     progress_bar,
+    warn,
 )
-from streams.cli.format_options import FormatOption, ProfileOption, SwitchIdOption, SwitchTimezoneOption
+from streams.cli.format_options import (
+    EncodingOption,
+    FormatOption,
+    ProfileOption,
+    SwitchIdOption,
+    SwitchTimezoneOption,
+)
+
+if TYPE_CHECKING:
+    from rating.bounds import TimeBounds
 
 plans_app = typer.Typer(help="Inspect and validate tariff plans.", no_args_is_help=True)
 
@@ -145,6 +155,7 @@ def rate(
     profile: ProfileOption = None,
     switch_timezone: SwitchTimezoneOption = None,
     switch_id: SwitchIdOption = None,
+    encoding: EncodingOption = None,
     horizon_months: Annotated[
         int,
         typer.Option(
@@ -157,6 +168,27 @@ def rate(
             ),
         ),
     ] = 1,
+    earliest_call: Annotated[
+        str,
+        typer.Option(
+            "--earliest-call",
+            help="Calls charged before this instant (ISO 8601) are rejected invalid_time: a switch clock gone "
+            "wrong (CDRFLOW_EARLIEST_CALL for the worker).",
+        ),
+    ] = "2001-01-01T00:00:00Z",
+    latest_call: Annotated[
+        str,
+        typer.Option("--latest-call", help="Calls charged from this instant on are rejected invalid_time."),
+    ] = "2100-01-01T00:00:00Z",
+    ahead_hours: Annotated[
+        float,
+        typer.Option(
+            "--ahead-hours",
+            min=0,
+            help="Calls charged more than this many hours after the file was last written are rejected "
+            "invalid_time (a switch clock ahead).",
+        ),
+    ] = 24.0,
     json_: JsonOption = False,
 ) -> None:
     """Rate a CDR file offline into rated.csv, rejected.csv and alerts.csv.
@@ -168,11 +200,12 @@ def rate(
     from streams.cdr_files import CdrFileError
     from streams.offline.rate import rate_file
 
-    feed = feed_or_fail(format_, profile, switch_timezone, switch_id)
+    feed = feed_or_fail(format_, profile, switch_timezone, switch_id, encoding)
+    bounds = _time_bounds(earliest_call, latest_call, ahead_hours)
 
     def load_catalog() -> Catalog:
         # Called by rate_file while it parses the first chunk of the CDR file.
-        catalog = Catalog.from_tariffs(load_or_fail(plans, accounts), horizon_months=horizon_months)
+        catalog = Catalog.from_tariffs(load_or_fail(plans, accounts), horizon_months=horizon_months, time_bounds=bounds)
         # What startup built (modules, the plans and accounts) lives until the end of the
         # run: frozen out of the cycle collector, which main() held off until now.
         gc.freeze()
@@ -204,7 +237,9 @@ def rate(
         "cdrs_per_second": round(summary.cdrs_per_second),
         "out": str(out),
         "format": feed.describe(),
+        "warnings": summary.warnings,
     }
+    warn(summary.warnings, str(cdrs))
     if json_:
         console.print_json(data=figures)
         return
@@ -221,6 +256,18 @@ def rate(
     console.print(table)
 
 
+def _time_bounds(earliest: str, latest: str, ahead_hours: float) -> TimeBounds:
+    from datetime import timedelta
+
+    from rating.bounds import TimeBounds
+
+    instants = [parse_instant(earliest, "--earliest-call"), parse_instant(latest, "--latest-call")]
+    try:
+        return TimeBounds(instants[0], instants[1], timedelta(hours=ahead_hours))
+    except ValueError as error:
+        raise fail(f"--earliest-call/--latest-call: {error}", ExitCode.BAD_INPUT) from None
+
+
 def generate(
     out: Annotated[Path, typer.Option("--out", help="Folder to write plans/, accounts.toml and cdrs.csv.")],
     cdrs: Annotated[int, typer.Option("--cdrs", min=0, help="Number of CDR lines.")] = 200_000,
@@ -235,6 +282,17 @@ def generate(
             show_default=True,
         ),
     ] = "canonical",
+    quirks: Annotated[
+        bool,
+        typer.Option(
+            "--quirks",
+            help="Write what real switches write besides: callers as +86/86/same-city/withheld/masked numbers, "
+            "a 0 s leg before some answered calls (same id), Chinese names.",
+        ),
+    ] = False,
+    encoding: Annotated[
+        str, typer.Option("--encoding", help="utf-8 or gbk (what Excel on Chinese Windows saves).", show_default=True)
+    ] = "utf-8",
     hot_share: Annotated[
         float,
         typer.Option(
@@ -258,7 +316,7 @@ def generate(
             made = generate_dataset(
                 out, cdrs=cdrs, accounts=accounts, month=month, seed=seed,
                 progress=lambda done: bar.update(task, completed=done), cdr_format=format_,
-                hot_share=hot_share,
+                hot_share=hot_share, quirks=quirks, encoding=encoding,
             )
         except ValueError as exc:
             raise fail(str(exc), ExitCode.BAD_INPUT) from None

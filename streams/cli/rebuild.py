@@ -31,10 +31,10 @@ PROJECTIONS = (
     ("account_balances", (topics.ACCOUNT_BALANCES,), "balances", inserts.insert_balances),
 )
 
-#: Tables filled from a projection by materialized views: emptied with it, filled again by
-#: its inserts (the finance views collapse repeats anyway; the history must not keep
+#: Tables filled from a projection by materialized views (or, for the invoices, by its
+#: insert: the documents its events carry): emptied with it, filled again by its inserts (the finance views collapse repeats anyway; the history must not keep
 #: versions the log no longer has).
-DERIVED = {"rated_calls": ("rated_call_versions",)}
+DERIVED = {"rated_calls": ("rated_call_versions",), "billing_events": ("invoices", "invoice_lines")}
 
 
 def rebuild(

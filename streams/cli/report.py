@@ -35,7 +35,7 @@ from streams.settings import Settings
 T = TypeVar("T")
 
 report_app = typer.Typer(
-    help="Finance reports from ClickHouse: statement, revenue, missed calls, usage, HTML.",
+    help="Finance reports from ClickHouse: statement, revenue, missed calls, usage, output VAT, HTML.",
     no_args_is_help=True,
 )
 
@@ -167,6 +167,22 @@ def usage(
     _print_report(found, format_)
 
 
+@report_app.command("tax")
+def tax(
+    from_: Annotated[str, typer.Option("--from", help="First local day of issue, YYYY-MM-DD.")],
+    to: Annotated[str, typer.Option("--to", help="Last local day of issue (included), YYYY-MM-DD.")],
+    format_: FormatOption = Format.table,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Output VAT for the tax return: the invoices and notes issued in the period, per
+    month of issue and rate (9% basic telecom, 6% value-added): documents, gross, VAT, net.
+
+    Example: cdrflow report tax --from 2026-04-01 --to 2026-06-30 --format csv
+    """
+    start, end = _day(from_, "--from"), _day(to, "--to")
+    _print_report(_query(state_dir, lambda client: reports.tax(client, start, end)), format_)
+
+
 @report_app.command("transfers")
 def transfers(
     from_: Annotated[
@@ -196,7 +212,7 @@ def html(
 ) -> None:
     """A self-contained HTML page of the month's charts (opens offline): daily revenue by
     class, revenue by segment, top accounts, missed calls by hour, call origin by
-    province, rejects by reason.
+    province, rejects by reason; and a VAT panel (the month's invoices and notes per rate).
 
     Example: cdrflow report html --month 2026-03 --out march.html
     """
@@ -322,7 +338,7 @@ def _print(rows: list[dict[str, Any]], columns: tuple[str, ...], format_: Format
         console.file.write(buffer.getvalue())
     else:
         table = Table(title=title, title_justify="left")
-        numeric = {"calls", "minutes", "amount", "credit", "missed", "hour"}
+        numeric = {"calls", "minutes", "amount", "credit", "missed", "hour", "documents", "gross", "tax", "net"}
         for column in columns:
             table.add_column(column, justify="right" if column in numeric else "left")
         for row in rows:

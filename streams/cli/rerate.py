@@ -18,10 +18,12 @@ from rich.table import Table
 
 from rating.rerate import Diff, Period
 from schemas.columns import MONEY_COLUMNS
+from schemas.invoices import InvoiceDocument, document_json
 from schemas.money import format_money, money_expr
 from streams.cli._common import ExitCode, StateDirOption, console, errors, fail, parse_instant, settings_or_fail
 from streams.kafka.client import BrokerError
 from streams.ledger import commands as ops
+from streams.ledger import invoices
 from streams.ledger import rerate as work
 from tariffs import TariffError
 
@@ -113,6 +115,7 @@ def rerate(
     if out is not None:
         _write(out, found, summary)
     applied: dict[str, Any] | None = None
+    notes: list[InvoiceDocument] = []
     if apply_:
         if found.problems:
             _show(prepared, summary, json_)
@@ -145,7 +148,15 @@ def rerate(
                 },
             }
             summary["applied"] = applied
+            # issue 24: what the correction changed in invoiced months, as credit (debit) notes
+            notes, why_not = invoices.notes_after(settings, prepared.accounts, applied_at, wait_s=wait_s)
+            applied["credit_notes"] = [document_json(note) for note in notes]
+            if why_not:
+                errors.print(f"[yellow]warning:[/] the correction is applied; {why_not}", highlight=False)
     _show(prepared, summary, json_)
+    if not json_:
+        for note in notes:
+            console.print(f"  {invoices.note_words(note)}")
     if applied and applied.get("refused"):
         raise typer.Exit(ExitCode.FAILED)
 
@@ -269,6 +280,7 @@ def _show(prepared: work.Prepared, summary: dict[str, Any], json_: bool) -> None
             console.print(f"  {account}: balance {state['balance']} CNY, state {state['state']}")
         for refusal in applied["refused"]:
             errors.print(f"[bold red]refused:[/] {refusal}", highlight=False, soft_wrap=True)
+
     elif not found.empty:
         console.print(f"dry run: nothing was written; `--apply` publishes correction {summary['correction_id']}")
 

@@ -11,7 +11,13 @@ from typing import Annotated
 import typer
 
 from streams.cli._common import ExitCode, fail, feed_or_fail, settings_or_fail
-from streams.cli.format_options import FormatOption, ProfileOption, SwitchIdOption, SwitchTimezoneOption
+from streams.cli.format_options import (
+    EncodingOption,
+    FormatOption,
+    ProfileOption,
+    SwitchIdOption,
+    SwitchTimezoneOption,
+)
 from streams.cli.live_display import LiveDisplay, run_until_stopped, tally_figures
 
 
@@ -40,6 +46,7 @@ def route(
     profile: ProfileOption = None,
     switch_timezone: SwitchTimezoneOption = None,
     switch_id: SwitchIdOption = None,
+    encoding: EncodingOption = None,
     json_: Annotated[bool, typer.Option("--json", help="Print each event as one JSON line, for scripts.")] = False,
 ) -> None:
     """Route a foreign topic of switch lines to the workers, exactly as ingest routes files.
@@ -57,7 +64,7 @@ def route(
     from streams.feeds.shipped import RouteEvent, ShippedFeed
     from streams.kafka.client import BrokerError
 
-    feed = feed_or_fail(format_, profile, switch_timezone, switch_id)
+    feed = feed_or_fail(format_, profile, switch_timezone, switch_id, encoding)
     settings = settings_or_fail()
     display = LiveDisplay(
         f"routing {from_topic} (Ctrl-C to stop)",
@@ -74,6 +81,9 @@ def route(
             **({"message": event.message} if event.message else {}),
             **tally_figures(event.tally),
         }
+        if event.kind == "warning":  # what the reader noticed about a partition's lines
+            display.event(figures, f"[bold yellow]warning[/] {event.topic}[{event.partition}]: {event.message}")
+            return
         if event.kind == "error":  # the router's, not a partition's: it takes its partitions over again
             del figures["partition"], figures["next_offset"]
             display.event(figures, f"[red]error[/] {event.topic}: {event.message}")

@@ -112,7 +112,9 @@ def status(
 
     Topics with their end offsets, consumer-group lag, each partition's rating state
     (generation, size, blocked accounts) as its worker last published it, rows per table.
-    Exits with 1 when a server is not up, 3 when an account is blocked.
+    Exits with 1 when a server is not up, 3 when an account is blocked or output messages
+    were refused into dead_letters. Live feeds' warnings (times written in another zone
+    than they are read in) are shown as notes.
 
     Example: cdrflow status --json
     """
@@ -126,7 +128,7 @@ def status(
         _print_status(answer)
     if any(server["state"] != "up" for server in answer["servers"].values()):
         raise typer.Exit(ExitCode.FAILED)
-    if answer["blocked_accounts"]:
+    if answer["blocked_accounts"] or answer.get("dead_letters"):
         raise typer.Exit(ExitCode.REFUSED)
 
 

@@ -33,9 +33,10 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timezone
 from typing import TypeVar
 
 import numpy as np
@@ -43,8 +44,18 @@ import polars as pl
 from clickhouse_driver import Client
 from clickhouse_driver import errors as clickhouse_errors
 
+from schemas.invoices import InvoiceDocument
 from streams.clickhouse import wire as ch_wire
-from streams.clickhouse.tables import ALERTS, BALANCES, BILLING_EVENTS, RATED, REJECTED, Table
+from streams.clickhouse.tables import (
+    ALERTS,
+    BALANCES,
+    BILLING_EVENTS,
+    INVOICE_LINES,
+    INVOICES,
+    RATED,
+    REJECTED,
+    Table,
+)
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -222,6 +233,11 @@ def insert_rated(client: Client, frame: pl.DataFrame, *, retry: RetryPolicy = Re
     >>> insert_rated(connect(Settings()), result.rated.with_columns(source=pl.lit("a.csv")))  # doctest: +SKIP
     42
     """
+    if "status" in frame.columns:
+        # migration 0020: an unbilled record and a billed one of the same call are two rows.
+        frame = frame.with_columns(
+            record=pl.when(pl.col("status") == "unbilled").then(pl.lit("unbilled")).otherwise(pl.lit(""))
+        )
     return insert(client, RATED, frame, retry=retry)
 
 
@@ -257,8 +273,42 @@ def insert_alerts(client: Client, frame: pl.DataFrame, *, retry: RetryPolicy = R
 
 
 def insert_billing_events(client: Client, frame: pl.DataFrame, *, retry: RetryPolicy = RetryPolicy()) -> int:
-    """Insert ledger events into ``billing_events`` (copies collapse by event id)."""
+    """Insert ledger events into ``billing_events`` (copies collapse by event id), and the
+    documents issued among them into ``invoices`` and ``invoice_lines`` (issue 24)."""
+    if "document" in frame.columns:
+        documents = [text for text in frame.get_column("document").to_list() if text]
+        if documents:
+            invoices, lines = invoice_frames(documents, frame.filter(pl.col("document") != "").get_column("event_id"))
+            insert(client, INVOICES, invoices, retry=retry)
+            insert(client, INVOICE_LINES, lines, retry=retry)
     return insert(client, BILLING_EVENTS, frame, retry=retry)
+
+
+def invoice_frames(documents: list[str], event_ids: Iterable[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The ``invoices`` and ``invoice_lines`` rows of issued documents (their JSON, as
+    their events carry them)."""
+    heads: list[dict[str, object]] = []
+    rows: list[dict[str, object]] = []
+    for text, event_id in zip(documents, event_ids, strict=True):
+        document = InvoiceDocument.model_validate_json(text)
+        issued = document.issued_at
+        assert issued is not None and document.invoice_no is not None
+        common = {"invoice_no": document.invoice_no, "seller_id": document.seller.id, "kind": document.kind,
+                  "account_id": document.account_id, "month": document.month, "issued_day": issued.date()}
+        heads.append({
+            **common, "issued_time": issued.astimezone(timezone.utc), "corrects": document.corrects or "",
+            "corrects_month": document.corrects_month or "", "gross": document.totals.gross,
+            "tax": document.totals.tax, "net": document.totals.net, "line_count": len(document.lines),
+            "event_id": event_id,
+        })
+        for number, line in enumerate(document.lines, start=1):
+            rows.append({
+                **common, "line": number, "line_kind": line.kind, "item": line.item, "charge_month": line.month,
+                "description": line.description, "quantity": line.quantity, "seconds": line.seconds,
+                "category": line.category, "rate": str(line.rate), "gross": line.gross, "tax": line.tax,
+                "net": line.net,
+            })
+    return pl.DataFrame(heads, schema=INVOICES.schema), pl.DataFrame(rows, schema=INVOICE_LINES.schema)
 
 
 def insert_balances(client: Client, frame: pl.DataFrame, *, retry: RetryPolicy = RetryPolicy()) -> int:

@@ -104,6 +104,11 @@ RATED = Table(
         # migration 0023 (issue 23): package credit the call drew on, and what was left
         "credit_used": pl.Int64(),
         "credit": pl.Int64(),
+        # migration 0018: how the caller was placed ('' for rows rated before it)
+        "caller_origin": pl.String(),
+        # migration 0020: 'unbilled' for an unbilled row, '' for a billed one (of the
+        # sorting key: one call's two records do not collapse; insert_rated fills it)
+        "record": pl.String(),
     },
     micros={"charge_time": "charge_us"},
 )
@@ -166,6 +171,8 @@ BILLING_EVENTS = Table(
         "topic": pl.String(), "partition": pl.Int32(), "offset": pl.Int64(), "version": pl.UInt64(),
         # migration 0024 (issue 23): what the event did to the package credit, and the credit after it
         "credit_change": pl.Int64(), "credit": pl.Int64(),
+        # migration 0030 (issue 24): the document an InvoiceIssued (...NoteIssued) event issued, JSON
+        "document": pl.String(),
         # migration 0040 (issue 25): NumberTransferred on the old account: the account it went to
         "transferred_to": pl.String(),
     },
@@ -195,7 +202,77 @@ BALANCES = Table(
 )
 
 
+DEAD_LETTERS = Table(
+    "dead_letters",
+    pl.Schema(
+        {
+            "kind": pl.String(),
+            "topic": pl.String(),
+            "partition": pl.Int32(),
+            "offset": pl.Int64(),
+            "reason": pl.String(),
+            "rows": pl.UInt32(),
+            "message": pl.String(),
+        }
+    ),
+    server_filled=frozenset({"landed_time"}),  # migration 0019: when the message landed there
+)
+
+#: Invoices and notes (migration 0031, issue 24): one row per document, from the
+#: documents of billing_events (streams.clickhouse.insert.insert_billing_events).
+INVOICES = Table(
+    "invoices",
+    pl.Schema(
+        {
+            "invoice_no": pl.String(),
+            "seller_id": pl.String(),
+            "kind": pl.String(),
+            "account_id": pl.String(),
+            "month": pl.String(),
+            "issued_time": pl.Datetime("us", "UTC"),
+            "issued_day": pl.Date(),
+            "corrects": pl.String(),
+            "corrects_month": pl.String(),
+            "gross": pl.Int64(),
+            "tax": pl.Int64(),
+            "net": pl.Int64(),
+            "line_count": pl.UInt32(),
+            "event_id": pl.String(),
+        }
+    ),
+    optional={"version": pl.UInt64()},
+)
+
+#: The lines of invoices and notes (migration 0031).
+INVOICE_LINES = Table(
+    "invoice_lines",
+    pl.Schema(
+        {
+            "invoice_no": pl.String(),
+            "seller_id": pl.String(),
+            "line": pl.UInt32(),
+            "kind": pl.String(),
+            "account_id": pl.String(),
+            "month": pl.String(),
+            "issued_day": pl.Date(),
+            "line_kind": pl.String(),
+            "item": pl.String(),
+            "charge_month": pl.String(),
+            "description": pl.String(),
+            "quantity": pl.Int64(),
+            "seconds": pl.Int64(),
+            "category": pl.String(),
+            "rate": pl.String(),
+            "gross": pl.Int64(),
+            "tax": pl.Int64(),
+            "net": pl.Int64(),
+        }
+    ),
+    optional={"version": pl.UInt64()},
+)
+
+
 #: The tables of this module, by name.
 TABLES: Mapping[str, Table] = {
-    table.name: table for table in (RATED, REJECTED, ALERTS, BILLING_EVENTS, BALANCES)
+    table.name: table for table in (RATED, REJECTED, ALERTS, BILLING_EVENTS, BALANCES, DEAD_LETTERS, INVOICES, INVOICE_LINES)
 }

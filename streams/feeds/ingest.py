@@ -44,7 +44,7 @@ from schemas.messages import cdr_chunk_value, frame_value
 from schemas.switch_formats import Feed
 from schemas.topics import ACCOUNTS, CDR_RAW, CDR_REJECTED, INGEST_FILES, PLANS
 from streams.catalog.publish import decoded_catalog_value, fold_catalog, read_catalog
-from streams.cdr_files import CdrFileError, iter_chunks, open_cdr_file
+from streams.cdr_files import CdrFileError, iter_chunks, modified_at, open_cdr_file, stamped
 from streams.feeds.routing import AccountChunker, rejection_groups, route
 from streams.kafka.async_reader import read_topics
 from streams.kafka.client import (
@@ -102,6 +102,8 @@ class FileResult:
     rejected_messages: int = 0
     seconds: float = 0.0
     at: str = ""
+    #: What the reader noticed about the whole file (times written in another zone...).
+    warnings: list[str] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         """The ``ingest.files`` event value."""
@@ -115,6 +117,7 @@ class FileResult:
             "accepted": self.accepted,
             "rejected": dict(sorted(self.rejected.items())),
             "forced": self.forced,
+            "warnings": self.warnings,
         }
 
 
@@ -367,6 +370,8 @@ def send_file(
     source = spool.path.name
     digest = hashlib.sha256()
     handle, layout, header = open_cdr_file(spool.path, feed)
+    # read_at: the file's modification time, as `cdrflow rate` stamps it (rating.bounds).
+    read_at = modified_at(spool.path)
     with handle:
         digest.update(header)
         result.bytes = len(header)
@@ -374,7 +379,7 @@ def send_file(
         chunker = AccountChunker()
         for piece in iter_chunks(handle, INGEST_CHUNK_BYTES):
             digest.update(piece)
-            batch = layout.parse(piece, next_line)
+            batch = stamped(layout.parse(piece, next_line), read_at)
             next_line += batch.height
             routed = route(batch, account_of_number, source=source, ingest_id=result.ingest_id)
             _send_chunks(sender, topics.raw, chunker.add(routed.accepted), source, result)
@@ -389,6 +394,7 @@ def send_file(
                 progress(result.bytes)
         _send_chunks(sender, topics.raw, chunker.flush(), source, result)
     sender.flush()
+    result.warnings = layout.notes.warnings(layout.feed)
     # The hash of what was read and sent (the file may have been rewritten since its check).
     result.sha256 = digest.hexdigest()
     result.at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

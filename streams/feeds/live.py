@@ -14,12 +14,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 import polars as pl
 
 from schemas.messages import cdr_chunk_value, frame_value
-from schemas.topics import CDR_RAW, CDR_REJECTED, INGEST_FILES, INGEST_POSITIONS
+from schemas.switch_formats import Layout
+from schemas.topics import CDR_RAW, CDR_REJECTED, FEED_NOTES, INGEST_FILES, INGEST_POSITIONS
 from streams.feeds.routing import AccountChunker, rejection_groups, route
 from streams.kafka.client import Sender, topic_name
 
@@ -38,6 +40,7 @@ class LiveTopics:
     rejected: str
     files: str
     positions: str
+    notes: str
 
     @classmethod
     def under(cls, topic_prefix: str = "") -> LiveTopics:
@@ -47,7 +50,7 @@ class LiveTopics:
         >>> LiveTopics.under("t1.").positions
         't1.ingest.positions'
         """
-        names = (CDR_RAW, CDR_REJECTED, INGEST_FILES, INGEST_POSITIONS)
+        names = (CDR_RAW, CDR_REJECTED, INGEST_FILES, INGEST_POSITIONS, FEED_NOTES)
         return cls(*(topic_name(name, topic_prefix) for name in names))
 
 
@@ -107,3 +110,23 @@ def send_batch(
         tally.messages += 1
     tally.rejected.update(routed.rejected.get_column("reason").to_list())
     return tally
+
+
+def report_warnings(sender: Sender, topics: LiveTopics, source: str, layout: Layout, said: list[str]) -> list[str]:
+    """What the reader noticed about a feed so far (``schemas.switch_formats.FeedNotes``),
+    put on ``feed.notes`` (key: the source) when it changed, for ``cdrflow status``; the
+    warnings not said before are returned, for the command's output. ``said`` is the
+    feed's list of what was said, updated here."""
+    warnings = layout.notes.warnings(layout.feed)
+    if warnings == said:
+        return []
+    new = [w for w in warnings if w not in said]
+    said[:] = warnings
+    value = {
+        "source": source,
+        "format": layout.feed.describe(),
+        "warnings": warnings,
+        "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    }
+    sender.send(topics.notes, source.encode(), value)
+    return new

@@ -20,8 +20,9 @@ import polars as pl
 
 from rating.fields import malformed_detail, malformed_flag, with_typed_fields
 from rating.ownership import owner_at
+from schemas.cdr_csv import records_only
 from schemas.columns import CDR_COLUMNS
-from schemas.messages import CDR_CHUNK_LINES
+from schemas.messages import CDR_CHUNK_LINES, OPTIONAL_CHUNK_COLUMNS
 
 #: Columns of a rejection row, as the engine's rejections (plus where the line came from).
 REJECTION_SCHEMA: Final[dict[str, pl.DataType]] = {
@@ -44,7 +45,8 @@ class Routed:
     Attributes
     ----------
     accepted
-        ``line``, the 12 CDR columns (as read) and ``account_id``, in file order.
+        ``line``, the 12 CDR columns (as read), those of ``OPTIONAL_CHUNK_COLUMNS`` the
+        batch has, and ``account_id``, in file order.
     rejected
         Rows of :data:`REJECTION_SCHEMA`, in file order.
     rejected_keys
@@ -71,12 +73,14 @@ def route(batch: pl.DataFrame, account_of_number: Mapping[str, str], *, source: 
     >>> routed.rejected.filter(pl.col("line") == 43).select("reason", "source").row(0)
     ('malformed', 'cdrs.csv')
     """
+    batch = records_only(batch)
     numbers = pl.DataFrame(
         {"called": list(account_of_number), "account_id": list(account_of_number.values())},
         schema={"called": pl.String, "account_id": pl.String},
     )
     judged = with_typed_fields(batch).with_columns(
         malformed=malformed_flag(),
+        malformed_before_account=malformed_flag(before_account=True),
         account_id=pl.col("called").replace_strict(
             numbers.get_column("called"), numbers.get_column("account_id"), default=None, return_dtype=pl.String
         ),
@@ -88,14 +92,19 @@ def route(batch: pl.DataFrame, account_of_number: Mapping[str, str], *, source: 
         judged = judged.with_columns(
             held.get_column("owner").zip_with(held.get_column("owned"), judged.get_column("account_id")).alias("account_id")
         )
+    # The engine's order (rating.engine._judge): an answering side that cannot be placed
+    # is judged after the called number.
     reason = (
-        pl.when(pl.col("malformed"))
+        pl.when(pl.col("malformed_before_account"))
         .then(pl.lit("malformed"))
         .when(pl.col("account_id").is_null())
         .then(pl.lit("unknown_number"))
+        .when(pl.col("malformed"))
+        .then(pl.lit("malformed"))
     )
     judged = judged.with_columns(reason=reason)
-    accepted = judged.filter(pl.col("reason").is_null()).select(ACCEPTED_COLUMNS)
+    optional = [name for name in OPTIONAL_CHUNK_COLUMNS if name in batch.columns]
+    accepted = judged.filter(pl.col("reason").is_null()).select(*ACCEPTED_COLUMNS[:-1], *optional, "account_id")
     # Rechunked: polars 2.1 panics in pl.format over a string column holding an empty
     # chunk, which a filter can leave (few rows here: cheap).
     rejected = judged.filter(pl.col("reason").is_not_null()).rechunk()

@@ -65,7 +65,7 @@ from schemas.switch_formats import Feed, Layout
 from schemas.topics import ACCOUNTS, PLANS
 from streams.catalog.routing_table import RoutingTable
 from streams.feeds.ingest import NothingLoaded
-from streams.feeds.live import LIVE_LINGER_MS, LiveTopics, Tally, send_batch
+from streams.feeds.live import LIVE_LINGER_MS, LiveTopics, Tally, report_warnings, send_batch
 from streams.feeds.positions import (
     Position,
     PositionBook,
@@ -99,7 +99,7 @@ RETRY_MAX_S: Final[float] = 30.0
 #: an error, recovered from as any other).
 GROUP_TIMEOUT_MS: Final[int] = 30_000
 
-RouteEventKind = Literal["assigned", "revoked", "progress", "error"]
+RouteEventKind = Literal["assigned", "revoked", "progress", "error", "warning"]
 
 
 def default_group(topic: str) -> str:
@@ -137,6 +137,8 @@ class _Partition:
     layout: Layout | None
     header: str | None = None
     tally: Tally = field(default_factory=Tally)
+    #: What was said about the partition's lines (streams.feeds.live.report_warnings).
+    warned: list[str] = field(default_factory=list)
     skip: set[int] = field(default_factory=set)
     #: While ``skip`` is not passed, the recovered position's raw_ends (streams.feeds.positions.held_ends).
     floor: dict[int, int] | None = None
@@ -381,7 +383,7 @@ class ShippedFeed:
                 if layout is not None:
                     self._send(partition, records, shipped, segment)
                     segment = []
-                    partition.layout, partition.header = layout, line.decode("utf-8-sig")
+                    partition.layout, partition.header = layout, self.feed.decode_header(line).decode("utf-8", errors="replace")
                     partition.tally.lines += 1  # a line, but no CDR: nothing to send
                     continue
             segment.append(index)
@@ -404,6 +406,10 @@ class ShippedFeed:
         problem = pl.Series("problem", problems, dtype=pl.String)
         batch = batch.with_columns(
             pl.Series("line", [records[i].offset for i in indices], dtype=pl.Int64),
+            # read_at: the record's own timestamp, the bound of its call's time (rating.bounds).
+            pl.Series("read_at", [_timestamp(records[i]) for i in indices], dtype=pl.Int64)
+            .cast(pl.Datetime("ms"))
+            .dt.replace_time_zone("UTC"),
             pl.coalesce(problem, pl.col("framing")).alias("framing"),
             pl.when(problem.is_null()).then(pl.col("cdr_id")).otherwise(pl.lit("")).alias("cdr_id"),
         )
@@ -418,6 +424,9 @@ class ShippedFeed:
                 skip=partition.skip,
             )
         )
+        if partition.layout is not None:
+            for warning in report_warnings(self.sender, self.topics, partition.source, partition.layout, partition.warned):
+                self.on_event(RouteEvent("warning", self.topic, partition.tp.partition, warning))
         if partition.skip and partition.next_offset > max(partition.skip):
             partition.skip.clear()
             partition.floor = None
@@ -587,6 +596,12 @@ def _layout_of(feed: Feed, header: str | None) -> Layout | None:
     return None
 
 
+def _timestamp(record: Any) -> int | None:
+    """A record's timestamp (ms), None when the producer set none."""
+    value = getattr(record, "timestamp", None)
+    return value if isinstance(value, int) and value >= 0 else None
+
+
 def _placeholder_layout() -> Layout:
     # Frames the lines of a partition without a layout yet; each row is then rejected.
     return Feed.canonical().layout(",".join(CDR_COLUMNS).encode())
@@ -599,8 +614,11 @@ def _header_probe(feed: Feed) -> Callable[[bytes], bool]:
     if feed.profile is None:
         needle = CDR_COLUMNS[0].encode()
     else:
-        named = [spec.column for spec in feed.profile.columns.values() if isinstance(spec.column, str)]
-        needle = named[0].encode() if named else b""
+        named = [
+            spec.column for sources in feed.profile.columns.values() for spec in sources if isinstance(spec.column, str)
+        ]
+        codec = "utf-8" if feed.encoding.startswith("utf-8") else feed.encoding
+        needle = named[0].encode(codec) if named else b""
     return lambda line: needle in line
 
 

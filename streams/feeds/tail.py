@@ -59,9 +59,9 @@ from schemas.cdr_csv import HeaderError
 from schemas.switch_formats import Feed, Layout
 from schemas.topics import ACCOUNTS, PLANS
 from streams.catalog.routing_table import RoutingTable
-from streams.cdr_files import CdrFileError
+from streams.cdr_files import CdrFileError, stamped
 from streams.feeds.ingest import NothingLoaded, new_ingest_id
-from streams.feeds.live import LIVE_LINGER_MS, LiveTopics, Tally, send_batch
+from streams.feeds.live import LIVE_LINGER_MS, LiveTopics, Tally, report_warnings, send_batch
 from streams.feeds.positions import (
     FileMark,
     Position,
@@ -91,7 +91,7 @@ READ_BYTES: Final[int] = 8 << 20
 HEAD_BYTES: Final[int] = 1024
 RETRY_S: Final[float] = 5.0
 
-TailEventKind = Literal["following", "waiting", "progress", "rotated", "truncated", "lost", "error"]
+TailEventKind = Literal["following", "waiting", "progress", "rotated", "truncated", "lost", "error", "warning"]
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,8 @@ class _Generation:
     next_line: int
     layout: Layout | None
     tally: Tally = field(default_factory=Tally)
+    #: What was said about the generation's lines (streams.feeds.live.report_warnings).
+    warned: list[str] = field(default_factory=list)
     #: Lines found on cdr.raw after a restart: sent before the crash, not to send again.
     skip: set[int] = field(default_factory=set)
     #: While ``skip`` is not passed, the recovered position's raw_ends (streams.feeds.positions.held_ends).
@@ -427,7 +429,8 @@ class Tailer:
             generation.offset += end
             generation.next_line = generation.layout.first_line
             data = data[end:]
-        batch = generation.layout.parse(data, generation.next_line)
+        # read_at: when the lines were read, the bound of their calls' times (rating.bounds).
+        batch = stamped(generation.layout.parse(data, generation.next_line), datetime.now(UTC))
         tally = send_batch(
             self.sender,
             self.topics,
@@ -438,6 +441,8 @@ class Tailer:
             skip=generation.skip,
         )
         generation.tally.add(tally)
+        for warning in report_warnings(self.sender, self.topics, generation.source, generation.layout, generation.warned):
+            self.on_event(TailEvent("warning", generation.path, generation.source, warning, next_line=generation.next_line))
         generation.offset += len(data)
         generation.next_line += batch.height
         if generation.skip and generation.next_line > max(generation.skip):

@@ -51,7 +51,11 @@ def export(client: Client, out: Path) -> dict[str, int]:
     {'rated': 2702, 'rejected': 331, 'alerts': 38}
     """
     out.mkdir(parents=True, exist_ok=True)
-    rated = read_table(client, RATED, order_by=(*_FILE_ORDER, "account_id", "cdr_id"), keep=("credit_used", "credit"))
+    # credit_used, credit, caller_origin: the last explaining columns of rated.csv (empty
+    # for rows rated before them).
+    rated = read_table(
+        client, RATED, order_by=(*_FILE_ORDER, "account_id", "cdr_id"), keep=("credit_used", "credit", "caller_origin")
+    )
     # A line a correction rated (a late call of its period...) is a rated row now: its
     # rejection is left out (docs/rules.md "Corrections"). The key columns only: FINAL-safe.
     rejected = read_table(

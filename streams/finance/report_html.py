@@ -2,7 +2,8 @@
 
 The page carries plotly's JavaScript inline, so it opens without a network. Its charts:
 daily revenue by class, revenue by segment, top accounts, missed calls by hour, call
-origin by province, rejects by reason. The figures come from :mod:`streams.finance.reports` (the
+origin by province, rejects by reason; and a VAT panel (the output VAT of the month's
+invoices and notes, per rate). The figures come from :mod:`streams.finance.reports` (the
 same deduplicated queries as the CLI's reports); money is converted to CNY only to be
 drawn, and every bar's exact amount is in its hover text.
 """
@@ -58,6 +59,7 @@ def write_report(client: Client, month: str, out: Path) -> Path:
         _bars("Call origin by province (answered calls)", _by_province(reports.usage(client, month, "origin"))),
         _bars("Rejected lines by reason (landed this month)", reports.rejects_by_reason(client, month)),
     ]
+    vat = reports.tax(client, first, last)
     charts = []
     for index, figure in enumerate(figures):
         # The first chart carries plotly's JS inline; the others use it.
@@ -70,6 +72,8 @@ def write_report(client: Client, month: str, out: Path) -> Path:
 <style>
 body {{ font-family: sans-serif; margin: 1.5em; background: #fff; }}
 .charts {{ display: grid; grid-template-columns: repeat(2, minmax(420px, 1fr)); gap: 1em; }}
+.vat-panel table {{ border-collapse: collapse; }}
+.vat-panel th, .vat-panel td {{ border: 1px solid #bbb; padding: .3em .6em; text-align: right; }}
 </style>
 </head>
 <body>
@@ -78,6 +82,7 @@ body {{ font-family: sans-serif; margin: 1.5em; background: #fff; }}
 <div class="charts">
 {"".join(f'<div class="chart">{chart}</div>' for chart in charts)}
 </div>
+{_vat_panel(vat, month)}
 </body>
 </html>
 """
@@ -85,6 +90,20 @@ body {{ font-family: sans-serif; margin: 1.5em; background: #fff; }}
     partial.write_text(page, encoding="utf-8")
     partial.replace(out)
     return out
+
+
+def _vat_panel(vat: reports.Report, month: str) -> str:
+    """The VAT panel: output VAT of the invoices and notes issued in the month, per rate."""
+    rows = "".join(
+        f"<tr><td>{escape(row['category'].replace('_', ' '))}</td><td>{escape(row['rate'])}</td>"
+        f"<td>{row['documents']}</td><td>{row['gross']}</td><td>{row['tax']}</td><td>{row['net']}</td></tr>"
+        for row in vat.rows()
+    ) or '<tr><td colspan="6">no invoice issued this month</td></tr>'
+    return f"""<div class="vat-panel" id="vat">
+<h2>VAT of the invoices and notes issued in {escape(month)} (CNY)</h2>
+<table><thead><tr><th>category</th><th>rate</th><th>documents</th><th>gross</th><th>VAT</th><th>net</th></tr></thead>
+<tbody>{rows}</tbody></table>
+</div>"""
 
 
 def _layout(figure: go.Figure, title: str) -> go.Figure:

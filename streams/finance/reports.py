@@ -615,6 +615,36 @@ def _bucket_sql() -> str:
     return "multiIf(" + ", ".join(f"billsec < {low}, {index}" for index, low in enumerate(bounds)) + f", {len(bounds)})"
 
 
+# ------------------------------------------------------------------------------------ tax
+
+
+def tax(client: Client, start: date, end: date) -> Report:
+    """Output VAT for the tax return (issue 24): the lines of invoices, credit notes and
+    debit notes issued on local days ``start`` to ``end`` (both included), per month of
+    issue, VAT category and rate: documents, ``gross``, ``tax`` and ``net`` (a note's
+    negative lines reduce its month's figures)."""
+    if end < start:
+        raise ReportError(f"--to {end} is before --from {start}")
+    rows = client.execute(
+        "SELECT toYYYYMM(issued_day) AS issued, category, rate, uniqExact(invoice_no), "
+        "sum(gross), sum(tax), sum(net) FROM invoice_lines FINAL "
+        "WHERE issued_day >= %(first)s AND issued_day <= %(last)s "
+        "GROUP BY issued, category, rate ORDER BY issued, category, rate DESC",
+        {"first": start, "last": end},
+    )
+    return Report(
+        f"output VAT of the documents issued {start} to {end}",
+        ("month", "category", "rate", "documents", "gross", "tax", "net"),
+        [
+            {"month": f"{int(month) // 100:04d}-{int(month) % 100:02d}", "category": category, "rate": rate, "documents": int(documents), "gross": int(gross),
+             "tax": int(vat), "net": int(net)}
+            for month, category, rate, documents, gross, vat, net in rows
+        ],
+        money=frozenset({"gross", "tax", "net"}),
+        minutes=frozenset(),
+    )
+
+
 # -------------------------------------------------------------------------------- rejects
 
 

@@ -125,10 +125,12 @@ _KIND_ORDER: Final[dict[str, int]] = {
             "PackageCreditExpired", "RefundIssued", "NumberFrozen", "AccountClosed", "AccountOpened", "NumberAssigned",
             "KeepNumberEnded",
             "CancellationRequested", "KeepNumberStarted", "TopUpReceived", "ServiceEnabled", "ServiceDisabled",
-            "RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged", "SlaCreditGranted",
+            "MonthClosed", "RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged", "SlaCreditGranted",
             "CallRerated", "AccountSuspended", "AccountReactivated",
             # issue 23: the ending of a credit comes before the charges it precedes
             "PackagePurchased", "PackageRenewed", "EarlyTerminationCharged",
+            # issue 24: a document is a command of its own
+            "InvoiceIssued", "CreditNoteIssued", "DebitNoteIssued",
             # issue 25
             "NumberTransferred", "NumberReleased",
         ]

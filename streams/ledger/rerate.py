@@ -411,7 +411,8 @@ def prepare(
     first_month = date(first // 12, first % 12 + 1, 1)
     progress("finding where the period starts in the log", 0, 1)
     starts = start_offsets(db, topic, None if accounts is None else chosen, first_month)
-    catalog = correction_catalog(Catalog.from_tariffs(tariffs))
+    # The worker's time bounds: a call it refused as no call's stays refused.
+    catalog = correction_catalog(Catalog.from_tariffs(tariffs, time_bounds=settings.time_bounds()))
     digest = catalogue_digest(tariffs, chosen)
     if not starts:
         window = Window(lines=pl.DataFrame(), starts={}, ends={}, last_offset={}, topic=topic)

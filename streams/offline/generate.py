@@ -18,7 +18,14 @@ What makes the data realistic enough to exercise every rule of the rating contra
 - the log written in hang-up order by several switches, so start times are only roughly
   ordered (spec 3: rating follows the log, not the clock);
 - the defects a real feed has: switches re-sending a line (``duplicate``), calls to 400
-  numbers nobody owns (``unknown_number``) and a few broken lines (``malformed``).
+  numbers nobody owns (``unknown_number``) and a few broken lines (``malformed``);
+- with ``quirks``, what real switches write besides (issue 21): callers written
+  ``+86...``, ``86...``, as a same-city number without its area code, withheld
+  (``anonymous`` or empty) or masked (``1862831****``); a second, 0 s unanswered record of
+  some answered calls written before it with the same id (an Asterisk Local-channel leg);
+  Chinese text in a column (a caller's name in Asterisk's clid, the switch in canonical's
+  switch_id), and the file in GBK when ``encoding="gbk"`` (what Excel on Chinese Windows
+  saves).
 """
 
 from __future__ import annotations
@@ -145,6 +152,14 @@ _MALFORMED_KINDS: tuple[str, ...] = (
 )
 #: Formats cdrflow generate writes, and the file each writes.
 CDR_FILE_NAMES: dict[str, str] = {"canonical": "cdrs.csv", "asterisk": "Master.csv"}
+#: Encodings cdrflow generate writes.
+ENCODINGS: tuple[str, ...] = ("utf-8", "gbk")
+#: With quirks: the share of callers written in each other form, in the order of
+#: ``_CALLER_FORMS[1:]``, and the share of answered calls with a 0 s leg before them.
+_CALLER_FORMS: tuple[str, ...] = ("as_is", "plus86", "bare86", "same_city", "anonymous", "empty", "masked")
+_CALLER_FORM_SHARES = np.array([0.05, 0.04, 0.05, 0.02, 0.01, 0.01])
+_EXTRA_LEG_SHARE = 0.02
+_NAMES: tuple[str, ...] = ("张三", "李四, 销售部", "王五", "Smith, John", "赵六")
 #: Lines formatted and written per step (and per ``progress`` call).
 _WRITE_STEP = 250_000
 
@@ -170,6 +185,9 @@ class GeneratedDataset:
     malformed: int
     resent: int
     unknown_number: int
+    #: With quirks: calls whose caller has no area (withheld, masked), and 0 s legs.
+    unknown_callers: int = 0
+    extra_legs: int = 0
 
 
 def generate_dataset(
@@ -182,6 +200,8 @@ def generate_dataset(
     progress: Callable[[int], None] | None = None,
     cdr_format: str = "canonical",
     hot_share: float = 0.0,
+    quirks: bool = False,
+    encoding: str = "utf-8",
 ) -> GeneratedDataset:
     """Write a realistic data set: reference plans, accounts and a month of CDRs.
 
@@ -212,10 +232,18 @@ def generate_dataset(
         of the usual long tail; 0 leaves the draw as it is.
     cdr_format
         ``canonical`` writes ``cdrs.csv``; ``asterisk`` writes the same calls as Asterisk
-        cdr_csv's ``Master.csv`` (no header, 18 quoted columns, local times of
-        Asia/Shanghai, the answer number in ``userfield``), its broken lines broken the
-        same way. Numbers are consistent with the areas either way: the areas derived
-        from them (``schemas.numbering``) are those of the canonical file.
+        cdr_csv's ``Master.csv`` with the shipped cdr.conf (no header, 18 columns, text
+        quoted and integers not, an unanswered call's answer time empty and unquoted,
+        times in UTC: ``usegmtime=yes``; the answer number in ``userfield``), its broken
+        lines broken the same way (a missing canonical column is four extra Asterisk
+        ones: 17 to 21 columns are layouts of their own). Numbers are consistent with the areas
+        either way: the areas derived from them (``schemas.numbering``) are those of the
+        canonical file.
+    quirks
+        Write what real switches write besides (module docstring): callers in other
+        forms, 0 s legs, Chinese text. The two formats still rate alike.
+    encoding
+        ``utf-8`` or ``gbk`` (read it with ``--encoding gbk``).
 
     Returns
     -------
@@ -249,6 +277,8 @@ def generate_dataset(
         raise ValueError("CDRs need at least one account to call (accounts=0)")
     if not 0.0 <= hot_share <= 0.9:
         raise ValueError(f"hot_share must be between 0 and 0.9, got {hot_share}")
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
 
     rng = np.random.default_rng(seed)
     out = Path(out)
@@ -266,10 +296,16 @@ def generate_dataset(
     accounts_file = out / "accounts.toml"
     accounts_file.write_text(_accounts_toml(book, balances, month=month, seed=seed), encoding="utf-8")
 
-    calls = _draw_calls(rng, book, cdrs - n_resent, first_day=first_day, days=days)
+    n_legs = round(cdrs * _EXTRA_LEG_SHARE) if quirks else 0
+    calls = _draw_calls(rng, book, cdrs - n_resent - n_legs, first_day=first_day, days=days)
     log = _with_defects(rng, calls, book, n_resent=n_resent, n_unknown=n_unknown, n_malformed=n_malformed)
+    if quirks:
+        log = _with_quirks(rng, log, n_legs)
+    else:
+        log = log.with_columns(caller_form=pl.lit(0, dtype=pl.Int8), name=pl.lit(None, dtype=pl.String))
     cdrs_file = out / CDR_FILE_NAMES[cdr_format]
-    _write_cdrs(log, cdrs_file, progress, asterisk=cdr_format == "asterisk")
+    _write_cdrs(log, cdrs_file, progress, asterisk=cdr_format == "asterisk", encoding=encoding)
+    forms = log.get_column("caller_form")
 
     return GeneratedDataset(
         root=out,
@@ -282,6 +318,8 @@ def generate_dataset(
         malformed=n_malformed,
         resent=n_resent,
         unknown_number=n_unknown,
+        unknown_callers=int(forms.is_in([_CALLER_FORMS.index(f) for f in ("anonymous", "empty", "masked")]).sum()),
+        extra_legs=n_legs,
     )
 
 
@@ -597,8 +635,43 @@ def _with_defects(
     )
 
 
+def _with_quirks(rng: np.random.Generator, log: pl.DataFrame, n_legs: int) -> pl.DataFrame:
+    """Callers in the forms real switches write, names, and 0 s legs before some calls."""
+    n = log.height
+    forms = rng.choice(len(_CALLER_FORMS), size=n, p=np.concatenate(([1 - _CALLER_FORM_SHARES.sum()], _CALLER_FORM_SHARES)))
+    domestic = log.get_column("caller_area").to_numpy() < len(_DOMESTIC_AREAS)
+    landline = ~log.get_column("caller_mobile").to_numpy()
+    same_city = (log.get_column("caller_area") == log.get_column("answer_area")).to_numpy() & landline
+    form_of = {name: index for index, name in enumerate(_CALLER_FORMS)}
+    # A form the caller cannot have is dropped (a caller abroad is not +86; only a caller
+    # of the answering city dials without its area code), and a masked one is a mobile.
+    forms[~domestic & (forms != form_of["anonymous"]) & (forms != form_of["empty"])] = form_of["as_is"]
+    forms[(forms == form_of["same_city"]) & ~same_city] = form_of["as_is"]
+    forms[(forms == form_of["masked"]) & landline] = form_of["as_is"]
+    names = pl.Series(_NAMES).gather(rng.integers(0, len(_NAMES), size=n))
+    log = log.with_columns(caller_form=pl.Series(forms, dtype=pl.Int8), name=names)
+    answered = np.flatnonzero(((log.get_column("answer") >= 0) & (log.get_column("malformed") == 0)).to_numpy())
+    if n_legs == 0 or len(answered) == 0:
+        return log
+    picked = np.sort(rng.choice(answered, size=min(n_legs, len(answered)), replace=False))
+    # The leg that rang and was never answered: same call, same id, 0 s, written first.
+    legs = log[picked].with_columns(
+        answer=pl.lit(-1, dtype=pl.Int64),
+        end=pl.col("start") + 1,
+        billsec=pl.lit(0, dtype=log.schema["billsec"]),
+        disposition=pl.lit(DISPOSITIONS.index("NO ANSWER"), dtype=log.schema["disposition"]),
+    )
+    order = np.concatenate((np.arange(n) * 2 + 1, picked * 2))
+    return pl.concat([log, legs]).with_columns(_order=pl.Series(order)).sort("_order").drop("_order")
+
+
 def _write_cdrs(
-    log: pl.DataFrame, path: Path, progress: Callable[[int], None] | None, *, asterisk: bool = False
+    log: pl.DataFrame,
+    path: Path,
+    progress: Callable[[int], None] | None,
+    *,
+    asterisk: bool = False,
+    encoding: str = "utf-8",
 ) -> None:
     """Format the log as CSV lines and write them in steps, reporting progress."""
     with path.open("wb") as handle:
@@ -608,10 +681,11 @@ def _write_cdrs(
             lines = _format_lines(log.slice(offset, _WRITE_STEP))
             if asterisk:
                 lines = _asterisk_lines(log.slice(offset, _WRITE_STEP))
-            # Lines are already joined; "never" keeps polars from quoting the commas in them.
-            lines.to_frame().write_csv(
-                handle, include_header=False, quote_style="never", line_terminator="\n"
-            )
+            if encoding != "utf-8":
+                handle.write(("\n".join(lines.to_list()) + "\n").encode(encoding) if lines.len() else b"")
+            else:
+                # Lines are already joined; "never" keeps polars from quoting the commas in them.
+                lines.to_frame().write_csv(handle, include_header=False, quote_style="never", line_terminator="\n")
             if progress is not None:
                 progress(min(offset + _WRITE_STEP, log.height))
     if progress is not None and log.height == 0:
@@ -635,8 +709,25 @@ def _call_fields(calls: pl.DataFrame) -> pl.DataFrame:
     caller_area = areas.gather(calls["caller_area"])
     answer_area = areas.gather(calls["answer_area"])
     switch = pl.Series(_SWITCHES).gather(calls["switch"])
+    form = pl.col("caller_form")
+    national = pl.when("caller_mobile").then(pl.col("caller_tail").cast(pl.String)).otherwise(
+        pl.concat_str(pl.col("caller_dial").str.slice(1), pl.col("caller_tail").cast(pl.String))
+    )
+    written = pl.when("caller_mobile").then(pl.col("caller_tail").cast(pl.String)).otherwise(
+        pl.concat_str("caller_dial", pl.col("caller_tail").cast(pl.String))
+    )
+    caller = (
+        pl.when(form == _CALLER_FORMS.index("plus86")).then(pl.concat_str(pl.lit("+86"), national))
+        .when(form == _CALLER_FORMS.index("bare86")).then(pl.concat_str(pl.lit("86"), national))
+        .when(form == _CALLER_FORMS.index("same_city")).then(pl.col("caller_tail").cast(pl.String))
+        .when(form == _CALLER_FORMS.index("anonymous")).then(pl.lit("anonymous"))
+        .when(form == _CALLER_FORMS.index("empty")).then(pl.lit(""))
+        .when(form == _CALLER_FORMS.index("masked")).then(pl.concat_str(pl.col("caller_tail").cast(pl.String).str.slice(0, 7), pl.lit("****")))
+        .otherwise(written)
+    )  # fmt: skip
+    no_area = form.is_in([_CALLER_FORMS.index(f) for f in ("anonymous", "empty", "masked")])
     return calls.with_columns(
-        switch=switch,
+        switch=pl.when(pl.col("name").is_null()).then(switch).otherwise(pl.concat_str(switch, pl.lit("交换机"))),
         caller_area_code=caller_area,
         answer_area_code=answer_area,
         caller_dial=dial.gather(calls["caller_area"]),
@@ -644,14 +735,12 @@ def _call_fields(calls: pl.DataFrame) -> pl.DataFrame:
     ).select(
         cdr_id=pl.format("{}-{}", "switch", pl.col("seq").cast(pl.String).str.zfill(8)),
         switch_id="switch",
-        caller=pl.when("caller_mobile")
-        .then(pl.col("caller_tail").cast(pl.String))
-        .otherwise(pl.concat_str("caller_dial", pl.col("caller_tail").cast(pl.String))),
+        caller=caller,
         called=pl.col("called").cast(pl.String),
         answer_number=pl.when("answer_mobile")
         .then(pl.col("answer_tail").cast(pl.String))
         .otherwise(pl.concat_str("answer_dial", pl.col("answer_tail").cast(pl.String))),
-        caller_area="caller_area_code",
+        caller_area=pl.when(no_area).then(pl.lit("")).otherwise("caller_area_code"),
         answer_area="answer_area_code",
         start_time=_timestamp("start"),
         answer_time=pl.when(pl.col("answer") >= 0).then(_timestamp("answer")).otherwise(pl.lit("")),
@@ -659,24 +748,31 @@ def _call_fields(calls: pl.DataFrame) -> pl.DataFrame:
         billsec=pl.col("billsec").cast(pl.String),
         disposition=pl.Series(DISPOSITIONS).gather(calls["disposition"]),
         malformed="malformed",
-        # What Asterisk writes beside them: local wall-clock times and the durations.
-        start_local=_local_time("start"),
-        answer_local=pl.when(pl.col("answer") >= 0).then(_local_time("answer")).otherwise(pl.lit("")),
-        end_local=_local_time("end"),
+        # What Asterisk writes beside them: UTC wall-clock times (usegmtime=yes), the
+        # duration, the caller's name.
+        start_local=_utc_wall_clock("start"),
+        answer_local=pl.when(pl.col("answer") >= 0).then(_utc_wall_clock("answer")).otherwise(pl.lit("")),
+        end_local=_utc_wall_clock("end"),
         duration=(pl.col("end") - pl.col("start")).cast(pl.String),
         seq="seq",
+        name=pl.col("name").fill_null(caller),
     )
 
 
-def _local_time(column: str) -> pl.Expr:
-    return pl.from_epoch(column, time_unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
+def _utc_wall_clock(column: str) -> pl.Expr:
+    """UTC wall-clock time of a local (Asia/Shanghai, as if UTC) epoch: what Asterisk with
+    the shipped ``usegmtime=yes`` writes."""
+    return pl.from_epoch(pl.col(column) - 8 * 3600, time_unit="s").dt.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _asterisk_lines(calls: pl.DataFrame) -> pl.Series:
-    """The calls as Asterisk cdr_csv Master.csv lines (loguniqueid=yes, loguserfield=yes).
+    """The calls as Asterisk cdr_csv Master.csv lines (loguniqueid=yes, loguserfield=yes),
+    quoted as cdr_csv.c quotes them: text in quotes (a quote doubled), integers bare, an
+    unset time empty and bare.
 
-    The broken ones are broken as in the canonical file: a missing column (userfield),
-    a time not in the switch's format, a negative billsec, a misspelt disposition.
+    The broken ones are broken as in the canonical file: 22 columns (a missing one would
+    be the 17-column layout, and 19-21 are layouts too), a time not in the switch's
+    format, a negative billsec, a misspelt disposition.
     """
     fields = _call_fields(calls)
     kind = pl.col("malformed")
@@ -686,7 +782,7 @@ def _asterisk_lines(calls: pl.DataFrame) -> pl.Series:
         "src": pl.col("caller"),
         "dst": pl.col("called"),
         "dcontext": pl.lit("from-trunk"),
-        "clid": pl.format('"{}" <{}>', "caller", "caller"),
+        "clid": pl.format('"{}" <{}>', "name", "caller"),
         "channel": pl.format("SIP/trunk-{}", pl.col("seq").cast(pl.String).str.zfill(8)),
         "dstchannel": pl.when(answered)
         .then(pl.format("SIP/out-{}", pl.col("seq").cast(pl.String).str.zfill(8)))
@@ -707,13 +803,19 @@ def _asterisk_lines(calls: pl.DataFrame) -> pl.Series:
         .otherwise("disposition"),
         "amaflags": pl.lit("DOCUMENTATION"),
         "uniqueid": pl.col("cdr_id"),
-        # null is skipped by concat_str(ignore_nulls=True), separator included: 17 fields.
-        "userfield": pl.when(kind == 1 + _MALFORMED_KINDS.index("missing_column"))
-        .then(None)
-        .otherwise("answer_number"),
+        "userfield": pl.col("answer_number"),
+        # null is skipped by concat_str(ignore_nulls=True), separator included: 18 fields,
+        # or 22 for a broken line (19-21 are layouts of newcdrcolumns=yes).
+        "extra": pl.when(kind == 1 + _MALFORMED_KINDS.index("missing_column")).then(pl.lit('"x","x","x","x"')).otherwise(None),
     }
+    bare = {"duration", "billsec", "extra"}
     escaped = [
-        pl.concat_str(pl.lit('"'), expr.str.replace_all('"', '""', literal=True), pl.lit('"')).alias(name)
+        expr.alias(name)
+        if name in bare
+        else pl.when((expr == "") & pl.lit(name == "answer"))
+        .then(pl.lit(""))
+        .otherwise(pl.concat_str(pl.lit('"'), expr.str.replace_all('"', '""', literal=True), pl.lit('"')))
+        .alias(name)
         for name, expr in quoted.items()
     ]
     return fields.select(pl.concat_str(escaped, separator=",", ignore_nulls=True).alias("line")).to_series()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from datetime import datetime
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from schemas.columns import (
 )
 from schemas.output_files import CSV_DATETIME_FORMAT, alerts_csv_frame, rated_csv_frame, rejected_csv_frame
 from schemas.switch_formats import Feed, Layout
-from streams.cdr_files import CHUNK_BYTES, CdrFileError, iter_chunks, open_cdr_file
+from streams.cdr_files import CHUNK_BYTES, CdrFileError, iter_chunks, modified_at, open_cdr_file, stamped
 
 
 @dataclass
@@ -40,6 +41,8 @@ class RateSummary:
     amount: int = 0
     alerts: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
+    #: What the reader noticed about the whole file (times written in another zone...).
+    warnings: list[str] = field(default_factory=list)
 
     def add(self, result: RatingResult) -> None:
         status = result.rated.get_column("status")
@@ -56,7 +59,12 @@ class RateSummary:
 
 
 def _prepared_chunks(
-    handle: IO[bytes], layout: Layout, chunk_bytes: int, pool: ThreadPoolExecutor, catalog: Future[Catalog]
+    handle: IO[bytes],
+    layout: Layout,
+    chunk_bytes: int,
+    pool: ThreadPoolExecutor,
+    catalog: Future[Catalog],
+    read_at: datetime,
 ) -> Iterator[tuple[int, PreparedBatch]]:
     """(bytes, prepared batch) per chunk, read, parsed and prepared one chunk ahead in ``pool``.
 
@@ -78,7 +86,7 @@ def _prepared_chunks(
         # One row per physical line (schemas.cdr_csv), so the next chunk starts this many
         # lines on, without counting the chunk's newlines again.
         next_line += batch.height
-        return len(chunk), prepare(batch, catalog.result())
+        return len(chunk), prepare(stamped(batch, read_at), catalog.result())
 
     pending = pool.submit(read_and_prepare)
 
@@ -113,13 +121,14 @@ def rate_file(
     """
     started = time.perf_counter()
     handle, layout, header = open_cdr_file(cdrs, feed)
+    read_at = modified_at(cdrs)
     summary = RateSummary()
     done = len(header)
     # Reading, parsing and preparing the next chunk, and writing the last one's results, run
     # in threads beside the rating (polars releases the GIL): the three overlap.
     with handle, ThreadPoolExecutor(max_workers=1) as reader, ThreadPoolExecutor(max_workers=1) as writer:
         loaded: Future[Catalog] = Future()
-        prepared = _prepared_chunks(handle, layout, chunk_bytes, reader, loaded)
+        prepared = _prepared_chunks(handle, layout, chunk_bytes, reader, loaded, read_at)
         try:
             if not isinstance(catalog, Catalog):
                 catalog = catalog()
@@ -145,6 +154,7 @@ def rate_file(
             if written is not None:
                 written.result()
     summary.seconds = time.perf_counter() - started
+    summary.warnings = layout.notes.warnings(layout.feed)
     return summary
 
 

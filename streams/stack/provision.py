@@ -42,7 +42,7 @@ def _ensure_topics(settings: Settings, timeout_s: float) -> tuple[list[str], lis
             answer = admin.create_topics(
                 {
                     name: {
-                        "num_partitions": partitions,
+                        "num_partitions": TOPICS[name].partitions or partitions,
                         "replication_factor": replicas,
                         **({"configs": TOPICS[name].configs} if TOPICS[name].configs else {}),
                     }
@@ -61,9 +61,9 @@ def _ensure_topics(settings: Settings, timeout_s: float) -> tuple[list[str], lis
             admin.wait_for_topics(missing, timeout_ms=int(timeout_s * 1000))
         warnings = [
             f"topic {topic['name']} has {len(topic['partitions'])} partitions, the settings "
-            f"say {partitions}; left as it is"
+            f"say {TOPICS[topic['name']].partitions or partitions}; left as it is"
             for topic in admin.describe_topics(list(TOPICS))
-            if len(topic["partitions"]) != partitions
+            if topic["name"] in TOPICS and len(topic["partitions"]) != (TOPICS[topic["name"]].partitions or partitions)
         ]
     finally:
         admin.close()

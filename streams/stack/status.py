@@ -4,12 +4,13 @@ the rating state its workers publish, ClickHouse tables, rejects)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from clickhouse_driver import Client
 from kafka import TopicPartition
 
-from schemas.topics import WORKER_STATUS
+from schemas.topics import FEED_NOTES, WORKER_STATUS
 from streams.kafka.client import _kafka_admin, log_end_offsets
 from streams.settings import Settings
 from streams.stack.clickhouse_config import _finance_password_file, _quote_identifier, finance_password
@@ -29,6 +30,8 @@ STATUS_KEYS = (
     "rejects_by_reason",
     "worker_state",
     "blocked_accounts",
+    "dead_letters",
+    "feed_warnings",
     "notes",
     "errors",
 )
@@ -44,6 +47,11 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
     ``topics[name]["end_offsets"]`` are the ends of the logs as Fetch responses report
     them, not as ListOffsets does (too low on tansu, see :func:`log_end_offsets`), and
     ``consumer_groups[group]["lag"]`` is counted from them.
+
+    ``dead_letters`` counts the output messages ClickHouse refused, by kind, with the
+    latest reason (``dead_letters`` table); ``feed_warnings`` what the live feeds' readers
+    noticed about their lines, by source (``feed.notes``: times written in another zone
+    than they are read in...). Both also make a note.
     """
     answer: dict[str, Any] = {
         "state_dir": str(settings.state_dir),
@@ -57,6 +65,8 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
         "rejects_by_reason": {},
         "worker_state": {},
         "blocked_accounts": {},
+        "dead_letters": {},
+        "feed_warnings": {},
         "notes": [],
         "errors": [],
     }
@@ -81,11 +91,19 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
             for partition, figures in answer["worker_state"].items()
             for account, failure in figures.get("blocked", {}).items()
         }
+        try:
+            answer["feed_warnings"] = feed_warnings(settings, answer["topics"])
+        except Exception as error:
+            answer["errors"].append(f"feed.notes: {error}")
+        for source, said in answer["feed_warnings"].items():
+            answer["notes"].extend(f"feed {source}: {warning}" for warning in said.get("warnings", []))
     if answer["servers"]["clickhouse"]["state"] == "up":
         try:
             answer["clickhouse_tables"] = _clickhouse_tables(settings)
             if "rejected_cdrs" in answer["clickhouse_tables"]:
                 answer["rejects_by_reason"] = _rejects_by_reason(settings)
+            if "dead_letters" in answer["clickhouse_tables"]:
+                answer["dead_letters"] = _dead_letters(settings)
         except Exception as error:
             answer["errors"].append(f"clickhouse: {error}")
     if settings.embedded_clickhouse and finance_password(settings) is not None:
@@ -95,25 +113,45 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
             else f"in {_finance_password_file(settings)}"
         )
         answer["notes"].append(f"finance (read-only) connects as user finance, password {where}")
+    for kind, letters in answer["dead_letters"].items():
+        answer["notes"].append(
+            f"{letters['messages']} {kind} message(s) ClickHouse refused are in the dead_letters table "
+            f"(latest: {letters['latest_reason']}); their rows did not land"
+        )
     return answer
+
+
+def feed_warnings(settings: Settings, topics: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """What each live feed's reader last said about its lines (``feed.notes``), by source;
+    sources with nothing to say are left out."""
+    latest = _latest_values(settings, FEED_NOTES, topics, lambda value: str(value["source"]))
+    return {source: value for source, value in sorted(latest.items()) if value.get("warnings")}
 
 
 def worker_state(settings: Settings, topics: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
     """Each ``cdr.raw`` partition's state figures and blocked accounts, as the worker
     holding it last published them on ``worker.status`` (streams.worker.runner)."""
-    name = f"{settings.topic_prefix}{WORKER_STATUS}"
+    return dict(sorted(_latest_values(settings, WORKER_STATUS, topics, lambda value: int(value["partition"])).items()))
+
+
+def _latest_values(
+    settings: Settings, topic: str, topics: dict[str, Any] | None, key: Callable[[dict[str, Any]], Any]
+) -> dict[Any, dict[str, Any]]:
+    """The last JSON value of each ``key`` on a small status topic (absent topic: none);
+    a message that is not such a value is passed over."""
+    name = f"{settings.topic_prefix}{topic}"
     if topics is not None and name not in topics:
         return {}
     from streams.kafka.async_reader import read_topics  # aiokafka: only when asked
 
-    latest: dict[int, dict[str, Any]] = {}
+    latest: dict[Any, dict[str, Any]] = {}
     for record in read_topics(settings.kafka_servers(), [name], timeout_s=30)[name]:
         try:
-            figures = json.loads(record.value)
-            latest[int(figures["partition"])] = figures
+            value = json.loads(record.value)
+            latest[key(value)] = value
         except (ValueError, KeyError, TypeError):
-            continue  # not a figures message: nothing to show
-    return dict(sorted(latest.items()))
+            continue  # not a value of this topic: nothing to show
+    return latest
 
 
 def _servers_status(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -230,6 +268,22 @@ def _clickhouse_tables(settings: Settings) -> dict[str, Any]:
                 )[0][0]
             answer[name] = {"engine": engine, "rows": rows}
         return answer
+    finally:
+        client.disconnect()
+
+
+def _dead_letters(settings: Settings) -> dict[str, dict[str, Any]]:
+    params = settings.clickhouse_params()
+    client = Client(**{**params, "database": ""}, connect_timeout=2, send_receive_timeout=10)
+    try:
+        rows = client.execute(
+            "SELECT kind, count(), sum(rows), argMax(reason, landed_time) FROM "
+            f"{_quote_identifier(params['database'])}.dead_letters FINAL GROUP BY kind ORDER BY kind"
+        )
+        return {
+            kind: {"messages": int(count), "rows": int(lines), "latest_reason": reason}
+            for kind, count, lines, reason in rows
+        }
     finally:
         client.disconnect()
 

@@ -48,7 +48,7 @@ from streams.worker.messages import OutputKind, OutputMessage, SourceMessage
 from streams.worker.notify import Notifier
 from streams.worker.resume import Resumer
 from streams.worker.runner import STATUS_IDLE_S, RatingWorker
-from streams.worker.sinks import _frames, _insert_until_done
+from streams.worker.sinks import _frames, _insert_until_done, _landings
 from streams.worker.state_log import StateLog
 
 log = logging.getLogger(__name__)
@@ -224,15 +224,16 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
             try:
                 async for events in stream.take_events(SINK_BATCH_MESSAGES, within=SINK_BATCH_WITHIN_S):
                     started = time.perf_counter()
-                    frames = await asyncio.to_thread(_frames, events, kind)
+                    landings = await asyncio.to_thread(_landings, events, kind)
                     decoded = time.perf_counter()
-                    # Returns only once ClickHouse took the rows: the events are acked (and
-                    # their offsets committed) after this, never before.
-                    await asyncio.to_thread(_insert_until_done, client, insert, frames, kind, stopping)
+                    # Returns only once ClickHouse took the rows (or dead_letters the ones it
+                    # refused): the events are acked (and their offsets committed) after
+                    # this, never before.
+                    await asyncio.to_thread(_insert_until_done, client, insert, landings, kind, stopping)
                     log.info(
                         "sink %s: %d rows of %d messages decoded in %.3f s, inserted in %.3f s",
-                        kind, sum(f.height for f in frames), len(events), decoded - started,
-                        time.perf_counter() - decoded,
+                        kind, sum(x.frame.height for x in landings if x.frame is not None), len(events),
+                        decoded - started, time.perf_counter() - decoded,
                     )
             finally:
                 stopping.set()

@@ -14,7 +14,7 @@ from typing import Any, Final
 import numpy as np
 import polars as pl
 
-from rating import Catalog, RatingState
+from rating import Catalog, RatingState, invoicing
 from rating.corrected_state import corrected_state
 from rating.fields import with_typed_fields
 from rating.ledger import (
@@ -59,6 +59,7 @@ _EVENT_SCHEMA = {
     _KEY_INDEX: pl.Int32,
     "credit_change": pl.Int64,
     "credit": pl.Int64,
+    "document": pl.String,
     "transferred_to": pl.String,
 }
 
@@ -188,13 +189,18 @@ class LedgerFold:
         state = result.state
         rated = result.rated
         if rated.height and self.books:
+            # Rated calls only: an unbilled call's money is 0 (the usage is the same).
             usage = (
-                rated.filter(pl.col("account_id").is_in(list(self.books)))
-                .group_by("account_id", pl.col("local_day").dt.strftime("%Y-%m").alias("month"))
-                .agg(pl.col("amount").sum())
+                rated.filter(pl.col("account_id").is_in(list(self.books)) & (pl.col("status") == "rated"))
+                .group_by("account_id", pl.col("local_day").dt.strftime("%Y-%m").alias("month"), "class")
+                .agg(pl.col("amount").sum(), pl.col("credit_used").sum(), pl.len(), pl.col("billable_s").sum())
+                .with_columns(pl.format("{}|calls|{}", "month", "class").alias("class"))
             )
-            for account, month, amount in usage.iter_rows():
+            for account, month, key, amount, credit_used, calls, seconds in usage.iter_rows():
                 book = self.books[account]
+                # issue 24: the calls wait for their invoice (what the balance paid; the
+                # package credit was invoiced with the package)
+                invoicing.record_calls(book.billing, month, "", amount - credit_used, calls, seconds, credit_used, key)
                 if month in book.closed_months or not book.remembers(month):
                     continue  # closed: later calls do not re-open its minimum spend (docs/rules.md)
                 book.usage[month] = book.usage.get(month, 0) + amount
@@ -312,6 +318,7 @@ class LedgerFold:
             )
             index = int(row[_KEY_INDEX]) if _KEY_INDEX in row else self._index(account)
             position = (int(row["partition"]), int(row["offset"])) if "offset" in row else (-1, -1)
+            invoicing.record_event(book.billing, event, terms.plan.zone, position[1])
             self._record(_Events([event]), index, position, terms)
 
     def took_forward(self, account: str, forward_id: str) -> None:

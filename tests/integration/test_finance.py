@@ -27,7 +27,8 @@ from rating import Catalog, RatingState, rate
 from schemas.area_names import area_names
 from schemas.cdr_csv import parse_csv
 from schemas.money import format_money
-from streams.clickhouse.insert import connect, insert_rated, insert_rejected
+from streams.clickhouse.insert import connect, insert, insert_rated, insert_rejected
+from streams.clickhouse.tables import RATED
 from streams.clickhouse.migrations import MIGRATIONS_DIR, apply_migrations
 from streams.finance.retention import settle_months
 from streams.offline.rate import rate_file
@@ -381,9 +382,11 @@ def test_the_monthly_views_migration_keeps_the_calls_landed_before_it(
         sink = connect(Settings(clickhouse_url=f"clickhouse://default@{params['host']}:{params['port']}/{name}"))
         calls = [(f"u{n}", datetime(2026, 3, 1 + n % 28, 9, tzinfo=CST), 100 + n) for n in range(40)]
         missed = _calls("U001", calls).with_columns(disposition=pl.lit("BUSY"))
-        insert_rated(sink, missed)
-        insert_rated(sink, missed)  # a replay
-        insert_rated(sink, _calls("U001", [("u0", calls[0][1], 5_000)], version=3))
+        # Landed as a sink of that schema did: without the columns of later migrations
+        # (insert_rated now fills rated_calls.record, of migration 0020).
+        insert(sink, RATED, missed)
+        insert(sink, RATED, missed)  # a replay
+        insert(sink, RATED, _calls("U001", [("u0", calls[0][1], 5_000)], version=3))
 
         assert apply_migrations(client)[0] == "0014_finance_views_by_month.sql"  # and the later ones
         insert_rated(sink, _calls("U001", [("u40", datetime(2026, 4, 2, 9, tzinfo=CST), 7)]))
@@ -555,6 +558,7 @@ def test_the_html_report_renders_its_charts_in_headless_chromium(
     text = page.read_text()
     assert "<script src=" not in text  # no network needed: plotly is inline
     assert text.count('class="chart"') == 6
+    assert 'id="vat"' in text and "no invoice issued this month" in text  # the VAT panel (issue 24)
 
     flags = [
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",

@@ -92,9 +92,9 @@ def test_topics_exist_with_the_configured_partitions(stack: Settings) -> None:
     admin.close()
     assert set(described) == set(TOPICS)
     assert stack.topic_partitions != 4  # the fixture's, not the default
-    assert {name: len(t["partitions"]) for name, t in described.items()} == dict.fromkeys(
-        TOPICS, stack.topic_partitions
-    )
+    assert {name: len(t["partitions"]) for name, t in described.items()} == {
+        name: topic.partitions or stack.topic_partitions for name, topic in TOPICS.items()  # invoice.numbers: 1
+    }
 
 
 def test_clickhouse_answers_with_the_cdrflow_database(stack: Settings) -> None:
@@ -150,8 +150,8 @@ def test_status_reports_servers_topics_and_tables(stack: Settings) -> None:
     assert answer["clickhouse_url"] == (
         f"clickhouse://default@127.0.0.1:{stack.clickhouse_tcp_port}/cdrflow"
     )
-    for name in TOPICS:
-        assert answer["topics"][name]["partitions"] == stack.topic_partitions
+    for name, topic in TOPICS.items():
+        assert answer["topics"][name]["partitions"] == (topic.partitions or stack.topic_partitions)
     assert answer["clickhouse_tables"]["schema_migrations"] == {
         "engine": "MergeTree",
         "rows": len(read_migrations(MIGRATIONS_DIR)),
