@@ -53,6 +53,8 @@ def burst_alerts(priced: pl.DataFrame, bursts: pl.DataFrame, rule: UnusualCalls)
     >>> rows, after = burst_alerts(priced, pl.DataFrame(schema=BURSTS_SCHEMA), rule)
     >>> rows.to_list(), after.height
     ([2, 6], 3)
+    >>> burst_alerts(priced.head(2), pl.DataFrame(schema=BURSTS_SCHEMA), rule)[1].height  # fewer than count: kept
+    2
     """
     calls = priced.filter(counted(rule)).select(
         "row", _ACCOUNT, pl.col("charge").dt.convert_time_zone("UTC").dt.cast_time_unit("us")
@@ -70,8 +72,10 @@ def burst_alerts(priced: pl.DataFrame, bursts: pl.DataFrame, rule: UnusualCalls)
         before=pl.col("burst").shift(1).over(_ACCOUNT).fill_null(False)
     )
     fired = judged.filter(pl.col("burst") & ~pl.col("before") & pl.col("row").is_not_null()).get_column("row")
+    # Each account's last ``count``: index + count >= length (``pl.len()`` is unsigned:
+    # ``length - count`` would wrap round for an account with fewer calls and drop them all).
     after = pl.concat([bursts, calls.select(_ACCOUNT, "charge")]).filter(
-        pl.int_range(pl.len()).over(_ACCOUNT) >= pl.len().over(_ACCOUNT) - count
+        pl.int_range(pl.len()).over(_ACCOUNT) + count >= pl.len().over(_ACCOUNT)
     )
     return fired, after
 

@@ -170,6 +170,26 @@ def test_a_month_close_charge_can_raise_unusual_spend() -> None:
         ("U1/RentCharged/2026-04", 0)]
 
 
+# ---------------------------------------------------------------------------- unusual_calls
+
+
+def test_an_unusual_calls_burst_over_batches_smaller_than_its_count_is_seen_as_in_one() -> None:
+    # Three local calls within 60 minutes: the third raises it, however the log is cut
+    # (the state keeps an account's counted calls while it has fewer than count).
+    rules = CatalogueRules.model_validate({"unusual_calls": {"count": 3, "window_minutes": 60, "classes": ["local"]}})
+    catalog = _catalog(UNUSUAL, SPENDER, rules=rules)
+    lines = [_call(f"b{i}", "4008000001", f"2026-04-05T10:{10 * i:02d}:00+08:00", 60) for i in range(3)]
+    batch = parse_csv(("\n".join([CDR_HEADER, *lines]) + "\n").encode())
+    whole = rate(batch, RatingState.empty(), catalog).alerts
+    state, pieces = RatingState.empty(), []
+    for row in range(batch.height):
+        result = rate(batch[row:row + 1], state, catalog)
+        state = result.state
+        pieces.append(result.alerts)
+    for alerts in (whole, pl.concat(pieces)):
+        assert alerts.filter(pl.col("kind") == "unusual_calls").get_column("cdr_id").to_list() == ["b2"]
+
+
 # ---------------------------------------------------------------------------- arrears lifecycle
 
 ARREARS = _plan(monthly_rent="0", frozen_after_days=30, reclaim_after_days=60)
