@@ -307,6 +307,8 @@ class _Fold:
         #: package credit (issue 23): floor charges draw on it before the balance
         self.credit = credit
         self.out = Applied()
+        # the numbers coming and going start from those the book holds (rating.invoicing)
+        invoicing.seed_numbers(book.billing, book.numbers, book.opened_at)
 
     @property
     def funds(self) -> int:
@@ -1110,7 +1112,8 @@ def _invoice(fold: _Fold, command: LedgerCommand) -> str | None:
     try:
         document = invoicing.issue(
             book.billing, request, account_id=terms.account_id, at=command.at, zone=terms.plan.zone,
-            plan_id=book.plan_id or terms.plan.id, numbers=book.numbers, version_of=versions_of(terms.plan),
+            plan_id=book.plan_id or terms.plan.id, numbers=lambda month: numbers_in(book, month, terms.plan.zone),
+            version_of=versions_of(terms.plan),
         )
     except ValueError as error:  # a month the tax file has no rate for: fix the file, run again
         return f"{request.number} cannot be issued: {error}"
@@ -1223,6 +1226,13 @@ def month_version(plan: Plan, start: datetime, end: datetime) -> PlanVersion | N
     """rating.md: the version in force at the month's start, else the first in it."""
     index = _version_for_period(plan, start, end)
     return None if index is None else plan.versions[index]
+
+
+def numbers_in(book: Book, month: str, zone: ZoneInfo) -> list[str]:
+    """The 400 numbers the account held at some instant of the local ``month``: those it
+    holds, gave away or had released since (issue 25), as an invoice of the month names them."""
+    changes = [(number, change, _instant(at)) for number, change, at in book.billing.get("numbers", [])]
+    return invoicing.numbers_held(changes, *month_bounds(month, zone))
 
 
 def versions_of(plan: Plan) -> Callable[[str], PlanVersion | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import polars as pl
 import pytest
@@ -18,6 +18,7 @@ import pytest
 from rating import Catalog, RatingState, rate
 from rating.ledger import Book, Terms, apply_command
 from schemas.cdr_csv import parse_csv
+from schemas.invoices import InvoiceDocument, InvoiceRequest
 from schemas.columns import CDR_HEADER
 from schemas.ledger import LedgerCommand
 from schemas.messages import cdr_chunk_value
@@ -28,6 +29,7 @@ from streams.worker.state_records import RecordFold
 from tariffs import Account, Plan, Tariffs
 from tariffs.models import Transfer
 from tariffs.catalogue import CatalogueRules
+from tariffs.tax import load_tax_rates
 from tests.test_properties import _call
 
 CNY = 10_000
@@ -426,6 +428,128 @@ def test_the_feeds_route_a_transferred_number_by_the_calls_charge_time() -> None
     # A plain map (no owners over time) routes by the number's account now, as before.
     plain = route(batch, tariffs.account_of_number(), source="f.csv", ingest_id="i1")
     assert plain.accepted.get_column("account_id").to_list() == ["NEW", "NEW", "OLD"]
+
+
+def test_a_transferred_number_as_a_switch_writes_it_is_normalised_then_routed_by_charge_time() -> None:
+    # issue 21 reads "+86 400-800-0001" as 4008000001 (and stamps read_at); the owner at
+    # the charge time is then looked up by that number, on the feeds' and the engine's path.
+    from rating.ownership import routing_of
+    from schemas.switch_formats import PROFILES_DIR, Feed
+    from streams.cdr_files import stamped
+    from streams.feeds.routing import route
+
+    tariffs = Tariffs(plans={"p": _plan()}, accounts=(OLD, NEW), transfers=(
+        Transfer.model_validate({"number": MOVED, "from": "OLD", "to": "NEW", "at": "2026-03-10T00:00:00+08:00"}),))
+    feed = Feed.of("mapped", profile=PROFILES_DIR / "platform-400-export.toml")
+    header = "话单编号,主叫号码,400号码,接听号码,呼叫时间,接通时间,挂机时间,通话时长,呼叫结果".encode("gbk")
+    lines = "".join(
+        f"{cdr_id}, 13800138000, {called}, 01088886666, {day} 09:00:00, {day} 09:00:05, {day} 09:01:05, 00:01:00, 已接通\n"
+        for cdr_id, called, day in (("s1", "+86 400-800-0001", "2026-03-09"), ("s2", "0086 4008000001", "2026-03-12"),
+                                    ("s3", "04008000001", "2026-03-12"))
+    ).encode("gbk")
+    read_at = datetime.fromisoformat("2026-03-13T00:00:00+08:00")
+    batch = stamped(feed.layout(header).parse(lines, 1), read_at)
+    assert batch.get_column("called").to_list() == [MOVED] * 3
+    routed = route(batch, routing_of(tariffs), source="export.csv", ingest_id="i1")
+    assert routed.accepted.select("cdr_id", "account_id").rows() == [("s1", "OLD"), ("s2", "NEW"), ("s3", "NEW")]
+    assert routed.accepted.get_column("read_at").to_list() == [read_at.astimezone(UTC)] * 3
+    # read after the calls: all three are rated (none past the time bounds), each as its owner's
+    offline = rate(batch, RatingState.empty(), Catalog.from_tariffs(tariffs)).rated
+    assert offline.select("cdr_id", "account_id", "status").rows() == [
+        ("s1", "OLD", "rated"), ("s2", "NEW", "rated"), ("s3", "NEW", "rated")]
+
+
+# ---------------------------------------------------------------------------- with invoices (issue 24)
+
+TAX = load_tax_rates()
+
+
+def _document(events: list) -> InvoiceDocument:  # type: ignore[type-arg]
+    (issued,) = [e for e in events if e.kind == "InvoiceIssued"]
+    return InvoiceDocument.model_validate_json(issued.document)
+
+
+def _invoice(book: Book, balance: int, terms: Terms, month: str, sequence: int, when: str) -> InvoiceDocument:
+    request = InvoiceRequest(kind="invoice", sequence=sequence, month=month, table=TAX)
+    command = LedgerCommand(kind="invoice", account_id=terms.account_id, at=_at(when), document=request)
+    _, _, out = apply_command(book, balance, command, terms)
+    assert out.refusal is None
+    return _document(out.events)
+
+
+def test_a_frozen_then_closed_accounts_months_are_invoiced_naming_the_numbers_it_held() -> None:
+    book, balance = _in_arrears()
+    book, balance, _ = _run(book, balance, "close_month", "2026-04-01T00:10:00+08:00", month="2026-03")
+    assert book.shown_state() == "frozen"
+    march = _invoice(book, balance, TERMS, "2026-03", 1, "2026-04-02T10:00:00+08:00")
+    assert [(line.kind, line.gross) for line in march.lines] == [("opening_fee", 50 * CNY)]
+    # April's close reclaims the numbers (30 April) and closes the account; both months
+    # still invoice, naming the numbers it held then.
+    book, balance, _ = _run(book, balance, "close_month", "2026-05-01T00:10:00+08:00", month="2026-04")
+    assert (book.shown_state(), book.numbers) == ("closed", [])
+    for month in ("2026-03", "2026-04"):
+        document = _invoice(book, balance, TERMS, month, 2, "2026-05-02T10:00:00+08:00")
+        assert document.buyer.numbers == ["4008000002", "4008000003"]
+
+
+def test_an_invoice_names_the_numbers_held_in_its_month_across_a_transfer() -> None:
+    plan = _plan()
+    old, new = Terms("OLD", plan, low_balance_threshold=0), Terms("NEW", plan, low_balance_threshold=0)
+    books = {}
+    for terms, account in ((old, OLD), (new, NEW)):
+        book, balance, _ = apply_command(Book(), 0, LedgerCommand(
+            kind="open", account_id=terms.account_id, at=_at("2026-01-01T00:00:00+08:00"), plan="p",
+            numbers=account.numbers, opening_balance=100 * CNY, opening_fee=CNY), terms)
+        books[terms.account_id] = (book, balance)
+    steps = [(old, "close_month", "2026-02-01T00:10:00+08:00", {"month": "2026-01"}),
+             (new, "close_month", "2026-02-01T00:10:00+08:00", {"month": "2026-01"}),
+             (old, "close_month", "2026-03-01T00:10:00+08:00", {"month": "2026-02"}),
+             (old, "transfer_out", "2026-03-10T00:00:00+08:00", {"number": MOVED, "counterpart": "NEW"}),
+             (new, "transfer_in", "2026-03-10T00:00:00+08:00", {"number": MOVED, "counterpart": "OLD"}),
+             (new, "close_month", "2026-03-15T00:10:00+08:00", {"month": "2026-02"}),
+             (old, "close_month", "2026-04-01T00:10:00+08:00", {"month": "2026-03"}),
+             (new, "close_month", "2026-04-01T00:10:00+08:00", {"month": "2026-03"})]
+    for terms, kind, when, fields in steps:
+        book, balance = books[terms.account_id]
+        book, balance, out = apply_command(book, balance, LedgerCommand(
+            kind=kind, account_id=terms.account_id, at=_at(when), **fields), terms)  # type: ignore[arg-type]
+        assert out.refusal is None
+        books[terms.account_id] = (book, balance)
+    # January: both as opened; March: the number is on both (each held it part of the month)
+    held = {(account, month): _invoice(*books[terms.account_id], terms, month, 1, "2026-04-02T10:00:00+08:00").buyer.numbers
+            for terms, account in ((old, "OLD"), (new, "NEW")) for month in ("2026-01", "2026-03")}
+    assert held == {("OLD", "2026-01"): [MOVED, "4008000009"], ("OLD", "2026-03"): [MOVED, "4008000009"],
+                    ("NEW", "2026-01"): ["4008000005"], ("NEW", "2026-03"): ["4008000005", MOVED]}
+    # April (closed too) is the old account's without it
+    book, balance = books["OLD"]
+    book, balance, _ = apply_command(book, balance, LedgerCommand(
+        kind="close_month", account_id="OLD", at=_at("2026-05-01T00:10:00+08:00"), month="2026-04"), old)
+    assert _invoice(book, balance, old, "2026-04", 2, "2026-05-02T10:00:00+08:00").buyer.numbers == ["4008000009"]
+
+
+def test_month_closes_and_invoices_move_no_spend_and_raise_no_unusual_spend() -> None:
+    # The unusual_spend log with each close followed by its month's invoice: the same alert
+    # at the same call (MonthClosed and InvoiceIssued move no money: not charges).
+    log = Log()
+    sequence = 0
+    for message in _unusual_log().messages:
+        log.raw("U1", message.value)
+        command = json.loads(message.value).get("ledger", {})
+        if command.get("kind") == "close_month":
+            sequence += 1
+            request = InvoiceRequest(kind="invoice", sequence=sequence, month=command["month"], table=TAX)
+            log.command("U1", "invoice", f"{_next_month(command['month'])}-02T10:00:00+08:00", document=request)
+    outcomes = _rate(log, _catalog(UNUSUAL, SPENDER), 100)
+    events = _out(outcomes, "ledger")
+    assert events.filter(pl.col("kind") == "InvoiceIssued").height == 3
+    assert events.filter(pl.col("kind") == "MonthClosed").height == 3
+    alerts = _out(outcomes, "alerts")
+    assert alerts.filter(pl.col("kind") == "unusual_spend").select("cdr_id", "balance").rows() == [("a3", 190 * CNY)]
+
+
+def _next_month(month: str) -> str:
+    year, number = int(month[:4]), int(month[5:])
+    return f"{year + number // 12:04d}-{number % 12 + 1:02d}"
 
 
 # ---------------------------------------------------------------------------- tariff notice

@@ -460,7 +460,7 @@ def close_month(
         ops.month_has_ended(probe.month, catalog, instant)
     except ops.LedgerRefused as error:
         raise _refuse(error) from None
-    accounts = ops.open_accounts(db)
+    accounts = ops.open_accounts(db, probe.month)
     if not accounts:
         raise fail("no account has been folded by a worker yet: nothing to close", ExitCode.FAILED)
     commands = [_command(kind="close_month", account_id=a, at=instant, month=month) for a in accounts]

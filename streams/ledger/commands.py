@@ -138,13 +138,22 @@ _KIND_ORDER: Final[dict[str, int]] = {
 }
 
 
-def open_accounts(db: Client) -> list[str]:
-    """Accounts the worker has folded that are not closed (month close runs over them)."""
+def open_accounts(db: Client, month: str | None = None) -> list[str]:
+    """Accounts the worker has folded that are not closed (month close runs over them);
+    with ``month``, also those closed in it or later: the month an account was closed in
+    (its numbers reclaimed, or the end of its frozen days, issue 25) is still closed for
+    it, so that its invoice can be issued (issue 24)."""
     rows = db.execute(
         "SELECT account_id FROM account_balances GROUP BY account_id HAVING argMax(state, version) != 'closed' "
         "ORDER BY account_id"
     )
-    return [r[0] for r in rows]
+    found = {r[0] for r in rows}
+    if month is not None:
+        found.update(r[0] for r in db.execute(
+            "SELECT DISTINCT account_id FROM billing_events WHERE kind = 'AccountClosed' AND month >= %(m)s",
+            {"m": month},
+        ))
+    return sorted(found)
 
 
 def account_view(db: Client, catalog: Tariffs, account_id: str, *, at: datetime | None = None) -> dict[str, Any]:

@@ -228,6 +228,22 @@ def test_the_rules_a_400_operator_must_keep(pipeline: Pipeline, tmp_path: Path) 
         assert transfers == [{"number": MOVED, "from": "OLD", "to": "NEW", "at": "2026-04-14T16:00:00+00:00",
                               "local_day": "2026-04-15", "status": "done"}]
 
+        # Invoices (issue 24) name the numbers held in their month: April's of OLD and NEW
+        # both name MOVED (the draft from ClickHouse as the issued one); DEBT, closed since
+        # its number was reclaimed on 21 March, still gets its March invoice (its January
+        # calls, 6.00), naming the number it had.
+        draft = json.loads(run.cli("invoice", "OLD", "--month", "2026-04", "--json").stdout)
+        assert (draft["draft"], draft["buyer"]["numbers"]) == (True, [MOVED, KEPT])
+        run.close("2026-04", "2026-05-01T01:00:00+08:00")
+        issued = {account: json.loads(run.cli("invoice", account, "--month", "2026-04", "--at",
+                                              "2026-05-02T10:00:00+08:00", "--json").stdout)
+                  for account in ("OLD", "NEW")}
+        assert {a: (d["status"], d["buyer"]["numbers"]) for a, d in issued.items()} == {
+            "OLD": ("issued", [MOVED, KEPT]), "NEW": ("issued", [TAKER, MOVED])}
+        closed = json.loads(run.cli("invoice", "DEBT", "--month", "2026-03", "--at", "2026-05-02T10:00:00+08:00",
+                                    "--json").stdout)
+        assert (closed["status"], closed["buyer"]["numbers"], closed["totals"]["gross"]) == ("issued", [DEBT], "6.00")
+
         # The first version is on sale until 1 May: no account is opened on it after.
         late = run.cli("account", "open", "--id", "LATE", "--plan", "op", "--numbers", "4006537126",
                        "--opening-balance", "10.00", "--at", "2026-05-10T00:00:00+08:00", ok=False)
