@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             settings = Settings(**{**base.model_dump(), "topic_prefix": f"bench{uuid.uuid4().hex[:8]}."})
             topic = topic_name(INVOICE_NUMBERS, settings.topic_prefix)
-            admin = KafkaAdminClient(bootstrap_servers=settings.kafka_servers())
+            admin = KafkaAdminClient(**settings.kafka_access().kafka_python())
             admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
             admin.close()
             say(f"writing {args.requests:,} requests to {topic}")

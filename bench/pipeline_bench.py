@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _raw_round_trip(settings: Settings, lines: list[bytes]) -> float:
     """Produce every line as one keyed message and consume them all back; seconds taken."""
-    servers = settings.kafka_servers()
+    access = settings.kafka_access().kafka_python()
     consumer = KafkaConsumer(
         CDR_RAW,
-        bootstrap_servers=servers,
+        **access,
         group_id=f"bench-{time.time_ns()}",
         auto_offset_reset="earliest",
         fetch_max_wait_ms=500,
@@ -150,7 +150,7 @@ def _raw_round_trip(settings: Settings, lines: list[bytes]) -> float:
         session_timeout_ms=6000,
         max_poll_interval_ms=10000,
     )
-    producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=64 * 1024, acks=1)
+    producer = KafkaProducer(**access, linger_ms=20, batch_size=64 * 1024, acks=1)
     # A first message makes the topic and lets the consumer join before the clock starts.
     producer.send(CDR_RAW, key=b"warmup", value=b"warmup").get(timeout=30)
     deadline = time.monotonic() + 60

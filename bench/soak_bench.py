@@ -140,7 +140,7 @@ class Stack:
 
         partitions = [TopicPartition("cdr.raw", p) for p in range(settings.topic_partitions)]
         while True:
-            ends = {tp.partition: end for tp, end in log_end_offsets(settings.kafka_servers(), partitions, timeout_s=30).items()}
+            ends = {tp.partition: end for tp, end in log_end_offsets(settings.kafka_access(), partitions, timeout_s=30).items()}
             figures = worker_state(settings)
             if figures and all(figures.get(p, {}).get("checkpoint") == end for p, end in ends.items()):
                 return figures

@@ -29,6 +29,8 @@ CommandKind = Literal[
     "open", "topup", "services", "keep", "resume", "cancel", "close_month", "sla_credit", "rerate", "renew",
     # issue 24: issue a numbered invoice or note (schemas.invoices)
     "invoice",
+    # issue 22: try a blocked account again, or skip the message it is blocked at
+    "unblock",
     # issue 25: a number moves between accounts (one command on each account's log)
     "transfer_out", "transfer_in",
 ]
@@ -52,6 +54,8 @@ EventKind = Literal[
     "AccountClosed",
     "RefundIssued",
     "CallRerated",
+    # issue 22: a message a blocked account was stopped at, skipped (`cdrflow blocked skip`)
+    "InputSkipped",
     # issue 23: term packages and lock-in
     "PackagePurchased",
     "PackageRenewed",
@@ -141,6 +145,11 @@ class LedgerCommand(BaseModel):
     end: AwareDatetime | None = None
     # rerate: one part of a correction (schemas.corrections)
     correction: Correction | None = None
+    # unblock (`cdrflow blocked retry|skip`, docs/streaming.md "Blocked accounts"): try a
+    # blocked account again; with skip_offset, the message it is blocked at (a cdr.raw
+    # offset of the account's partition) is not applied but kept as rejections, why in reason
+    skip_offset: int | None = Field(default=None, ge=0)
+    reason: str = ""
     # invoice: the document to issue, its number and the tax table (issue 24)
     document: InvoiceRequest | None = None
     # transfer_out / transfer_in (issue 25): the number, and the account it goes to / comes from
@@ -173,6 +182,8 @@ class LedgerCommand(BaseModel):
             raise ValueError("a transfer needs a 400 number and another account (counterpart)")
         if (self.kind == "rerate") != (self.correction is not None):
             raise ValueError("a rerate command carries a correction, and only a rerate command does")
+        if self.skip_offset is not None and (self.kind != "unblock" or not self.reason.strip()):
+            raise ValueError("only an unblock command skips a message, and it says why (reason)")
         if (self.kind == "invoice") != (self.document is not None):
             raise ValueError("an invoice command carries a document, and only an invoice command does")
         if not self.command_id:
@@ -197,8 +208,12 @@ class LedgerCommand(BaseModel):
         return f"{self.kind}/{self.at.isoformat()}"
 
     def message_value(self) -> dict[str, Any]:
-        """The ``cdr.raw`` message value of this command."""
-        return {"v": LEDGER_MESSAGE_VERSION, "ledger": self.model_dump(mode="json")}
+        """The ``cdr.raw`` message value of this command (an unblock's fields only on an
+        unblock command: the others read as before, by workers of earlier releases too)."""
+        value = self.model_dump(mode="json")
+        if self.kind != "unblock":
+            del value["skip_offset"], value["reason"]
+        return {"v": LEDGER_MESSAGE_VERSION, "ledger": value}
 
 
 def command_from_value(value: object) -> LedgerCommand | None:

@@ -1,10 +1,14 @@
-"""CDR files: opened with their header checked, read in chunks of whole lines.
+"""CDR files: opened with their header checked, read in chunks of whole lines; and the
+files written from them, never over an input nor through a link.
 
-Shared by every path that reads a file (``rate``, ``ingest``, ``ingest --tail``)."""
+Shared by every path that reads a file (``rate``, ``ingest``, ``ingest --tail``) and every
+command that writes into an ``--out`` (``rate``, ``export``, ``rerate``, ``report html``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import stat
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -83,3 +87,77 @@ def stamped(batch: pl.DataFrame, read_at: datetime | pl.Series) -> pl.DataFrame:
         value = pl.lit(read_at.astimezone(UTC).replace(tzinfo=None), dtype=pl.Datetime("ms")).dt.replace_time_zone("UTC")
         return batch.with_columns(value.alias("read_at"))
     return batch.with_columns(read_at.cast(pl.Datetime("ms", "UTC")).alias("read_at"))
+
+
+# --------------------------------------------------------------------------- outputs
+
+_NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def check_outputs(outputs: Iterable[Path], inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before anything is written, an output that would destroy an input or write
+    through a link (docs/rules.md, "Output files").
+
+    An output that exists and is a symbolic link is refused (a link planted in an output
+    folder would have the command write wherever it points); so is one that is the same
+    file as an input (same device and inode, also through a hard link or a link given as
+    the input): ``rate X --out DIR`` where ``DIR/rated.csv`` is ``X`` would truncate the
+    file it is reading. Raises :class:`CdrFileError` naming both.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / "rated.csv").write_text("cdr_id\\n")
+    7
+    >>> check_outputs([folder / "rated.csv"], [folder / "rated.csv"])
+    Traceback (most recent call last):
+    ...
+    streams.cdr_files.CdrFileError: ...rated.csv: writing it would overwrite the input ...rated.csv; choose another --out
+    """
+    taken: dict[tuple[int, int], Path] = {}
+    for path in inputs:
+        try:
+            found = os.stat(path)  # an input given through a link is the file it points to
+        except OSError:
+            continue
+        taken[(found.st_dev, found.st_ino)] = path
+        if stat.S_ISDIR(found.st_mode):  # a folder of inputs (plans): every file in it
+            for child in Path(path).iterdir():
+                try:
+                    inner = os.stat(child)
+                except OSError:
+                    continue
+                taken[(inner.st_dev, inner.st_ino)] = child
+    for path in outputs:
+        try:
+            found = os.lstat(path)
+        except OSError:  # not there (or its folder is not): nothing it could overwrite
+            continue
+        if stat.S_ISLNK(found.st_mode):
+            raise CdrFileError(
+                f"{path}: is a symbolic link (to {os.readlink(path)}); cdrflow does not write through links in "
+                "its output folder: remove it or choose another --out"
+            )
+        source = taken.get((found.st_dev, found.st_ino))
+        if source is not None:
+            raise CdrFileError(f"{path}: writing it would overwrite the input {source}; choose another --out")
+
+
+def open_output(path: Path) -> IO[bytes]:
+    """``path`` opened for writing (created or emptied), refusing to follow a symbolic link
+    put there after :func:`check_outputs` (``OSError``, ``ELOOP``)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _NO_FOLLOW | os.O_CLOEXEC, 0o666)
+    return os.fdopen(descriptor, "wb")
+
+
+def replace_output(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    """Write ``path`` whole or not at all: ``write`` fills a hidden ``.NAME.partial`` beside
+    it (never followed through a link), which then replaces ``path`` (a link there is
+    replaced, not followed)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.unlink(missing_ok=True)
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NO_FOLLOW | os.O_CLOEXEC, 0o666)
+    with os.fdopen(descriptor, "wb") as handle:
+        write(handle)
+    partial.replace(path)

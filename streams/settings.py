@@ -11,12 +11,16 @@ Two ways to run, and nothing else in the code knows which one it is:
 
 from __future__ import annotations
 
+import logging
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypedDict
-from urllib.parse import quote, unquote, urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import AwareDatetime, Field, SecretStr, field_validator
+from pydantic import AwareDatetime, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -43,6 +47,94 @@ class ClickHouseParams(TypedDict):
     user: str
     password: str
     database: str
+    #: TLS on the native protocol (ClickHouse's ``tcp_port_secure``), checked against ``ca_certs``
+    secure: bool
+    verify: bool
+    ca_certs: str | None
+
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+@dataclass(frozen=True)
+class KafkaAccess:
+    """Where the brokers are and how to talk to them: what every Kafka client is made from.
+
+    kafka-python, aiokafka and Faust name the same things differently; :meth:`kafka_python`
+    and :meth:`aiokafka` give each its keyword arguments (Faust takes aiokafka's through
+    its ``broker_credentials``: streams.worker.app). The password is a ``SecretStr``:
+    printing the object shows ``**********``.
+
+    Examples
+    --------
+    >>> access = KafkaAccess(("k1:9093",), "SASL_SSL", "SCRAM-SHA-512", "cdrflow", SecretStr("pw"))
+    >>> options = access.kafka_python()
+    >>> options["security_protocol"], options["sasl_mechanism"], options["sasl_plain_username"]
+    ('SASL_SSL', 'SCRAM-SHA-512', 'cdrflow')
+    >>> "pw" in repr(access)
+    False
+    >>> KafkaAccess(("127.0.0.1:19092",)).aiokafka()
+    {'bootstrap_servers': ['127.0.0.1:19092'], 'security_protocol': 'PLAINTEXT'}
+    """
+
+    servers: tuple[str, ...]
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+
+    @property
+    def tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    def _sasl_options(self) -> dict[str, Any]:
+        if not self.sasl:
+            return {}
+        return {
+            "sasl_mechanism": self.sasl_mechanism,
+            "sasl_plain_username": self.sasl_username,
+            "sasl_plain_password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+        }
+
+    def kafka_python(self) -> dict[str, Any]:
+        """Keyword arguments of kafka-python's ``KafkaProducer``, ``KafkaConsumer`` and
+        ``KafkaAdminClient`` (bootstrap servers included)."""
+        options: dict[str, Any] = {"bootstrap_servers": list(self.servers), "security_protocol": self.security_protocol}
+        if self.tls:
+            options.update(
+                ssl_cafile=self.ssl_cafile,
+                ssl_certfile=self.ssl_certfile,
+                ssl_keyfile=self.ssl_keyfile,
+                ssl_check_hostname=self.ssl_check_hostname,
+            )
+        return {**options, **self._sasl_options()}
+
+    def aiokafka(self) -> dict[str, Any]:
+        """Keyword arguments of aiokafka's consumer, producer and admin client."""
+        options: dict[str, Any] = {"bootstrap_servers": list(self.servers), "security_protocol": self.security_protocol}
+        if self.tls:
+            options["ssl_context"] = self.ssl_context()
+        return {**options, **self._sasl_options()}
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the brokers' certificates (None without TLS): the system's
+        CAs, or ``ssl_cafile``; a client certificate when ``ssl_certfile`` is given."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.ssl_cafile)
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile)
+        return context
 
 
 class Settings(BaseSettings):
@@ -83,12 +175,67 @@ class Settings(BaseSettings):
         "(native protocol); unset = embedded.",
     )
     topic_partitions: int = Field(4, ge=1, description="Partitions of each cdrflow topic.")
-    alert_webhook: str | None = Field(None, description="URL alerts are POSTed to, if set.")
+    clickhouse_password: SecretStr | None = Field(
+        None,
+        description="Password of the pipeline's ClickHouse user: on a cluster it replaces the URL's "
+        "(keep secrets out of URLs); embedded, the `default` user's, else one generated once into "
+        "STATE/clickhouse/admin.password (mode 0600). Never printed.",
+    )
+    clickhouse_password_file: Path | None = Field(
+        None, description="A file holding CDRFLOW_CLICKHOUSE_PASSWORD (a Docker or Kubernetes secret)."
+    )
+    clickhouse_secure: bool = Field(
+        False, description="TLS to ClickHouse's native port (its tcp_port_secure, usually 9440)."
+    )
+    clickhouse_ca_file: Path | None = Field(
+        None, description="CA certificate(s) that signed ClickHouse's; unset = the system's."
+    )
+    clickhouse_verify: bool = Field(True, description="Check ClickHouse's certificate (never turn off in production).")
+
+    kafka_security_protocol: SecurityProtocol = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (a managed Kafka: SASL_SSL)."
+    )
+    kafka_sasl_mechanism: SaslMechanism = Field("PLAIN", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password. Never printed.")
+    kafka_sasl_password_file: Path | None = Field(None, description="A file holding the SASL password.")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA certificate(s) of the brokers; unset = the system's.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client certificate's key (mutual TLS).")
+    kafka_ssl_check_hostname: bool = Field(True, description="Check that the broker's certificate names its host.")
+
+    topic_replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="Replicas of each topic cdrflow creates; unset = 1 on the embedded broker, 3 on a "
+        "Kafka cluster (docs/operations.md: the topics).",
+    )
+    topic_min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of each topic: a write is acknowledged once this many replicas "
+        "have it (acks=all); unset = 1 embedded, 2 on a cluster (at most the replication factor).",
+    )
+
+    alert_webhook: str | None = Field(
+        None, description="URL alerts are POSTed to, if set. Logged without its password or query."
+    )
+    alert_webhook_token: SecretStr | None = Field(
+        None, description="Sent as `Authorization: Bearer <token>` with each alert. Never printed."
+    )
+    alert_webhook_token_file: Path | None = Field(None, description="A file holding the webhook token.")
+    alert_webhook_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the webhook to answer one POST (connect included)."
+    )
+    alert_webhook_tries: int = Field(
+        4, ge=1, le=20, description="POSTs of one alert before it is given up (logged; it stays in ClickHouse)."
+    )
     finance_password: SecretStr | None = Field(
         None,
         description="Password of the read-only `finance` user of the embedded ClickHouse; "
         "unset = one generated once into STATE/clickhouse/finance.password. Never printed.",
     )
+    finance_password_file: Path | None = Field(None, description="A file holding CDRFLOW_FINANCE_PASSWORD.")
     app_id: str = Field("cdrflow", min_length=1, description="Faust app id / consumer group.")
     producer_max_request_bytes: int = Field(
         1_048_576,
@@ -166,7 +313,26 @@ class Settings(BaseSettings):
         # Fixed at read time so pid files and server configs never depend on a later cwd.
         return value.expanduser().absolute()
 
-    @field_validator("finance_password")
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        # CDRFLOW_<SECRET>_FILE names a file holding the secret (a Docker or Kubernetes
+        # secret): read here, so that the secret itself is in no variable and no command line.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in _SECRET_FIELDS:
+            path = data.get(f"{name}_file")
+            if path in (None, ""):
+                continue
+            try:
+                data[name] = Path(path).expanduser().read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as error:
+                reason = getattr(error, "strerror", None) or error
+                raise ValueError(f"CDRFLOW_{name.upper()}_FILE: cannot read {path} ({reason})") from None
+        return data
+
+    @field_validator("finance_password", "clickhouse_password", "kafka_sasl_password", "alert_webhook_token")
     @classmethod
     def _blank_password_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
         return None if value is None or not value.get_secret_value() else value
@@ -186,6 +352,93 @@ class Settings(BaseSettings):
         if value is not None:
             _parse_clickhouse_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.embedded_kafka and self.kafka_security_protocol != "PLAINTEXT":
+            raise ValueError(
+                f"CDRFLOW_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs CDRFLOW_KAFKA_BOOTSTRAP: "
+                "the embedded broker listens on 127.0.0.1 in PLAINTEXT only"
+            )
+        if self.kafka_security_protocol.startswith("SASL_") and (
+            not self.kafka_sasl_username or self.kafka_sasl_password is None
+        ):
+            raise ValueError(
+                f"CDRFLOW_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs CDRFLOW_KAFKA_SASL_USERNAME "
+                "and CDRFLOW_KAFKA_SASL_PASSWORD (or CDRFLOW_KAFKA_SASL_PASSWORD_FILE)"
+            )
+        if self.alert_webhook_token is not None and self.alert_webhook and urlsplit(self.alert_webhook).password:
+            raise ValueError("CDRFLOW_ALERT_WEBHOOK has a user:password and CDRFLOW_ALERT_WEBHOOK_TOKEN is set: "
+                             "a request carries one Authorization, choose one")
+        if self.embedded_clickhouse and self.clickhouse_secure:
+            raise ValueError("CDRFLOW_CLICKHOUSE_SECURE needs CDRFLOW_CLICKHOUSE_URL: the embedded ClickHouse "
+                             "listens on 127.0.0.1 without TLS")
+        if self.min_insync_replicas() > self.replication_factor():
+            raise ValueError(
+                f"CDRFLOW_TOPIC_MIN_INSYNC_REPLICAS ({self.min_insync_replicas()}) is more than the replication "
+                f"factor ({self.replication_factor()}): no write could be acknowledged"
+            )
+        _remember_secrets(self.secret_values())
+        return self
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold (passwords, tokens, a URL's password): what
+        :func:`redact` hides wherever text leaves the process."""
+        values = [
+            secret.get_secret_value()
+            for secret in (self.clickhouse_password, self.kafka_sasl_password, self.alert_webhook_token,
+                           self.finance_password)
+            if secret is not None
+        ]
+        for url in (self.clickhouse_url, self.alert_webhook):
+            if url:
+                values.extend(_url_secrets(url))
+        return [value for value in values if value]
+
+    @property
+    def clickhouse_admin_password_file(self) -> Path:
+        """Where the embedded ClickHouse's generated ``default`` password is kept (mode 0600)."""
+        return self.state_dir / "clickhouse" / "admin.password"
+
+    def replication_factor(self) -> int:
+        """Replicas of each topic cdrflow creates (``topic_replication_factor``, else by broker)."""
+        if self.topic_replication_factor is not None:
+            return self.topic_replication_factor
+        return 1 if self.embedded_kafka else CLUSTER_REPLICATION_FACTOR
+
+    def min_insync_replicas(self) -> int:
+        """``min.insync.replicas`` of each topic cdrflow creates.
+
+        Examples
+        --------
+        >>> Settings(kafka_bootstrap=None).min_insync_replicas()
+        1
+        >>> Settings(kafka_bootstrap="k1:9092").min_insync_replicas()
+        2
+        >>> Settings(kafka_bootstrap="k1:9092", topic_replication_factor=1).min_insync_replicas()
+        1
+        """
+        if self.topic_min_insync_replicas is not None:
+            return self.topic_min_insync_replicas
+        return min(CLUSTER_MIN_INSYNC_REPLICAS, self.replication_factor()) if not self.embedded_kafka else 1
+
+    def kafka_access(self) -> KafkaAccess:
+        """The brokers and their security settings: what every Kafka client is made from."""
+        return KafkaAccess(
+            servers=tuple(self.kafka_servers()),
+            security_protocol=self.kafka_security_protocol,
+            sasl_mechanism=self.kafka_sasl_mechanism,
+            sasl_username=self.kafka_sasl_username,
+            sasl_password=self.kafka_sasl_password,
+            ssl_cafile=str(self.kafka_ssl_cafile) if self.kafka_ssl_cafile else None,
+            ssl_certfile=str(self.kafka_ssl_certfile) if self.kafka_ssl_certfile else None,
+            ssl_keyfile=str(self.kafka_ssl_keyfile) if self.kafka_ssl_keyfile else None,
+            ssl_check_hostname=self.kafka_ssl_check_hostname,
+        )
+
+    def redacted_webhook(self) -> str | None:
+        """The alert webhook's URL fit for logs: no password, query values hidden."""
+        return None if self.alert_webhook is None else redact_url(self.alert_webhook)
 
     @property
     def embedded(self) -> bool:
@@ -235,24 +488,138 @@ class Settings(BaseSettings):
         return [server.strip() for server in self.kafka_bootstrap.split(",") if server.strip()]
 
     def clickhouse_params(self) -> ClickHouseParams:
-        """Host, port, user, password and database of the pipeline's ClickHouse."""
+        """Host, port, user, password, database and TLS of the pipeline's ClickHouse.
+
+        Embedded, the user is ``default`` with ``CDRFLOW_CLICKHOUSE_PASSWORD`` or the
+        password ``cdrflow up`` generated (empty before the first ``up``: then the server
+        refuses, as it should).
+        """
+        tls = {
+            "secure": self.clickhouse_secure,
+            "verify": self.clickhouse_verify,
+            "ca_certs": str(self.clickhouse_ca_file) if self.clickhouse_ca_file else None,
+        }
         if self.clickhouse_url is None:
+            if self.clickhouse_password is not None:
+                password = self.clickhouse_password.get_secret_value()
+            else:
+                try:
+                    password = self.clickhouse_admin_password_file.read_text().strip()
+                except OSError:
+                    password = ""
+                _remember_secrets([password])
             return ClickHouseParams(
                 host=EMBEDDED_HOST,
                 port=self.clickhouse_tcp_port,
                 user="default",
-                password="",
+                password=password,
                 database=DEFAULT_DATABASE,
+                **tls,  # type: ignore[typeddict-item]
             )
-        return _parse_clickhouse_url(self.clickhouse_url)
+        params = _parse_clickhouse_url(self.clickhouse_url)
+        if self.clickhouse_password is not None:
+            params["password"] = self.clickhouse_password.get_secret_value()
+        return ClickHouseParams(**params, **tls)  # type: ignore[typeddict-item]
 
     def redacted_clickhouse_url(self) -> str:
         """The ClickHouse URL without its password, fit for logs and ``status``."""
         params = self.clickhouse_params()
         return (
             f"clickhouse://{quote(params['user'], safe='')}@{params['host']}:{params['port']}"
-            f"/{quote(params['database'], safe='')}"
+            f"/{quote(params['database'], safe='')}" + (" (TLS)" if params["secure"] else "")
         )
+
+
+#: Replicas and min.insync.replicas of cdrflow's topics on a Kafka cluster unless set: a
+#: write is acknowledged once two of three brokers have it, so one broker can be lost.
+CLUSTER_REPLICATION_FACTOR = 3
+CLUSTER_MIN_INSYNC_REPLICAS = 2
+#: The secret fields that can also be read from a file (``CDRFLOW_<NAME>_FILE``).
+_SECRET_FIELDS = ("clickhouse_password", "kafka_sasl_password", "alert_webhook_token", "finance_password")
+#: Secrets of every Settings made in this process (shorter ones would hide ordinary words).
+_KNOWN_SECRETS: set[str] = set()
+_MIN_SECRET_LENGTH = 4
+_HIDDEN = "***"
+
+
+def _remember_secrets(values: Iterable[str]) -> None:
+    _KNOWN_SECRETS.update(value for value in values if len(value) >= _MIN_SECRET_LENGTH)
+
+
+def _url_secrets(url: str) -> list[str]:
+    parts = urlsplit(url)
+    found = [unquote(parts.password)] if parts.password else []
+    if parts.password:
+        found.append(parts.password)
+    found += [value for _key, value in parse_qsl(parts.query) if value]
+    return found
+
+
+def redact_url(url: str) -> str:
+    """A URL without its password and with its query values hidden (tokens often ride there).
+
+    Examples
+    --------
+    >>> redact_url("https://ops:s3cret@hooks.example.com/alerts?token=abc&team=billing")
+    'https://ops:***@hooks.example.com/alerts?token=***&team=***'
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", f":{_HIDDEN}@", 1)
+    query = urlencode([(key, _HIDDEN) for key, _value in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret of the settings read in this process replaced by ``***``.
+
+    The command line's error messages and every log record go through it
+    (:func:`install_log_redaction`), so a secret that a library puts in an error (a
+    URL, a failed login) never reaches a terminal or a log file.
+
+    Examples
+    --------
+    >>> _ = Settings(kafka_bootstrap=None, clickhouse_url=None, finance_password="correct-horse")
+    >>> redact("login failed for finance:correct-horse")
+    'login failed for finance:***'
+    """
+    if not _KNOWN_SECRETS or not text:
+        return text
+    for secret in sorted(_KNOWN_SECRETS, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, _HIDDEN)
+    return text
+
+
+class _RedactedRecord(logging.LogRecord):
+    """A log record whose message and traceback text go through :func:`redact`.
+
+    Both are redacted where they are read or set (``getMessage``; ``exc_text``, which
+    formatters fill in), not when the record is made: ``logging.makeLogRecord`` and some
+    handlers set a record's fields after it is made.
+    """
+
+    def getMessage(self) -> str:  # noqa: N802 - logging's name
+        return redact(super().getMessage())
+
+    @property
+    def exc_text(self) -> str | None:
+        return self.__dict__.get("_redacted_exc_text")
+
+    @exc_text.setter
+    def exc_text(self, value: str | None) -> None:
+        self.__dict__["_redacted_exc_text"] = None if value is None else redact(value)
+
+
+def install_log_redaction() -> None:
+    """Make every log record of this process pass through :func:`redact` (idempotent).
+
+    Installed as the record class (``logging.setLogRecordFactory``), so it covers every
+    logger and handler, Faust's and the client libraries' included.
+    """
+    if logging.getLogRecordFactory() is not _RedactedRecord:
+        logging.setLogRecordFactory(_RedactedRecord)
 
 
 def _parse_clickhouse_url(url: str) -> ClickHouseParams:
@@ -271,10 +638,10 @@ def _parse_clickhouse_url(url: str) -> ClickHouseParams:
     database = unquote(parts.path.strip("/")) or DEFAULT_DATABASE
     if "/" in database:
         raise ValueError(f"expected one database name after the host, got {shown!r}")
-    return ClickHouseParams(
-        host=parts.hostname,
-        port=port,
-        user=unquote(parts.username or "") or "default",
-        password=unquote(parts.password or ""),
-        database=database,
-    )
+    return {  # type: ignore[return-value]  # the TLS keys come from the settings
+        "host": parts.hostname,
+        "port": port,
+        "user": unquote(parts.username or "") or "default",
+        "password": unquote(parts.password or ""),
+        "database": database,
+    }

@@ -95,3 +95,15 @@ def run_cdrflow(*args: str | Path, cwd: Path | None = None) -> subprocess.Comple
     return subprocess.run(
         [str(CDRFLOW), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600
     )
+
+
+def self_signed_certificate(folder: Path) -> Path:
+    """``folder/cert.pem`` (and its ``key.pem``): a self-signed certificate for 127.0.0.1 and
+    localhost made by openssl, as a private CA's would be (the TLS tests)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(folder / "key.pem"),
+         "-out", str(folder / "cert.pem"), "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    return folder / "cert.pem"

@@ -39,7 +39,7 @@ class RoutingTable:
     """
 
     def __init__(self, settings: Settings, topic_prefix: str = "", *, refresh_s: float = REFRESH_S):
-        self.bootstrap = settings.kafka_servers()
+        self.kafka = settings.kafka_access()
         self.topics = (topic_name(PLANS, topic_prefix), topic_name(ACCOUNTS, topic_prefix))
         self.refresh_s = refresh_s
         self._records: dict[TP, list[tuple[bytes | None, Any]]] = {}
@@ -66,8 +66,8 @@ class RoutingTable:
 
     async def _read(self) -> bool:
         """Append what the topics got since the last read; True if they got anything."""
-        partitions = await partitions_of(self.bootstrap, self.topics)
-        tails = await read_to_end(self.bootstrap, {tp: self._read_to.get(tp, 0) for tp in partitions})
+        partitions = await partitions_of(self.kafka, self.topics)
+        tails = await read_to_end(self.kafka, {tp: self._read_to.get(tp, 0) for tp in partitions})
         grown = False
         for tp, records in tails.items():
             topic = PLANS if tp.topic == self.topics[0] else ACCOUNTS

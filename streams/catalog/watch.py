@@ -40,7 +40,7 @@ class CatalogWatch:
     """The current catalogue, and the part of the two topics it was folded from."""
 
     def __init__(self, settings: Settings, topic_prefix: str = ""):
-        self.bootstrap = settings.kafka_servers()
+        self.kafka = settings.kafka_access()
         self.horizon_months = settings.horizon_months
         self.time_bounds = settings.time_bounds()
         self.plans_topic = topic_name(PLANS, topic_prefix)
@@ -50,6 +50,11 @@ class CatalogWatch:
         self._catalog: Catalog | None = None
         self._accounts: frozenset[str] = frozenset()
         self._lock = asyncio.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a catalogue was read (:attr:`catalog` raises before)."""
+        return self._catalog is not None
 
     @property
     def catalog(self) -> Catalog:
@@ -64,11 +69,11 @@ class CatalogWatch:
     async def refresh(self) -> bool:
         """Read what the topics got since the last read; fold again if anything. True if it did."""
         async with self._lock:  # the timer and the rating agent may ask at once
-            partitions = await partitions_of(self.bootstrap, [self.plans_topic, self.accounts_topic])
+            partitions = await partitions_of(self.kafka, [self.plans_topic, self.accounts_topic])
             missing = {self.plans_topic, self.accounts_topic} - {tp.topic for tp in partitions}
             if missing:
                 raise RuntimeError(f"topic(s) {', '.join(sorted(missing))} do not exist: run `cdrflow up`")
-            tails = await read_to_end(self.bootstrap, {tp: self._positions.get(tp, 0) for tp in partitions})
+            tails = await read_to_end(self.kafka, {tp: self._positions.get(tp, 0) for tp in partitions})
             grown = False
             for tp, records in tails.items():
                 self._records.setdefault(tp, []).extend((r.key, _decoded(r.value)) for r in records)

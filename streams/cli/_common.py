@@ -67,7 +67,14 @@ StateDirOption = Annotated[
 
 
 def fail(message: str, code: ExitCode) -> typer.Exit:
-    """Print a message for a person (no traceback) and return the exit to raise."""
+    """Print a message for a person (no traceback) and return the exit to raise.
+
+    The message goes through ``streams.settings.redact`` when the settings were read: a
+    secret a library put in an error (a URL, a login) is printed as ``***``.
+    """
+    settings_module = sys.modules.get("streams.settings")
+    if settings_module is not None:
+        message = settings_module.redact(message)
     errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
@@ -75,8 +82,9 @@ def fail(message: str, code: ExitCode) -> typer.Exit:
 def settings_or_fail(**overrides: Any) -> Settings:
     """The settings (``CDRFLOW_*``, then ``overrides`` that are not None), or a clean exit
     naming each bad variable."""
-    from streams.settings import Settings  # pydantic-settings: only for the commands that need it
+    from streams.settings import Settings, install_log_redaction  # pydantic-settings: only where needed
 
+    install_log_redaction()  # no secret of the settings reaches a log line
     try:
         return Settings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as error:

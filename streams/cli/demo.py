@@ -93,8 +93,11 @@ def demo(
     console.rule("6. try it")
     params = settings.clickhouse_params()
     console.print(
-        f"ClickHouse is at {params['host']}:{params['port']} (database {params['database']}); for example:\n"
-        f"  clickhouse-client --port {params['port']} --query \"SELECT count() FROM cdrflow.rated_calls FINAL\"",
+        f"ClickHouse is at {params['host']}:{params['port']} (database {params['database']}); as the read-only "
+        f"finance user (it asks for the password: "
+        f"{'CDRFLOW_FINANCE_PASSWORD' if settings.finance_password else settings.state_dir / 'clickhouse' / 'finance.password'}):\n"
+        f"  clickhouse-client --port {params['port']} --user finance --password "
+        f"--query \"SELECT count() FROM cdrflow.rated_calls FINAL\"",
         highlight=False,
     )
     console.print(Syntax(EXAMPLE_QUERIES, "sql", theme="ansi_dark", background_color="default", word_wrap=True))

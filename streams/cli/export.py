@@ -15,6 +15,7 @@ from clickhouse_driver import errors as clickhouse_errors
 from rich.table import Table
 
 from streams.cli._common import ExitCode, StateDirOption, console, fail, settings_or_fail
+from streams.cdr_files import CdrFileError
 from streams.clickhouse.insert import connect, is_retryable
 from streams.finance import export as exporting
 from streams.settings import Settings
@@ -38,6 +39,8 @@ def export(
     try:
         with console.status(f"exporting from {settings.redacted_clickhouse_url()}"):
             counts = exporting.export(connect(settings), out)
+    except CdrFileError as error:  # an output that is a link: refused before anything was written
+        raise fail(f"--out {error}", ExitCode.BAD_INPUT) from None
     except Exception as error:
         if isinstance(error, clickhouse_errors.ServerException):
             raise fail(_server_problem(settings, error), ExitCode.FAILED) from None

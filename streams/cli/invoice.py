@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from schemas.invoices import InvoiceDocument, document_json, format_fen, format_rate, is_month
+from streams.cdr_files import CdrFileError, check_outputs, replace_output
 from streams.cli._common import ExitCode, JsonOption, StateDirOption, console, errors, fail, parse_instant, settings_or_fail
 from streams.kafka.client import BrokerError
 from streams.ledger import commands as ops
@@ -69,7 +70,11 @@ def invoice(
     except (BrokerError, TimeoutError) as error:
         raise fail(str(error), ExitCode.FAILED) from None
     if out is not None:
-        written = _write(out, results)
+        try:
+            written = _write(out, results)
+        except CdrFileError as error:
+            raise fail(f"--out {error} (the documents are issued: asking again writes the same ones)",
+                       ExitCode.BAD_INPUT) from None
         errors.print(f"wrote {len(written)} file(s) to {out}")
     if all_:
         _print_all(results, month, json_)
@@ -149,15 +154,21 @@ def _print_document(document: InvoiceDocument, *, issued_now: bool = False) -> N
 
 
 def _write(folder: Path, results: list[work.Result]) -> list[Path]:
+    """Each document as ``<number>.json`` and ``<number>.html`` (a draft: ``draft-ACCOUNT-MONTH``);
+    a symbolic link among them refuses them all before any is written (docs/rules.md,
+    "Output files")."""
     from streams.finance.invoice_html import write_page
 
+    documents = [
+        (document, document.invoice_no or f"draft-{document.account_id}-{document.month}")
+        for result in results
+        for document in ([result.document] if result.document is not None else []) + result.notes
+    ]
+    check_outputs([folder / f"{stem}.{suffix}" for _, stem in documents for suffix in ("json", "html")])
     written = []
-    for result in results:
-        for document in ([result.document] if result.document is not None else []) + result.notes:
-            stem = document.invoice_no or f"draft-{document.account_id}-{document.month}"
-            path = folder / f"{stem}.json"
-            partial = path.with_name(f".{path.name}.partial")
-            partial.write_text(json.dumps(document_json(document), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            partial.replace(path)
-            written += [path, write_page(document, folder / f"{stem}.html")]
+    for document, stem in documents:
+        path = folder / f"{stem}.json"
+        text = json.dumps(document_json(document), indent=2, ensure_ascii=False) + "\n"
+        replace_output(path, lambda handle, text=text: handle.write(text.encode("utf-8")))
+        written += [path, write_page(document, folder / f"{stem}.html")]
     return written

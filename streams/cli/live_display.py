@@ -63,13 +63,18 @@ class LiveDisplay:
             self.live.__exit__(None, None, None)
 
     def event(self, figures: dict[str, Any], line: str | None = None) -> None:
-        """One event: printed as JSON, or as ``line`` (when given) above the table."""
+        """One event: printed as JSON, or as ``line`` (when given) above the table.
+
+        Both go through ``streams.settings.redact``: an error or a warning may quote what a
+        library said, and no secret of the settings is printed (docs/operations.md)."""
+        from streams.settings import redact
+
         if self.json:
             # One line per event whatever its length (rich would wrap it at the width).
-            sys.stdout.write(orjson.dumps(figures).decode() + "\n")
+            sys.stdout.write(redact(orjson.dumps(figures).decode()) + "\n")
             sys.stdout.flush()
         elif line is not None:
-            console.print(line, highlight=False)
+            console.print(redact(line), highlight=False)
 
     def row(self, key: str, values: tuple[str, ...]) -> None:
         """Set one feed's row of the live table."""

@@ -32,6 +32,8 @@ COMMANDS: Final[dict[str, Command]] = {
     "up": Command("streams.cli.stack:up"),
     "down": Command("streams.cli.stack:down"),
     "status": Command("streams.cli.stack:status"),
+    "topics": Command("streams.cli.stack:topics"),
+    "blocked": Command("streams.cli.blocked:blocked_app", group=True),
     "load": Command("streams.cli.ingest:load"),
     "ingest": Command("streams.cli.ingest:ingest"),
     "route": Command("streams.cli.route:route"),

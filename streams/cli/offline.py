@@ -221,7 +221,8 @@ def rate(
         bar.update(task, completed=done)
 
     try:
-        summary = rate_file(cdrs, load_catalog, out, progress=advance, feed=feed)
+        summary = rate_file(cdrs, load_catalog, out, progress=advance, feed=feed,
+                            inputs=[plans, accounts, *([profile] if profile else [])])
     except CdrFileError as exc:
         raise fail(str(exc), ExitCode.BAD_INPUT) from None
     finally:

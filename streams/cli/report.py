@@ -218,9 +218,15 @@ def html(
     """
     from streams.finance.report_html import write_report
 
+    from streams.cdr_files import CdrFileError, check_outputs
+
     started = time.monotonic()
     if not out.parent.is_dir():
         raise fail(f"--out {out}: the folder {out.parent} does not exist", ExitCode.BAD_INPUT)
+    try:
+        check_outputs([out])
+    except CdrFileError as error:
+        raise fail(f"--out {error}", ExitCode.BAD_INPUT) from None
     with console.status(f"building the report of {month}"):
         _query(state_dir, lambda client: write_report(client, month, out))
     console.print(f"[green]wrote[/] {out} ({out.stat().st_size:,} bytes, {time.monotonic() - started:.1f} s)")

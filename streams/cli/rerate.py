@@ -21,6 +21,7 @@ from schemas.columns import MONEY_COLUMNS
 from schemas.invoices import InvoiceDocument, document_json
 from schemas.money import format_money, money_expr
 from streams.cli._common import ExitCode, StateDirOption, console, errors, fail, parse_instant, settings_or_fail
+from streams.cdr_files import CdrFileError, check_outputs, replace_output
 from streams.kafka.client import BrokerError
 from streams.ledger import commands as ops
 from streams.ledger import invoices
@@ -113,7 +114,7 @@ def rerate(
     found = prepared.diff
     summary = _summary(prepared)
     if out is not None:
-        _write(out, found, summary)
+        _write(out, found, summary, [path for path in (plans, accounts_file) if path is not None])
     applied: dict[str, Any] | None = None
     notes: list[InvoiceDocument] = []
     if apply_:
@@ -210,15 +211,17 @@ def _summary(prepared: work.Prepared) -> dict[str, Any]:
     }
 
 
-def _write(out: Path, found: Diff, summary: dict[str, Any]) -> None:
+def _write(out: Path, found: Diff, summary: dict[str, Any], inputs: list[Path]) -> None:
+    frames = {"calls": found.calls, "totals": found.totals, "balances": found.balances, "alerts": found.alerts}
+    try:
+        check_outputs([*(out / f"{name}.csv" for name in frames), out / "diff.json"], inputs)
+    except CdrFileError as error:
+        raise fail(f"--out {error}", ExitCode.BAD_INPUT) from None
     try:
         out.mkdir(parents=True, exist_ok=True)
-        for name, frame in (("calls", found.calls), ("totals", found.totals), ("balances", found.balances),
-                            ("alerts", found.alerts)):
-            partial = out / f".{name}.csv.partial"
-            _as_text(frame).write_csv(partial)
-            partial.replace(out / f"{name}.csv")
-        (out / "diff.json").write_text(json.dumps(summary, indent=1) + "\n")
+        for name, frame in frames.items():
+            replace_output(out / f"{name}.csv", lambda handle, frame=frame: _as_text(frame).write_csv(handle))
+        replace_output(out / "diff.json", lambda handle: handle.write((json.dumps(summary, indent=1) + "\n").encode()))
     except OSError as error:
         raise fail(f"{out}: cannot write the diff ({error.strerror or error})", ExitCode.FAILED) from None
 

@@ -62,6 +62,11 @@ def up(
         console.print(f"topics created:  {', '.join(info.topics_created)}", highlight=False)
     if info.migrations_applied:
         console.print(f"migrations:      {', '.join(info.migrations_applied)}", highlight=False)
+    if info.admin_password_file is not None:
+        console.print(
+            f"admin (the pipeline): user default, password in {info.admin_password_file} (cdrflow reads it)",
+            highlight=False,
+        )
     if info.finance_password_file is not None:
         console.print(
             f"finance (read-only SQL): user finance, password in {info.finance_password_file}",
@@ -118,10 +123,14 @@ def status(
 
     Example: cdrflow status --json
     """
+    from streams.settings import redact
     from streams.stack.status import status as stack_status
 
     settings = settings_or_fail(state_dir=state_dir)
     answer = stack_status(settings)
+    # Nothing secret is in it; if a library put one in an error (or ClickHouse in a dead
+    # letter's reason), it is *** in the table as in the JSON.
+    answer = json.loads(redact(json.dumps(answer)))
     if json_:
         console.print_json(json.dumps(answer))
     else:
@@ -130,6 +139,75 @@ def status(
         raise typer.Exit(ExitCode.FAILED)
     if answer["blocked_accounts"] or answer.get("dead_letters"):
         raise typer.Exit(ExitCode.REFUSED)
+
+
+def topics(
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Compare with the cluster's own topics (DescribeConfigs); exit 1 on a config "
+                     "that can lose data."),
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the topics (and findings) as JSON for scripts.")] = False,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Show every topic cdrflow makes as it wants them: partitions, replication, configs.
+
+    Truth logs (cdr.raw, the catalogue, ingest records, the worker's state) and outputs
+    never expire; latest-value topics are compacted. With --check, each is compared with
+    the cluster's: a log that expires or is compacted, fewer replicas or in-sync replicas
+    than the settings (CDRFLOW_TOPIC_REPLICATION_FACTOR, CDRFLOW_TOPIC_MIN_INSYNC_REPLICAS)
+    is a problem (exit 1); another partition count, or a config the broker does not report,
+    a warning. docs/operations.md says how to fix each.
+
+    Example: cdrflow topics --check
+    """
+    from kafka.errors import KafkaError
+
+    from streams.stack.topics import check_topics, wanted_topics
+
+    settings = settings_or_fail(state_dir=state_dir)
+    if not check:
+        wanted = wanted_topics(settings)
+        if json_:
+            console.print_json(json.dumps({"topics": [topic.__dict__ for topic in wanted]}))
+            return
+        _print_topics(wanted, {})
+        return
+    try:
+        report = check_topics(settings)
+    except (KafkaError, OSError) as error:
+        raise fail(f"could not read the topics of {','.join(settings.kafka_servers())}: {error}", ExitCode.FAILED) from None
+    if json_:
+        console.print_json(json.dumps({**report.as_json(), "ok": not report.problems}))
+    else:
+        _print_topics(report.wanted, report.actual)
+        for finding in report.findings:
+            colour = "red" if finding.severity == "problem" else "yellow"
+            errors.print(f"[{colour}]{finding.severity}:[/] {finding.topic}: {finding.message}", highlight=False)
+        if not report.problems:
+            console.print(f"[green]ok:[/] no topic config of {','.join(settings.kafka_servers())} can lose data",
+                          highlight=False)
+    if report.problems:
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def _print_topics(wanted: list[Any], actual: dict[str, Any]) -> None:
+    table = Table(title="topics as cdrflow wants them" + (" (and as the cluster has them)" if actual else ""),
+                  title_justify="left")
+    for column in ("topic", "role", "partitions", "replicas", "configs", "made by"):
+        table.add_column(column)
+    for topic in wanted:
+        configs = " ".join(f"{k}={v}" for k, v in topic.configs.items()) or "(Faust's)"
+        partitions, replicas = str(topic.partitions or "(Faust's)"), str(topic.replication)
+        found = actual.get(topic.name)
+        if found is not None:
+            partitions += f" / {found['partitions']}"
+            replicas += f" / {found['replication']}"
+            differing = {k: found["configs"].get(k) for k in topic.configs if found["configs"].get(k) != topic.configs[k]}
+            if differing:
+                configs += "\n[yellow]cluster: " + " ".join(f"{k}={v}" for k, v in differing.items()) + "[/]"
+        table.add_row(topic.name, topic.role, partitions, replicas, configs, topic.made_by)
+    console.print(table)
 
 
 def _print_status(answer: dict[str, Any]) -> None:
@@ -213,14 +291,16 @@ def _print_status(answer: dict[str, Any]) -> None:
             )
         console.print(state)
     if answer.get("blocked_accounts"):
-        blocked = Table(title="blocked accounts: their lines wait in cdr.raw; a worker restart tries them again",
-                        title_justify="left")
+        blocked = Table(title="blocked accounts: their lines wait in cdr.raw (cdrflow blocked retry|skip ACCOUNT; "
+                        "a worker restart tries them too)", title_justify="left")
         for column in ("account", "partition", "first offset", "since", "error"):
             blocked.add_column(column)
         for account, failure in answer["blocked_accounts"].items():
             blocked.add_row(account, str(failure.get("partition", "")), str(failure.get("offset", "")),
                             str(failure.get("at", ""))[:19], str(failure.get("error", "")))
         console.print(blocked)
+    for problem in answer.get("topic_problems", []):
+        errors.print(f"[red]topic config can lose data:[/] {problem} (cdrflow topics --check)", highlight=False)
     for note in answer["notes"]:
         console.print(f"note: {note}", highlight=False)
     for error in answer["errors"]:

@@ -30,7 +30,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info:
-            line["traceback"] = self.formatException(record.exc_info)
+            if not record.exc_text:  # set through the record: redacted (streams.settings)
+                record.exc_text = self.formatException(record.exc_info)
+            line["traceback"] = record.exc_text
         return json.dumps(line, ensure_ascii=False)
 
 
@@ -76,8 +78,9 @@ def worker(
     """
     from pydantic import ValidationError
 
-    from streams.settings import Settings
+    from streams.settings import Settings, install_log_redaction
 
+    install_log_redaction()  # every log record of the worker, Faust's included, without secrets
     level = _LEVELS.get(loglevel.lower())
     if level is None:
         print(f"error: --loglevel must be one of {', '.join(sorted(set(_LEVELS.values())))}, got {loglevel!r}", file=sys.stderr)

@@ -251,7 +251,7 @@ def _read_logs(settings: Settings, topic_prefix: str) -> _Logs:
     """
     names = [topic_name(n, topic_prefix) for n in (INGEST_FILES, PLANS, ACCOUNTS)]
     try:
-        logs = read_topics(settings.kafka_servers(), names)
+        logs = read_topics(settings.kafka_access(), names)
     except (KafkaError, TimeoutError, OSError) as error:
         raise unreachable(settings, error) from None
     files, plans, accounts = (logs[name] for name in names)

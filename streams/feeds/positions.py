@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.topics import INGEST_POSITIONS
 from streams.kafka.async_reader import TP, partitions_of, read_to_end, reported_ends
 from streams.kafka.client import Sender, topic_name
+from streams.settings import KafkaAccess
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +146,14 @@ def partition_of(key: str, partitions: int) -> int:
 class PositionBook:
     """Reads and writes the ``ingest.positions`` topic of one pipeline."""
 
-    def __init__(self, bootstrap: list[str], topic_prefix: str = ""):
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaAccess, topic_prefix: str = ""):
+        self.kafka = kafka
         self.topic = topic_name(INGEST_POSITIONS, topic_prefix)
         self._partitions: int | None = None
 
     def partitions(self) -> int:
         if self._partitions is None:
-            found = asyncio.run(partitions_of(self.bootstrap, [self.topic]))
+            found = asyncio.run(partitions_of(self.kafka, [self.topic]))
             if not found:
                 raise RuntimeError(f"topic {self.topic} does not exist: run `cdrflow up`, which creates it")
             self._partitions = len(found)
@@ -185,7 +186,7 @@ class PositionBook:
 
     async def _last(self, by_partition: Mapping[int, set[str]]) -> dict[str, Position]:
         tps = {p: TP(self.topic, p) for p in by_partition}
-        ends = await reported_ends(self.bootstrap, tps.values())
+        ends = await reported_ends(self.kafka, tps.values())
         found: dict[str, Position] = {}
         for partition, keys in by_partition.items():
             tp = tps[partition]
@@ -194,7 +195,7 @@ class PositionBook:
             start = ends.get(tp, 0)
             while missing:
                 start = max(0, start - window)
-                records = (await read_to_end(self.bootstrap, {tp: start}))[tp]
+                records = (await read_to_end(self.kafka, {tp: start}))[tp]
                 for record in reversed(records):
                     key = (record.key or b"").decode("utf-8", errors="replace")
                     if key in missing:
@@ -217,7 +218,7 @@ def _decoded(value: bytes | None, key: str) -> Position | None:
 
 
 def sent_lines(
-    bootstrap: list[str], raw_topic: str, starts: Mapping[int, int], sources: Iterable[str]
+    kafka: KafkaAccess, raw_topic: str, starts: Mapping[int, int], sources: Iterable[str]
 ) -> tuple[dict[str, set[int]], dict[int, int]]:
     """The lines of ``sources`` that ``cdr.raw`` holds from ``starts`` (partition -> offset;
     a partition not named is read from 0) to its real end, and where each read ended.
@@ -228,9 +229,9 @@ def sent_lines(
     names = set(sources)
 
     async def read() -> tuple[dict[str, set[int]], dict[int, int]]:
-        partitions = await partitions_of(bootstrap, [raw_topic])
+        partitions = await partitions_of(kafka, [raw_topic])
         begin = {tp: max(0, starts.get(tp.partition, 0)) for tp in partitions}
-        tails = await read_to_end(bootstrap, begin)
+        tails = await read_to_end(kafka, begin)
         return _lines_of(tails.values(), names), {
             tp.partition: max(begin[tp], records[-1].offset + 1 if records else 0) for tp, records in tails.items()
         }
@@ -274,12 +275,12 @@ def held_ends(ends: Mapping[int, int], floor: Mapping[int, int] | None) -> dict[
     return {partition: min(end, floor.get(partition, 0)) for partition, end in ends.items()}
 
 
-def reported_raw_ends(bootstrap: list[str], raw_topic: str) -> dict[int, int]:
+def reported_raw_ends(kafka: KafkaAccess, raw_topic: str) -> dict[int, int]:
     """``raw_ends`` for a feed that has sent nothing yet: the ends the broker reports (a
     lower bound of the real ends, which is all a position needs)."""
 
     async def read() -> dict[int, int]:
-        partitions = await partitions_of(bootstrap, [raw_topic])
-        return {tp.partition: offset for tp, offset in (await reported_ends(bootstrap, partitions)).items()}
+        partitions = await partitions_of(kafka, [raw_topic])
+        return {tp.partition: offset for tp, offset in (await reported_ends(kafka, partitions)).items()}
 
     return asyncio.run(read())

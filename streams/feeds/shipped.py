@@ -183,7 +183,7 @@ class ShippedFeed:
         self.on_event = on_event
         self.position_every_s = position_every_s
         self.max_records = max_records
-        self.book = PositionBook(settings.kafka_servers(), topic_prefix)
+        self.book = PositionBook(settings.kafka_access(), topic_prefix)
         self.table = RoutingTable(settings, topic_prefix)
         self.partitions: dict[TopicPartition, _Partition] = {}
         self.raw_ends: dict[int, int] = {}
@@ -212,7 +212,7 @@ class ShippedFeed:
             reader.close()
         try:
             self.table.load()
-            self.raw_ends = reported_raw_ends(self.settings.kafka_servers(), self.topics.raw)
+            self.raw_ends = reported_raw_ends(self.settings.kafka_access(), self.topics.raw)
         except (AioKafkaError, TimeoutError, OSError) as error:
             raise unreachable(self.settings, error) from None
         if not self.table.numbers:
@@ -231,7 +231,7 @@ class ShippedFeed:
         try:
             self._consumer = without_leave_group(
                 KafkaConsumer(
-                    bootstrap_servers=self.settings.kafka_servers(),
+                    **self.settings.kafka_access().kafka_python(),
                     client_id="cdrflow-route",
                     group_id=self.group,
                     enable_auto_commit=False,
@@ -482,7 +482,7 @@ class ShippedFeed:
         fresh = [tp for tp in tps if tp not in self.partitions]
         if not fresh:
             return
-        bootstrap = self.settings.kafka_servers()
+        kafka = self.settings.kafka_access()
         try:
             positions = self.book.last(route_key(tp.topic, tp.partition) for tp in fresh)
         except (AioKafkaError, TimeoutError, OSError) as error:
@@ -513,7 +513,7 @@ class ShippedFeed:
                 for number, offset in position.raw_ends.items():
                     starts[number] = min(offset, starts.get(number, offset))
             try:
-                found, ends = sent_lines(bootstrap, self.topics.raw, starts, {p.source for p, _ in with_position})
+                found, ends = sent_lines(kafka, self.topics.raw, starts, {p.source for p, _ in with_position})
             except (AioKafkaError, TimeoutError, OSError) as error:
                 raise unreachable(self.settings, error) from None
             for number, end in ends.items():

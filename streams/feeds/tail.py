@@ -182,7 +182,7 @@ class Tailer:
         self.poll_s = poll_s if poll_s is not None else settings.edge_pass()
         self.settle_s = settle_s
         self.position_every_s = position_every_s
-        self.book = PositionBook(settings.kafka_servers(), topic_prefix)
+        self.book = PositionBook(settings.kafka_access(), topic_prefix)
         self.table = RoutingTable(settings, topic_prefix)
         self.generations: dict[Path, _Generation] = {}
         self.raw_ends: dict[int, int] = {}
@@ -230,7 +230,7 @@ class Tailer:
         """Open a sender and pick every path up where its last position left it."""
         self._sender = Sender(self.settings, make_producer(self.settings, linger_ms=LIVE_LINGER_MS))
         self._recorded_at = time.monotonic()  # the positions just read are as good as new ones
-        bootstrap = self.settings.kafka_servers()
+        kafka = self.settings.kafka_access()
         try:
             positions = self.book.last(tail_key(path) for path in self.paths)
         except (AioKafkaError, TimeoutError, OSError) as error:
@@ -252,9 +252,9 @@ class Tailer:
                 for _, position in resumed:
                     for partition, offset in position.raw_ends.items():
                         starts[partition] = min(offset, starts.get(partition, offset))
-                found, self.raw_ends = sent_lines(bootstrap, self.topics.raw, starts, {g.source for g, _ in resumed})
+                found, self.raw_ends = sent_lines(kafka, self.topics.raw, starts, {g.source for g, _ in resumed})
             else:
-                found, self.raw_ends = {}, reported_raw_ends(bootstrap, self.topics.raw)
+                found, self.raw_ends = {}, reported_raw_ends(kafka, self.topics.raw)
         except (AioKafkaError, TimeoutError, OSError) as error:
             raise unreachable(self.settings, error) from None
         for generation, position in resumed:

@@ -17,6 +17,7 @@ from clickhouse_driver import Client
 
 from schemas.columns import ALERT_KINDS
 from schemas.output_files import CSV_DATETIME_FORMAT, alerts_csv_frame, rated_csv_frame, rejected_csv_frame
+from streams.cdr_files import check_outputs, replace_output
 from streams.clickhouse.query import read_table
 from streams.clickhouse.tables import ALERTS, RATED, REJECTED
 
@@ -50,6 +51,8 @@ def export(client: Client, out: Path) -> dict[str, int]:
     >>> export(connect(Settings()), Path("/tmp/run"))  # doctest: +SKIP
     {'rated': 2702, 'rejected': 331, 'alerts': 38}
     """
+    paths = {name: out / f"{name}.csv" for name in ("rated", "rejected", "alerts")}
+    check_outputs(paths.values())  # raises CdrFileError before anything is written
     out.mkdir(parents=True, exist_ok=True)
     # credit_used, credit, caller_origin: the last explaining columns of rated.csv (empty
     # for rows rated before them).
@@ -79,8 +82,6 @@ def export(client: Client, out: Path) -> dict[str, int]:
         "alerts": alerts_csv_frame(alerts),
     }
     for name, frame in frames.items():
-        path = out / f"{name}.csv"
-        partial = path.with_name(f".{path.name}.partial")  # never a half-written file
-        frame.write_csv(partial, datetime_format=CSV_DATETIME_FORMAT)
-        partial.replace(path)
+        # Never a half-written file, never through a link.
+        replace_output(paths[name], lambda handle, frame=frame: frame.write_csv(handle, datetime_format=CSV_DATETIME_FORMAT))
     return {name: frame.height for name, frame in frames.items()}

@@ -12,6 +12,7 @@ from html import escape
 from pathlib import Path
 
 from schemas.invoices import InvoiceDocument, format_fen, format_rate, round_to_fen
+from streams.cdr_files import replace_output
 
 # English words only: the page must read on a machine without CJK fonts.
 _TITLES = {"invoice": "Invoice", "credit_note": "Credit note", "debit_note": "Debit note"}
@@ -101,8 +102,8 @@ th {{ background: #eee; }}
 
 
 def write_page(document: InvoiceDocument, out: Path) -> Path:
-    """Write the page of ``document`` to ``out`` (replaced); return ``out``."""
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(render(document), encoding="utf-8")
-    partial.replace(out)
+    """Write the page of ``document`` to ``out`` (replaced whole, never through a link:
+    :func:`streams.cdr_files.replace_output`); return ``out``."""
+    page = render(document)
+    replace_output(out, lambda handle: handle.write(page.encode("utf-8")))
     return out

@@ -19,6 +19,7 @@ from clickhouse_driver import Client
 from plotly.io import to_html
 
 from schemas.money import UNITS_PER_CNY, format_money
+from streams.cdr_files import replace_output
 from streams.finance import reports
 
 #: How many accounts the "top accounts" chart shows.
@@ -86,9 +87,7 @@ body {{ font-family: sans-serif; margin: 1.5em; background: #fff; }}
 </body>
 </html>
 """
-    partial = out.with_name(f".{out.name}.partial")
-    partial.write_text(page, encoding="utf-8")
-    partial.replace(out)
+    replace_output(out, lambda handle: handle.write(page.encode("utf-8")))
     return out
 
 

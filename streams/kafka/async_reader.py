@@ -19,6 +19,8 @@ from typing import Any, Final, NamedTuple
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
+from streams.settings import KafkaAccess
+
 
 class TP(NamedTuple):
     """A topic partition; equal to (and hashed as) Faust's ``TP``, without importing Faust
@@ -31,9 +33,9 @@ class TP(NamedTuple):
 READ_TIMEOUT_S: Final[float] = 120.0
 
 
-def _consumer(bootstrap: list[str]) -> AIOKafkaConsumer:
+def _consumer(kafka: KafkaAccess) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka.aiokafka(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -46,9 +48,9 @@ def _consumer(bootstrap: list[str]) -> AIOKafkaConsumer:
     )
 
 
-async def partitions_of(bootstrap: list[str], topics: Iterable[str]) -> list[TP]:
+async def partitions_of(kafka: KafkaAccess, topics: Iterable[str]) -> list[TP]:
     """The partitions of these topics (a topic that does not exist has none)."""
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(kafka)
     try:
         await consumer.start()  # inside: a failed start must still close the client
         await consumer.topics()  # a metadata refresh of every topic
@@ -61,9 +63,9 @@ async def partitions_of(bootstrap: list[str], topics: Iterable[str]) -> list[TP]
         await consumer.stop()
 
 
-async def topic_names(bootstrap: list[str]) -> set[str]:
+async def topic_names(kafka: KafkaAccess) -> set[str]:
     """The names of the broker's topics, as a fresh metadata request gives them."""
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(kafka)
     try:
         await consumer.start()
         return set(await consumer.topics())
@@ -71,7 +73,7 @@ async def topic_names(bootstrap: list[str]) -> set[str]:
         await consumer.stop()
 
 
-async def reported_ends(bootstrap: list[str], partitions: Iterable[TP]) -> dict[TP, int]:
+async def reported_ends(kafka: KafkaAccess, partitions: Iterable[TP]) -> dict[TP, int]:
     """The end offset the broker reports for each partition (ListOffsets).
 
     tansu reports it too low (by up to the last record batch), so it is only a lower
@@ -80,7 +82,7 @@ async def reported_ends(bootstrap: list[str], partitions: Iterable[TP]) -> dict[
     wanted = list(partitions)
     if not wanted:
         return {}
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(kafka)
     try:
         await consumer.start()
         ends = await consumer.end_offsets([TopicPartition(tp.topic, tp.partition) for tp in wanted])
@@ -90,9 +92,14 @@ async def reported_ends(bootstrap: list[str], partitions: Iterable[TP]) -> dict[
 
 
 async def read_to_end(
-    bootstrap: list[str], starts: Mapping[TP, int], *, timeout_s: float = READ_TIMEOUT_S
+    kafka: KafkaAccess,
+    starts: Mapping[TP, int],
+    *,
+    timeout_s: float = READ_TIMEOUT_S,
+    until: Mapping[TP, int] | None = None,
 ) -> dict[TP, list[Any]]:
-    """Every record of each partition from its start offset to its real end.
+    """Every record of each partition from its start offset to its real end (or, for a
+    partition in ``until``, up to that offset: later records fetched with it may come too).
 
     The end is the high watermark of the Fetch responses, read again after each fetch, so
     the answer holds at least what the log held when this was called.
@@ -101,7 +108,7 @@ async def read_to_end(
     """
     if not starts:
         return {}
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(kafka)
     try:
         await consumer.start()  # inside: a failed start must still close the client
         partitions = {TopicPartition(tp.topic, tp.partition): tp for tp in starts}
@@ -117,6 +124,9 @@ async def read_to_end(
                 records[partitions[kafka_tp]].extend(batch)
             for kafka_tp in list(remaining):
                 highwater = consumer.highwater(kafka_tp)
+                stop = (until or {}).get(partitions[kafka_tp])
+                if stop is not None and highwater is not None:
+                    highwater = min(highwater, stop)
                 if highwater is not None and await consumer.position(kafka_tp) >= highwater:
                     remaining.discard(kafka_tp)
             if remaining and time.monotonic() > deadline:
@@ -127,7 +137,7 @@ async def read_to_end(
         await consumer.stop()
 
 
-def read_topics(bootstrap: list[str], topics: Iterable[str], *, timeout_s: float = READ_TIMEOUT_S) -> dict[str, list[Any]]:
+def read_topics(kafka: KafkaAccess, topics: Iterable[str], *, timeout_s: float = READ_TIMEOUT_S) -> dict[str, list[Any]]:
     """Every record of these topics, from a plain (not async) caller: topic -> records,
     partition after partition, each in log order.
 
@@ -142,8 +152,8 @@ def read_topics(bootstrap: list[str], topics: Iterable[str], *, timeout_s: float
     names = list(dict.fromkeys(topics))
 
     async def read() -> dict[str, list[Any]]:
-        partitions = await partitions_of(bootstrap, names)
-        tails = await read_to_end(bootstrap, {tp: 0 for tp in partitions}, timeout_s=timeout_s)
+        partitions = await partitions_of(kafka, names)
+        tails = await read_to_end(kafka, {tp: 0 for tp in partitions}, timeout_s=timeout_s)
         by_topic: dict[str, list[Any]] = {name: [] for name in names}
         for tp in sorted(tails):
             by_topic[tp.topic].extend(tails[tp])

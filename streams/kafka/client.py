@@ -29,7 +29,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 
-from streams.settings import Settings
+from streams.settings import KafkaAccess, Settings
 
 #: How long a client may take to reach the broker before we say it is unreachable.
 BOOTSTRAP_TIMEOUT_S: Final[float] = 10.0
@@ -89,7 +89,7 @@ def make_producer(settings: Settings, *, linger_ms: int = 20) -> KafkaProducer:
     """
     try:
         return KafkaProducer(
-            bootstrap_servers=settings.kafka_servers(),
+            **settings.kafka_access().kafka_python(),
             client_id=_CLIENT_ID,
             acks="all",
             # Not idempotent, one request in flight: kafka-python 3 is idempotent by default,
@@ -117,7 +117,7 @@ def make_reader(settings: Settings) -> KafkaConsumer:
     """A consumer without a group (no join to wait for): it is assigned partitions."""
     try:
         return KafkaConsumer(
-            bootstrap_servers=settings.kafka_servers(),
+            **settings.kafka_access().kafka_python(),
             client_id=_CLIENT_ID,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -281,7 +281,7 @@ class Sender:
         self.producer.close(timeout=10)
 
 def log_end_offsets(
-    bootstrap: list[str], partitions: Iterable[TopicPartition], *, timeout_s: float = 5.0
+    kafka: KafkaAccess, partitions: Iterable[TopicPartition], *, timeout_s: float = 5.0
 ) -> dict[TopicPartition, int | None]:
     """The end offset (offset of the last record + 1) of each partition, as fetches see it.
 
@@ -297,7 +297,7 @@ def log_end_offsets(
     if not partitions:
         return {}
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka.kafka_python(),
         client_id=_STACK_CLIENT_ID,
         enable_auto_commit=False,
         auto_offset_reset="earliest",  # where offset 0 is gone (retention), the log start
@@ -319,10 +319,10 @@ def log_end_offsets(
         consumer.close()
 
 
-def _kafka_admin(bootstrap: list[str], timeout_s: float) -> KafkaAdminClient:
+def _kafka_admin(kafka: KafkaAccess, timeout_s: float) -> KafkaAdminClient:
     timeout_ms = int(timeout_s * 1000)
     return KafkaAdminClient(
-        bootstrap_servers=bootstrap,
+        **kafka.kafka_python(),
         client_id=_STACK_CLIENT_ID,
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=timeout_ms,

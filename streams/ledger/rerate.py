@@ -155,10 +155,11 @@ def start_offsets(db: Client, topic: str, accounts: Sequence[str] | None, first_
 def read_window(settings: Settings, starts: dict[int, int], accounts: set[str] | None) -> Window:
     """The accounts' messages from each partition's start to its real end."""
     topic = topic_name(CDR_RAW, settings.topic_prefix)
-    records = asyncio.run(read_to_end(settings.kafka_servers(), {TP(topic, p): o for p, o in starts.items()}, timeout_s=600))
+    records = asyncio.run(read_to_end(settings.kafka_access(), {TP(topic, p): o for p, o in starts.items()}, timeout_s=600))
     chunks: list[tuple[bytes, int, int]] = []
     window = Window(lines=pl.DataFrame(), starts=dict(starts), ends={p: o - 1 for p, o in starts.items()},
                     last_offset={}, topic=topic)
+    skipped: set[tuple[int, int]] = set()  # messages an operator skipped (cdrflow blocked skip)
     for tp, batch in records.items():
         for record in batch:
             window.ends[tp.partition] = max(window.ends[tp.partition], record.offset)
@@ -175,9 +176,13 @@ def read_window(settings: Settings, starts: dict[int, int], accounts: set[str] |
                     continue
                 if command is not None and command.correction is not None:
                     window.corrections.append((account, tp.partition, record.offset, command.correction))
+                if command is not None and command.skip_offset is not None:
+                    skipped.add((tp.partition, command.skip_offset))
                 if command is not None:
                     continue
             chunks.append((value, tp.partition, record.offset))
+    # A skipped message was never rated (its lines are `skipped` rejections): not rated here either.
+    chunks = [chunk for chunk in chunks if (chunk[1], chunk[2]) not in skipped]
     decoded = cdr_chunks_frame([value for value, _, _ in chunks])
     kept = [(p, o, h) for (_, p, o), h in zip(chunks, decoded.heights, strict=True) if h]
     partitions, offsets, heights = (np.array(c, dtype=np.int64) for c in zip(*kept, strict=True)) if kept else ([],) * 3

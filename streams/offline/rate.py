@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,16 @@ from schemas.columns import (
 )
 from schemas.output_files import CSV_DATETIME_FORMAT, alerts_csv_frame, rated_csv_frame, rejected_csv_frame
 from schemas.switch_formats import Feed, Layout
-from streams.cdr_files import CHUNK_BYTES, CdrFileError, iter_chunks, modified_at, open_cdr_file, stamped
+from streams.cdr_files import (
+    CHUNK_BYTES,
+    CdrFileError,
+    check_outputs,
+    iter_chunks,
+    modified_at,
+    open_cdr_file,
+    open_output,
+    stamped,
+)
 
 
 @dataclass
@@ -111,15 +120,20 @@ def rate_file(
     progress: Callable[[int], None] | None = None,
     chunk_bytes: int = CHUNK_BYTES,
     feed: Feed | None = None,
+    inputs: Iterable[Path] = (),
 ) -> RateSummary:
     """Rate one CDR file into ``out/rated.csv``, ``rejected.csv``, ``alerts.csv``.
 
     ``feed``: the file's format (default canonical; ``schemas.switch_formats``).
+    ``inputs``: the other files the run reads (plans, accounts): an output that is one of
+    them, or the CDR file, or a symbolic link, is refused before anything is written
+    (:func:`streams.cdr_files.check_outputs`).
     ``catalog`` may be a function that loads it: it is then called while the first chunk
     of the file is parsed, and before the output folder is touched (so that invalid plans
     leave no output behind). ``progress`` is called with the number of bytes read so far.
     """
     started = time.perf_counter()
+    check_outputs(OutputFiles.paths(out), [cdrs, *inputs])
     handle, layout, header = open_cdr_file(cdrs, feed)
     read_at = modified_at(cdrs)
     summary = RateSummary()
@@ -161,14 +175,20 @@ def rate_file(
 class OutputFiles:
     """The three output files, appended chunk by chunk, header once."""
 
+    NAMES = ("rated", "rejected", "alerts")
+
     def __init__(self, out: Path):
         self.out = out
         try:
             out.mkdir(parents=True, exist_ok=True)
-            self.files = {name: (out / f"{name}.csv").open("wb") for name in ("rated", "rejected", "alerts")}
+            self.files = {name: open_output(out / f"{name}.csv") for name in self.NAMES}
         except OSError as exc:
             raise CdrFileError(f"{out}: cannot write the output folder ({exc.strerror})") from None
         self.started = {name: False for name in self.files}
+
+    @classmethod
+    def paths(cls, out: Path) -> list[Path]:
+        return [out / f"{name}.csv" for name in cls.NAMES]
 
     def __enter__(self) -> OutputFiles:
         return self

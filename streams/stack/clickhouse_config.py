@@ -1,5 +1,8 @@
 """The embedded ClickHouse server's config and users: the pipeline's ``default`` user and the
-read-only ``finance`` user whose password is generated once (only its SHA-256 is written)."""
+read-only ``finance`` user, each with a password generated once into a file of mode 0600
+under the state folder (or given: ``CDRFLOW_CLICKHOUSE_PASSWORD``,
+``CDRFLOW_FINANCE_PASSWORD``); only their SHA-256 is written to users.xml. Both users
+connect from this machine only, and the server listens on 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import shutil
 from hashlib import sha256
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+from pydantic import SecretStr
 
 from streams.settings import EMBEDDED_HOST, Settings
 from streams.stack.embedded import StackError
@@ -48,25 +53,36 @@ def _finance_password_file(settings: Settings) -> Path:
     return _clickhouse_dir(settings) / "finance.password"
 
 
+def _password(given: SecretStr | None, variable: str, path: Path) -> tuple[str, str]:
+    """A user's password and where it is said to be: given by the operator (only its hash
+    is written), else generated once into ``path`` (mode 0600), kept with the data it protects."""
+    if given is not None:
+        return given.get_secret_value(), variable
+    if not path.exists():
+        write_secret_file(path, secrets.token_urlsafe(18) + "\n")
+    return path.read_text().strip(), f"password in {escape(str(path))}"
+
+
+def write_secret_file(path: Path, text: str) -> None:
+    """Create ``path`` readable and writable by its owner only (0600) and write ``text``;
+    refused if it exists (a secret is never written through a link planted there)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
 def _write_clickhouse_config(settings: Settings) -> None:
-    """Write config.xml and users.xml (when changed) and the finance password (once)."""
+    """Write config.xml and users.xml (when changed) and the passwords (once)."""
     home = _clickhouse_dir(settings)
     logs = settings.state_dir / "logs"
     for folder in (home / "data", home / "tmp", home / "user_files", logs):
         folder.mkdir(parents=True, exist_ok=True)
-    password_file = _finance_password_file(settings)
-    if settings.finance_password is not None:
-        # Given by the operator (CDRFLOW_FINANCE_PASSWORD): only its hash is written.
-        password = settings.finance_password.get_secret_value()
-        where = "CDRFLOW_FINANCE_PASSWORD"
-    else:
-        if not password_file.exists():
-            # Generated once; kept with the data it protects.
-            password_file.touch(mode=0o600)
-            password_file.write_text(secrets.token_urlsafe(18) + "\n")
-        password = password_file.read_text().strip()
-        where = f"password in {escape(str(password_file))}"
+    password, where = _password(settings.finance_password, "CDRFLOW_FINANCE_PASSWORD", _finance_password_file(settings))
     password_hash = sha256(password.encode()).hexdigest()
+    admin, admin_where = _password(
+        settings.clickhouse_password, "CDRFLOW_CLICKHOUSE_PASSWORD", settings.clickhouse_admin_password_file
+    )
+    admin_hash = sha256(admin.encode()).hexdigest()
 
     def path(folder: Path) -> str:
         return escape(str(folder)) + "/"
@@ -109,9 +125,9 @@ def _write_clickhouse_config(settings: Settings) -> None:
         </readonly>
     </profiles>
     <users>
-        <!-- The pipeline: all rights, from this machine only. -->
+        <!-- The pipeline: all rights, from this machine only; {admin_where}. -->
         <default>
-            <password></password>
+            <password_sha256_hex>{admin_hash}</password_sha256_hex>
             <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
             <profile>default</profile>
             <quota>default</quota>
@@ -143,9 +159,11 @@ def _write_clickhouse_config(settings: Settings) -> None:
 
 
 def _write_if_changed(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` when it differs, through a new file of mode 0600."""
     if not path.exists() or path.read_text() != text:
         partial = path.with_name(path.name + ".partial")
-        partial.write_text(text)
+        partial.unlink(missing_ok=True)
+        write_secret_file(partial, text)
         partial.replace(path)
 
 

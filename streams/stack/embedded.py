@@ -44,6 +44,8 @@ class StackInfo:
     topics_created: tuple[str, ...]
     migrations_applied: tuple[str, ...]
     finance_password_file: Path | None
+    #: where the `default` (pipeline) user's generated password is (None: given, or external)
+    admin_password_file: Path | None = None
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
 

@@ -20,7 +20,7 @@ from typing import Any
 from clickhouse_driver import Client
 
 from streams.kafka.client import _kafka_admin, _quiet_client_logs
-from streams.settings import EMBEDDED_HOST, Settings
+from streams.settings import EMBEDDED_HOST, KafkaAccess, Settings
 from streams.stack.clickhouse_config import _write_if_changed
 from streams.stack.embedded import BROKER_BUCKET, ServerInfo, StackError
 
@@ -43,6 +43,8 @@ class _Launch:
     log: Path
     answers: Callable[[], bool]
     error_log: Path | None = None  # where it explains a failed start, if not in `log`
+    #: log files the server writes itself, made 0600 before it starts
+    owner_only: tuple[Path, ...] = ()
 
     @property
     def port_variable(self) -> str:
@@ -82,13 +84,21 @@ def _clean_env() -> dict[str, str]:
 
 
 def _prepare_state_dir(state_dir: Path) -> None:
+    """Make the state folder (0700: its data, logs and passwords are the owner's only)."""
     if state_dir.exists() and any(state_dir.iterdir()) and not (state_dir / _MARKER).exists():
         raise StackError(
             f"{state_dir} exists and is not a cdrflow state folder (no {_MARKER} file): "
             "choose another one with --state-dir or CDRFLOW_STATE_DIR"
         )
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Also a folder made by an earlier version, or by hand, with the umask's mode.
+    state_dir.chmod(0o700)
     for folder in ("run", "logs", f"s3/{BROKER_BUCKET}"):
-        (state_dir / folder).mkdir(parents=True, exist_ok=True)
+        (state_dir / folder).mkdir(mode=0o700, parents=True, exist_ok=True)
+    (state_dir / "logs").chmod(0o700)
+    for log in (state_dir / "logs").iterdir():
+        if log.is_file() and not log.is_symlink():
+            log.chmod(0o600)
     (state_dir / _MARKER).touch()
 
 
@@ -155,14 +165,20 @@ def _start(state_dir: Path, launch: _Launch) -> ServerInfo:
                 f"{state_dir}): stop it, or choose another port with {variable}"
             )
     argv = launch.command()
-    launch.log.parent.mkdir(parents=True, exist_ok=True)
+    launch.log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Logs are appended to across starts: a failure is explained from these offsets on.
     log_offsets = {
         str(path): path.stat().st_size if path.exists() else 0
         for path in (launch.log, launch.error_log)
         if path is not None
     }
-    with launch.log.open("ab") as log:
+    for path in launch.owner_only:
+        # The server appends to a file made here (0600) rather than one of its umask's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600))
+        path.chmod(0o600)
+    descriptor = os.open(launch.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    os.fchmod(descriptor, 0o600)
+    with os.fdopen(descriptor, "ab") as log:
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         log.write(f"--- cdrflow up {started}: {' '.join(argv)}\n".encode())
         log.flush()
@@ -267,13 +283,13 @@ def _http_answers(url: str) -> bool:
         return False
 
 
-def _kafka_answers(bootstrap: list[str]) -> bool:
+def _kafka_answers(kafka: KafkaAccess) -> bool:
     # A TCP check first: it is cheaper than a client's bootstrap when nothing listens.
-    if not any(_port_open(*_host_port(server, 9092)) for server in bootstrap):
+    if not any(_port_open(*_host_port(server, 9092)) for server in kafka.servers):
         return False
     with _quiet_client_logs():
         try:
-            admin = _kafka_admin(bootstrap, 3.0)
+            admin = _kafka_admin(kafka, 3.0)
         except Exception:
             return False
         try:

@@ -16,11 +16,13 @@ from streams.stack.embedded import StackError
 
 
 def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> tuple[list[str], list[str]]:
-    """Create the topics of :data:`schemas.topics.TOPICS` that do not exist yet.
+    """Create the topics of :data:`schemas.topics.TOPICS` that do not exist yet, with the
+    configs of their role, the settings' replication factor and ``min.insync.replicas``.
 
     Returns the names created and warnings (an existing topic whose partition count is
     not the configured one is left as it is: changing it would move accounts between
-    partitions).
+    partitions; an existing topic's configs are never changed here: ``cdrflow topics
+    --check`` says which can lose data).
     """
     try:
         return _ensure_topics(settings, timeout_s)
@@ -32,19 +34,17 @@ def ensure_topics(settings: Settings, *, timeout_s: float = 30.0) -> tuple[list[
 
 def _ensure_topics(settings: Settings, timeout_s: float) -> tuple[list[str], list[str]]:
     partitions = settings.topic_partitions
-    admin = _kafka_admin(settings.kafka_servers(), timeout_s)
+    admin = _kafka_admin(settings.kafka_access(), timeout_s)
     try:
         existing = set(admin.list_topics())
         missing = [name for name in TOPICS if name not in existing]
-        # The embedded broker has one node; on a real cluster -1 takes the cluster's default.
-        replicas = 1 if settings.embedded_kafka else -1
         if missing:
             answer = admin.create_topics(
                 {
                     name: {
                         "num_partitions": TOPICS[name].partitions or partitions,
-                        "replication_factor": replicas,
-                        **({"configs": TOPICS[name].configs} if TOPICS[name].configs else {}),
+                        "replication_factor": settings.replication_factor(),
+                        "configs": TOPICS[name].created_with(settings.min_insync_replicas()),
                     }
                     for name in missing
                 },

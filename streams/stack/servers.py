@@ -7,10 +7,15 @@ under the state folder, each in its own session with its own log and pid file:
 - ``kafka``: the tansu Kafka-protocol broker, storing in ``s3://tansu/`` on that server,
   so ``down`` then ``up`` loses nothing (docs/infra.md: durable storage);
 - ``clickhouse``: the Debian ClickHouse server with a config written to
-  ``STATE/clickhouse``, a ``default`` user for the pipeline and a read-only ``finance``
-  user (``readonly=1``: SELECT only) whose password is ``CDRFLOW_FINANCE_PASSWORD``, else
-  one generated once into ``STATE/clickhouse/finance.password``. Only its SHA-256 is
-  written to users.xml; the password is never printed or logged.
+  ``STATE/clickhouse``, a ``default`` user for the pipeline (password
+  ``CDRFLOW_CLICKHOUSE_PASSWORD``, else one generated once into
+  ``STATE/clickhouse/admin.password``, which every cdrflow command reads) and a read-only
+  ``finance`` user (``readonly=1``: SELECT only) whose password is
+  ``CDRFLOW_FINANCE_PASSWORD``, else one generated once into
+  ``STATE/clickhouse/finance.password``. Only their SHA-256 is written to users.xml; the
+  passwords are never printed or logged, their files are 0600.
+
+Every server listens on 127.0.0.1 only; the state folder is 0700 and the logs 0600.
 
 When ``CDRFLOW_KAFKA_BOOTSTRAP`` / ``CDRFLOW_CLICKHOUSE_URL`` are set, the server they
 name is used as it is and only the topics and the schema are ensured. State folder
@@ -20,7 +25,7 @@ layout::
     STATE/run/NAME.json            pid file: pid, start time, command, address
     STATE/logs/NAME.log            stdout and stderr of each server
     STATE/s3/tansu/                the broker's bucket
-    STATE/clickhouse/              config.xml, users.xml, finance.password, data/, tmp/
+    STATE/clickhouse/              config.xml, users.xml, admin.password, finance.password, data/, tmp/
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from streams.stack.processes import (
     _wait_until_answers,
 )
 from streams.stack.provision import ensure_schema, ensure_topics
+from streams.stack.topics import check_topics
 
 #: The embedded servers, in start order (the broker needs its S3 store first).
 SERVERS = ("s3", "kafka", "clickhouse")
@@ -126,7 +132,7 @@ def up(
     bootstrap = settings.kafka_servers()
     if not settings.embedded_kafka:
         servers.insert(0, ServerInfo("kafka", ",".join(bootstrap)))
-        _check_external("kafka", lambda: _kafka_answers(bootstrap), ",".join(bootstrap), timeout_s)
+        _check_external("kafka", lambda: _kafka_answers(settings.kafka_access()), ",".join(bootstrap), timeout_s)
     if not settings.embedded_clickhouse:
         params = settings.clickhouse_params()
         address = f"{params['host']}:{params['port']}"
@@ -135,6 +141,12 @@ def up(
 
     say("creating topics")
     created, warnings = ensure_topics(settings, timeout_s=timeout_s)
+    # Existing topics are never changed here: say which can lose data (cdrflow topics --check).
+    try:
+        warnings += [f"topic {f.topic}: {f.message} (cdrflow topics --check; docs/operations.md)"
+                     for f in check_topics(settings, timeout_s=timeout_s).problems]
+    except Exception as error:  # a cluster may refuse DescribeConfigs to this principal
+        warnings.append(f"could not check the topics' configs ({error}): run cdrflow topics --check")
     say("applying ClickHouse migrations")
     applied = ensure_schema(settings, migrations_dir)
     return StackInfo(
@@ -147,6 +159,11 @@ def up(
         finance_password_file=(
             _finance_password_file(settings)
             if settings.embedded_clickhouse and settings.finance_password is None
+            else None
+        ),
+        admin_password_file=(
+            settings.clickhouse_admin_password_file
+            if settings.embedded_clickhouse and settings.clickhouse_password is None
             else None
         ),
         warnings=tuple(warnings),
@@ -234,7 +251,7 @@ def _launches(settings: Settings) -> list[_Launch]:
     if settings.embedded_kafka:
         s3_url = f"http://{EMBEDDED_HOST}:{settings.s3_port}"
         kafka_url = f"tcp://{EMBEDDED_HOST}:{settings.kafka_port}"
-        servers = settings.kafka_servers()
+        kafka = settings.kafka_access()
         launches += [
             _Launch(
                 name="s3",
@@ -268,7 +285,7 @@ def _launches(settings: Settings) -> list[_Launch]:
                 address=f"{EMBEDDED_HOST}:{settings.kafka_port}",
                 ports={settings.kafka_port: "CDRFLOW_KAFKA_PORT"},
                 log=logs / "kafka.log",
-                answers=lambda: _kafka_answers(servers),
+                answers=lambda: _kafka_answers(kafka),
             ),
         ]
     if settings.embedded_clickhouse:
@@ -286,6 +303,7 @@ def _launches(settings: Settings) -> list[_Launch]:
                 log=logs / "clickhouse.log",
                 answers=lambda: _clickhouse_answers(settings),
                 error_log=logs / "clickhouse-server.err.log",
+                owner_only=(logs / "clickhouse-server.log", logs / "clickhouse-server.err.log"),
             )
         )
     return launches

@@ -16,6 +16,7 @@ from streams.settings import Settings
 from streams.stack.clickhouse_config import _finance_password_file, _quote_identifier, finance_password
 from streams.stack.processes import _clickhouse_answers, _kafka_answers, _live_record, _process_alive, _read_record
 from streams.stack.servers import SERVERS, _launches
+from streams.stack.topics import check_topics
 
 #: The keys of :func:`status`'s answer.
 STATUS_KEYS = (
@@ -30,6 +31,7 @@ STATUS_KEYS = (
     "rejects_by_reason",
     "worker_state",
     "blocked_accounts",
+    "topic_problems",
     "dead_letters",
     "feed_warnings",
     "notes",
@@ -41,7 +43,8 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
     """Servers, topics, consumer lag and ClickHouse tables, as plain data (JSON-ready).
 
     Never raises for a server that is down: what could not be read is listed under
-    ``errors``. Keys: see :data:`STATUS_KEYS`. ``rejects_by_reason`` counts the rejected
+    ``errors``; ``topic_problems`` lists topic configs that can lose data (``cdrflow topics
+    --check``). Keys: see :data:`STATUS_KEYS`. ``rejects_by_reason`` counts the rejected
     lines in ClickHouse (a replayed rejection once).
 
     ``topics[name]["end_offsets"]`` are the ends of the logs as Fetch responses report
@@ -65,6 +68,7 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
         "rejects_by_reason": {},
         "worker_state": {},
         "blocked_accounts": {},
+        "topic_problems": [],
         "dead_letters": {},
         "feed_warnings": {},
         "notes": [],
@@ -86,6 +90,13 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
             answer["worker_state"] = worker_state(settings, answer["topics"])
         except Exception as error:
             answer["errors"].append(f"worker.status: {error}")
+        try:
+            # The same check as `cdrflow topics --check`: configs that can lose data.
+            report = check_topics(settings, timeout_s=max(timeout_s, 15.0))
+            answer["topic_problems"] = [f"{f.topic}: {f.message}" for f in report.problems]
+            answer["notes"] += [f"topic {f.topic}: {f.message}" for f in report.findings if f.severity == "warning"]
+        except Exception as error:
+            answer["errors"].append(f"topic configs: {error}")
         answer["blocked_accounts"] = {
             account: {**failure, "partition": partition}
             for partition, figures in answer["worker_state"].items()
@@ -145,7 +156,7 @@ def _latest_values(
     from streams.kafka.async_reader import read_topics  # aiokafka: only when asked
 
     latest: dict[Any, dict[str, Any]] = {}
-    for record in read_topics(settings.kafka_servers(), [name], timeout_s=30)[name]:
+    for record in read_topics(settings.kafka_access(), [name], timeout_s=30)[name]:
         try:
             value = json.loads(record.value)
             latest[key(value)] = value
@@ -175,7 +186,7 @@ def _servers_status(settings: Settings) -> dict[str, dict[str, Any]]:
     if not settings.embedded_kafka:
         bootstrap = settings.kafka_servers()
         servers["kafka"] = {
-            "state": "up" if _kafka_answers(bootstrap) else "down",
+            "state": "up" if _kafka_answers(settings.kafka_access()) else "down",
             "pid": None,
             "address": ",".join(bootstrap),
             "log": None,
@@ -194,8 +205,8 @@ def _servers_status(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def _kafka_status(settings: Settings, timeout_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    bootstrap = settings.kafka_servers()
-    admin = _kafka_admin(bootstrap, timeout_s)
+    kafka = settings.kafka_access()
+    admin = _kafka_admin(kafka, timeout_s)
     try:
         described = [
             topic
@@ -207,7 +218,7 @@ def _kafka_status(settings: Settings, timeout_s: float) -> tuple[dict[str, Any],
             for topic in described
             for partition in topic["partitions"]
         ]
-        ends = log_end_offsets(bootstrap, partitions, timeout_s=timeout_s)
+        ends = log_end_offsets(kafka, partitions, timeout_s=timeout_s)
         topics = {
             topic["name"]: {
                 "partitions": len(topic["partitions"]),

@@ -39,9 +39,9 @@ import polars as pl
 from schemas import topics
 from streams.catalog.watch import CatalogWatch
 from streams.clickhouse import insert as inserts
-from streams.kafka.async_reader import partitions_of
+from streams.kafka.async_reader import TP, partitions_of, read_to_end
 from streams.kafka.client import topic_name
-from streams.settings import Settings
+from streams.settings import KafkaAccess, Settings
 from streams.stack.embedded import remove_topic_files
 from streams.worker.faust_tuning import tune_faust_consumer
 from streams.worker.messages import OutputKind, OutputMessage, SourceMessage
@@ -92,11 +92,16 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
     broker); the consumer group and the table's changelog are named by ``settings.app_id``.
     """
     tune_faust_consumer()  # fetches held 0.5 s, not Faust's fixed 1.5 s (streams.worker.faust_tuning)
+    kafka = settings.kafka_access()
     app = faust.App(
         settings.app_id,
-        broker=[f"kafka://{server}" for server in settings.kafka_servers()],
+        broker=[f"kafka://{server}" for server in kafka.servers],
+        # TLS / SASL for Faust's consumer, producer and admin client (docs/operations.md)
+        broker_credentials=faust_credentials(kafka),
         store="memory://",  # rocksdb fails inside take() on this Faust (docs/infra.md)
-        topic_replication_factor=1,
+        # Topics Faust creates itself (its changelog and leader topics; cdrflow's own are
+        # made by `cdrflow up` with the configs of schemas.topics, passed below too).
+        topic_replication_factor=settings.replication_factor(),
         topic_partitions=settings.topic_partitions,
         consumer_auto_offset_reset="earliest",
         # docs/infra.md: with Faust's defaults a restart took 120 s to get its partitions
@@ -124,8 +129,11 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 
     # ------------------------------------------------------------------------ topics
     def raw_topic(*names: str) -> faust.TopicT:
+        # Declared with the configs of their role: should Faust create one (it does when a
+        # topic is missing), it keeps what it carries as `cdrflow up` would have made it.
         return app.topic(
-            *(topic_name(name, topic_prefix) for name in names), key_serializer="raw", value_serializer="raw"
+            *(topic_name(name, topic_prefix) for name in names), key_serializer="raw", value_serializer="raw",
+            config=topics.TOPICS[names[0]].created_with(settings.min_insync_replicas()),
         )
 
     cdr_raw = raw_topic(topics.CDR_RAW)
@@ -139,10 +147,12 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
                                partitions=settings.topic_partitions)
     status_topic = raw_topic(topics.WORKER_STATUS)
     state_log = StateLog(
-        settings.kafka_servers(),
+        kafka,
         topic_name(f"{settings.app_id}-state", topic_prefix),
         on_deleted=_embedded_topic_cleaner(settings),
         roll_min_bytes=settings.state_roll_bytes,
+        replication_factor=settings.replication_factor(),
+        topic_configs=topics.STATE_TOPIC.created_with(settings.min_insync_replicas()),
     )
 
     def assigned() -> set[int]:
@@ -156,17 +166,24 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         partition = None if message.partition is None else message.partition % output_partitions[message.kind]
         return outputs[message.kind].send(key=message.key, value=message.value, partition=partition)
 
+    async def read_source(partition: int, start: int, end: int) -> list[SourceMessage]:
+        # A try again of blocked accounts (cdrflow blocked retry|skip): their messages again.
+        tp = TP(cdr_raw.get_topic_name(), partition)
+        records = (await read_to_end(kafka, {tp: start}, until={tp: end}))[tp]
+        return [SourceMessage(r.key or b"", r.partition, r.offset, r.value) for r in records if r.offset < end]
+
     worker = RatingWorker(
         state_log,
         send_output=send_output,
         send_status=lambda key, value: status_topic.send(key=key, value=value),
         mine=assigned,
         source_topic=cdr_raw.get_topic_name(),
+        read_source=read_source,
     )
     rebalance_hook.on_recover(Resumer(app, worker, cdr_raw.get_topic_name(), on_failure=_stop_unsafe))
 
     catalog = CatalogWatch(settings, topic_prefix)
-    notifier = Notifier(settings.alert_webhook)
+    notifier = Notifier.from_settings(settings)
 
     # ------------------------------------------------------------------------ agents
     @app.agent(cdr_raw, name="rate_cdrs")
@@ -175,7 +192,7 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 
         async def count_partitions() -> None:
             names = {kind: topic.get_topic_name() for kind, topic in outputs.items()}
-            counts = Counter(tp.topic for tp in await partitions_of(settings.kafka_servers(), names.values()))
+            counts = Counter(tp.topic for tp in await partitions_of(kafka, names.values()))
             missing = sorted(name for name in names.values() if not counts[name])
             if missing:  # declared above, but not known to the broker yet: tried again
                 raise RuntimeError(f"no partitions of {', '.join(missing)} yet")
@@ -193,12 +210,15 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
                 if time.monotonic() - last_forced > 1.0 and _names_unknown_account(messages, catalog):
                     last_forced = time.monotonic()
                     await _until_done(catalog.refresh, "reading the tariff catalogue")
-                try:
-                    # Rated now (while the batch before is written), written next: the
-                    # take and the rating of the next batch overlap this one's writing.
-                    await worker.rate_batch(messages, catalog.catalog)
-                except Exception as error:  # a bug in the glue: hold what it touched, go on
-                    worker.hold(messages, error)
+                async with worker.lock:
+                    try:
+                        # Rated now (while the batch before is written), written next: the
+                        # take and the rating of the next batch overlap this one's writing.
+                        await worker.rate_batch(messages, catalog.catalog)
+                    except Exception as error:  # a bug in the glue: hold what it touched, go on
+                        worker.hold(messages, error)
+                        continue
+                    await _try_again(worker, catalog)
         finally:
             # A stopping worker finishes the batch it is writing if it can (a write cut
             # short is safe: it is what a kill -9 leaves).
@@ -256,6 +276,9 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 
     @app.timer(STATUS_IDLE_S)
     async def publish_state_figures() -> None:
+        if worker.unblocks and catalog.loaded:  # asked while the agent is idle (found by a write)
+            async with worker.lock:
+                await _try_again(worker, catalog)
         await worker.publish_if_due()
 
     @app.timer(CATALOG_CHECK_S)
@@ -269,6 +292,24 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def faust_credentials(kafka: KafkaAccess) -> faust.types.auth.CredentialsT | None:
+    """Faust's ``broker_credentials`` for the settings' security protocol (None: PLAINTEXT).
+
+    Faust hands them to aiokafka as ``security_protocol``, ``sasl_*`` and ``ssl_context``
+    (faust.transport.drivers.aiokafka.credentials_to_aiokafka_auth).
+    """
+    if kafka.sasl:
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            mechanism=kafka.sasl_mechanism,
+            ssl_context=kafka.ssl_context(),  # SASL_SSL with it, SASL_PLAINTEXT without
+        )
+    if kafka.tls:
+        return faust.SSLCredentials(kafka.ssl_context())
+    return None
 
 
 def faust_datadir(settings: Settings) -> str:
@@ -287,6 +328,16 @@ def _embedded_topic_cleaner(settings: Settings) -> Callable[[str], None] | None:
         remove_topic_files(settings, topic)
 
     return clean
+
+
+async def _try_again(worker: RatingWorker, catalog: CatalogWatch) -> None:
+    """Blocked accounts an operator asked to try again (cdrflow blocked retry|skip), now."""
+    if not worker.unblocks:
+        return
+    try:
+        await worker.try_again(catalog.catalog)
+    except Exception as error:  # they stay blocked; a restart tries them again
+        log.error("trying blocked accounts again failed: %r", error, exc_info=True)
 
 
 def _names_unknown_account(messages: list[SourceMessage], catalog: CatalogWatch) -> bool:

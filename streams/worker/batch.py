@@ -18,7 +18,11 @@ states to write. Everything effectively-once needs from a batch is decided here
   account's rows stay in one partition, in log order, whatever the number of accounts a
   batch touches (a live feed's batch touches ~1,000 of them);
 - each partition's checkpoint is the offset after the last message of the batch: every
-  message below it is folded into the states this batch writes (or earlier ones).
+  message below it is folded into the states this batch writes (or earlier ones);
+- an operator's ``unblock`` command (``cdrflow blocked retry|skip``) of a blocked account is
+  reported in ``unblocks`` (the runner then tries the account again at once), and a
+  message it skips is kept as ``skipped`` rejections instead of being applied
+  (docs/streaming.md, "Blocked accounts").
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -84,6 +88,12 @@ class BatchOutcome:
     lines: int = 0
     #: messages of blocked accounts, left in the log for the next try
     held: int = 0
+    #: blocked accounts with an operator's unblock command among their messages not
+    #: applied: account -> (partition, the command's offset); the runner tries them again
+    unblocks: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    #: accounts rated up to the message they fail at, and blocked there (their state,
+    #: with the note, is in ``states``) -> the error
+    blocked: dict[bytes, str] = field(default_factory=dict)
 
 
 def rate_messages(
@@ -144,6 +154,9 @@ def rate_messages(
     rounds: dict[int, int] = {}
     forwards_taken: dict[int, set[str]] = {}  # key index -> forwarded chunk ids its log took
     forwarded: list[tuple[int, str]] = []  # (key index, id) of the chunks this batch takes
+    # Operators' skips in this batch: account -> offset of the message to skip -> the command.
+    skips = _skips(ordered)
+    skipped: list[tuple[SourceMessage, int, LedgerCommand]] = []
     for message in ordered:
         outcome.checkpoints[message.partition] = max(
             outcome.checkpoints.get(message.partition, 0), message.offset + 1
@@ -153,6 +166,8 @@ def rate_messages(
             core = cores[message.key] = core_of(stored.get(message.key))
         if message.key in hold or (core.blocked is not None and message.key not in retry):
             outcome.held += 1  # a blocked account: its lines stay in the log for the next try
+            if core.blocked is not None and is_unblock(message):
+                outcome.unblocks[message.key] = (message.partition, message.offset)  # try it again now
             continue
         done = last_offset.get(message.key, (message.partition, core.applied_offset))[1]
         if message.offset <= done:
@@ -164,12 +179,23 @@ def rate_messages(
             keys.append(message.key)
             key_partition[message.key] = message.partition
         value = message.value
+        skip = skips.get(message.key, {}).get(message.offset)
+        if skip is not None and core.blocked is not None and int(core.blocked["offset"]) == message.offset:
+            skipped.append((message, index, skip))  # not applied: kept as rejections, said by an event
+            continue
         if value is not None and b'"ledger"' in value:  # cheap: only ledger messages hold it as a key
             try:
                 command = command_from_value(orjson.loads(value))
             except Exception as error:  # a ledger message that is no valid command
                 outcome.garbage += 1
                 garbage.append(_garbage_row(message, topic, index, error))
+                continue
+            if command is not None and command.kind == "unblock":
+                # Applied by reaching it: a skip it asks for was done at the skipped message
+                # (above), while the account was blocked there; otherwise nothing to do.
+                log.info("cdrflow blocked %s of %s reached at %s[%d]@%d (a skip is done at its message while the "
+                         "account is blocked there)", "skip" if command.skip_offset is not None else "retry",
+                         command.account_id, topic, message.partition, message.offset)
                 continue
             if command is not None:
                 commands.append((rounds.get(index, 0), index, message, command))
@@ -203,6 +229,12 @@ def rate_messages(
     collected: dict[str, list[pl.DataFrame]] = {"rated": [], "rejected": [], "alerts": []}
     remembered: list[pl.DataFrame] = []
     charged_months: list[pl.DataFrame] = []
+    # A skipped message is its account's first not applied (it is blocked there): its
+    # event comes first in log order, with the balance as it stood.
+    for message, index, command in skipped:
+        rows = skipped_rows(message, topic, index, command, cores[message.key].blocked or {})
+        garbage.extend(rows)
+        fold.skipped(state, index, message, command, len(rows))
     batch = _with_positions(decoded.frame, positions, topic, keys) if positions else None
     if batch is not None:
         outcome.lines = batch.height
@@ -379,6 +411,69 @@ def _warn_misrouted(state: RatingState, accounts: Mapping[str, object]) -> None:
         )
 
 
+def is_unblock(message: SourceMessage) -> bool:
+    """Whether a message is an operator's ``unblock`` command (cheap test first)."""
+    value = message.value
+    if value is None or b'"unblock"' not in value:
+        return False
+    try:
+        command = command_from_value(orjson.loads(value))
+    except Exception:
+        return False
+    return command is not None and command.kind == "unblock"
+
+
+def _skips(messages: Sequence[SourceMessage]) -> dict[bytes, dict[int, LedgerCommand]]:
+    """The skips the batch's unblock commands ask for: account -> skipped offset -> command
+    (a command only skips a message before it in its account's log)."""
+    found: dict[bytes, dict[int, LedgerCommand]] = {}
+    for message in messages:
+        if message.value is None or b'"skip_offset"' not in message.value:
+            continue
+        try:
+            command = command_from_value(orjson.loads(message.value))
+        except Exception:
+            continue
+        if command is not None and command.kind == "unblock" and command.skip_offset is not None:
+            if command.skip_offset < message.offset and command.account_id.encode() == message.key:
+                found.setdefault(message.key, {}).setdefault(command.skip_offset, command)
+    return found
+
+
+def skipped_rows(
+    message: SourceMessage, topic: str, index: int, command: LedgerCommand, blocked: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The rejections that keep a skipped message: one per line of a CDR chunk (reason
+    ``skipped``, with the operator's reason and the error that blocked it), or one for a
+    message that is not a chunk (a ledger command: its id as ``cdr_id``)."""
+    position = f"{topic}[{message.partition}]@{message.offset}"
+    detail = f"skipped by an operator at {command.at.isoformat()}: {command.reason}"
+    if blocked.get("error"):
+        detail += f" (blocked by: {str(blocked['error'])[:200]})"
+    base = {
+        "reason": "skipped",
+        "detail": detail,
+        "account_id": message.key.decode("utf-8", "replace"),
+        "topic": topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        _KEY_INDEX: index,
+    }
+    try:
+        value = orjson.loads(message.value or b"")
+    except orjson.JSONDecodeError:
+        value = None
+    if isinstance(value, dict) and isinstance(value.get("line"), list) and isinstance(value.get("cdr_id"), list):
+        source, ingest_id = str(value.get("source") or position), str(value.get("ingest_id") or "")
+        return [
+            {**base, "line": int(line), "cdr_id": str(cdr_id or ""), "source": source, "ingest_id": ingest_id}
+            for line, cdr_id in zip(value["line"], value["cdr_id"], strict=False)
+        ]
+    ledger = value.get("ledger") if isinstance(value, dict) else None
+    cdr_id = str(ledger.get("command_id") or ledger.get("kind") or "") if isinstance(ledger, dict) else ""
+    return [{**base, "line": 0, "cdr_id": cdr_id, "source": position, "ingest_id": ""}]
+
+
 def rate_isolated(
     messages: Sequence[SourceMessage],
     stored: Mapping[bytes, AccountRecords | None],
@@ -391,23 +486,21 @@ def rate_isolated(
     """:func:`rate_messages`, with a failing account kept from stopping the others.
 
     When rating the batch raises, its accounts are halved and each half rated on its own,
-    down to the accounts that fail alone: those come back in the second value (account
-    key -> the error), with no state written for them and none of their outputs; every
-    other account is rated as usual. An account's messages only ever change its own
-    state, so rating the halves apart gives what rating them together would.
+    down to the accounts that fail alone. Such an account is rated up to the message it
+    fails at (the longest run of its messages that rates, found by halving too) and
+    blocked there: that state, with the failure note, is in ``outcome.states`` and the
+    account in ``outcome.blocked``. One that fails at its first message comes back in
+    the second value (account key -> the error), with no state written for it and none
+    of its outputs. Every other account is rated as usual. An account's messages only
+    ever change its own state, so rating the halves apart gives what rating them
+    together would.
     """
     try:
         return rate_messages(messages, stored, catalog, topic, retry=retry, hold=hold), {}
     except Exception as error:  # a bug or a record no rule foresaw: find whose
         keys = sorted({m.key for m in messages})
         if len(keys) == 1:
-            log.error("rating account %r failed: %r", keys[0], error, exc_info=True)
-            outcome = BatchOutcome(messages=len(messages))
-            for message in messages:
-                outcome.checkpoints[message.partition] = max(
-                    outcome.checkpoints.get(message.partition, 0), message.offset + 1
-                )
-            return outcome, {keys[0]: f"{type(error).__name__}: {error}"[:500]}
+            return _rate_up_to_failure(keys[0], messages, stored, catalog, topic, error, retry=retry, hold=hold)
     half = set(keys[: len(keys) // 2])
     merged = BatchOutcome()
     failed: dict[bytes, str] = {}
@@ -416,11 +509,64 @@ def rate_isolated(
         failed.update(part_failed)
         merged.outputs.extend(outcome.outputs)
         merged.states.update(outcome.states)
+        merged.unblocks.update(outcome.unblocks)
+        merged.blocked.update(outcome.blocked)
         for partition, offset in outcome.checkpoints.items():
             merged.checkpoints[partition] = max(merged.checkpoints.get(partition, 0), offset)
         for name in ("messages", "skipped", "garbage", "lines", "held"):
             setattr(merged, name, getattr(merged, name) + getattr(outcome, name))
     return merged, failed
+
+
+def _rate_up_to_failure(
+    key: bytes,
+    messages: Sequence[SourceMessage],
+    stored: Mapping[bytes, AccountRecords | None],
+    catalog: Catalog,
+    topic: str,
+    error: Exception,
+    *,
+    retry: frozenset[bytes],
+    hold: frozenset[bytes],
+) -> tuple[BatchOutcome, dict[bytes, str]]:
+    """One account whose messages fail together: rated up to the first message that fails
+    after the longest run that rates (halving), and blocked at that message."""
+    log.error("rating account %r failed: %r", key, error, exc_info=True)
+    why = f"{type(error).__name__}: {error}"[:500]
+    mine = sorted(messages, key=lambda m: (m.partition, m.offset))
+    rated, fails = 0, len(mine)  # a run of `rated` messages rates; one of `fails` does not
+    best: BatchOutcome | None = None
+    while fails - rated > 1:
+        middle = (rated + fails) // 2
+        try:
+            best, rated = rate_messages(mine[:middle], stored, catalog, topic, retry=retry, hold=hold), middle
+        except Exception as shorter:  # noqa: BLE001 - any failure: the run is shorter
+            fails, why = middle, f"{type(shorter).__name__}: {shorter}"[:500]
+    outcome = best if best is not None and key in best.states else BatchOutcome(messages=len(messages))
+    outcome.messages = len(messages)
+    for message in messages:
+        outcome.checkpoints[message.partition] = max(outcome.checkpoints.get(message.partition, 0), message.offset + 1)
+    left = mine[rated:]  # from the message it fails at
+    core = core_of(stored.get(key))
+    unblocks = [m for m in left if m.offset > core.applied_offset and is_unblock(m)]
+    if unblocks:
+        outcome.unblocks[key] = (unblocks[-1].partition, unblocks[-1].offset)
+    if key not in outcome.states:
+        return outcome, {key: why}
+    # Rated up to the failing message: its state says so, blocked there.
+    partition, records = outcome.states[key]
+    failing = left[0]
+    blocked = Core.decode(records[-1][1])
+    assert records[-1][0] == key, "the core comes last (streams.worker.state_records)"
+    blocked.blocked = {
+        "offset": failing.offset, "partition": failing.partition, "error": why,
+        "at": datetime.now(timezone.utc).isoformat(),
+    }
+    outcome.states[key] = (partition, [*records[:-1], (key, blocked.encode())])
+    outcome.blocked[key] = why
+    log.error("account %r rated up to %s[%d]@%d and blocked there: %s", key, topic, failing.partition,
+              failing.offset, why)
+    return outcome, {}
 
 
 def blocked_core(

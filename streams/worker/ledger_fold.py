@@ -357,6 +357,41 @@ class LedgerFold:
         self._pending[account] = (balance, applied.credit)
         return state
 
+    def skipped(self, state: RatingState, index: int, message: SourceMessage, command: LedgerCommand, rows: int) -> None:
+        """The ``InputSkipped`` event of a message an operator skipped (``cdrflow blocked
+        skip``): no money; ``reference`` names the message, ``detail`` says why and how many
+        lines it held (kept as ``skipped`` rejections)."""
+        account = self.keys[index].decode("utf-8", "replace")
+        terms = self._terms(account, None)
+        local = command.at.astimezone(terms.plan.zone if terms is not None else timezone.utc)
+        position = f"{self.topic}[{message.partition}]@{message.offset}"
+        credit = self._credit(state, account)
+        self.events.append(
+            {
+                "event_id": f"{account}/InputSkipped/{position}",
+                "account_id": account,
+                "kind": "InputSkipped",
+                "effective_time": command.at.astimezone(timezone.utc),
+                "local_day": local.date(),
+                "month": local.strftime("%Y-%m"),
+                "amount": 0,
+                "opening_balance": 0,
+                "balance": self._balance(state, account),
+                "plan_id": terms.plan.id if terms is not None else "",
+                "reference": position,
+                "detail": f"{rows} line(s) kept as rejections: {command.reason}"[:500],
+                # no package credit moves (issue 23); the credit right after it, as every event
+                "credit_change": 0,
+                "credit": credit.amount if credit is not None else 0,
+                "document": "",
+                "topic": self.topic,
+                "partition": message.partition,
+                "offset": message.offset,
+                _KEY_INDEX: index,
+            }
+        )
+        self._touch(account, command.at)
+
     def _corrected(self, state: RatingState, account: str, index: int, message: SourceMessage, correction: Any) -> RatingState:
         """A correction part's rows, alerts and month records (docs/rules.md "Corrections")."""
         # Above every earlier version of these calls: the first rating's (0), or an

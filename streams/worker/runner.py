@@ -33,10 +33,10 @@ import orjson
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
 
 from rating import Catalog
-from streams.worker.batch import BatchOutcome, blocked_core, rate_isolated
+from streams.worker.batch import BatchOutcome, blocked_core, is_unblock, rate_isolated
 from streams.worker.messages import OutputMessage, SourceMessage
 from streams.worker.state_log import PartitionState, StateLog, StateWriteError
-from streams.worker.state_records import CHECKPOINT_KEY, AccountRecords, checkpoint_value
+from streams.worker.state_records import CHECKPOINT_KEY, AccountRecords, checkpoint_value, core_of
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,8 @@ class RatedBatch:
     rated_in_s: float
     #: it was rated on the state of a write then in flight, which turned out whole
     rated_ahead: bool = False
+    #: a try again of blocked accounts (:meth:`RatingWorker.try_again`): no checkpoint
+    catch_up: bool = False
     #: once written: why not every account and partition was (None: all were)
     why_not_whole: str | None = None
 
@@ -163,6 +165,9 @@ class RatingWorker:
         The ``cdr.raw`` partitions assigned to this worker now.
     source_topic
         The name of ``cdr.raw`` (it goes into every output row).
+    read_source
+        Reads ``cdr.raw[partition]`` from an offset up to (not with) another: what a try
+        again of blocked accounts rates (:meth:`try_again`).
     """
 
     def __init__(
@@ -172,12 +177,21 @@ class RatingWorker:
         send_status: Callable[[bytes, bytes], Awaitable[object]],
         mine: Callable[[], set[int]],
         source_topic: str,
+        read_source: Callable[[int, int, int], Awaitable[list[SourceMessage]]] | None = None,
     ):
         self.state_log = state_log
         self.send_output = send_output
         self.send_status = send_status
         self.mine = mine
         self.source_topic = source_topic
+        self.read_source = read_source
+        #: cdr.raw partition -> the offset after the last message the agent took of it
+        self.taken: dict[int, int] = {}
+        #: blocked accounts an operator asked to try again (:meth:`try_again`): account ->
+        #: (partition, offset of the request)
+        self.unblocks: dict[bytes, tuple[int, int]] = {}
+        #: held by whoever rates: the agent's batches and the timer's :meth:`try_again`
+        self.lock = asyncio.Lock()
         #: cdr.raw partition -> its accounts' committed state (loaded by streams.worker.resume)
         self.states: dict[int, PartitionState] = {}
         #: blocked accounts to try once more (those of partitions loaded since the last start)
@@ -196,7 +210,7 @@ class RatingWorker:
         self._who = f"{socket.gethostname()}:{os.getpid()}"
 
     # ------------------------------------------------------------------------ a batch
-    async def rate_batch(self, messages: list[SourceMessage], catalog: Catalog) -> RatedBatch:
+    async def rate_batch(self, messages: list[SourceMessage], catalog: Catalog, *, catch_up: bool = False) -> RatedBatch:
         """Rate a batch, then start writing it (:meth:`settled` waits for the writing).
 
         Batches are written one after the other, each whole before the next one starts;
@@ -205,6 +219,9 @@ class RatingWorker:
         not written whole (an account blocked, a partition held or taken away), this one
         is rated again on what was written.
         """
+        if not catch_up:
+            for message in messages:
+                self.taken[message.partition] = max(self.taken.get(message.partition, 0), message.offset + 1)
         writing = self._writing
         ahead = self._writing_batch if writing is not None and not writing.done() else None
         batch = await self._rate(messages, catalog, ahead)
@@ -217,9 +234,61 @@ class RatingWorker:
             batch = await self._rate(messages, catalog, None)
         elif batch.ahead is not None:
             batch.ahead, batch.rated_ahead = None, True
+        if catch_up:
+            # Older messages of a few accounts: the partition's checkpoint is already past them.
+            batch.catch_up = True
+            batch.outcome.checkpoints.clear()
+        self.unblocks.update(batch.outcome.unblocks)
         self._writing_batch = batch
         self._writing = asyncio.create_task(self._write_batch(batch), name="cdrflow-write-batch")
         return batch
+
+    async def try_again(self, catalog: Catalog) -> None:
+        """Try blocked accounts again at once, as an operator asked (``cdrflow blocked retry
+        ACCOUNT`` or ``skip``: an ``unblock`` command on the account's log that a batch found
+        among the account's messages not applied: :attr:`unblocks`; docs/streaming.md,
+        "Blocked accounts"). Call it between two batches, holding :attr:`lock`.
+
+        Each account's messages from the one it is blocked at up to where the agent has
+        taken its partition are read again from ``cdr.raw`` and rated as a batch of their
+        own (a skip asked for is done there: streams.worker.batch), before the agent takes
+        its next batch, so the account's log stays in order. An account blocked again
+        further on, with an unblock command beyond that, is tried once more; one blocked
+        again at the same message stays blocked (no loop). Other accounts do not wait for
+        an operator, only for this read. A failure here is logged: the accounts stay
+        blocked, and a restart tries them again.
+        """
+        tried_at: dict[bytes, int] = {}  # account -> the offset it was blocked at when tried
+        while self.unblocks and self.read_source is not None:
+            await self.settled()  # the batch that found them is written: their notes are stored
+            requests, self.unblocks = self.unblocks, {}
+            for partition in sorted({p for p, _ in requests.values()}):
+                state = self.states.get(partition)
+                if state is None or partition not in self.mine() or partition not in self.taken:
+                    continue  # moved: its new owner tries its blocked accounts when it loads them
+                blocked_at = {
+                    key: int(core.blocked["offset"])
+                    for key, (p, _) in requests.items()
+                    if p == partition and (core := core_of(state.fold.accounts.get(key))).blocked is not None
+                }
+                # Tried at this message already (blocked again there): no progress, no loop.
+                blocked_at = {k: o for k, o in blocked_at.items() if tried_at.get(k) != o}
+                if not blocked_at:
+                    continue
+                tried_at.update(blocked_at)
+                try:
+                    read = await self.read_source(partition, min(blocked_at.values()), self.taken[partition])
+                except Exception as error:  # the accounts stay blocked; a restart tries them again
+                    log.error("could not read %s[%d] to try %d blocked account(s) again: %r", self.source_topic,
+                              partition, len(blocked_at), error)
+                    continue
+                messages = [m for m in read if m.key in blocked_at and m.offset >= blocked_at[m.key]]
+                log.warning("trying %s again as asked: %d message(s) of %s[%d] from offset %d",
+                            ", ".join(k.decode("utf-8", "replace") for k in blocked_at), len(messages),
+                            self.source_topic, partition, min(blocked_at.values()))
+                self.retry |= set(blocked_at)
+                await self.rate_batch(messages, catalog, catch_up=True)
+        self.unblocks.clear()
 
     async def settled(self) -> None:
         """Wait until the batch being written (if any) is written or held."""
@@ -294,17 +363,25 @@ class RatingWorker:
             except Exception as error:
                 skipped.append(partition)
                 self.hold([m for m in messages if m.partition == partition], error)
-        if failed:
-            batch.why_not_whole = f"{len(failed)} account(s) blocked"
+        blocked = {**outcome.blocked, **failed}  # rated up to a message and blocked there, or not at all
+        for key in failed.keys() - outcome.unblocks.keys():
+            # Blocked here (outputs or records refused) with an operator's request after it
+            # in this very batch (a replay of the log): tried again like a held one.
+            core = core_of(stored.get(key))
+            asked = [m for m in messages if m.key == key and m.offset > core.applied_offset and is_unblock(m)]
+            if asked:
+                self.unblocks[key] = (asked[-1].partition, asked[-1].offset)
+        if blocked:
+            batch.why_not_whole = f"{len(blocked)} account(s) blocked"
         elif skipped:
             batch.why_not_whole = f"partition(s) {sorted(skipped)} not written"
         retried = self.retry & {m.key for m in messages}
         self.retry -= retried
-        if failed:
+        if blocked:
             log.error(
                 "%d account(s) blocked, their lines kept in %s for the next try: %s",
-                len(failed), self.source_topic,
-                "; ".join(f"{k.decode('utf-8', 'replace')}: {e}" for k, e in list(failed.items())[:5]),
+                len(blocked), self.source_topic,
+                "; ".join(f"{k.decode('utf-8', 'replace')}: {e}" for k, e in list(blocked.items())[:5]),
             )
         log.info(
             "rated %d lines of %d messages (%d replays skipped, %d held for blocked accounts, %d not CDR chunks) "
@@ -316,7 +393,7 @@ class RatingWorker:
         # A failure, or a blocked account freed, shows in `cdrflow status` at once.
         self._changed = True
         self._last_batch = time.monotonic()
-        if failed or retried:
+        if blocked or retried:
             await self.publish_status()
 
     async def _send_outputs(self, outputs: list[OutputMessage]) -> list[tuple[OutputMessage, BaseException]]:
@@ -400,6 +477,7 @@ class RatingWorker:
         (accounts it could not write, its checkpoint) is rated again from the log."""
         self.unwritten = {k: p for k, p in self.unwritten.items() if p != partition}
         self.frozen.discard(partition)
+        self.taken.pop(partition, None)  # the agent resumes it from its checkpoint
 
     def hold(self, messages: Sequence[SourceMessage], error: BaseException) -> None:
         """The writes of these messages' partitions failed in a way nothing narrowed down to

@@ -32,7 +32,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from schemas.topics import STATE_TOPIC
 from streams.kafka.async_reader import TP, partitions_of, read_to_end, topic_names
+from streams.settings import KafkaAccess
 from streams.worker.state_records import CHECKPOINT_KEY, SEPARATOR, RecordFold, checkpoint_offset
 
 log = logging.getLogger(__name__)
@@ -51,8 +53,8 @@ ROLL_FACTOR: Final[float] = 1.0
 PRODUCE_BATCH_BYTES: Final[int] = 1024 * 1024
 GENERATION_KEY: Final[bytes] = SEPARATOR + b"generation"
 SNAPSHOT_KEY: Final[bytes] = SEPARATOR + b"snapshot"
-#: State topics are never expired: the state is not in any other place.
-TOPIC_CONFIGS: Final[dict[str, str]] = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+#: State topics are never expired: the state is not in any other place (schemas.topics).
+TOPIC_CONFIGS: Final[dict[str, str]] = STATE_TOPIC.configs
 
 
 class StateWriteError(RuntimeError):
@@ -105,24 +107,31 @@ class StateLog:
 
     Parameters
     ----------
-    bootstrap
-        Broker addresses.
+    kafka
+        The brokers and how to reach them.
     base
         Topic name stem (``<prefix><app_id>-state``); a generation is ``<base>.p<P>.g<G>``.
     on_deleted
         Called with the name of each generation topic deleted (the embedded stack also
         clears its files: tansu leaves them).
+    replication_factor, topic_configs
+        How a new generation topic is created (the settings' replication and
+        ``min.insync.replicas``; kept forever).
     """
 
     def __init__(
         self,
-        bootstrap: list[str],
+        kafka: KafkaAccess,
         base: str,
         *,
         on_deleted: Callable[[str], Awaitable[None] | None] | None = None,
         roll_min_bytes: int = ROLL_MIN_BYTES,
+        replication_factor: int = 1,
+        topic_configs: dict[str, str] | None = None,
     ):
-        self.bootstrap = bootstrap
+        self.kafka = kafka
+        self.replication_factor = replication_factor
+        self.topic_configs = dict(TOPIC_CONFIGS if topic_configs is None else topic_configs)
         self.base = base
         self.on_deleted = on_deleted
         self.roll_min_bytes = roll_min_bytes
@@ -144,7 +153,7 @@ class StateLog:
     async def _started_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.bootstrap,
+                **self.kafka.aiokafka(),
                 acks="all",
                 enable_idempotence=False,
                 linger_ms=5,
@@ -177,7 +186,7 @@ class StateLog:
     async def generations(self, partition: int) -> list[int]:
         """The generations of a partition that have a topic, oldest first."""
         found = []
-        for name in await topic_names(self.bootstrap):
+        for name in await topic_names(self.kafka):
             match = self._pattern.fullmatch(name)
             if match and int(match.group(1)) == partition:
                 found.append(int(match.group(2)))
@@ -209,12 +218,12 @@ class StateLog:
         if not generations or generations[-1] != state.generation:
             return False
         tp = TP(self.topic(state.partition, state.generation), 0)
-        ends = await read_to_end(self.bootstrap, {tp: state.end_offset})
+        ends = await read_to_end(self.kafka, {tp: state.end_offset})
         return not ends[tp]
 
     async def _read(self, partition: int, generation: int) -> PartitionState | None:
         tp = TP(self.topic(partition, generation), 0)
-        records = (await read_to_end(self.bootstrap, {tp: 0}))[tp]
+        records = (await read_to_end(self.kafka, {tp: 0}))[tp]
         if not records or records[0].key != GENERATION_KEY:
             return None
         header = orjson.loads(records[0].value)
@@ -309,17 +318,19 @@ class StateLog:
             await self._create_one(topic)
 
     async def _create_one(self, topic: str) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="cdrflow-state")
+        admin = AIOKafkaAdminClient(**self.kafka.aiokafka(), client_id="cdrflow-state")
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1, topic_configs=TOPIC_CONFIGS)])
+            await admin.create_topics([
+                NewTopic(topic, num_partitions=1, replication_factor=self.replication_factor, topic_configs=self.topic_configs)
+            ])
         except TopicAlreadyExistsError:
             pass
         finally:
             await admin.close()
         # Metadata of a new topic reaches the producer only once it asks again.
         deadline = time.monotonic() + 30
-        while topic not in await topic_names(self.bootstrap):
+        while topic not in await topic_names(self.kafka):
             if time.monotonic() > deadline:
                 raise KafkaError(f"the state topic {topic} was created but does not show")
             await asyncio.sleep(0.1)
@@ -330,12 +341,12 @@ class StateLog:
         task.add_done_callback(self._deleting.discard)
 
     async def _delete(self, topic: str) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="cdrflow-state")
+        admin = AIOKafkaAdminClient(**self.kafka.aiokafka(), client_id="cdrflow-state")
         try:
             await admin.start()
             await admin.delete_topics([topic])
         except Exception as error:  # tansu deletes the topic, then fails to delete its objects
-            if topic in await topic_names(self.bootstrap):
+            if topic in await topic_names(self.kafka):
                 log.warning("could not delete the old state generation %s: %r", topic, error)
                 return
         finally:

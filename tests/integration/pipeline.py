@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import polars as pl
 from clickhouse_driver import Client
@@ -43,6 +44,26 @@ from streams.stack.provision import ensure_schema
 from tariffs import Tariffs, load_tariffs
 
 PROJECT = Path(__file__).resolve().parents[2]
+
+
+def stack_cli_env(stack: Settings) -> dict[str, str]:
+    """The ``CDRFLOW_*`` variables that point a ``cdrflow`` command at the session's embedded stack."""
+    return {
+        "CDRFLOW_STATE_DIR": str(stack.state_dir),
+        "CDRFLOW_KAFKA_PORT": str(stack.kafka_port),
+        "CDRFLOW_S3_PORT": str(stack.s3_port),
+        "CDRFLOW_CLICKHOUSE_TCP_PORT": str(stack.clickhouse_tcp_port),
+        "CDRFLOW_CLICKHOUSE_HTTP_PORT": str(stack.clickhouse_http_port),
+        "CDRFLOW_TOPIC_PARTITIONS": str(stack.topic_partitions),
+    }
+
+
+def stack_url(stack: Settings, database: str) -> str:
+    """The URL of a database of the stack's ClickHouse, as its admin (``default`` and the
+    password ``up`` generated): how a test points a command at it as an external one."""
+    params = stack.clickhouse_params()
+    password = quote(params["password"], safe="")
+    return f"clickhouse://{params['user']}:{password}@{params['host']}:{params['port']}/{database}"
 
 
 @dataclass
@@ -82,16 +103,19 @@ class Pipeline:
     workdir: Path
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     workers: list[Worker] = field(default_factory=list)
+    #: the embedded settings of another ClickHouse to land in (default: the stack's)
+    clickhouse: Settings | None = None
 
     def __post_init__(self) -> None:
-        params = self.stack.clickhouse_params()
         self.prefix = f"{self.name}."
         self.database = f"cdrflow_{self.name}"
         self.settings = Settings(
             state_dir=self.stack.state_dir,
             kafka_bootstrap=",".join(self.stack.kafka_servers()),
-            clickhouse_url=f"clickhouse://{params['user']}@{params['host']}:{params['port']}/{self.database}",
+            clickhouse_url=stack_url(self.clickhouse or self.stack, self.database),
             topic_partitions=self.stack.topic_partitions,
+            # The broker is the embedded one (one node), reached as an external Kafka.
+            topic_replication_factor=1,
             app_id=f"cdrflow-{self.name}",
         )
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +130,7 @@ class Pipeline:
             "CDRFLOW_CLICKHOUSE_URL": self.settings.clickhouse_url or "",
             "CDRFLOW_APP_ID": self.settings.app_id,
             "CDRFLOW_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+            "CDRFLOW_TOPIC_REPLICATION_FACTOR": "1",
             "CDRFLOW_TOPIC_PREFIX": self.prefix,
             # Not the stack's folder: its embedded servers would show as this command's own.
             "CDRFLOW_STATE_DIR": str(self.workdir / "cli-state"),
@@ -126,7 +151,7 @@ class Pipeline:
         partitions = [TopicPartition(self.topic("cdr.raw"), p) for p in range(self.settings.topic_partitions)]
         deadline = time.monotonic() + timeout_s
         while True:
-            ends = {tp.partition: end for tp, end in log_end_offsets(self.settings.kafka_servers(), partitions).items()}
+            ends = {tp.partition: end for tp, end in log_end_offsets(self.settings.kafka_access(), partitions).items()}
             figures = worker_state(self.prefixed_settings())
             if all(figures.get(p, {}).get("checkpoint") == end for p, end in ends.items()):
                 return figures
@@ -143,7 +168,14 @@ class Pipeline:
         try:
             names = [self.topic(name) for name in TOPICS]
             admin.create_topics(
-                {name: {"num_partitions": self.settings.topic_partitions, "replication_factor": 1} for name in names}
+                {
+                    self.topic(name): {
+                        "num_partitions": self.settings.topic_partitions,
+                        "replication_factor": 1,
+                        "configs": topic.created_with(1),
+                    }
+                    for name, topic in TOPICS.items()
+                }
             )
             admin.wait_for_topics(names, timeout_ms=30_000)
         finally:
@@ -217,6 +249,7 @@ class Pipeline:
             "CDRFLOW_CLICKHOUSE_URL": self.settings.clickhouse_url or "",
             "CDRFLOW_APP_ID": self.settings.app_id,
             "CDRFLOW_TOPIC_PARTITIONS": str(self.settings.topic_partitions),
+            "CDRFLOW_TOPIC_REPLICATION_FACTOR": "1",
             "CDRFLOW_STATE_DIR": str(self.settings.state_dir),
             **(env or {}),
         }
@@ -307,6 +340,20 @@ def offline_balances(tariffs: Tariffs, cdrs: Path, out: Path) -> dict[tuple[str,
     """(cdr_id, account_id) -> balance after the call, by the offline ``rate`` path."""
     rate_file(cdrs, Catalog.from_tariffs(tariffs), out)
     return {(r["cdr_id"], r["account_id"]): r["balance"] for r in read_csv_rows(out / "rated.csv")}
+
+
+def assert_export_equals_offline(pipeline: Pipeline, cdrs: Path, tmp_path: Path) -> None:
+    """The export equals the offline ``cdrflow rate`` of the same file: rated rows (balances
+    included) and alerts row for row, rejections by line and reason."""
+    streamed = pipeline.export(tmp_path / "export")
+    rate_file(cdrs, Catalog.from_tariffs(pipeline.tariffs), tmp_path / "offline")
+    for name, key in (("rated", ["account_id", "cdr_id"]), ("alerts", ["account_id", "cdr_id", "kind"])):
+        offline = pl.read_csv(tmp_path / "offline" / f"{name}.csv", infer_schema=False).sort(key)
+        online = pl.read_csv(streamed / f"{name}.csv", infer_schema=False).select(offline.columns).sort(key)
+        assert online.equals(offline), name
+    offline_rejected = {(r["line"], r["reason"]) for r in read_csv_rows(tmp_path / "offline" / "rejected.csv")}
+    online_rejected = {(r["line"], r["reason"]) for r in read_csv_rows(streamed / "rejected.csv")}
+    assert online_rejected == offline_rejected
 
 
 def assert_same_as_expected(pipeline: Pipeline, vectors: Path, tmp_path: Path) -> None:

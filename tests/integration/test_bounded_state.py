@@ -25,10 +25,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from rating import Catalog
 from streams.offline.generate import generate_dataset
-from streams.offline.rate import rate_file
-from tests.integration.pipeline import Pipeline, read_csv_rows, wait_for_log
+from tests.integration.pipeline import Pipeline, assert_export_equals_offline, wait_for_log
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -40,18 +38,6 @@ LATER = 1_000  # lines held back, sent after the restart
 
 def _log_time(line: str) -> datetime:
     return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")
-
-
-def _assert_export_equals_offline(pipeline: Pipeline, cdrs: Path, tmp_path: Path) -> None:
-    streamed = pipeline.export(tmp_path / "export")
-    rate_file(cdrs, Catalog.from_tariffs(pipeline.tariffs), tmp_path / "offline")
-    for name, key in (("rated", ["account_id", "cdr_id"]), ("alerts", ["account_id", "cdr_id", "kind"])):
-        offline = pl.read_csv(tmp_path / "offline" / f"{name}.csv", infer_schema=False).sort(key)
-        online = pl.read_csv(streamed / f"{name}.csv", infer_schema=False).select(offline.columns).sort(key)
-        assert online.equals(offline), name
-    offline_rejected = {(r["line"], r["reason"]) for r in read_csv_rows(tmp_path / "offline" / "rejected.csv")}
-    online_rejected = {(r["line"], r["reason"]) for r in read_csv_rows(streamed / "rejected.csv")}
-    assert online_rejected == offline_rejected
 
 
 def test_a_hotline_month_restarts_after_history_and_stays_exact(stack, tmp_path: Path) -> None:
@@ -108,7 +94,7 @@ def test_a_hotline_month_restarts_after_history_and_stays_exact(stack, tmp_path:
         # Every partition's state is read from its newest generation, not the history.
         generations = [int(g) for g in re.findall(r"generation (\d+):", resumed)]
         assert generations and max(generations) >= 1, resumed
-        _assert_export_equals_offline(pipeline, data.cdrs_file, tmp_path)
+        assert_export_equals_offline(pipeline, data.cdrs_file, tmp_path)
     finally:
         pipeline.stop_workers()
 
@@ -152,7 +138,7 @@ def test_an_account_whose_outputs_are_refused_is_blocked_and_rated_after_a_resta
         worker.stop()
         pipeline.start_worker()  # the default limit: the blocked account is tried again
         pipeline.wait_until(lambda c: c["rated_calls"] + c["rejected_cdrs"] >= lines, timeout_s=180, what="the hotline")
-        _assert_export_equals_offline(pipeline, data.cdrs_file, tmp_path)
+        assert_export_equals_offline(pipeline, data.cdrs_file, tmp_path)
         # The retried accounts are free again: the new worker's figures say so.
         assert not any(f["blocked"] for f in pipeline.settled_state().values())
     finally:
@@ -171,7 +157,7 @@ def test_a_generation_cut_short_while_rolling_is_never_used(stack) -> None:
     base = f"t{uuid.uuid4().hex[:8]}.state"
 
     async def scenario() -> tuple[int, int, int]:
-        log = StateLog(stack.kafka_servers(), base)
+        log = StateLog(stack.kafka_access(), base)
         try:
             state = await log.load(0)  # a new partition: generation 0
             await log.append(state, [

@@ -35,6 +35,7 @@ from streams.offline.rate import rate_file
 from streams.settings import Settings
 from streams.stack.clickhouse_config import finance_password
 from tariffs import load_tariffs
+from tests.integration.pipeline import stack_cli_env, stack_url
 from tests.conftest import CDRFLOW, VECTORS
 
 # A fresh database of the test stack per test, every migration applied.
@@ -379,7 +380,7 @@ def test_the_monthly_views_migration_keeps_the_calls_landed_before_it(
             if path.name < "0014":
                 shutil.copy(path, older / path.name)
         apply_migrations(client, older)
-        sink = connect(Settings(clickhouse_url=f"clickhouse://default@{params['host']}:{params['port']}/{name}"))
+        sink = connect(Settings(clickhouse_url=stack_url(stack, name)))
         calls = [(f"u{n}", datetime(2026, 3, 1 + n % 28, 9, tzinfo=CST), 100 + n) for n in range(40)]
         missed = _calls("U001", calls).with_columns(disposition=pl.lit("BUSY"))
         # Landed as a sink of that schema did: without the columns of later migrations
@@ -452,15 +453,7 @@ def test_the_finance_user_can_select_and_cannot_write(stack: Settings, database:
 
 def test_up_takes_the_finance_password_from_the_environment_and_never_prints_it(stack: Settings) -> None:
     secret = "fin-" + os.urandom(6).hex()
-    env = {
-        "CDRFLOW_STATE_DIR": str(stack.state_dir),
-        "CDRFLOW_KAFKA_PORT": str(stack.kafka_port),
-        "CDRFLOW_S3_PORT": str(stack.s3_port),
-        "CDRFLOW_CLICKHOUSE_TCP_PORT": str(stack.clickhouse_tcp_port),
-        "CDRFLOW_CLICKHOUSE_HTTP_PORT": str(stack.clickhouse_http_port),
-        "CDRFLOW_TOPIC_PARTITIONS": str(stack.topic_partitions),
-        "CDRFLOW_FINANCE_PASSWORD": secret,
-    }
+    env = {**stack_cli_env(stack), "CDRFLOW_FINANCE_PASSWORD": secret}
     base = {k: v for k, v in os.environ.items() if not k.startswith("CDRFLOW_")}
     try:
         done = subprocess.run([str(CDRFLOW), "up"], capture_output=True, text=True, env={**base, **env}, timeout=120)

@@ -28,7 +28,7 @@ LAND_TIMEOUT_S = 240.0
 
 
 def test_ingest_of_an_asterisk_master_csv_lands_as_the_canonical_run(pipeline: Pipeline, tmp_path: Path) -> None:
-    options = {"cdrs": 3_000, "accounts": 80, "month": "2026-03", "seed": 31}
+    options = {"cdrs": 3_000, "accounts": 80, "month": "2026-03", "seed": 13}  # a seed whose month raises alerts (2)
     canonical = generate_dataset(tmp_path / "canonical", **options)
     asterisk = generate_dataset(tmp_path / "asterisk", **options, cdr_format="asterisk")
 

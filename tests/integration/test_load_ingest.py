@@ -42,6 +42,7 @@ from streams.feeds.routing import REJECTION_SCHEMA
 from streams.kafka.client import decode_json, read_to_end
 from streams.settings import Settings
 from tariffs import load_tariffs
+from tests.integration.pipeline import stack_url
 from tests.conftest import VECTORS
 
 pytestmark = pytest.mark.integration
@@ -125,6 +126,7 @@ def _cli_env(stack: Settings, **extra: str) -> dict[str, str]:
     return {
         "CDRFLOW_KAFKA_PORT": str(stack.kafka_port),
         "CDRFLOW_CLICKHOUSE_TCP_PORT": str(stack.clickhouse_tcp_port),
+        "CDRFLOW_STATE_DIR": str(stack.state_dir),
         "CDRFLOW_KAFKA_BOOTSTRAP": "",
         "CDRFLOW_CLICKHOUSE_URL": "",
         **extra,
@@ -369,7 +371,7 @@ def test_wait_says_so_when_the_tables_do_not_exist_then_prints_the_summary(
     invoke, stack: Settings, prefix: str, database: str, tmp_path: Path
 ) -> None:
     cdrs = _unique_copy(BASIC / "cdrs.csv", tmp_path)
-    url = f"clickhouse://default@127.0.0.1:{stack.clickhouse_tcp_port}/{database}"
+    url = stack_url(stack, database)
     no_tables = invoke("ingest", cdrs, "--wait", CDRFLOW_CLICKHOUSE_URL=url)
     assert no_tables.exit_code == 1, no_tables.output
     assert f"{database}.rated_calls" in no_tables.output and "the lines were sent" in no_tables.output

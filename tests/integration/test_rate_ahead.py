@@ -55,7 +55,7 @@ def _run(stack, catalog: Catalog, batches: list[list[SourceMessage]], *, max_req
 
     async def scenario() -> tuple[list[RatedBatch], RecordFold]:
         name = f"t{uuid.uuid4().hex[:8]}"
-        state_log = StateLog(stack.kafka_servers(), f"{name}.state")
+        state_log = StateLog(stack.kafka_access(), f"{name}.state")
         producer = AIOKafkaProducer(
             bootstrap_servers=stack.kafka_servers(), acks="all", enable_idempotence=False,
             max_request_size=max_request_bytes,

@@ -42,6 +42,7 @@ from streams.settings import Settings
 from streams.stack.servers import free_ports
 from streams.stack.status import status
 from tariffs import load_tariffs
+from tests.integration.pipeline import stack_url
 from tests.conftest import VECTORS
 
 pytestmark = pytest.mark.integration
@@ -61,7 +62,7 @@ def database(stack: Settings, request: pytest.FixtureRequest) -> Iterator[Settin
     apply_migrations(Client(**{**params, "database": name}))
     yield Settings(
         kafka_bootstrap=",".join(stack.kafka_servers()),
-        clickhouse_url=f"clickhouse://default@{params['host']}:{params['port']}/{name}",
+        clickhouse_url=stack_url(stack, name),
         state_dir=stack.state_dir,
     )
     server.execute(f"DROP DATABASE IF EXISTS {name}")
@@ -244,7 +245,8 @@ def test_the_insert_retries_until_clickhouse_answers(
 ) -> None:
     params = database.clickhouse_params()
     (port,) = free_ports(1)
-    late = Settings(clickhouse_url=f"clickhouse://default@127.0.0.1:{port}/{params['database']}")
+    late = Settings(clickhouse_url=f"clickhouse://default@127.0.0.1:{port}/{params['database']}",
+                    clickhouse_password=params["password"])
     rated = _rate(VECTORS / "basic").rated
     caplog.set_level(logging.WARNING, logger="streams.clickhouse.insert")
 

@@ -17,6 +17,7 @@ from streams.settings import Settings
 from streams.stack.clickhouse_config import finance_password
 from streams.stack.servers import down, up
 from streams.stack.status import STATUS_KEYS, status
+from tests.integration.pipeline import stack_url
 
 pytestmark = pytest.mark.integration
 
@@ -181,7 +182,7 @@ def test_external_variables_start_nothing(stack: Settings, tmp_path: Path) -> No
     external = Settings(
         state_dir=tmp_path / "external-state",
         kafka_bootstrap=",".join(stack.kafka_servers()),
-        clickhouse_url=f"clickhouse://default:@127.0.0.1:{stack.clickhouse_tcp_port}/cdrflow_ext",
+        clickhouse_url=stack_url(stack, "cdrflow_ext"),
     )
     # Only servers of `external` count: test files running in parallel start and stop
     # stacks of their own meanwhile (comparing every server on the machine was flaky).

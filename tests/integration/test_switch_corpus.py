@@ -38,7 +38,9 @@ def _landed_per_file(pipeline: Pipeline, entries: list[CorpusFile], out: Path) -
     client = connect(pipeline.settings)
     try:
         order = ("source", "line", "ingest_id")
-        rated = read_table(client, RATED, order_by=(*order, "account_id", "cdr_id"), keep=("caller_origin", "source"))
+        rated = read_table(
+            client, RATED, order_by=(*order, "account_id", "cdr_id"), keep=("credit_used", "credit", "caller_origin", "source")
+        )
         rejected = read_table(client, REJECTED, order_by=order, keep=("source",))
         alerts = read_table(client, ALERTS, order_by=order, keep=("source", "cancelled"))
     finally:
