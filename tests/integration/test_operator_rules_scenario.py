@@ -27,69 +27,51 @@ from tariffs import load_tariffs
 from tests.integration.pipeline import Pipeline, WebhookReceiver
 from tests.integration.test_ledger_scenario import HEADER, _balances, _cny
 
-PLAN = """
-id = "op"
-timezone = "Asia/Shanghai"
 
+def _version(effective_from: str, per_minute: str, extra: str = "") -> str:
+    """One version of plan ``op`` (frozen 30 days, released 60 days after a suspension)."""
+    return f"""
 [[versions]]
-effective_from = 2026-01-01T00:00:00+08:00
-valid_until = 2026-05-01T00:00:00+08:00
-frozen_after_days = 30
+effective_from = {effective_from}
+{extra}frozen_after_days = 30
 reclaim_after_days = 60
-increment = { first = 60, next = 60 }
+increment = {{ first = 60, next = 60 }}
 
 [[versions.rates]]
 segment = "*"
 class = "*"
-tiers = [{ per_minute = "1.00" }]
+tiers = [{{ per_minute = "{per_minute}" }}]
 """
+
+
+def _account(id_: str, number: str, opening_balance: str, extra: str = "") -> str:
+    return f"""
+[[accounts]]
+id = "{id_}"
+plan = "op"
+numbers = [{number}]
+opening_balance = "{opening_balance}"
+{extra}opened_at = 2026-01-01T00:00:00+08:00
+"""
+
+
+PLAN = 'id = "op"\ntimezone = "Asia/Shanghai"\n' + _version(
+    "2026-01-01T00:00:00+08:00", "1.00", "valid_until = 2026-05-01T00:00:00+08:00\n"
+)
 # A second version published 10 days before it takes effect: short notice (30 days).
-SHORT_NOTICE = """
-[[versions]]
-effective_from = 2026-06-01T00:00:00+08:00
-published_at = 2026-05-22T00:00:00+08:00
-description = "1.20 a minute from June"
-frozen_after_days = 30
-reclaim_after_days = 60
-increment = { first = 60, next = 60 }
-
-[[versions.rates]]
-segment = "*"
-class = "*"
-tiers = [{ per_minute = "1.20" }]
-"""
+SHORT_NOTICE = _version(
+    "2026-06-01T00:00:00+08:00",
+    "1.20",
+    'published_at = 2026-05-22T00:00:00+08:00\ndescription = "1.20 a minute from June"\n',
+)
 BIG, MOVED, KEPT, TAKER, DEBT = "4006135792", "4007246813", "4007259361", "4006310975", "4006428517"  # grade C
-ACCOUNTS = f"""
-[[accounts]]
-id = "BIG"
-plan = "op"
-numbers = ["{BIG}"]
-opening_balance = "2000.00"
-opened_at = 2026-01-01T00:00:00+08:00
-
-[[accounts]]
-id = "OLD"
-plan = "op"
-numbers = ["{MOVED}", "{KEPT}"]
-opening_balance = "10.00"
-low_balance_threshold = "1.00"
-opened_at = 2026-01-01T00:00:00+08:00
-
-[[accounts]]
-id = "NEW"
-plan = "op"
-numbers = ["{TAKER}"]
-opening_balance = "100.00"
-opened_at = 2026-01-01T00:00:00+08:00
-
-[[accounts]]
-id = "DEBT"
-plan = "op"
-numbers = ["{DEBT}"]
-opening_balance = "5.00"
-low_balance_threshold = "1.00"
-opened_at = 2026-01-01T00:00:00+08:00
-"""
+LOW = 'low_balance_threshold = "1.00"\n'
+ACCOUNTS = "".join([
+    _account("BIG", f'"{BIG}"', "2000.00"),
+    _account("OLD", f'"{MOVED}", "{KEPT}"', "10.00", LOW),
+    _account("NEW", f'"{TAKER}"', "100.00"),
+    _account("DEBT", f'"{DEBT}"', "5.00", LOW),
+])
 
 
 def _call(cdr_id: str, called: str, answered: str, minutes: int) -> str:
