@@ -15,7 +15,9 @@ import polars as pl
 
 from rating.bounds import DEFAULT_TIME_BOUNDS, TimeBounds
 from rating.horizon import DEFAULT_HORIZON_MONTHS
+from rating.ownership import OWNERS_SCHEMA, owners_frame
 from tariffs import Plan, Tariffs
+from tariffs.catalogue import CatalogueRules
 from tariffs.models import ANY_CLASS, opening_package
 
 #: Bound of the unbounded last tier, in seconds: far beyond any month of calls.
@@ -56,6 +58,11 @@ class Catalog:
     #: Months before an account's latest charge month that are still judged (rating.horizon):
     #: an operator setting, not part of a plan, so it travels with the catalogue rating uses.
     horizon_months: int = DEFAULT_HORIZON_MONTHS
+    #: issue 25: the owners over time of numbers moved between accounts (rating.ownership);
+    #: empty when none was
+    owners: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=OWNERS_SCHEMA))
+    #: issue 25: the catalogue's own rules (catalogue.toml): the unusual_calls alert's
+    rules: CatalogueRules = field(default_factory=CatalogueRules)
     #: The charge times rated at all (rating.bounds): also an operator setting.
     time_bounds: TimeBounds = DEFAULT_TIME_BOUNDS
     _month_cache: dict[tuple[int, int], int | None] = field(default_factory=dict, compare=False)
@@ -183,6 +190,8 @@ class Catalog:
             rate_keys=rate_keys,
             tier_count=tier_count,
             horizon_months=horizon_months,
+            owners=owners_frame(tariffs.owners()),
+            rules=tariffs.rules,
             time_bounds=time_bounds,
         )
 

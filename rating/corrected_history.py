@@ -271,7 +271,9 @@ def alert_changes(
     ).with_row_index("order")
     described = ["order", "account_id", pl.col("id").alias("cdr_id"), "line", "local_day", *_ORIGIN]
     parts = []
-    for rank, (kind, flag) in enumerate(zip(ALERT_KINDS, ("cap", "low", "arrears"), strict=True)):
+    # The balance alerts only: a correction neither raises nor takes back an unusual-use
+    # alert (issue 25, docs/rules.md "Unusual use").
+    for rank, (kind, flag) in enumerate(zip(ALERT_KINDS[:3], ("cap", "low", "arrears"), strict=True)):
         parts.append(
             flags.filter(pl.col(f"{flag}_cur") | pl.col(f"{flag}_new")).select(
                 *described,

@@ -77,6 +77,7 @@ def corrected_state(
         seen=state.seen,
         latest=state.latest,
         credits=state.credits,
+        bursts=state.bursts,
     ), sorted(set(changes.get_column("month_key").to_list()))
 
 

@@ -21,13 +21,19 @@ from rating.clock import calendar_keys, local_time, month_key, offpeak
 from rating.credit import with_credit, without_credit
 from rating.fields import malformed_detail, malformed_flag, with_typed_fields
 from rating.horizon import Judged, floors, judge_horizon, keep_mask, memory_id
+from rating.ownership import owner_at
+from rating.unusual_calls import burst_alerts
 from rating.state import RatingState
 from rating.tiers import round_half_up, tier_columns, tier_seconds, with_tier_start
 from schemas.cdr_csv import records_only
 from schemas.columns import ALERT_KINDS, CDR_COLUMNS
 from tariffs import PlanVersion
 
-_BATCH_COLUMNS = ("line", *CDR_COLUMNS, "framing")
+#: A batch column naming the account a line was routed to (the worker: its message's key).
+#: When given, the line is that account's: routing decided it when the line entered the
+#: log, so a replay with a later catalogue rates it the same (docs/rules.md, "Number transfer").
+ROUTED_ACCOUNT = "routed_account"
+_BATCH_COLUMNS = ("line", *CDR_COLUMNS, "framing", ROUTED_ACCOUNT)
 #: Columns a batch may carry besides those: how a switch format placed the caller
 #: (``schemas.numbering.CALLER_ORIGINS``; worked out from ``caller_area`` when absent) and
 #: when the feed read the line (rating.bounds; no bound when absent).
@@ -156,7 +162,12 @@ def rate(batch: pl.DataFrame | PreparedBatch, state: RatingState, catalog: Catal
     judged, horizon_judged = _judge(prepared.frame, state, catalog)
     accepted = judged.filter(pl.col("reason").is_null())
     priced = _price(accepted, state, catalog)
-    next_state, remembered = _next_state(state, judged, horizon_judged, priced, catalog)
+    bursts = state.bursts
+    rule = catalog.rules.unusual_calls
+    if rule is not None:  # issue 25: bursts of calls (rating.unusual_calls)
+        fired, bursts = burst_alerts(priced, state.bursts, rule)
+        priced = priced.with_columns(unusual_calls=pl.col("row").is_in(fired.implode()))
+    next_state, remembered = _next_state(state, judged, horizon_judged, priced, catalog, bursts)
     expiries = None
     if "credit_ends" in priced.columns:  # an account of the batch may have credit
         expiries = priced.filter(pl.col("credit_expired") > 0).select(
@@ -222,13 +233,11 @@ def _from(table: pl.DataFrame, column: str, index: str) -> pl.Expr:
 
 def _fields(frame: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
     """What spec 4 steps 1-7 ask of each row, but for the duplicate check (no state)."""
-    numbers = catalog.numbers
-    frame = with_typed_fields(frame).with_columns(
+    frame = with_typed_fields(frame)
+    frame = frame.with_columns(
         malformed=malformed_flag(),
         malformed_before_account=malformed_flag(before_account=True),
-        account_idx=pl.col("called").replace_strict(
-            numbers.get_column("called"), numbers.get_column("account_idx"), default=None, return_dtype=pl.Int64
-        ),
+        account_idx=_account_index(frame, catalog),
     )
     frame = frame.with_columns(
         _from(catalog.accounts, "account_id", "account_idx"),
@@ -262,6 +271,29 @@ def _fields(frame: pl.DataFrame, catalog: Catalog) -> pl.DataFrame:
         class_code=pl.col("class").replace_strict(CLASS_CODES, return_dtype=pl.Int64),
     ).with_columns(rate_idx=_rate_index(catalog))
     return frame.collect(engine=_ENGINE)
+
+
+def _account_index(frame: pl.DataFrame, catalog: Catalog) -> pl.Series:
+    """Spec 4 step 2: each line's account (``account_idx``; null: none). The account the
+    line was routed to when the batch says (``ROUTED_ACCOUNT``), else the number's: the
+    one that held it at the call's charge time when it was transferred (rating.ownership)."""
+    numbers = catalog.numbers
+    ids = catalog.accounts.get_column("account_id")
+    index = pl.int_range(0, len(ids), dtype=pl.Int64, eager=True)
+    by_number = frame.select(
+        pl.col("called").replace_strict(
+            numbers.get_column("called"), numbers.get_column("account_idx"), default=None, return_dtype=pl.Int64
+        )
+    ).to_series()
+    if ROUTED_ACCOUNT in frame.columns:
+        routed = frame.get_column(ROUTED_ACCOUNT)
+        by_key = routed.replace_strict(ids, index, default=None, return_dtype=pl.Int64)
+        return by_key.zip_with(routed.is_not_null(), by_number).alias("account_idx")
+    if catalog.owners.height == 0:
+        return by_number.alias("account_idx")
+    held = owner_at(frame.select("called", pl.coalesce("answer", "start").alias("charge")), catalog.owners)
+    by_owner = held.get_column("owner").replace_strict(ids, index, default=None, return_dtype=pl.Int64)
+    return by_owner.zip_with(held.get_column("owned"), by_number).alias("account_idx")
 
 
 def _judge(frame: pl.DataFrame, state: RatingState, catalog: Catalog) -> tuple[pl.DataFrame, Judged]:
@@ -621,6 +653,8 @@ def _keyed_state(state: RatingState, name: str, catalog: Catalog) -> pl.DataFram
 def _alerts(priced: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
     """Spec 5: alerts in log order; one call's alerts in the order of ``ALERT_KINDS``."""
     flags = {"daily_cap_reached": "cap_reached", "low_balance": "low_balance", "arrears": "arrears"}
+    if "unusual_calls" in priced.columns:
+        flags["unusual_calls"] = "unusual_calls"
     # Narrow first: an eager filter copies every column of the wide priced frame.
     narrow = priced.select("row", "account_id", "cdr_id", "balance", "line", "local_day", *extra, *flags.values())
     parts = [
@@ -636,12 +670,14 @@ def _alerts(priced: pl.DataFrame, extra: list[str]) -> pl.DataFrame:
             *extra,
         )
         for order, kind in enumerate(ALERT_KINDS)
+        if kind in flags  # unusual_spend is the ledger's (rating.ledger)
     ]
     return pl.concat(parts).sort("row", "kind_order").drop("row", "kind_order")
 
 
 def _next_state(
-    state: RatingState, judged: pl.DataFrame, horizon: Judged, priced: pl.DataFrame, catalog: Catalog
+    state: RatingState, judged: pl.DataFrame, horizon: Judged, priced: pl.DataFrame, catalog: Catalog,
+    bursts: pl.DataFrame,
 ) -> tuple[RatingState, pl.DataFrame]:
     """Fold the batch into the state: totals add up, the last balance wins, and what falls
     out of an account's horizon is forgotten (rating.horizon). Also gives the ids the
@@ -715,7 +751,7 @@ def _next_state(
                 tables[name] = table.filter(keep)
                 if name == "seen":
                     seen_hashes = seen_hashes.filter(keep)
-    new_state = RatingState(**tables, latest=latest, credits=credits)
+    new_state = RatingState(**tables, latest=latest, credits=credits, bursts=bursts)
     # What the next batch looks up in the tables that grow with the traffic, worked out
     # from this batch's part rather than again from the whole table.
     new_state.remember("seen_hash", (new_state.seen,), seen_hashes)

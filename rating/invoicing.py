@@ -17,8 +17,10 @@ line. Issuing (:func:`issue`) takes what is waiting into a document with its VAT
 
 ``billing`` holds ``pending`` ("month|kind|item" -> [units, quantity, seconds]),
 ``notes`` (note key -> the applied month, the month and number of the invoice it
-corrects, its lines), ``invoices`` (month -> number) and ``notes_issued`` (note key ->
-[number, applied month]).
+corrects, its lines), ``invoices`` (month -> number), ``notes_issued`` (note key ->
+[number, applied month]) and ``numbers`` (the account's 400 numbers coming and going,
+[number, "in" | "out", instant]: a document's buyer holds those of its month, issue 25's
+transfers and releases included; :func:`numbers_held`).
 """
 
 from __future__ import annotations
@@ -116,9 +118,74 @@ def event_charges(event: LedgerEvent, zone: ZoneInfo) -> list[tuple[str, str, st
 
 def record_event(billing: dict[str, Any], event: LedgerEvent, zone: ZoneInfo, offset: int = -1) -> None:
     """Add an event's charges to the account's ``billing`` (``offset``: the log offset of
-    the command that made it, which names the note an adjustment waits for)."""
+    the command that made it, which names the note an adjustment waits for), and the
+    numbers it gave or took."""
     for month, kind, item, units, quantity in event_charges(event, zone):
         _add(billing, month, kind, item, units, quantity, 0, offset)
+    changes = number_changes(event)
+    if changes:
+        billing.setdefault("numbers", []).extend([number, change, at.isoformat()] for number, change, at in changes)
+
+
+def seed_numbers(billing: dict[str, Any], numbers: Iterable[str], opened_at: str | None) -> None:
+    """A book folded before the numbers were recorded (``billing`` without ``numbers``):
+    its numbers now, held since the account opened."""
+    if "numbers" not in billing and opened_at is not None:
+        billing["numbers"] = [[number, "in", opened_at] for number in numbers]
+
+
+def number_changes(event: LedgerEvent) -> list[tuple[str, str, datetime]]:
+    """The 400 numbers an event gives the account (``in``) or takes from it (``out``;
+    ``*``: all it holds): opened with, transferred in or out, released, closed (issue 25).
+
+    Examples
+    --------
+    >>> from datetime import datetime, timezone
+    >>> at = datetime(2026, 3, 10, tzinfo=timezone.utc)
+    >>> out = LedgerEvent(event_id="A1/NumberTransferred/4008000001", account_id="A1", kind="NumberTransferred",
+    ...     at=at, amount=0, balance=0, reference="4008000001", transferred_to="B1")
+    >>> [change[:2] for change in number_changes(out)]
+    [('4008000001', 'out')]
+    """
+    kind, at = event.kind, event.at
+    if kind == "AccountOpened":
+        return [(number, "in", at) for number in event.reference.split(",") if number]
+    if kind == "NumberTransferred":
+        return [(event.reference, "out" if event.transferred_to else "in", at)]
+    if kind == "NumberReleased":
+        return [(event.reference, "out", at)]
+    if kind == "AccountClosed":
+        return [("*", "out", at)]
+    return []
+
+
+def numbers_held(changes: Iterable[tuple[str, str, datetime]], start: datetime, end: datetime) -> list[str]:
+    """The numbers held at some instant of [``start``, ``end``) (an invoice's month), in
+    the order they came, from the account's changes (:func:`number_changes`, in log order).
+
+    Examples
+    --------
+    >>> from datetime import datetime, timezone
+    >>> day = lambda d: datetime(2026, 3, d, tzinfo=timezone.utc)
+    >>> changes = [("A", "in", day(1)), ("B", "in", day(1)), ("B", "out", day(10)), ("C", "in", day(20))]
+    >>> numbers_held(changes, day(2), day(15)), numbers_held(changes, day(11), day(31))
+    (['A', 'B'], ['A', 'C'])
+    """
+    since: dict[str, datetime] = {}
+    held: dict[str, bool] = {}
+    for number, change, at in changes:
+        if change == "in":
+            since.setdefault(number, at)
+            held.setdefault(number, False)
+            continue
+        for gone in list(since) if number == "*" else [number]:
+            came = since.pop(gone, None)
+            if came is not None and came < end and at > start:
+                held[gone] = True
+    for number, came in since.items():
+        if came < end:
+            held[number] = True
+    return [number for number, was in held.items() if was]
 
 
 def record_calls(
@@ -191,14 +258,16 @@ def issue(
     at: datetime,
     zone: ZoneInfo,
     plan_id: str,
-    numbers: list[str],
+    numbers: Callable[[str], list[str]],
     version_of: VersionOf,
 ) -> InvoiceDocument | None:
     """Issue the document ``request`` asks for from what ``billing`` holds; None when it
     was issued already (a repeat: the same number, nothing changes).
 
     An invoice takes every pending charge of its month and earlier; a note the charges
-    waiting for it (none: a note of 0.00, never a missing number).
+    waiting for it (none: a note of 0.00, never a missing number). ``numbers`` gives the
+    400 numbers the account held in a month "YYYY-MM" (the buyer's: the invoice's month,
+    or the month a note corrects).
     """
     local = at.astimezone(zone)
     if request.kind == "invoice":
@@ -209,7 +278,7 @@ def issue(
         billing["pending"] = {key: values for key, values in pending.items() if key not in taken}
         billing.setdefault("invoices", {})[request.month] = request.number
         return build_document(
-            taken, request.table, version_of, plan_id=plan_id, account_id=account_id, numbers=numbers,
+            taken, request.table, version_of, plan_id=plan_id, account_id=account_id, numbers=numbers(request.month),
             month=request.month, number=request.number, kind="invoice", issued_at=local,
         )
     key = f"{request.source_offset}/{request.corrects}"
@@ -219,8 +288,8 @@ def issue(
     applied = local.strftime("%Y-%m")
     billing.setdefault("notes_issued", {})[key] = [request.number, max(applied, note["corrects_month"])]
     document = build_document(
-        note["lines"], request.table, version_of, plan_id=plan_id, account_id=account_id, numbers=numbers,
-        month=applied, number=request.number, kind="credit_note", issued_at=local,
+        note["lines"], request.table, version_of, plan_id=plan_id, account_id=account_id,
+        numbers=numbers(note["corrects_month"] or applied), month=applied, number=request.number, kind="credit_note", issued_at=local,
     )
     kind = "debit_note" if document.totals.gross > 0 else "credit_note"
     return document.model_copy(update={

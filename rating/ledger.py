@@ -37,6 +37,15 @@ _MICRO: Final = timedelta(microseconds=1)
 #: month of the command it folds: a bank statement's reach (a reference older than
 #: that is checked against ClickHouse by the CLI; docs/rules.md).
 LEDGER_MEMORY_MONTHS: Final[int] = 13
+#: Ledger charges that count as a month's charges for unusual_spend (issue 25), besides
+#: its calls: the recurring and usage charges (not opening fees, package purchases, refunds).
+SPEND_KINDS: Final = frozenset(
+    {"RentCharged", "ServiceFeeCharged", "MinimumSpendTrueUp", "KeepNumberFeeCharged", "EarlyTerminationCharged"}
+)
+#: Months of unusual_spend's basis: the closed whole months before the month judged.
+SPEND_BASIS_MONTHS: Final[int] = 3
+#: Forwarded chunk ids a log remembers (a copy follows its original within seconds).
+FORWARDS_KEPT: Final[int] = 32
 
 
 def _json_copy(value: Any) -> Any:
@@ -95,6 +104,26 @@ class Book:
     service_charged: dict[str, str] = field(default_factory=dict)
     #: charges waiting for an invoice or a note, and the documents issued (rating.invoicing)
     billing: dict[str, Any] = field(default_factory=dict)
+    # issue 25 -----------------------------------------------------------------------
+    #: the arrears lifecycle of a suspension: {"since", "frozen_at", "release_at"} (ISO
+    #: 8601; the last two None when the plan sets no such days); None: not in arrears
+    arrears: dict[str, str | None] | None = None
+    #: why the account is frozen: "arrears", or "" (a cancellation's 90 days)
+    frozen_for: str = ""
+    #: number -> the instant it was released (reclaimed or closed): its calls from then
+    #: on are no account's (unknown_number)
+    released: dict[str, str] = field(default_factory=dict)
+    #: number -> [[to account, since, until or None], ...]: when a number this account
+    #: gave away was another's (its calls then are forwarded to that account's log)
+    away: dict[str, list[list[str | None]]] = field(default_factory=dict)
+    #: ids of the forwarded chunks this log took (a second copy is skipped), the last ones
+    forwards: list[str] = field(default_factory=list)
+    #: the charges of each open month so far (calls and fees: unusual_spend)
+    spend: dict[str, int] = field(default_factory=dict)
+    #: the charges of each closed whole active month: the unusual_spend basis
+    spend_closed: dict[str, int] = field(default_factory=dict)
+    #: months an unusual_spend alert was raised in (once per month)
+    unusual_months: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -128,6 +157,9 @@ class Book:
             self.topup_months.pop(ref, None)
         self.corrections = {cid: entry for cid, entry in self.corrections.items() if entry[0] >= month}
         invoicing.forget(self.billing, month)
+        self.spend = {m: v for m, v in self.spend.items() if m >= month}
+        self.spend_closed = {m: v for m, v in self.spend_closed.items() if m >= month}
+        self.unusual_months = [m for m in self.unusual_months if m >= month]
 
     def remembers(self, month: str) -> bool:
         """Whether the book still holds what happened in ``month`` ("YYYY-MM")."""
@@ -157,13 +189,60 @@ class Book:
         """When the numbers take no calls: kept, frozen or closed, scheduled ones included."""
         periods: list[tuple[datetime, datetime | None]] = []
         transitions = [(name, _instant(at)) for name, at in self.lifecycle]
-        if self.current == "cancelling":
-            transitions.append(("frozen", _instant(self.lifecycle[-1][1]) + NOTICE))
+        step = self.next_step()
+        if step is not None and step[0] == "frozen":  # the end of a notice, or of arrears
+            transitions.append(("frozen", step[1]))
         for index, (name, start) in enumerate(transitions):
             if name in INACTIVE:
                 end = transitions[index + 1][1] if index + 1 < len(transitions) else None
                 periods.append((start, end))
         return periods
+
+    def next_step(self) -> tuple[str, datetime] | None:
+        """The lifecycle's next deadline: ``("frozen" | "released" | "closed", instant)``
+        (None: none falls due). ``account show`` prints it (issue 25)."""
+        if not self.lifecycle:
+            return None
+        state, since_text = self.lifecycle[-1]
+        since = _instant(since_text)
+        arrears = self.arrears or {}
+        if state == "cancelling":
+            return "frozen", since + NOTICE
+        if state == "frozen" and self.frozen_for == "arrears":
+            return ("released", _instant(arrears["release_at"])) if arrears.get("release_at") else None
+        if state == "frozen":
+            return "closed", since + FROZEN
+        if state == "kept":
+            return "closed", add_months(since, KEEP_MONTHS_MAX)
+        if state == "active" and self.suspended and arrears:
+            if arrears.get("frozen_at"):
+                return "frozen", _instant(arrears["frozen_at"])  # type: ignore[arg-type]
+            if arrears.get("release_at"):
+                return "released", _instant(arrears["release_at"])  # type: ignore[arg-type]
+        return None
+
+    def release_of(self, number: str) -> datetime | None:
+        """When ``number`` is (or is due to be) released: its calls that start then or
+        later are no account's (unknown_number). None: it is not."""
+        if number in self.released:
+            return _instant(self.released[number])
+        step = self.next_step()
+        if number not in self.numbers or step is None:
+            return None
+        if step[0] in ("released", "closed"):
+            return step[1]
+        if step[0] == "frozen" and self.current == "cancelling":
+            return step[1] + FROZEN
+        release_at = (self.arrears or {}).get("release_at")
+        return _instant(release_at) if release_at else None
+
+    def away_at(self, number: str, instant: datetime) -> str | None:
+        """The account that held ``number`` at ``instant`` when this one had given it away
+        then (a transfer, issue 25); None when it was not away."""
+        for to, since, until in self.away.get(number, []):
+            if _instant(since) <= instant and (until is None or instant < _instant(until)):  # type: ignore[arg-type]
+                return to
+        return None
 
 
 @dataclass(frozen=True)
@@ -198,6 +277,8 @@ class Terms:
     account_id: str
     plan: Plan
     low_balance_threshold: int
+    #: the catalogue's unusual_spend_factor in hundredths (issue 25; 0: no such alert)
+    unusual_spend_percent: int = 500
 
 
 @dataclass
@@ -226,6 +307,8 @@ class _Fold:
         #: package credit (issue 23): floor charges draw on it before the balance
         self.credit = credit
         self.out = Applied()
+        # the numbers coming and going start from those the book holds (rating.invoicing)
+        invoicing.seed_numbers(book.billing, book.numbers, book.opened_at)
 
     @property
     def funds(self) -> int:
@@ -270,6 +353,25 @@ class _Fold:
             self._alerts(before, event_id, at)
         elif self.funds > before:
             self._credited(event_id, at)
+        if kind in SPEND_KINDS:
+            self._spent(-(amount + credit_change), event_id, at)
+
+    def _spent(self, charged: int, event_id: str, at: datetime) -> None:
+        """A charge adds to its month's spend, and may raise ``unusual_spend`` (issue 25)."""
+        local = at.astimezone(self.terms.plan.zone)
+        month = local.strftime("%Y-%m")
+        if not add_spend(self.book, month, charged, self.terms.unusual_spend_percent):
+            return
+        self.out.alerts.append(
+            {
+                "account_id": self.terms.account_id,
+                "kind": "unusual_spend",
+                "cdr_id": event_id,
+                "balance": self.balance,
+                "line": 0,
+                "local_day": local.date(),
+            }
+        )
 
     def charge(self, kind: str, event_id: str, at: datetime, amount: int, **extra: Any) -> None:
         """A floor charge (true-up, early termination): drawn on the package credit first,
@@ -320,16 +422,43 @@ class _Fold:
         if self.book.suspended or self.book.current not in ("active", "cancelling"):
             return
         self.book.suspended = True
+        lifecycle = self._start_arrears(at)
         self.post("AccountSuspended", event_id, at, detail=f"balance {self.balance} below 0" + (
-            f" (credit {self.credit.amount})" if self.credit else ""))
+            f" (credit {self.credit.amount})" if self.credit else "") + lifecycle)
         self._status("blocked", event_id, at)
+
+    def _start_arrears(self, at: datetime) -> str:
+        """The arrears lifecycle of a suspension of an active account (issue 25): frozen
+        ``frozen_after_days`` after it, its numbers released ``reclaim_after_days`` after
+        it, as the version in force at the suspension says. Words for the event's detail."""
+        version = self.terms.plan.version_at(at)
+        if self.book.current != "active" or version is None:
+            return ""
+        frozen = at + timedelta(days=version.frozen_after_days) if version.frozen_after_days else None
+        release = at + timedelta(days=version.reclaim_after_days) if version.reclaim_after_days else None
+        if frozen is None and release is None:
+            return ""
+        self.book.arrears = {
+            "since": at.isoformat(),
+            "frozen_at": None if frozen is None else frozen.isoformat(),
+            "release_at": None if release is None else release.isoformat(),
+        }
+        return "".join(
+            f"; {what} {when.isoformat()} unless paid back" for what, when in
+            (("frozen", frozen), ("numbers released", release)) if when is not None
+        )
 
     def _credited(self, event_id: str, at: datetime) -> None:
         if self.funds < 0:
             return
         if self.book.suspended:
             self.book.suspended = False
+            self.book.arrears = None
             reactivated = f"{self.terms.account_id}/AccountReactivated/{event_id}"
+            if self.book.current == "frozen" and self.book.frozen_for == "arrears":
+                # issue 25: frozen for arrears, not yet reclaimed: paying back restores it
+                self.book.frozen_for = ""
+                self.transition("active", at)
             self.post("AccountReactivated", reactivated, at)
             if self.book.current in ("active", "cancelling"):
                 self._status("active", reactivated, at)
@@ -373,18 +502,52 @@ class _Fold:
 
     def _lifecycle_deadline(self) -> tuple[datetime, Callable[[], None]] | None:
         """The next lifecycle deadline and what it does (None: there is none)."""
-        if not self.book.lifecycle:
+        step = self.book.next_step()
+        if step is None:
             return None
-        state, since_text = self.book.lifecycle[-1]
-        since = _instant(since_text)
-        if state == "cancelling":
-            return since + NOTICE, lambda: self._freeze(since + NOTICE)
+        what, at = step
+        state = self.book.current
+        if what == "frozen" and state == "cancelling":
+            return at, lambda: self._freeze(at)
+        if what == "frozen":
+            return at, lambda: self._arrears_freeze(at)
+        if what == "released":
+            return at, lambda: self._reclaim(at)
         if state == "frozen":
-            return since + FROZEN, lambda: self._close(since + FROZEN, "end of the 90 frozen days")
-        if state == "kept":
-            at = add_months(since, KEEP_MONTHS_MAX)
-            return at, lambda: self._close(at, f"kept for {KEEP_MONTHS_MAX} months")
-        return None
+            return at, lambda: self._close(at, "end of the 90 frozen days")
+        return at, lambda: self._close(at, f"kept for {KEEP_MONTHS_MAX} months")
+
+    def _arrears_freeze(self, at: datetime) -> None:
+        """Suspended for ``frozen_after_days``: frozen (numbers blocked, no calls, no fees);
+        paying back still restores it until its numbers are released (issue 25)."""
+        frozen = f"{self.terms.account_id}/NumberFrozen/{at.isoformat()}"
+        self.book.frozen_for = "arrears"
+        self.transition("frozen", at)
+        release = (self.book.arrears or {}).get("release_at")
+        self.post("NumberFrozen", frozen, at, detail="in arrears since " + str((self.book.arrears or {}).get("since"))
+                  + (f"; numbers released {release} unless paid back" if release else ""))
+        self._status("blocked", frozen, at)
+
+    def _reclaim(self, at: datetime) -> None:
+        """In arrears for ``reclaim_after_days``: the numbers are released (NumberReleased,
+        each) and the account is closed, its debt kept (issue 25)."""
+        account = self.terms.account_id
+        for number in list(self.book.numbers):
+            released = f"{account}/NumberReleased/{number}/{at.isoformat()}"
+            self.post("NumberReleased", released, at, reference=number,
+                      detail=f"reclaimed: in arrears since {(self.book.arrears or {}).get('since')}")
+            self.out.statuses.append((number, "released", released, at))
+            self.book.released[number] = at.isoformat()
+        self.book.numbers = []
+        self.end_credit(at, "numbers reclaimed")
+        self.transition("closed", at)
+        self.book.suspended = False
+        self.book.arrears = None
+        self.book.frozen_for = ""
+        self.book.refund_due = False
+        self.post("AccountClosed", f"{account}/AccountClosed/{at.isoformat()}", at,
+                  detail=f"numbers reclaimed after arrears; balance {self.balance} still owed" if self.balance < 0
+                  else "numbers reclaimed after arrears")
 
     def _freeze(self, at: datetime) -> None:
         # The refund waits for the close of this month, after its charges.
@@ -402,6 +565,7 @@ class _Fold:
         self.post("AccountClosed", closed, at, detail=f"{why}; numbers released")
         self.book.refund_due = False
         self._status("released", closed, at)
+        self.book.released.update({number: at.isoformat() for number in self.book.numbers})
 
 
 # ---------------------------------------------------------------------------- commands
@@ -593,6 +757,8 @@ def _resume(fold: _Fold, command: LedgerCommand) -> str | None:
     fold.transition("active", command.at)
     fold.post("KeepNumberEnded", event_id, command.at)
     fold.book.suspended = fold.balance < 0
+    if fold.book.suspended:
+        fold._start_arrears(command.at)
     fold._status("blocked" if fold.book.suspended else "active", event_id, command.at)
     return None
 
@@ -649,11 +815,12 @@ def _close_month(fold: _Fold, command: LedgerCommand) -> str | None:
     opened = _instant(book.opened_at)  # type: ignore[arg-type]
     if opened >= end:
         return None  # opened after the month: nothing to close (not recorded as closed)
-    book.closed_months.append(month)
-    # issue 24: the close is a fact of its own (an invoice of the month needs it).
+    # issue 24: the close is a fact of its own (an invoice of the month needs it). No
+    # money: neither a charge of the month (unusual_spend) nor an invoice line.
     fold.post("MonthClosed", f"{terms.account_id}/MonthClosed/{month}", end - _MICRO, reference=month)
     version = month_version(terms.plan, start, end)
     if version is None:
+        book.closed_months.append(month)
         return None
     last = end - _MICRO
     account = terms.account_id
@@ -733,6 +900,12 @@ def _close_month(fold: _Fold, command: LedgerCommand) -> str | None:
             reference=month,
             detail="kept on the first day of the month",
         )
+    # The month is closed once its charges are posted (they are its spend, issue 25): a
+    # whole active month is unusual_spend's basis for the months after it.
+    book.closed_months.append(month)
+    charged = book.spend.pop(month, 0)
+    if opened <= start and not (states & INACTIVE):
+        book.spend_closed[month] = charged
     if book.refund_due and book.current in ("frozen", "closed"):
         book.refund_due = False
         # Package credit is never refunded but by a package that says so (issue 23).
@@ -787,7 +960,8 @@ def _sla_credit(fold: _Fold, command: LedgerCommand) -> str | None:
             and book.remembers(month)
         ):
             days = calendar.monthrange(day.year, day.month)[1]
-            credit = round_half_up(version.monthly_rent, days)
+            monthly, months, what = _sla_base(version, len(book.numbers))
+            credit = round_half_up(monthly, months * days)
             book.sla_days.append(day.isoformat())
             if credit:
                 fold.post(
@@ -797,9 +971,77 @@ def _sla_credit(fold: _Fold, command: LedgerCommand) -> str | None:
                     credit,
                     reference=day.isoformat(),
                     detail=f"fault of {int(touched.total_seconds() // 60)} min on {day} (> {limit} min): "
-                    f"a day's rent {version.monthly_rent}/{days}",
+                    f"a day's {what} {monthly}/{f'{months}/' if months > 1 else ''}{days}",
                 )
         day = day + timedelta(days=1)
+    return None
+
+
+def _sla_base(version: PlanVersion, numbers: int) -> tuple[int, int, str]:
+    """What a day of outage credits, as (amount, over how many months, words), of the
+    version's ``sla_credit_base`` (issue 25): its rent, its floor (per number when rent or
+    floor is per number), or its package price over the term. A day is that over the
+    month's days."""
+    if version.sla_credit_base == "floor":
+        floor = version.minimum_monthly_spend or 0
+        return floor * (numbers if version.minimum_scope == "number" else 1), 1, "floor"
+    if version.sla_credit_base == "package":
+        package = version.package
+        return (0, 1, "package") if package is None else (package.price, package.term_months, "package")
+    return version.monthly_rent * (numbers if version.rent_scope == "number" else 1), 1, "rent"
+
+
+def _transfer_out(fold: _Fold, command: LedgerCommand) -> str | None:
+    """The number leaves this account at the instant (issue 25): only when every fee is
+    settled (no negative balance, the month before closed) and the account is not in
+    arrears, frozen or closed. Calls of it charged from then on are the new account's."""
+    book, account, number = fold.book, fold.terms.account_id, command.number
+    at, to = command.at, command.counterpart
+    if number not in book.numbers:
+        periods = book.away.get(number, [])
+        if periods and periods[-1][0] == to and periods[-1][1] == at.isoformat():
+            return None  # recorded already
+        return f"number {number} is not account {account}'s"
+    if fold.balance < 0:
+        return (
+            f"account {account} owes {-fold.balance} (balance {fold.balance}): every fee must be paid before "
+            f"number {number} can be transferred"
+        )
+    state = book.shown_state()
+    if state in ("suspended", "frozen", "closed"):
+        return f"account {account} is {state}: its number cannot be transferred"
+    local = at.astimezone(fold.terms.plan.zone)
+    before = _month_text(local.year * 12 + local.month - 2)
+    opened = _instant(book.opened_at)  # type: ignore[arg-type]
+    if opened < month_bounds(before, fold.terms.plan.zone)[1] and before not in book.closed_months and book.remembers(before):
+        return f"month {before} of account {account} is not closed: its fees are not settled yet (close-month {before})"
+    book.numbers.remove(number)
+    book.away.setdefault(number, []).append([to, at.isoformat(), None])
+    fold.post(
+        "NumberTransferred", f"{account}/NumberTransferred/{number}/{at.isoformat()}", at,
+        reference=number, transferred_to=to, detail=f"to account {to}: its calls charged from {at.isoformat()} on",
+    )
+    return None
+
+
+def _transfer_in(fold: _Fold, command: LedgerCommand) -> str | None:
+    """The number joins this account at the instant (issue 25)."""
+    book, account, number = fold.book, fold.terms.account_id, command.number
+    if number in book.numbers:
+        return None  # recorded already
+    if book.current in ("frozen", "closed"):
+        return f"account {account} is {book.current}: it cannot take number {number}"
+    at = command.at
+    book.numbers.append(number)
+    book.released.pop(number, None)
+    for period in book.away.get(number, []):
+        if period[2] is None:
+            period[2] = at.isoformat()  # it comes back: no longer away
+    event_id = f"{account}/NumberTransferred/{number}/{at.isoformat()}"
+    fold.post("NumberTransferred", event_id, at, reference=number,
+              detail=f"from account {command.counterpart}: its calls charged from {at.isoformat()} on")
+    blocked = book.suspended or book.current == "kept"
+    fold.out.statuses.append((number, "blocked" if blocked else "active", event_id, at))
     return None
 
 
@@ -870,7 +1112,8 @@ def _invoice(fold: _Fold, command: LedgerCommand) -> str | None:
     try:
         document = invoicing.issue(
             book.billing, request, account_id=terms.account_id, at=command.at, zone=terms.plan.zone,
-            plan_id=book.plan_id or terms.plan.id, numbers=book.numbers, version_of=versions_of(terms.plan),
+            plan_id=book.plan_id or terms.plan.id, numbers=lambda month: numbers_in(book, month, terms.plan.zone),
+            version_of=versions_of(terms.plan),
         )
     except ValueError as error:  # a month the tax file has no rate for: fix the file, run again
         return f"{request.number} cannot be issued: {error}"
@@ -903,6 +1146,8 @@ _HANDLERS = {
     "rerate": _rerate,
     "renew": _renew,
     "invoice": _invoice,
+    "transfer_out": _transfer_out,
+    "transfer_in": _transfer_in,
 }
 
 
@@ -920,6 +1165,42 @@ def after_calls(
     for cdr_id, at in arrears_at:
         fold.suspend(f"{terms.account_id}/AccountSuspended/{cdr_id}", at)
     return fold.book, fold.balance, fold.out
+
+
+# ---------------------------------------------------------------------------- unusual spend
+
+
+def spend_limit(book: Book, month: str, percent: int) -> int | None:
+    """The charges of ``month`` above which ``unusual_spend`` is raised (issue 25): the
+    factor (``percent`` / 100) times the average of the last ``SPEND_BASIS_MONTHS`` closed
+    whole active months before it. None: no alert can be raised in that month (the rule
+    is off, it was raised already, fewer closed months, or they charged nothing).
+
+    >>> book = Book(spend_closed={"2026-01": 1_000_000, "2026-02": 900_000, "2026-03": 1_100_000})
+    >>> spend_limit(book, "2026-04", 500), spend_limit(book, "2026-03", 500)
+    (5000000, None)
+    """
+    if percent <= 0 or month in book.unusual_months:
+        return None
+    basis = [charged for closed, charged in sorted(book.spend_closed.items()) if closed < month][-SPEND_BASIS_MONTHS:]
+    if len(basis) < SPEND_BASIS_MONTHS or sum(basis) <= 0:
+        return None
+    # charges > factor x sum / 3  <=>  charges > floor(percent x sum / 300), in integers
+    return percent * sum(basis) // (100 * SPEND_BASIS_MONTHS)
+
+
+def add_spend(book: Book, month: str, charged: int, percent: int) -> bool:
+    """Add a charge to ``month``'s spend; True when it raises ``unusual_spend`` (the
+    month's charges are above its limit for the first time). A closed month's charges are
+    as its close left them."""
+    if month in book.closed_months or not book.remembers(month):
+        return False
+    book.spend[month] = book.spend.get(month, 0) + charged
+    limit = spend_limit(book, month, percent)
+    if limit is None or book.spend[month] <= limit:
+        return False
+    book.unusual_months.append(month)
+    return True
 
 
 # ---------------------------------------------------------------------------- calendar
@@ -945,6 +1226,13 @@ def month_version(plan: Plan, start: datetime, end: datetime) -> PlanVersion | N
     """rating.md: the version in force at the month's start, else the first in it."""
     index = _version_for_period(plan, start, end)
     return None if index is None else plan.versions[index]
+
+
+def numbers_in(book: Book, month: str, zone: ZoneInfo) -> list[str]:
+    """The 400 numbers the account held at some instant of the local ``month``: those it
+    holds, gave away or had released since (issue 25), as an invoice of the month names them."""
+    changes = [(number, change, _instant(at)) for number, change, at in book.billing.get("numbers", [])]
+    return invoicing.numbers_held(changes, *month_bounds(month, zone))
 
 
 def versions_of(plan: Plan) -> Callable[[str], PlanVersion | None]:

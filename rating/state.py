@@ -25,6 +25,9 @@ CREDITS_SCHEMA = {
     "credit_refund": pl.Boolean,
 }
 
+#: issue 25: each account's last counted calls of the unusual_calls rule (rating.unusual_calls)
+BURSTS_SCHEMA = {"account_id": pl.String, "charge": pl.Datetime("us", "UTC")}
+
 _T = TypeVar("_T")
 
 
@@ -58,6 +61,9 @@ class RatingState:
         forfeited, or goes to the balance when ``credit_refund``. An account in
         ``balances`` but not here has none; one in neither still has the credit of the
         package it opened with (``Catalog.accounts``).
+    bursts
+        ``account_id, charge``: the charge times of each account's last counted calls of
+        the catalogue's ``unusual_calls`` rule, in log order (issue 25; rating.unusual_calls).
 
     Examples
     --------
@@ -72,6 +78,7 @@ class RatingState:
     seen: pl.DataFrame
     latest: pl.DataFrame
     credits: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=CREDITS_SCHEMA))
+    bursts: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=BURSTS_SCHEMA))
     #: Lookups the engine derives from the tables above (e.g. hashes of ``seen``), each kept
     #: with the table it came from: see :meth:`derived`. Not part of the state's value.
     _derived: dict[str, tuple[tuple[object, ...], Any]] = field(
@@ -121,4 +128,5 @@ class RatingState:
             ("seen", self.seen),
             ("latest", self.latest),
             ("credits", self.credits),
+            ("bursts", self.bursts),
         ]

@@ -42,9 +42,10 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
     "account_inactive",
 )
 
-AlertKind = Literal["daily_cap_reached", "low_balance", "arrears"]
-#: spec 5: when one call raises several alerts they come in this order.
-ALERT_KINDS: Final[tuple[str, ...]] = ("daily_cap_reached", "low_balance", "arrears")
+AlertKind = Literal["daily_cap_reached", "low_balance", "arrears", "unusual_calls", "unusual_spend"]
+#: spec 5: when one call raises several alerts they come in this order; issue 25's two
+#: unusual-use alerts after them (docs/rules.md "Unusual use").
+ALERT_KINDS: Final[tuple[str, ...]] = ("daily_cap_reached", "low_balance", "arrears", "unusual_calls", "unusual_spend")
 
 CallStatus = Literal["rated", "unbilled"]
 

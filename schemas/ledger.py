@@ -31,6 +31,8 @@ CommandKind = Literal[
     "invoice",
     # issue 22: try a blocked account again, or skip the message it is blocked at
     "unblock",
+    # issue 25: a number moves between accounts (one command on each account's log)
+    "transfer_out", "transfer_in",
 ]
 EventKind = Literal[
     "AccountOpened",
@@ -64,6 +66,9 @@ EventKind = Literal[
     "InvoiceIssued",
     "CreditNoteIssued",
     "DebitNoteIssued",
+    # issue 25: the arrears lifecycle's reclaim, and number transfers
+    "NumberReleased",
+    "NumberTransferred",
 ]
 #: Events that take money (amount <= 0), give it (>= 0); every other kind moves none.
 CHARGES: Final[frozenset[str]] = frozenset(
@@ -94,6 +99,7 @@ CREDIT_TAKES: Final[frozenset[str]] = frozenset(
 #: The services every plan has (tariffs.models.DEFAULT_SERVICES); a plan may add others.
 SERVICES: Final[tuple[str, ...]] = ("ivr", "recording", "blacklist", "sms")
 _SERVICE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+_NUMBER = re.compile(r"^400\d{7}$")
 
 
 def fixed_offset(instant: datetime) -> datetime:
@@ -146,6 +152,9 @@ class LedgerCommand(BaseModel):
     reason: str = ""
     # invoice: the document to issue, its number and the tax table (issue 24)
     document: InvoiceRequest | None = None
+    # transfer_out / transfer_in (issue 25): the number, and the account it goes to / comes from
+    number: str = ""
+    counterpart: str = ""
 
     @field_validator("at", "start", "end")
     @classmethod
@@ -167,6 +176,10 @@ class LedgerCommand(BaseModel):
             raise ValueError(f"month must be YYYY-MM, got {self.month!r}")
         if self.kind == "sla_credit" and (self.start is None or self.end is None or self.end <= self.start):
             raise ValueError("an SLA credit needs a fault start and a later end")
+        if self.kind in ("transfer_out", "transfer_in") and (
+            not _NUMBER.match(self.number) or not self.counterpart or self.counterpart == self.account_id
+        ):
+            raise ValueError("a transfer needs a 400 number and another account (counterpart)")
         if (self.kind == "rerate") != (self.correction is not None):
             raise ValueError("a rerate command carries a correction, and only a rerate command does")
         if self.skip_offset is not None and (self.kind != "unblock" or not self.reason.strip()):
@@ -190,6 +203,8 @@ class LedgerCommand(BaseModel):
             return f"rerate/{self.correction.correction_id}/{self.correction.part}"  # type: ignore[union-attr]
         if self.kind == "invoice":
             return f"invoice/{self.document.number}"  # type: ignore[union-attr]
+        if self.kind in ("transfer_out", "transfer_in"):
+            return f"{self.kind}/{self.number}/{self.at.isoformat()}"
         return f"{self.kind}/{self.at.isoformat()}"
 
     def message_value(self) -> dict[str, Any]:
@@ -238,6 +253,8 @@ class LedgerEvent(BaseModel):
     #: an issued document (InvoiceIssued, CreditNoteIssued, DebitNoteIssued): the
     #: schemas.invoices.InvoiceDocument as JSON (issue 24); '' on every other kind
     document: str = ""
+    #: NumberTransferred on the account the number left: the account it went to (issue 25)
+    transferred_to: str = ""
 
     @model_validator(mode="after")
     def _sign_of_kind(self) -> LedgerEvent:

@@ -85,7 +85,12 @@ INVOICE_NUMBERS: Final = "invoice.numbers"
 TOPICS: Final[dict[str, Topic]] = {
     topic.name: topic
     for topic in (
-        Topic(CDR_RAW, key="account_id", carries="CDR lines from switch feeds, in file order"),
+        Topic(
+            CDR_RAW,
+            key="account_id",
+            carries="CDR lines from switch feeds, in file order, and ledger commands; the worker writes a "
+            "transferred number's calls back here to the account that held it then (issue 25)",
+        ),
         Topic(
             BILLING_EVENTS,
             key="account_id",

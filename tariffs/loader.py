@@ -13,10 +13,11 @@ from typing import Any
 import rtoml
 from pydantic import ValidationError
 
+from tariffs.catalogue import CATALOGUE_FILE, CatalogueRules, load_catalogue_rules
 from tariffs.errors import TariffError
 from tariffs.grades import GRADES_FILE, load_grade_fees
 from schemas.money import format_money
-from tariffs.models import Account, AccountsFile, Plan, opening_package
+from tariffs.models import Account, AccountsFile, Plan, Transfer, opening_package, ownership
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,23 @@ class Tariffs:
     sources: dict[str, Path] = field(default_factory=dict)
     #: number_grades.toml beside the plans (spec/ledger.md 3); None: the folder has none
     grade_fees: Any = None
+    #: catalogue.toml beside the plans (issue 25): notice days, unusual-use alerts
+    rules: CatalogueRules = field(default_factory=CatalogueRules)
+    #: numbers moved between accounts (issue 25), from the accounts file or the topic
+    transfers: tuple[Transfer, ...] = ()
+    #: the catalogue.toml the rules were read from (None: the defaults, no file)
+    rules_source: Path | None = None
 
     def account_of_number(self) -> dict[str, str]:
-        return {number: account.id for account in self.accounts for number in account.numbers}
+        """Each number's account now: the one that lists it, or the last a transfer gave it to."""
+        owners = {number: account.id for account in self.accounts for number in account.numbers}
+        owners.update({number: chain[-1][1] for number, chain in self.owners().items()})
+        return owners
+
+    def owners(self) -> dict[str, list[tuple[Any, str]]]:
+        """Each transferred number's owners over time (``tariffs.models.ownership``): the
+        account that bills a call of it is the one holding it at the call's charge time."""
+        return ownership(self.transfers)
 
 
 def _describe(loc: tuple[Any, ...], raw: Any) -> str:
@@ -100,7 +115,7 @@ def _read_plans(directory: Path) -> tuple[dict[str, Plan], dict[str, Path], list
     plans: dict[str, Plan] = {}
     sources: dict[str, Path] = {}
     named: set[str] = set()
-    files = sorted(p for p in directory.glob("*.toml") if p.name != "number_grades.toml")
+    files = sorted(p for p in directory.glob("*.toml") if p.name not in (GRADES_FILE, CATALOGUE_FILE))
     if not files:
         problems.append(f"{directory}: no plan files (*.toml) found")
     for path in files:
@@ -126,20 +141,32 @@ def _read_plans(directory: Path) -> tuple[dict[str, Plan], dict[str, Path], list
 
 def load_accounts(path: Path) -> tuple[Account, ...]:
     """Load and validate the accounts file."""
-    path = Path(path)
+    return _load_accounts_file(Path(path)).accounts_tuple
+
+
+def _load_accounts_file(path: Path) -> _AccountsRead:
     raw = _read_toml(path)
     try:
-        return tuple(AccountsFile.model_validate(raw).accounts)
+        parsed = AccountsFile.model_validate(raw)
     except ValidationError as exc:
         raise TariffError(_problems(path, exc, raw)) from None
+    return _AccountsRead(tuple(parsed.accounts), tuple(parsed.transfers))
+
+
+@dataclass(frozen=True)
+class _AccountsRead:
+    accounts_tuple: tuple[Account, ...]
+    transfers: tuple[Transfer, ...]
 
 
 def load_tariffs(plans_dir: Path, accounts_file: Path) -> Tariffs:
     """Load plans and accounts together and check that every account's plan exists."""
     plans, sources, problems, named = _read_plans(Path(plans_dir))
     accounts: tuple[Account, ...] = ()
+    transfers: tuple[Transfer, ...] = ()
     try:
-        accounts = load_accounts(Path(accounts_file))
+        read = _load_accounts_file(Path(accounts_file))
+        accounts, transfers = read.accounts_tuple, read.transfers
     except TariffError as exc:
         problems.extend(exc.problems)
     if named:
@@ -169,6 +196,13 @@ def load_tariffs(plans_dir: Path, accounts_file: Path) -> Tariffs:
             grade_fees = load_grade_fees(plans_dir)
         except TariffError as exc:
             problems.extend(exc.problems)
+    rules = CatalogueRules()
+    try:
+        rules = load_catalogue_rules(plans_dir)
+    except TariffError as exc:
+        problems.extend(exc.problems)
     if problems:
         raise TariffError(problems)
-    return Tariffs(plans=plans, accounts=accounts, sources=sources, grade_fees=grade_fees)
+    rules_file = Path(plans_dir) / CATALOGUE_FILE
+    return Tariffs(plans=plans, accounts=accounts, sources=sources, grade_fees=grade_fees, rules=rules,
+                   transfers=transfers, rules_source=rules_file if rules_file.exists() else None)

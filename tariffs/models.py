@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Iterable
 from datetime import date, datetime, time, timezone
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -234,12 +235,42 @@ class PlanVersion(_Model):
     # issue 24: the version's prices include VAT (what enterprises are quoted), unless
     # it says otherwise; invoices then add the tax on top (docs/rules.md).
     prices_include_tax: bool = True
+    # issue 25: what a day of outage credits (spec/ledger.md 4), the arrears lifecycle
+    # (spec/ledger.md 5: days from the suspension), and what a published tariff states
+    # (MIIT 2018 notice: when it was published, until when it is on sale, in words).
+    sla_credit_base: Literal["rent", "floor", "package"] = "rent"
+    frozen_after_days: Annotated[StrictInt, Field(gt=0, le=3650)] | None = None
+    reclaim_after_days: Annotated[StrictInt, Field(gt=0, le=3650)] | None = None
+    published_at: AwareDatetime | None = None
+    valid_until: AwareDatetime | None = None
+    description: str = ""
 
-    @field_validator("effective_from")
+    @field_validator("effective_from", "published_at", "valid_until")
     @classmethod
-    def _fixed_offset(cls, instant: datetime) -> datetime:
+    def _fixed_offset(cls, instant: datetime | None) -> datetime | None:
         # TOML readers attach their own tzinfo classes; keep a plain fixed offset.
-        return instant.replace(tzinfo=timezone(instant.utcoffset()))
+        return None if instant is None else instant.replace(tzinfo=timezone(instant.utcoffset()))
+
+    @model_validator(mode="after")
+    def _lifecycle_and_validity(self) -> PlanVersion:
+        # issue 25: the numbers are released after (or when) the account is frozen; a
+        # version is published before it takes effect and on sale after it does.
+        if self.frozen_after_days and self.reclaim_after_days and self.reclaim_after_days < self.frozen_after_days:
+            raise ValueError(
+                f"reclaim_after_days ({self.reclaim_after_days}) must not be less than frozen_after_days "
+                f"({self.frozen_after_days}): both count from the suspension"
+            )
+        if self.published_at is not None and self.published_at > self.effective_from:
+            raise ValueError(
+                f"published_at {self.published_at.isoformat()} is after effective_from "
+                f"{self.effective_from.isoformat()}: a tariff is published before it takes effect"
+            )
+        if self.valid_until is not None and self.valid_until <= self.effective_from:
+            raise ValueError(
+                f"valid_until {self.valid_until.isoformat()} must be after effective_from "
+                f"{self.effective_from.isoformat()}"
+            )
+        return self
 
     @field_validator("services")
     @classmethod
@@ -354,10 +385,59 @@ def opening_package(account: Account, plan: Plan) -> tuple[Package, datetime] | 
     return version.package, version.package.ends(opened, plan.zone)
 
 
+class Transfer(_Model):
+    """A 400 number moved from one account to another (过户, issue 25): calls charged
+    before ``at`` are the old account's, calls at or after it the new one's."""
+
+    number: FourHundredNumber
+    from_account: Annotated[str, Field(alias="from", min_length=1)]
+    to_account: Annotated[str, Field(alias="to", min_length=1)]
+    at: AwareDatetime
+
+    @field_validator("at")
+    @classmethod
+    def _fixed_offset(cls, instant: datetime) -> datetime:
+        return instant.replace(tzinfo=timezone(instant.utcoffset()))
+
+    @model_validator(mode="after")
+    def _two_accounts(self) -> Transfer:
+        if self.from_account == self.to_account:
+            raise ValueError(f"number {self.number} is transferred from account {self.from_account!r} to itself")
+        return self
+
+
+def ownership(transfers: Iterable[Transfer]) -> dict[str, list[tuple[datetime | None, str]]]:
+    """Each transferred number's owners over time: ``[(since, account), ...]`` in time
+    order, the first ``since`` None (the owner before the first transfer).
+
+    Raises ``ValueError`` when a number's transfers do not follow each other (one leaves
+    an account that does not hold it, or two share an instant).
+
+    >>> t = Transfer.model_validate({"number": "4008123456", "from": "A", "to": "B", "at": "2026-04-01T00:00:00+08:00"})
+    >>> [(since and since.isoformat(), owner) for since, owner in ownership([t])["4008123456"]]
+    [(None, 'A'), ('2026-04-01T00:00:00+08:00', 'B')]
+    """
+    chains: dict[str, list[tuple[datetime | None, str]]] = {}
+    for transfer in sorted(transfers, key=lambda t: (t.number, t.at)):
+        chain = chains.setdefault(transfer.number, [(None, transfer.from_account)])
+        since, holder = chain[-1]
+        if holder != transfer.from_account:
+            raise ValueError(
+                f"number {transfer.number} is transferred from {transfer.from_account!r} at "
+                f"{transfer.at.isoformat()}, but {holder!r} holds it then"
+            )
+        if since is not None and since == transfer.at:
+            raise ValueError(f"number {transfer.number} has two transfers at {transfer.at.isoformat()}")
+        chain.append((transfer.at, transfer.to_account))
+    return chains
+
+
 class AccountsFile(_Model):
-    """The accounts file: ``[[accounts]]`` tables."""
+    """The accounts file: ``[[accounts]]`` tables, and the ``[[transfers]]`` of numbers
+    between them (issue 25)."""
 
     accounts: list[Account] = []
+    transfers: list[Transfer] = []
 
     @model_validator(mode="after")
     def _ids_and_numbers_unique(self) -> AccountsFile:
@@ -374,4 +454,19 @@ class AccountsFile(_Model):
                         f"number {number} belongs to two accounts: {owners[number]!r} and {account.id!r}"
                     )
                 owners[number] = account.id
+        # issue 25: a number's transfers follow each other between accounts of the file,
+        # and the last one leaves it with the account that lists it.
+        try:
+            chains = ownership(self.transfers)
+        except ValueError as error:
+            raise ValueError(f"transfers: {error}") from None
+        for number, chain in chains.items():
+            for _, holder in chain:
+                if holder not in ids:
+                    raise ValueError(f"transfers: number {number} names account {holder!r}, which is not in the file")
+            if owners.get(number) != chain[-1][1]:
+                raise ValueError(
+                    f"transfers: number {number} was last transferred to {chain[-1][1]!r}, so that account "
+                    f"must list it in its numbers (it is listed by {owners.get(number)!r})"
+                )
         return self

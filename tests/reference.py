@@ -38,6 +38,12 @@ Decisions for what the spec leaves open (agreed with the engine):
   before the call: forfeited, or added to the balance (``unused = "refund"``).
   ``low_balance`` and ``arrears`` judge credit + balance (the funds) before and after the
   call; a row's ``balance`` is the balance alone.
+- A transferred number (issue 25) bills the account that held it at the call's charge
+  time.
+- ``unusual_calls`` (issue 25): over an account's rated calls that the catalogue's rule
+  counts (class, local hours of the charge time), in log order, a call is in a burst when
+  it and the ``count - 1`` counted calls before it span less than ``window_minutes``; the
+  alert comes at a call in a burst whose counted call before was not, after the others.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from tariffs import Account, Plan, PlanVersion, Rate, Tariffs
+from tariffs.catalogue import UnusualCalls
 from tariffs.models import opening_package
 
 DISPOSITIONS = frozenset({"ANSWERED", "NO ANSWER", "BUSY", "FAILED", "CONGESTION"})
@@ -97,6 +104,8 @@ class _AccountState:
     charged_s: dict[tuple[int, int, str], int] = field(default_factory=dict)
     spent_today: dict[date, int] = field(default_factory=dict)
     cap_alerted_days: set[date] = field(default_factory=set)
+    #: charge times of the calls the unusual_calls rule counted, in log order
+    counted: list[datetime] = field(default_factory=list)
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -229,6 +238,23 @@ def _end_credit(state: _AccountState, charge_time: datetime) -> None:
         state.credit, state.credit_ends = 0, None
 
 
+def _counted(rule: UnusualCalls, call_class: str, local: datetime) -> bool:
+    """Whether a rated call counts for the unusual_calls rule: its class, its local hour."""
+    if call_class not in rule.classes:
+        return False
+    if rule.hours is None:
+        return True
+    start_s, end_s = rule.hours
+    t = local.hour * 3600 + local.minute * 60 + local.second
+    return start_s <= t < end_s if start_s < end_s else (t >= start_s or t < end_s)
+
+
+def _in_burst(times: list[datetime], rule: UnusualCalls) -> bool:
+    """The last ``count`` counted calls (log order) span less than the window."""
+    last = times[-rule.count:]
+    return len(last) == rule.count and max(last) - min(last) < timedelta(minutes=rule.window_minutes)
+
+
 def _billable_s(billsec: int, first: int, next_: int) -> int:
     if billsec <= first:
         return first
@@ -293,6 +319,8 @@ def rate_reference(
     """
     accounts: dict[str, Account] = {account.id: account for account in tariffs.accounts}
     owner_of = tariffs.account_of_number()
+    chains = tariffs.owners()
+    rule = tariffs.rules.unusual_calls
     states = {account.id: _opening_state(account, tariffs.plans[account.plan])
               for account in tariffs.accounts}
     rated: list[dict] = []
@@ -308,6 +336,9 @@ def rate_reference(
             reject(line, fields[0] if fields else "", "malformed")
             continue
         account_id = owner_of.get(cdr.called)
+        if cdr.called in chains:  # issue 25: a transferred number bills whoever held it then
+            charged_at = cdr.answer if cdr.answer is not None else cdr.start
+            account_id = [holder for since, holder in chains[cdr.called] if since is None or since <= charged_at][-1]
         if account_id is None:
             reject(line, cdr.cdr_id, "unknown_number")
             continue
@@ -410,6 +441,10 @@ def rate_reference(
             kinds.append("low_balance")
         if before >= 0 > after:
             kinds.append("arrears")
+        if rule is not None and _counted(rule, call_class, local):
+            state.counted.append(charge_time)
+            if _in_burst(state.counted, rule) and not _in_burst(state.counted[:-1], rule):
+                kinds.append("unusual_calls")
         alerts.extend({"line": line, "account_id": account_id, "kind": kind,
                        "cdr_id": cdr.cdr_id, "balance": state.balance} for kind in kinds)
 

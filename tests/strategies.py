@@ -18,6 +18,8 @@ from hypothesis import strategies as st
 from schemas.columns import CDR_HEADER
 from schemas.money import format_money
 from tariffs import Account, Plan, Tariffs
+from tariffs.catalogue import CatalogueRules
+from tariffs.models import Transfer
 
 TIMEZONES = ("Asia/Shanghai", "UTC", "America/New_York", "Europe/Berlin", "Asia/Kolkata",
              "Australia/Adelaide")
@@ -312,12 +314,20 @@ class Scenario:
     csv_text: str
     #: months before an account's latest charge month still judged (rating.horizon)
     horizon_months: int = 1
+    #: catalogue.toml (issue 25: the unusual_calls rule), as its dict; None: no file
+    rules: dict | None = None
+    #: [[transfers]] of the accounts file (issue 25), as their dicts
+    transfers: tuple[dict, ...] = ()
 
     @cached_property
     def tariffs(self) -> Tariffs:
         plans = [Plan.model_validate(p) for p in self.plan_dicts]
         accounts = tuple(Account.model_validate(a) for a in self.account_dicts)
-        return Tariffs(plans={plan.id: plan for plan in plans}, accounts=accounts)
+        return Tariffs(
+            plans={plan.id: plan for plan in plans}, accounts=accounts,
+            rules=CatalogueRules.model_validate(self.rules or {}),
+            transfers=tuple(Transfer.model_validate(t) for t in self.transfers),
+        )
 
     @property
     def csv_bytes(self) -> bytes:
@@ -339,4 +349,36 @@ def scenarios(draw: st.DrawFn, max_rows: int = 60) -> Scenario:
     text = newline.join([CDR_HEADER, *lines]) + draw(st.sampled_from([newline, ""]))
     # The log spans three local months: 0 and 1 make late calls common, 2 rare.
     horizon_months = draw(st.sampled_from([0, 1, 1, 2]))
-    return Scenario(plan_dicts=plan_dicts, account_dicts=account_dicts, csv_text=text, horizon_months=horizon_months)
+    rules = draw(st.one_of(st.none(), unusual_calls_rules()))
+    transfers = draw(st.one_of(st.just(()), number_transfers(account_dicts)))
+    return Scenario(plan_dicts=plan_dicts, account_dicts=account_dicts, csv_text=text, horizon_months=horizon_months,
+                    rules=rules, transfers=transfers)
+
+
+@st.composite
+def unusual_calls_rules(draw: st.DrawFn) -> dict:
+    """catalogue.toml with an unusual_calls rule small enough to fire in a short log."""
+    rule: dict = {
+        "count": draw(st.integers(2, 3)),
+        "window_minutes": draw(st.sampled_from([1, 60, 1440, 44_640, 44_640])),
+        "classes": draw(st.lists(st.sampled_from(CLASSES), min_size=1, max_size=3, unique=True)),
+    }
+    if draw(st.booleans()):
+        rule["hours"] = [draw(st.sampled_from(CLOCKS)), draw(st.sampled_from(CLOCKS))]
+    return {"unusual_calls": rule}
+
+
+@st.composite
+def number_transfers(draw: st.DrawFn, account_dicts: list[dict]) -> tuple[dict, ...]:
+    """One or two transfers of one number between the accounts (issue 25); the accounts'
+    lists are changed in place so that the last owner lists it, as a valid file would."""
+    giver = draw(st.sampled_from(account_dicts))
+    number = draw(st.sampled_from(giver["numbers"]))
+    holder, transfers = giver, []
+    for instant in sorted(draw(st.lists(instants(), min_size=1, max_size=2, unique=True))):
+        taker = draw(st.sampled_from([a for a in account_dicts if a is not holder]))
+        transfers.append({"number": number, "from": holder["id"], "to": taker["id"], "at": instant.isoformat()})
+        holder = taker
+    giver["numbers"] = [n for n in giver["numbers"] if n != number]
+    holder["numbers"] = [*[n for n in holder["numbers"] if n != number], number]
+    return tuple(transfers)

@@ -46,9 +46,9 @@ def _call(cdr_id: str, called: str, answered_at: str, billsec: int,
                      iso(answer + timedelta(seconds=billsec)), str(billsec), "ANSWERED"])
 
 
-def _scenario(plans: list[dict], accounts: list[dict], lines: list[str]) -> Scenario:
+def _scenario(plans: list[dict], accounts: list[dict], lines: list[str], **more: object) -> Scenario:
     return Scenario(plan_dicts=plans, account_dicts=accounts,
-                    csv_text="\r\n".join([CDR_HEADER, *lines]) + "\r\n")
+                    csv_text="\r\n".join([CDR_HEADER, *lines]) + "\r\n", **more)  # type: ignore[arg-type]
 
 
 def _plan(plan_id: str, versions: list[dict], timezone: str = "Asia/Shanghai") -> dict:
@@ -242,6 +242,44 @@ PACKAGE_CREDIT_ENDS = _scenario(
 )
 
 
+TRANSFER_AND_BURST = _scenario(
+    [
+        _plan("flat", [{"effective_from": "2026-01-01T00:00:00+08:00",
+                        "rates": [{"segment": "*", "class": "*", "tiers": _tiers("0.10")}]}]),
+    ],
+    [
+        {"id": "A001", "plan": "flat", "numbers": ["4008012345"], "opening_balance": "10.00"},
+        {"id": "A002", "plan": "flat", "numbers": ["4008123456", "4001234567"], "opening_balance": "10.00"},
+    ],
+    [
+        # issue 25: 4001234567 moved from A001 to A002 at March 1 (local): by charge time
+        _call("T1", "4001234567", "2026-02-28T23:59:59+08:00", 60),   # A001's
+        _call("T2", "4001234567", "2026-03-01T00:00:00+08:00", 60),   # A002's
+        _call("T3", "4001234567", "2026-02-27T10:00:00+08:00", 60),   # late, still A001's
+        # three international calls within an hour between 00:00 and 06:00: one alert
+        _call("B1", "4008012345", "2026-03-02T01:00:00+08:00", 60, caller_area="+44"),
+        _call("B2", "4008012345", "2026-03-02T01:20:00+08:00", 60, caller_area="+44"),
+        _call("B3", "4008012345", "2026-03-02T01:40:00+08:00", 60, caller_area="0044"),
+        _call("B4", "4008012345", "2026-03-02T01:50:00+08:00", 60, caller_area="+1"),   # same burst
+        _call("B5", "4008012345", "2026-03-02T03:40:00+08:00", 60, caller_area="+1"),   # not one: re-armed
+        _call("B6", "4008012345", "2026-03-02T10:00:00+08:00", 60, caller_area="+1"),   # daytime: not counted
+        _call("B7", "4008012345", "2026-03-02T03:50:00+08:00", 60, caller_area="+1"),
+        _call("B8", "4008012345", "2026-03-02T04:00:00+08:00", 60, caller_area="+1"),   # a new burst
+    ],
+    rules={"unusual_calls": {"count": 3, "window_minutes": 60, "classes": ["international"],
+                             "hours": ["00:00", "06:00"]}},
+    transfers=({"number": "4001234567", "from": "A001", "to": "A002", "at": "2026-03-01T00:00:00+08:00"},),
+)
+
+
+def test_transfer_and_burst_example() -> None:
+    # The worked example itself, against the expectations in its comments.
+    (result,) = _engine_results(TRANSFER_AND_BURST)
+    owners = dict(result.rated.select("cdr_id", "account_id").rows())
+    assert [owners[c] for c in ("T1", "T2", "T3")] == ["A001", "A002", "A001"]
+    assert result.alerts.filter(pl.col("kind") == "unusual_calls").get_column("cdr_id").to_list() == ["B3", "B8"]
+
+
 # --- running both sides ------------------------------------------------------------------
 
 def _engine_results(scenario: Scenario, cuts: list[int] | None = None) -> list:
@@ -270,6 +308,7 @@ def _engine_results(scenario: Scenario, cuts: list[int] | None = None) -> list:
 @example(scenario=NON_SHANGHAI_TIMEZONES)
 @example(scenario=WINDOW_WRAPS_MIDNIGHT)
 @example(scenario=PACKAGE_CREDIT_ENDS)
+@example(scenario=TRANSFER_AND_BURST)
 def test_engine_equals_reference_on_random_logs(scenario: Scenario) -> None:
     want_rated, want_rejected, want_alerts = rate_reference_csv(
         scenario.tariffs, scenario.csv_bytes, scenario.horizon_months

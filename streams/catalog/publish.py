@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime, time, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import rtoml
 from pydantic import BaseModel, ValidationError
@@ -35,10 +35,12 @@ from schemas.topics import ACCOUNTS, CDR_RAW, PLANS
 from streams.kafka.client import Sender, decode_json, make_reader, read_to_end, topic_name
 from streams.settings import Settings
 from tariffs import Account, Plan, Tariffs
+from tariffs.catalogue import CatalogueRules
 from tariffs.grades import GradeFees
-from tariffs.models import opened_instant
+from tariffs.models import Transfer, opened_instant, ownership
 
 log = logging.getLogger(__name__)
+_Setting = TypeVar("_Setting", bound=BaseModel)
 
 
 class CatalogError(RuntimeError):
@@ -141,8 +143,14 @@ def fold_catalog(
     >>> sorted(tariffs.plans), tariffs.account_of_number()
     (['p'], {'4008000001': 'A1'})
     """
+    plans, accounts = list(plans), list(accounts)
     plan_models = _last_valid(plans, Plan, PLANS)
     account_models = _last_valid(accounts, Account, ACCOUNTS)
+    transfers = transfers_on_topic(accounts)
+    try:
+        chained = set(ownership(transfers))
+    except ValueError as error:  # a topic written by hand: the transfers contradict each other
+        raise CatalogError(f"the number transfers on the accounts topic: {error}") from None
     kept: list[Account] = []
     owners: dict[str, str] = {}
     for account_id in sorted(account_models):
@@ -151,6 +159,8 @@ def fold_catalog(
             log.warning("account %s names plan %r, which is not on the plans topic: left out", account_id, account.plan)
             continue
         for number in account.numbers:
+            if number in chained:
+                continue  # its transfers say who holds it when (issue 25), whatever the lists say
             if number in owners:
                 # spec 2.2: a number belongs to at most one account; load publishes both
                 # accounts when a number moves, so this is a topic written by hand.
@@ -160,7 +170,12 @@ def fold_catalog(
                 )
             owners[number] = account_id
         kept.append(account)
-    return Tariffs(plans={pid: plan_models[pid] for pid in sorted(plan_models)}, accounts=tuple(kept))
+    return Tariffs(
+        plans={pid: plan_models[pid] for pid in sorted(plan_models)},
+        accounts=tuple(kept),
+        rules=rules_on_topic(plans),
+        transfers=transfers,
+    )
 
 
 def _last_valid(records: Iterable[tuple[bytes | None, Any]], model: type[BaseModel], topic: str) -> dict[str, Any]:
@@ -239,6 +254,16 @@ def publish_tariffs(
     new_accounts = [a for a in tariffs.accounts if a.id not in on_topic]
     if new_accounts:
         _publish_imports(settings, tariffs, new_accounts, topic_prefix)
+    # issue 25: the catalogue's rules, and the file's transfers the topic lacks (load never
+    # deletes: a transfer made by `cdrflow number transfer` stays).
+    if tariffs.rules_source is not None and rules_on_topic(plan_records) != tariffs.rules:
+        sender = Sender(settings)
+        sender.send(topic_name(PLANS, topic_prefix), RULES_KEY.encode(), tariffs.rules.file_value())
+        sender.flush()
+    known = {transfer_key(t) for t in transfers_on_topic(account_records)}
+    missing = [t for t in tariffs.transfers if transfer_key(t) not in known]
+    if missing:
+        publish_transfers(settings, missing, topic_prefix=topic_prefix)
     fees = grades_on_topic(plan_records)
     if tariffs.grade_fees is not None and tariffs.grade_fees != fees:
         sender = Sender(settings)
@@ -263,18 +288,96 @@ def publish_tariffs(
 
 #: The key on the plans topic of the number-grade fees (spec/ledger.md 3).
 GRADES_KEY = "#number_grades"
+#: The key on the plans topic of the catalogue's rules (catalogue.toml, issue 25).
+RULES_KEY = "#catalogue"
+#: Keys on the accounts topic of number transfers (issue 25): ``#transfer/<number>/<at, UTC>``.
+TRANSFER_KEY_PREFIX = "#transfer/"
+
+
+def transfer_key(transfer: Transfer) -> bytes:
+    """The accounts-topic key of a transfer: one per number and instant, never removed."""
+    return f"{TRANSFER_KEY_PREFIX}{transfer.number}/{transfer.at.astimezone(timezone.utc).isoformat()}".encode()
+
+
+def transfer_value(transfer: Transfer) -> dict[str, Any]:
+    return {"number": transfer.number, "from": transfer.from_account, "to": transfer.to_account,
+            "at": transfer.at.isoformat()}
+
+
+def rules_on_topic(plan_records: Iterable[tuple[bytes | None, Any]]) -> CatalogueRules:
+    """The last catalogue rules published (the defaults when none were)."""
+    return _setting_on_topic(plan_records, RULES_KEY, CatalogueRules)
+
+
+def _setting_on_topic(plan_records: Iterable[tuple[bytes | None, Any]], key: str, model: type[_Setting]) -> _Setting:
+    """The last valid value of a ``#`` key of the plans topic (the model's defaults when none)."""
+    found = model()
+    for record_key, value in plan_records:
+        if record_key == key.encode() and isinstance(value, dict):
+            try:
+                found = model.model_validate(value)
+            except ValidationError:
+                log.warning("plans: the value of key %s is not a valid %s, skipped", key, model.__name__)
+    return found
+
+
+def transfers_on_topic(account_records: Iterable[tuple[bytes | None, Any]]) -> tuple[Transfer, ...]:
+    """Every number transfer on the accounts topic (the last value of each key)."""
+    found: dict[bytes, Transfer] = {}
+    for key, value in account_records:
+        if key is None or not key.startswith(TRANSFER_KEY_PREFIX.encode()):
+            continue
+        if value is None:
+            found.pop(key, None)
+            continue
+        try:
+            found[key] = Transfer.model_validate(value)
+        except ValidationError:
+            log.warning("accounts: the value of key %r is not a valid transfer, skipped", key)
+    return tuple(found[key] for key in sorted(found))
 
 
 def grades_on_topic(plan_records: Iterable[tuple[bytes | None, Any]]) -> GradeFees:
     """The last grade fees published (the defaults when none were)."""
-    fees = GradeFees()
-    for key, value in plan_records:
-        if key == GRADES_KEY.encode() and isinstance(value, dict):
-            try:
-                fees = GradeFees.model_validate(value)
-            except ValidationError:
-                log.warning("plans: the value of key %s is not valid grade fees, skipped", GRADES_KEY)
-    return fees
+    return _setting_on_topic(plan_records, GRADES_KEY, GradeFees)
+
+
+def publish_transfers(settings: Settings, transfers: Iterable[Transfer], *, topic_prefix: str = "") -> None:
+    """Put number transfers into the catalogue (issue 25): feeds and workers route and
+    rate a call of the number by who held it at its charge time."""
+    sender = Sender(settings)
+    try:
+        for transfer in transfers:
+            sender.send(topic_name(ACCOUNTS, topic_prefix), transfer_key(transfer), transfer_value(transfer))
+        sender.flush()
+    finally:
+        sender.close()
+
+
+def move_number(settings: Settings, transfer: Transfer, *, topic_prefix: str = "") -> None:
+    """A transfer made by command: the transfer record first (it decides who holds the
+    number when), then the two accounts' values with the number moved from one list to
+    the other, as a file loaded after it would state them."""
+    publish_transfers(settings, [transfer], topic_prefix=topic_prefix)
+    _, account_records = _read_topics(settings, topic_prefix)
+    latest: dict[str, dict[str, Any]] = {}
+    for key, value in account_records:
+        if key is not None and not key.startswith(b"#") and isinstance(value, dict):
+            latest[key.decode("utf-8", "replace")] = value
+    sender = Sender(settings)
+    try:
+        for account_id, change in ((transfer.from_account, "out"), (transfer.to_account, "in")):
+            value = latest.get(account_id)
+            if value is None:
+                continue
+            numbers = [n for n in value.get("numbers", []) if n != transfer.number]
+            if change == "in":
+                numbers.append(transfer.number)
+            if numbers != value.get("numbers", []):
+                sender.send(topic_name(ACCOUNTS, topic_prefix), account_id.encode(), {**value, "numbers": numbers})
+        sender.flush()
+    finally:
+        sender.close()
 
 
 def read_grade_fees(settings: Settings, *, topic_prefix: str = "") -> GradeFees:

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
+from rating.ownership import routing_of
 from schemas.topics import ACCOUNTS, PLANS
 from streams.catalog.publish import CatalogError, decoded_catalog_value, fold_catalog
 from streams.kafka.async_reader import TP, partitions_of, read_to_end
@@ -59,7 +60,8 @@ class RoutingTable:
                 return self._numbers
             plans = [r for tp, rs in self._records.items() if tp.topic == self.topics[0] for r in rs]
             accounts = [r for tp, rs in self._records.items() if tp.topic == self.topics[1] for r in rs]
-            self._numbers = fold_catalog(plans, accounts).account_of_number()
+            # issue 25: with the owners over time of transferred numbers (rating.ownership)
+            self._numbers = routing_of(fold_catalog(plans, accounts))
             return self._numbers
 
     async def _read(self) -> bool:

@@ -107,6 +107,31 @@ def load_or_fail(plans: Path, accounts: Path) -> Tariffs:
         ) from None
 
 
+AllowShortNoticeOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-short-notice",
+        help="Accept plan versions published less than the catalogue's notice_days (catalogue.toml) before they take effect.",
+    ),
+]
+
+
+def notice_or_fail(tariffs: Tariffs, allow: bool) -> list[str]:
+    """The plan versions published with less notice than the catalogue's ``notice_days``
+    (tariffs.notice): refused with exit 2 unless ``allow``; else given back to print."""
+    from tariffs.notice import short_notices
+
+    problems = short_notices(tariffs)
+    if problems and not allow:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise fail(
+            f"{len(problems)} plan version(s) with short notice:\n{lines}\n"
+            "publish them earlier, or pass --allow-short-notice",
+            ExitCode.BAD_INPUT,
+        )
+    return problems
+
+
 def feed_or_fail(
     kind: str, profile: Path | None, switch_timezone: str | None, switch_id: str | None, encoding: str | None = None
 ) -> Feed:

@@ -27,7 +27,7 @@ from tariffs.grades import grade as grade_of
 from tariffs.models import add_months
 
 account_app = typer.Typer(help="Open accounts, take payments, services and lifecycle; show balances.", no_args_is_help=True)
-number_app = typer.Typer(help="400 numbers: grades and selection fees.", no_args_is_help=True)
+number_app = typer.Typer(help="400 numbers: grades and selection fees, transfers between accounts.", no_args_is_help=True)
 
 AtOption = Annotated[
     str | None,
@@ -177,6 +177,12 @@ def account_open(
         for candidate in catalog.plans[plan].versions:
             if candidate.effective_from <= instant:
                 version = candidate
+        if version.valid_until is not None and instant >= version.valid_until:
+            # issue 25: a published tariff is on sale until its valid_until (MIIT 2018 notice)
+            raise ops.LedgerRefused(
+                f"plan {plan} (version of {version.effective_from.isoformat()}) is not on sale since "
+                f"{version.valid_until.isoformat()}"
+            )
         # issue 23: a grade may need a dearer package; a package must be paid at opening.
         below = [why for why in (fees.refuses(n, version) for n in wanted) if why]
         if below:
@@ -386,6 +392,8 @@ def account_show(account: Annotated[str, typer.Argument()], json_: JsonOption = 
     table.add_row(f"calls in {view['month']}", f"{view['month_calls']:,} calls, {format_money(view['month_calls_amount'])} CNY")
     table.add_row("allowance left", f"{view['allowance_left_s'] // 60:,} min {view['allowance_left_s'] % 60} s")
     table.add_row("services", ", ".join(view["services"]) or "none")
+    if view["next_step"]:
+        table.add_row("next step", f"{_NEXT_STEP.get(view['next_step'], view['next_step'])} at {view['next_step_at']}")
     console.print(table)
     events = Table(title="recent events", title_justify="left")
     for column in ("event", "at", "amount", "balance"):
@@ -399,6 +407,14 @@ def account_show(account: Annotated[str, typer.Argument()], json_: JsonOption = 
     for a in view["alerts"]:
         alerts.add_row(a["kind"], str(a["local_day"]), format_money(a["balance"]), a["cdr_id"])
     console.print(alerts)
+
+
+#: What each lifecycle deadline does, for people (issue 25).
+_NEXT_STEP = {
+    "frozen": "frozen (numbers blocked, no calls)",
+    "released": "numbers released and the account closed",
+    "closed": "closed, numbers released",
+}
 
 
 @account_app.command("history")
@@ -444,7 +460,7 @@ def close_month(
         ops.month_has_ended(probe.month, catalog, instant)
     except ops.LedgerRefused as error:
         raise _refuse(error) from None
-    accounts = ops.open_accounts(db)
+    accounts = ops.open_accounts(db, probe.month)
     if not accounts:
         raise fail("no account has been folded by a worker yet: nothing to close", ExitCode.FAILED)
     commands = [_command(kind="close_month", account_id=a, at=instant, month=month) for a in accounts]
@@ -523,3 +539,63 @@ def number_grade(
         console.print_json(json.dumps({"number": number, "grade": grade, "fee": format_money(fee)}))
         return
     console.print(f"{number}: grade {grade}, selection fee {format_money(fee)} CNY")
+
+
+@number_app.command("transfer")
+def number_transfer(
+    number: Annotated[str, typer.Argument(help="The 400 number to move, e.g. 4008123456.")],
+    to: Annotated[str, typer.Option("--to", help="The account that takes it.")],
+    at: AtOption = None,
+    json_: JsonOption = False,
+    wait_s: WaitOption = ops.WAIT_S,
+    state_dir: StateDirOption = None,
+) -> None:
+    """过户: move a number to another account. Refused while its account owes (a negative
+    balance, or a month not closed); calls charged before --at stay with the old account,
+    calls from --at on bill the new one (late ones too). Running it again finishes a run
+    cut short and records nothing twice.
+
+    Example: cdrflow number transfer 4008123456 --to ACME2 --at 2026-04-01T00:00:00+08:00
+    """
+    from streams.catalog.publish import move_number
+    from tariffs.models import Transfer
+
+    try:
+        grade_of(number)
+    except ValueError as error:
+        raise fail(f"NUMBER: {error}", ExitCode.BAD_INPUT) from None
+    instant = parse_instant(at)
+    settings, catalog, db = _context(state_dir)
+    try:
+        plan = ops.transfer_plan(db, catalog, number, to, instant)
+    except ops.LedgerRefused as error:
+        raise _refuse(error) from None
+    steps = [("transfer_out", plan.old, to, plan.out_recorded), ("transfer_in", to, plan.old, plan.in_recorded)]
+    published = []
+    # The old account's log decides (it refuses while the account owes); the new one's
+    # follows; the catalogue last, so that the feeds route later calls to the new account
+    # (calls routed before it are forwarded by the old account's worker).
+    for kind, account, counterpart, recorded in steps:
+        command = _command(kind=kind, account_id=account, at=instant, number=number, counterpart=counterpart)
+        if recorded:
+            continue
+        db, done = _run(state_dir, [command], wait_s)
+        try:
+            why = ops.refusal_of(db, settings, done[0], ops.transfer_event_id(account, number, instant), timeout_s=wait_s)
+        except TimeoutError as error:
+            raise fail(str(error), ExitCode.FAILED) from None
+        if why is not None:
+            written = "" if kind == "transfer_out" else f" (account {plan.old} gave it away: run the command again)"
+            raise fail(f"{why}{written}", ExitCode.FAILED)
+        published.extend(done)
+    try:
+        move_number(settings, Transfer.model_validate(
+            {"number": number, "from": plan.old, "to": to, "at": instant.isoformat()}), topic_prefix=settings.topic_prefix)
+    except BrokerError as error:
+        raise fail(f"{error}: the number is transferred on both logs; run the command again to update the catalogue",
+                   ExitCode.FAILED) from None
+    if json_ or published:
+        _report(db, published, json_, f"number {number} transferred")
+    if not json_:
+        console.print(f"number {number}: account {plan.old} until {instant.isoformat()}, account {to} from then on"
+                      + ("" if published else " (already recorded)"))

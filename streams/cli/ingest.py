@@ -23,6 +23,7 @@ from rich.table import Table
 from schemas.money import format_money
 from streams.cli._common import (
     AccountsOption,
+    AllowShortNoticeOption,
     ExitCode,
     JsonOption,
     PlansOption,
@@ -30,6 +31,7 @@ from streams.cli._common import (
     fail,
     feed_or_fail,
     load_or_fail,
+    notice_or_fail,
     outcome_table,
     progress_bar,
     settings_or_fail,
@@ -52,12 +54,17 @@ if TYPE_CHECKING:
 # so `cdrflow rate` and friends do not pay for them (as streams/cli/stack.py does).
 
 
-def load(plans: PlansOption, accounts: AccountsOption, json_: JsonOption = False) -> None:
+def load(
+    plans: PlansOption, accounts: AccountsOption, allow_short_notice: AllowShortNoticeOption = False,
+    json_: JsonOption = False,
+) -> None:
     """Validate plans and accounts and publish what changed as events for the workers.
 
-    Checks the files as `plans check` does, then publishes each plan (with all its versions)
-    to the `plans` topic and each account to `accounts`, only those that differ from what
-    the topics hold; a new plan version takes effect from its effective_from.
+    Checks the files as `plans check` does (a version published with less than the
+    catalogue's notice_days is refused unless --allow-short-notice), then publishes each
+    plan (with all its versions) to the `plans` topic and each account to `accounts`, only
+    those that differ from what the topics hold; a new plan version takes effect from its
+    effective_from.
 
     Example: cdrflow load --plans tariffs/reference --accounts accounts.toml
     """
@@ -65,6 +72,7 @@ def load(plans: PlansOption, accounts: AccountsOption, json_: JsonOption = False
     from streams.kafka.client import BrokerError
 
     tariffs = load_or_fail(plans, accounts)
+    notice_or_fail(tariffs, allow_short_notice)
     settings = settings_or_fail()
     try:
         with console.status("publishing plans and accounts", spinner="dots") if not json_ else _nothing():

@@ -15,6 +15,7 @@ from rich.table import Table
 from schemas.money import format_money
 from streams.cli._common import (
     AccountsOption,
+    AllowShortNoticeOption,
     ExitCode,
     JsonOption,
     PlansOption,
@@ -22,6 +23,7 @@ from streams.cli._common import (
     fail,
     feed_or_fail,
     load_or_fail,
+    notice_or_fail,
     outcome_table,
     parse_instant,
     progress_bar,
@@ -42,12 +44,18 @@ plans_app = typer.Typer(help="Inspect and validate tariff plans.", no_args_is_he
 
 
 @plans_app.command("check")
-def plans_check(plans: PlansOption, accounts: AccountsOption, json_: JsonOption = False) -> None:
-    """Validate plan and account files and summarise the plans.
+def plans_check(
+    plans: PlansOption, accounts: AccountsOption, allow_short_notice: AllowShortNoticeOption = False,
+    json_: JsonOption = False,
+) -> None:
+    """Validate plan and account files and summarise the plans. A plan version published
+    less than the catalogue's notice_days (catalogue.toml, default 30) before it takes
+    effect is refused unless --allow-short-notice.
 
     Example: cdrflow plans check --plans tariffs/reference --accounts accounts.toml
     """
     tariffs = load_or_fail(plans, accounts)
+    short = notice_or_fail(tariffs, allow_short_notice)
     if json_:
         console.print_json(
             data={
@@ -55,6 +63,9 @@ def plans_check(plans: PlansOption, accounts: AccountsOption, json_: JsonOption 
                 "plans": {pid: plan.model_dump(mode="json", by_alias=True) for pid, plan in tariffs.plans.items()},
                 "accounts": len(tariffs.accounts),
                 "numbers": sum(len(a.numbers) for a in tariffs.accounts),
+                "transfers": len(tariffs.transfers),
+                "notice_days": tariffs.rules.notice_days,
+                "short_notice": short,
             }
         )
         return
@@ -83,10 +94,52 @@ def plans_check(plans: PlansOption, accounts: AccountsOption, json_: JsonOption 
                 ),
             )
         console.print(table)
+    for problem in short:
+        console.print(f"[yellow]short notice allowed[/]: {problem}", highlight=False)
     console.print(
         f"[green]ok[/]: {len(tariffs.plans)} plans, {len(tariffs.accounts)} accounts, "
         f"{sum(len(a.numbers) for a in tariffs.accounts)} numbers"
     )
+
+
+@plans_app.command("notices")
+def plans_notices(
+    plans: PlansOption,
+    accounts: AccountsOption,
+    days: Annotated[int, typer.Option("--days", min=0, max=3650, help="How far ahead to look, in days.")] = 30,
+    at: Annotated[
+        str | None, typer.Option("--at", help="From when: ISO 8601 with offset (default: now).")
+    ] = None,
+    json_: JsonOption = False,
+) -> None:
+    """List the plan changes that take effect within --days: the notices to send to the
+    accounts on each plan, with what changes and how much notice was given.
+
+    Example: cdrflow plans notices --plans tariffs/reference --accounts accounts.toml --days 30
+    """
+    from tariffs.notice import coming_changes
+
+    tariffs = load_or_fail(plans, accounts)
+    start = parse_instant(at)
+    changes = coming_changes(tariffs, start, days)
+    if json_:
+        console.print_json(data={"from": start.isoformat(), "days": days, "changes": [c.to_json() for c in changes]})
+        return
+    table = Table(title=f"plan changes from {start.isoformat()} within {days} days", title_justify="left")
+    for column in ("plan", "takes effect", "published", "notice", "changes", "accounts", "description"):
+        table.add_column(column)
+    for change in changes:
+        table.add_row(
+            f"{change.plan_id} {change.plan_name}".strip(),
+            change.effective_from.isoformat(),
+            "-" if change.published_at is None else change.published_at.isoformat(),
+            "-" if change.notice_days is None else f"{change.notice_days} d",
+            ", ".join(change.changed) or "(nothing priced)",
+            f"{len(change.accounts):,}",
+            change.description,
+        )
+    console.print(table)
+    console.print(f"{len(changes)} change(s); {sum(len(c.accounts) for c in changes):,} notice(s) to send")
 
 
 def _money_or_dash(units: int | None) -> str:

@@ -183,6 +183,27 @@ def tax(
     _print_report(_query(state_dir, lambda client: reports.tax(client, start, end)), format_)
 
 
+@report_app.command("transfers")
+def transfers(
+    from_: Annotated[
+        str | None, typer.Option("--from", help="First local day of the transfers' instants, YYYY-MM-DD.")
+    ] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Last local day, YYYY-MM-DD (included).")] = None,
+    account: AccountFilter = None,
+    format_: FormatOption = Format.table,
+    state_dir: StateDirOption = None,
+) -> None:
+    """Numbers moved between accounts (cdrflow number transfer): number, from, to, the
+    instant from which its calls bill the new account, and whether it is done.
+
+    Example: cdrflow report transfers --from 2026-03-01 --to 2026-03-31
+    """
+    start = None if from_ is None else _day(from_, "--from")
+    end = None if to is None else _day(to, "--to")
+    found = _query(state_dir, lambda client: reports.transfers(client, start, end, account))
+    _print_report(found, format_)
+
+
 @report_app.command("html")
 def html(
     month: MonthOption,

@@ -173,6 +173,8 @@ BILLING_EVENTS = Table(
         "credit_change": pl.Int64(), "credit": pl.Int64(),
         # migration 0030 (issue 24): the document an InvoiceIssued (...NoteIssued) event issued, JSON
         "document": pl.String(),
+        # migration 0040 (issue 25): NumberTransferred on the old account: the account it went to
+        "transferred_to": pl.String(),
     },
     micros={"effective_time": "effective_us"},
 )
@@ -192,7 +194,11 @@ BALANCES = Table(
         }
     ),
     # migration 0025 (issue 23): package credit left and its end (ISO 8601, '' when none)
-    optional={"events": pl.UInt64(), "credit": pl.Int64(), "credit_expires": pl.String()},
+    optional={
+        "events": pl.UInt64(), "credit": pl.Int64(), "credit_expires": pl.String(),
+        # migration 0041 (issue 25): the lifecycle's next deadline (frozen, released, closed) and when
+        "next_step": pl.String(), "next_step_at": pl.String(),
+    },
 )
 
 

@@ -39,6 +39,7 @@ from typing import Any, Final, Literal
 import polars as pl
 from aiokafka.errors import KafkaError
 
+from rating.ownership import routing_of
 from schemas.messages import cdr_chunk_values, frame_value
 from schemas.switch_formats import Feed
 from schemas.topics import ACCOUNTS, CDR_RAW, CDR_REJECTED, INGEST_FILES, PLANS
@@ -261,7 +262,7 @@ def _read_logs(settings: Settings, topic_prefix: str) -> _Logs:
     return _Logs(files=_files_of(files), tariffs=tariffs)
 
 
-def _routing_table(settings: Settings, topic_prefix: str, tariffs: Tariffs | None = None) -> dict[str, str]:
+def _routing_table(settings: Settings, topic_prefix: str, tariffs: Tariffs | None = None) -> Mapping[str, str]:
     tariffs = tariffs if tariffs is not None else read_catalog(settings, topic_prefix=topic_prefix)
     if not tariffs.accounts:
         names = f"{topic_name(PLANS, topic_prefix)}/{topic_name(ACCOUNTS, topic_prefix)}"
@@ -269,7 +270,7 @@ def _routing_table(settings: Settings, topic_prefix: str, tariffs: Tariffs | Non
             f"no accounts on the {names} topics of {','.join(settings.kafka_servers())}, so every line would "
             "be rejected as unknown_number: run `cdrflow load --plans DIR --accounts FILE` first"
         )
-    return tariffs.account_of_number()
+    return routing_of(tariffs)  # issue 25: a transferred number's calls by their charge time
 
 
 def _require_all_topics(settings: Settings, topic_prefix: str) -> None:

@@ -19,6 +19,7 @@ from typing import Final
 import polars as pl
 
 from rating.fields import malformed_detail, malformed_flag, with_typed_fields
+from rating.ownership import owner_at
 from schemas.cdr_csv import records_only
 from schemas.columns import CDR_COLUMNS
 from schemas.messages import CDR_CHUNK_LINES, OPTIONAL_CHUNK_COLUMNS
@@ -84,6 +85,13 @@ def route(batch: pl.DataFrame, account_of_number: Mapping[str, str], *, source: 
             numbers.get_column("called"), numbers.get_column("account_id"), default=None, return_dtype=pl.String
         ),
     )
+    owners = getattr(account_of_number, "owners", None)  # rating.ownership.Routing (issue 25)
+    if owners is not None and owners.height:
+        # A transferred number's call goes to the account that held it at its charge time.
+        held = owner_at(judged.select("called", pl.coalesce("answer", "start").alias("charge")), owners)
+        judged = judged.with_columns(
+            held.get_column("owner").zip_with(held.get_column("owned"), judged.get_column("account_id")).alias("account_id")
+        )
     # The engine's order (rating.engine._judge): an answering side that cannot be placed
     # is judged after the called number.
     reason = (

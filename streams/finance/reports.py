@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, timedelta, timezone
 from typing import Any, Literal
 
 from clickhouse_driver import Client
@@ -527,6 +527,46 @@ def missed_calls(client: Client, month: str, by: MissedBy, account_id: str | Non
         raw = [{"number": number, "missed": missed} for number, missed in sorted(rows, key=lambda r: (-r[1], r[0]))]
     scope = f" of {account_id}" if account_id else ""
     return Report(f"missed calls{scope} in {month} by {by}", (by, "missed"), raw, money=frozenset(), minutes=frozenset())
+
+
+# ---------------------------------------------------------------------------------- transfers
+
+
+def transfers(client: Client, start: date | None = None, end: date | None = None, account_id: str | None = None) -> Report:
+    """Numbers moved between accounts (issue 25), from the ``NumberTransferred`` event on
+    the log of the account each left (``transferred_to`` names the other): number, from,
+    to, the instant (UTC) from which its calls bill the new account, and whether the new
+    account's log has taken it (``done``; ``waiting`` while its worker has not folded it).
+    ``start``/``end``: local days of the instant, both included; ``account_id``: either side."""
+    where = ["kind = 'NumberTransferred'", "transferred_to != ''"]
+    if start is not None:
+        where.append("local_day >= %(start)s")
+    if end is not None:
+        where.append("local_day <= %(end)s")
+    if account_id:
+        where.append("(account_id = %(account)s OR transferred_to = %(account)s)")
+    rows = client.execute(
+        "SELECT reference, account_id, transferred_to, effective_time, effective_us, local_day, "
+        "concat(transferred_to, substring(event_id, length(account_id) + 1)) AS taken "
+        f"FROM billing_events FINAL WHERE {' AND '.join(where)} ORDER BY effective_time, effective_us, reference",
+        {"start": start, "end": end, "account": account_id},
+    )
+    taken = {r[0] for r in client.execute(
+        "SELECT event_id FROM billing_events FINAL WHERE kind = 'NumberTransferred' AND transferred_to = ''")}
+    raw = [
+        {
+            "number": number,
+            "from": source,
+            "to": target,
+            "at": at.replace(tzinfo=timezone.utc, microsecond=int(us)).isoformat(),
+            "local_day": day,
+            "status": "done" if key in taken else "waiting",
+        }
+        for number, source, target, at, us, day, key in rows
+    ]
+    scope = f" of {account_id}" if account_id else ""
+    return Report(f"number transfers{scope}", ("number", "from", "to", "at", "local_day", "status"), raw,
+                  money=frozenset(), minutes=frozenset())
 
 
 # ---------------------------------------------------------------------------------- usage

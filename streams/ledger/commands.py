@@ -19,6 +19,7 @@ from clickhouse_driver import Client
 
 from rating.ledger import month_bounds, month_version
 from schemas.ledger import LedgerCommand
+from schemas.money import format_money
 from schemas.topics import ACCOUNTS, CDR_RAW
 from streams.catalog.publish import read_catalog, read_grade_fees
 from streams.clickhouse.query import query_client as client  # noqa: F401 - the commands connect through ops.client
@@ -48,15 +49,18 @@ def account_row(db: Client, account_id: str) -> dict[str, Any] | None:
     package credit and when that ends ('' when it has none)."""
     rows = db.execute(
         "SELECT argMax(balance, version), argMax(state, version), argMax(plan_id, version), max(version), "
-        "argMax(credit, version), argMax(credit_expires, version) "
+        "argMax(credit, version), argMax(credit_expires, version), argMax(next_step, version), "
+        "argMax(next_step_at, version) "
         "FROM account_balances WHERE account_id = %(a)s GROUP BY account_id",
         {"a": account_id},
     )
     if not rows:
         return None
-    balance, state, plan_id, version, credit, credit_expires = rows[0]
+    balance, state, plan_id, version, credit, credit_expires, next_step, next_step_at = rows[0]
     return {"balance": int(balance), "state": state, "plan_id": plan_id, "version": int(version),
-            "credit": int(credit), "credit_expires": credit_expires}
+            "credit": int(credit), "credit_expires": credit_expires,
+            # issue 25: the lifecycle's next deadline ('' when none)
+            "next_step": next_step, "next_step_at": next_step_at}
 
 
 def opened_at(db: Client, account_id: str) -> datetime | None:
@@ -127,18 +131,29 @@ _KIND_ORDER: Final[dict[str, int]] = {
             "PackagePurchased", "PackageRenewed", "EarlyTerminationCharged",
             # issue 24: a document is a command of its own
             "InvoiceIssued", "CreditNoteIssued", "DebitNoteIssued",
+            # issue 25
+            "NumberTransferred", "NumberReleased",
         ]
     )
 }
 
 
-def open_accounts(db: Client) -> list[str]:
-    """Accounts the worker has folded that are not closed (month close runs over them)."""
+def open_accounts(db: Client, month: str | None = None) -> list[str]:
+    """Accounts the worker has folded that are not closed (month close runs over them);
+    with ``month``, also those closed in it or later: the month an account was closed in
+    (its numbers reclaimed, or the end of its frozen days, issue 25) is still closed for
+    it, so that its invoice can be issued (issue 24)."""
     rows = db.execute(
         "SELECT account_id FROM account_balances GROUP BY account_id HAVING argMax(state, version) != 'closed' "
         "ORDER BY account_id"
     )
-    return [r[0] for r in rows]
+    found = {r[0] for r in rows}
+    if month is not None:
+        found.update(r[0] for r in db.execute(
+            "SELECT DISTINCT account_id FROM billing_events WHERE kind = 'AccountClosed' AND month >= %(m)s",
+            {"m": month},
+        ))
+    return sorted(found)
 
 
 def account_view(db: Client, catalog: Tariffs, account_id: str, *, at: datetime | None = None) -> dict[str, Any]:
@@ -179,6 +194,8 @@ def account_view(db: Client, catalog: Tariffs, account_id: str, *, at: datetime 
         "balance": row["balance"],
         "credit": row["credit"],
         "credit_expires": row["credit_expires"] or None,
+        "next_step": row["next_step"] or None,
+        "next_step_at": row["next_step_at"] or None,
         "month": month,
         "month_calls": int(calls),
         "month_calls_amount": int(amount or 0),
@@ -335,6 +352,86 @@ def wait_offsets_folded(db: Client, offsets: dict[str, int], *, timeout_s: float
                 f"{timeout_s:.0f} s: is a worker running (cdrflow worker)? The command is on the account's "
                 "log and takes effect when a worker folds it; running it again records nothing twice"
             )
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------------------- transfers
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    """What ``cdrflow number transfer`` is to do (issue 25): the account the number
+    leaves, and which of the two commands the logs hold already (a run cut short)."""
+
+    old: str
+    out_recorded: bool
+    in_recorded: bool
+
+
+def transfer_event_id(account_id: str, number: str, at: datetime) -> str:
+    """The id of the NumberTransferred event the fold gives on ``account_id``'s log."""
+    return f"{account_id}/NumberTransferred/{number}/{at.isoformat()}"
+
+
+def transfer_plan(db: Client, catalog: Tariffs, number: str, to: str, at: datetime) -> TransferPlan:
+    """Check a transfer against the catalogue and what ClickHouse holds, before anything
+    is written; the folds check again (docs/rules.md "Number transfer")."""
+    chain = catalog.owners().get(number)
+    holder = catalog.account_of_number().get(number)
+    if chain is not None:
+        holder = [owner for since, owner in chain if since is None or since <= at][-1]
+    if holder is None:
+        raise LedgerRefused(f"number {number} belongs to no account")
+    if all(a.id != to for a in catalog.accounts):
+        raise LedgerRefused(f"unknown account {to!r}")
+    if holder == to:
+        raise LedgerRefused(f"number {number} is account {to}'s already at {at.isoformat()}")
+    recorded = {r[0] for r in db.execute(
+        "SELECT event_id FROM billing_events FINAL WHERE kind = 'NumberTransferred' AND event_id IN %(ids)s",
+        {"ids": (transfer_event_id(holder, number, at), transfer_event_id(to, number, at))},
+    )}
+    out_recorded = transfer_event_id(holder, number, at) in recorded
+    target = require_account(db, catalog, to)
+    if target["state"] in ("frozen", "closed"):
+        raise LedgerRefused(f"account {to} is {target['state']}: it cannot take a number")
+    if not out_recorded:
+        old = require_account(db, catalog, holder)
+        if old["balance"] < 0:
+            raise LedgerRefused(
+                f"account {holder} owes {format_money(-old['balance'])} (balance {format_money(old['balance'])}): "
+                f"every fee must be paid before number {number} can be transferred"
+            )
+        if old["state"] in ("suspended", "frozen", "closed"):
+            raise LedgerRefused(f"account {holder} is {old['state']}: its number cannot be transferred")
+        latest = db.execute(
+            "SELECT max(charge_time) FROM rated_calls FINAL WHERE account_id = %(a)s AND called = %(n)s",
+            {"a": holder, "n": number},
+        )
+        billed = latest[0][0].replace(tzinfo=timezone.utc) if latest and latest[0][0] else None
+        if billed is not None and billed.year > 1970 and billed >= at:
+            raise LedgerRefused(
+                f"a call of {number} charged at {billed.isoformat()} is billed to account {holder} already: the "
+                f"transfer cannot take effect before it (--at {at.isoformat()})"
+            )
+    return TransferPlan(holder, out_recorded, transfer_event_id(to, number, at) in recorded)
+
+
+def refusal_of(db: Client, settings: Settings, item: Published, event_id: str, *, timeout_s: float = WAIT_S) -> str | None:
+    """Once the worker folded a command: None when it recorded the event ``event_id``
+    (now or before), else why it refused the command (its ``ledger_refused`` rejection)."""
+    source = f"{topic_name(CDR_RAW, settings.topic_prefix)}[{item.partition}]@{item.offset}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if db.execute("SELECT count() FROM billing_events FINAL WHERE event_id = %(e)s", {"e": event_id})[0][0]:
+            return None
+        refused = db.execute(
+            "SELECT detail FROM rejected_cdrs FINAL WHERE reason = 'ledger_refused' AND source = %(s)s", {"s": source}
+        )
+        if refused:
+            return str(refused[0][0])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker folded {item.command.command_id} of {item.command.account_id} but "
+                               f"neither its event nor a refusal landed within {timeout_s:.0f} s")
         time.sleep(0.2)
 
 

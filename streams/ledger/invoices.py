@@ -28,8 +28,8 @@ from typing import Any, Final
 
 from clickhouse_driver import Client
 
-from rating.invoicing import ADJUSTMENTS, build_document, event_charges
-from rating.ledger import LEDGER_MEMORY_MONTHS, versions_of
+from rating.invoicing import ADJUSTMENTS, build_document, event_charges, number_changes, numbers_held
+from rating.ledger import LEDGER_MEMORY_MONTHS, month_bounds, versions_of
 from schemas.invoices import InvoiceDocument, InvoiceRequest, TaxTable, document_id, format_fen
 from schemas.ledger import LedgerCommand, LedgerEvent
 from streams.ledger import commands as ops
@@ -183,16 +183,23 @@ def _plans(db: Client, accounts: tuple[str, ...]) -> dict[str, str]:
     ))
 
 
-def _numbers(db: Client, accounts: tuple[str, ...]) -> dict[str, list[str]]:
-    """Account -> its 400 numbers (as it was opened with them)."""
-    return {
-        account: [n for n in numbers.split(",") if n]
-        for account, numbers in db.execute(
-            "SELECT account_id, any(reference) FROM billing_events FINAL WHERE account_id IN %(a)s "
-            "AND kind = 'AccountOpened' GROUP BY account_id",
-            {"a": accounts},
+def _number_changes(db: Client, accounts: tuple[str, ...]) -> dict[str, list[tuple[str, str, datetime]]]:
+    """Account -> its 400 numbers coming and going, in log order (the fold's record,
+    ``rating.invoicing.number_changes``): opened with, transferred, released, closed."""
+    rows = db.execute(
+        "SELECT account_id, event_id, kind, effective_time, effective_us, reference, transferred_to "
+        "FROM billing_events FINAL WHERE account_id IN %(a)s AND kind IN %(k)s ORDER BY `offset`, effective_time, "
+        "effective_us",
+        {"a": accounts, "k": ("AccountOpened", "NumberTransferred", "NumberReleased", "AccountClosed")},
+    )
+    found: dict[str, list[tuple[str, str, datetime]]] = {}
+    for account, event_id, kind, at, us, reference, transferred_to in rows:
+        event = LedgerEvent(
+            event_id=event_id, account_id=account, kind=kind, at=at.replace(tzinfo=timezone.utc, microsecond=int(us)),
+            amount=0, balance=0, reference=reference, transferred_to=transferred_to,
         )
-    }
+        found.setdefault(account, []).extend(number_changes(event))
+    return found
 
 
 # ---------------------------------------------------------------------------- drafts
@@ -228,7 +235,7 @@ def drafts(
         last = {a: (found[-1][0], max(o for _, _, o in found)) for a, found in invoices.items() if found}
         calls = _calls(db, chunk, first, following, last)
         events = _events(db, chunk, since)
-        numbers = _numbers(db, chunk)
+        numbers = _number_changes(db, chunk)
         for account in chunk:
             try:
                 plan = _plan(catalog, account, plans.get(account))
@@ -260,7 +267,8 @@ def drafts(
             try:
                 out[account] = build_document(
                     {key: v for key, v in lines.items() if v[0] or (v[1] and "|calls|" in key)}, table,
-                    versions_of(plan), plan_id=plan.id, account_id=account, numbers=numbers.get(account, []),
+                    versions_of(plan), plan_id=plan.id, account_id=account,
+                    numbers=numbers_held(numbers.get(account, []), *month_bounds(month, plan.zone)),
                     month=month, number=None,
                 )
             except ValueError as error:

@@ -80,6 +80,8 @@ _OUTPUT_TOPICS: Final[dict[OutputKind, str]] = {
     "ledger": topics.LEDGER_EVENTS,
     "balances": topics.ACCOUNT_BALANCES,
     "status": topics.NUMBER_STATUS,
+    # issue 25: calls of a transferred number, to the log of the account that held it then
+    "forward": topics.CDR_RAW,
 }
 
 

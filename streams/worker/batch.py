@@ -39,6 +39,7 @@ import polars as pl
 
 from rating import Catalog, RatingState, rate
 from rating.clock import month_key
+from rating.engine import ROUTED_ACCOUNT
 from schemas.ledger import LedgerCommand, command_from_value
 from schemas.messages import cdr_chunks_frame
 from streams.worker.ledger_fold import _ROUND, LedgerFold
@@ -151,6 +152,8 @@ def rate_messages(
     # first command, those between its first and second, ... (log order holds per account).
     commands: list[tuple[int, int, SourceMessage, LedgerCommand]] = []  # round, key index, ...
     rounds: dict[int, int] = {}
+    forwards_taken: dict[int, set[str]] = {}  # key index -> forwarded chunk ids its log took
+    forwarded: list[tuple[int, str]] = []  # (key index, id) of the chunks this batch takes
     # Operators' skips in this batch: account -> offset of the message to skip -> the command.
     skips = _skips(ordered)
     skipped: list[tuple[SourceMessage, int, LedgerCommand]] = []
@@ -198,6 +201,15 @@ def rate_messages(
                 commands.append((rounds.get(index, 0), index, message, command))
                 rounds[index] = rounds.get(index, 0) + 1
                 continue
+        if value is not None and b'"forwarded"' in value:  # issue 25: another log's calls of a number
+            forward_id = _forward_id(value)
+            taken = forwards_taken.setdefault(index, set(((cores[message.key].ledger or {}).get("forwards") or [])))
+            if forward_id in taken:
+                outcome.skipped += 1  # a second copy (its sender was replayed): taken already
+                continue
+            if forward_id is not None:
+                taken.add(forward_id)
+                forwarded.append((index, forward_id))
         pending.append((message, index, rounds.get(index, 0)))
     # All CDR chunks decoded at once (one frame for the batch, not one per message).
     decoded = cdr_chunks_frame([message.value for message, _, _ in pending])
@@ -211,6 +223,8 @@ def rate_messages(
 
     accounts = {key.decode("utf-8", "replace"): key for key in keys}
     fold = LedgerFold(catalog, topic, keys, {a: cores[k].ledger for a, k in accounts.items() if cores[k].ledger})
+    for index, forward_id in forwarded:
+        fold.took_forward(keys[index].decode("utf-8", "replace"), forward_id)
     state = rating_state({a: stored.get(k) for a, k in accounts.items()})
     collected: dict[str, list[pl.DataFrame]] = {"rated": [], "rejected": [], "alerts": []}
     remembered: list[pl.DataFrame] = []
@@ -221,7 +235,7 @@ def rate_messages(
         rows = skipped_rows(message, topic, index, command, cores[message.key].blocked or {})
         garbage.extend(rows)
         fold.skipped(state, index, message, command, len(rows))
-    batch = _with_positions(decoded.frame, positions, topic) if positions else None
+    batch = _with_positions(decoded.frame, positions, topic, keys) if positions else None
     if batch is not None:
         outcome.lines = batch.height
     for round_number in range(max(rounds.values(), default=0) + 1):
@@ -263,6 +277,7 @@ def rate_messages(
             outcome.outputs.extend(_messages_by_partition(kind, frame, keys, partition_of, topic))  # type: ignore[arg-type]
     outcome.outputs.extend(_messages_by_partition("ledger", fold.event_frame(), keys, partition_of, topic))
     outcome.outputs.extend(fold.status_messages())
+    outcome.outputs.extend(fold.forwards)
     updates = _updates(state, accounts, cores, remembered, charged_months, catalog.horizon_months)
     balances = []
     for key, (partition, offset) in last_offset.items():
@@ -285,6 +300,16 @@ def rate_messages(
 _MONTH_OF_DAY = month_key(pl.col("local_day"))
 
 
+def _forward_id(value: bytes) -> str | None:
+    """The id of a forwarded chunk (``streams.worker.ledger_fold``), None when unreadable
+    (the chunk's decoding then says what is wrong)."""
+    try:
+        found = orjson.loads(value).get("forwarded")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return found if isinstance(found, str) else None
+
+
 def _updates(
     state: RatingState,
     accounts: Mapping[str, bytes],
@@ -298,6 +323,9 @@ def _updates(
     balances = dict(state.balances.iter_rows())
     latest = dict(state.latest.iter_rows())
     credits = {account: [credit, ends, refund] for account, credit, ends, refund in state.credits.iter_rows()}
+    bursts: dict[str, list[str]] = {}
+    for account, at in state.bursts.iter_rows():  # issue 25: the unusual_calls rule's last calls
+        bursts.setdefault(account, []).append(at.isoformat())
     updates: dict[str, AccountUpdate] = {}
     for account, key in accounts.items():
         core = cores[key]
@@ -305,6 +333,7 @@ def _updates(
             credit = credits.get(account)
             core.credit = None if credit is None else [credit[0], credit[1].isoformat(), credit[2]]
         core.balance = balances.get(account, core.balance)
+        core.bursts = bursts.get(account)
         core.latest_month = latest.get(account, core.latest_month)
         floor = None if core.latest_month is None else core.latest_month - horizon_months
         updates[account] = AccountUpdate(core=core, floor=floor)
@@ -342,6 +371,8 @@ _BALANCE_SCHEMA = {
     "credit": pl.Int64,
     "credit_expires": pl.String,
     "state": pl.String,
+    "next_step": pl.String,
+    "next_step_at": pl.String,
     "plan_id": pl.String,
     "updated_time": pl.Datetime("us", "UTC"),
     "version": pl.UInt64,
@@ -350,10 +381,16 @@ _BALANCE_SCHEMA = {
 }
 
 
-def _with_positions(batch: pl.DataFrame, positions: list[tuple[int, int, int, int, int]], topic: str) -> pl.DataFrame:
-    """Each row's Kafka position, message key index and ledger round, from one entry per message."""
+def _with_positions(
+    batch: pl.DataFrame, positions: list[tuple[int, int, int, int, int]], topic: str, keys: list[bytes]
+) -> pl.DataFrame:
+    """Each row's Kafka position, message key index and ledger round, from one entry per
+    message, and the account it was routed to (its message's key: the engine rates it as
+    that account's, whatever the catalogue of the moment says; docs/rules.md)."""
     partitions, offsets, indices, lines, rounds = (np.array(column) for column in zip(*positions, strict=True))
+    routed = pl.Series([key.decode("utf-8", "replace") for key in keys], dtype=pl.String)
     return batch.with_columns(
+        routed.gather(np.repeat(indices, lines)).alias(ROUTED_ACCOUNT),
         pl.Series(_ROUND, np.repeat(rounds, lines), dtype=pl.Int32),
         pl.lit(topic, dtype=pl.String).alias("topic"),
         pl.Series("partition", np.repeat(partitions, lines), dtype=pl.Int32),

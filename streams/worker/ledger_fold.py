@@ -17,10 +17,20 @@ import polars as pl
 from rating import Catalog, RatingState, invoicing
 from rating.corrected_state import corrected_state
 from rating.fields import with_typed_fields
-from rating.ledger import Book, Credit, Terms, after_calls, apply_command, credit_event_id, tracks_numbers
+from rating.ledger import (
+    Book,
+    FORWARDS_KEPT,
+    Credit,
+    Terms,
+    after_calls,
+    apply_command,
+    credit_event_id,
+    spend_limit,
+    tracks_numbers,
+)
 from rating.state import CREDITS_SCHEMA
 from schemas.ledger import LedgerCommand, LedgerEvent
-from schemas.messages import frame_from_value
+from schemas.messages import cdr_chunk_value, frame_from_value
 from streams.clickhouse.tables import ALERTS, RATED, Table
 from streams.worker.messages import _KEY_INDEX, OutputMessage, SourceMessage, _garbage_row, encode
 
@@ -50,6 +60,7 @@ _EVENT_SCHEMA = {
     "credit_change": pl.Int64,
     "credit": pl.Int64,
     "document": pl.String,
+    "transferred_to": pl.String,
 }
 
 
@@ -68,6 +79,10 @@ class LedgerFold:
         #: rated rows of corrections (new versions, and the versions they replace)
         self.corrected_rows: list[pl.DataFrame] = []
         self._corrected_alerts: list[pl.DataFrame] = []
+        #: unusual_spend alerts raised by calls (issue 25), with the calls' origin columns
+        self._call_alerts: list[pl.DataFrame] = []
+        #: calls of numbers this log gave away, for the logs of the accounts that hold them
+        self.forwards: list[OutputMessage] = []
         #: (account, month key) of month records a correction changed
         self.corrected_months: list[tuple[str, int]] = []
         self.latest: dict[str, Any] = {}
@@ -85,38 +100,89 @@ class LedgerFold:
 
     # --------------------------------------------------------------- calls
     def split_inactive(self, lines: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """Lines of kept, frozen or closed accounts (ledger.md 5) become rejections."""
+        """Lines this account's log holds but does not bill (ledger.md 5, issue 25), in
+        this order: a call of a number the account had given away at the call's charge
+        time goes to the log of the account that held it then (:attr:`forwards`); a call
+        of a released number that starts at or after its release is ``unknown_number``;
+        a call of a kept, frozen or closed account is ``account_inactive``. The rest is
+        given back to rate."""
         periods = {a: b.inactive_periods() for a, b in self.books.items()}
-        periods = {a: p for a, p in periods.items() if p}
-        if not periods:
+        # Every line of an account with a lifecycle period or a release to come; only the
+        # lines of its given-away or released numbers otherwise (a busy account that gave
+        # one number away pays nothing for the others).
+        whole = {a for a, b in self.books.items() if periods[a] or (b.arrears or {}).get("release_at")}
+        pairs = {f"{a}\x00{n}" for a, b in self.books.items() for n in (*b.away, *b.released)}
+        if not whole and not pairs:
             return lines, lines.clear()
+        books = {a: b for a, b in self.books.items() if a in whole or b.away or b.released}
         accounts = pl.Series([self.keys[i].decode("utf-8", "replace") for i in range(len(self.keys))])
         owner = accounts.gather(lines.get_column(_KEY_INDEX))
-        mask = np.zeros(lines.height, dtype=bool)
-        candidates = owner.is_in(list(periods)).to_numpy()
-        if candidates.any():
-            starts = with_typed_fields(lines.filter(pl.Series(candidates)).select(
-                "start_time", "answer_time", "end_time", "billsec"
-            )).get_column("start").to_list()
-            where = np.flatnonzero(candidates)
-            for row, start in zip(where, starts, strict=True):
-                if start is None:
-                    continue  # a malformed time: the engine rejects it for that
-                for since, until in periods[owner[int(row)]]:
-                    if since <= start and (until is None or start < until):
-                        mask[row] = True
-                        break
-        if not mask.any():
+        candidates = owner.is_in(list(whole))
+        if pairs:
+            keyed = (owner + "\x00" + lines.get_column("called").fill_null("")).is_in(list(pairs))
+            candidates = candidates | keyed
+        candidates = candidates.to_numpy()
+        if not candidates.any():
             return lines, lines.clear()
-        hit = pl.Series(mask)
-        inactive = lines.filter(hit).select(
-            "line", "cdr_id",
-            pl.lit("account_inactive").alias("reason"),
-            pl.format("account {} is kept, frozen or closed at the call's start", owner.filter(hit)).alias("detail"),
-            owner.filter(hit).alias("account_id"),
+        typed = with_typed_fields(lines.filter(pl.Series(candidates)).select(
+            "start_time", "answer_time", "end_time", "billsec", "called"
+        ))
+        where = np.flatnonzero(candidates)
+        reasons: list[str | None] = [None] * lines.height
+        details: list[str | None] = [None] * lines.height
+        forward_to: list[str | None] = [None] * lines.height
+        rows = zip(where, typed.get_column("start").to_list(), typed.get_column("answer").to_list(),
+                   typed.get_column("called").to_list(), strict=True)
+        for row, start, answer, called in rows:
+            if start is None:
+                continue  # a malformed time: the engine rejects it for that
+            account = owner[int(row)]
+            book = books[account]
+            charged = answer or start
+            holder = book.away_at(called, charged) if called else None
+            if holder is not None:
+                forward_to[row] = holder
+                continue
+            release = book.release_of(called) if called else None
+            if release is not None and start >= release:
+                reasons[row] = "unknown_number"
+                details[row] = f"called number {called} was released by account {account} at {release.isoformat()}"
+                continue
+            for since, until in periods[account]:
+                if since <= start and (until is None or start < until):
+                    reasons[row] = "account_inactive"
+                    details[row] = f"account {account} is kept, frozen or closed at the call's start"
+                    break
+        forwarded = pl.Series([to is not None for to in forward_to])
+        if forwarded.any():
+            self._forward(lines.with_columns(pl.Series("_to", forward_to, dtype=pl.String)).filter(forwarded), owner.filter(forwarded))
+        reason = pl.Series("reason", reasons, dtype=pl.String)
+        hit = reason.is_not_null()
+        if not hit.any():
+            return lines.filter(~forwarded), lines.clear()
+        refused = lines.with_columns(reason, pl.Series("detail", details, dtype=pl.String)).filter(hit)
+        inactive = refused.select(
+            "line", "cdr_id", "reason", "detail",
+            # a released number is no account's (as the feeds reject it)
+            pl.when(pl.col("reason") == "unknown_number").then(None).otherwise(owner.filter(hit)).alias("account_id"),
             *[c for c in ("source", "ingest_id", "topic", "partition", "offset", _KEY_INDEX) if c in lines.columns],
         )
-        return lines.filter(~hit), inactive
+        return lines.filter(~hit & ~forwarded), inactive
+
+    def _forward(self, lines: pl.DataFrame, owner: pl.Series) -> None:
+        """Calls of a number this log had given away then (a transfer, issue 25) go to the
+        log of the account that held it: one chunk per message they came in and account,
+        named ``<account>@<partition>:<offset>`` so that the taker skips a second copy."""
+        lines = lines.with_columns(owner.alias("_from"))
+        for (to, from_, partition, offset), part in lines.partition_by(
+            "_to", "_from", "partition", "offset", maintain_order=True, as_dict=True
+        ).items():
+            value = cdr_chunk_value(part.get_column("source")[0] or "", part, part.get_column("ingest_id")[0] or "")
+            value["forwarded"] = f"{from_}@{partition}:{offset}"
+            log.info("forwarding %d line(s) of %s to account %s (a transferred number)", part.height, from_, to)
+            self.forwards.append(
+                OutputMessage("forward", to.encode(), encode(value), from_.encode(), None, (from_.encode(),))
+            )
 
     def after_calls(self, result: Any) -> RatingState:
         """Month usage (minimum spend) and suspensions (arrears) from a round of calls."""
@@ -139,6 +205,7 @@ class LedgerFold:
                     continue  # closed: later calls do not re-open its minimum spend (docs/rules.md)
                 book.usage[month] = book.usage.get(month, 0) + amount
             self._number_usage(rated)
+            self._unusual_spend(rated)
         if rated.height:
             latest = rated.group_by("account_id").agg(pl.col("charge_time").max())
             for account, at in latest.iter_rows():
@@ -165,6 +232,45 @@ class LedgerFold:
                 )
                 self._record(applied, index, position, terms)
         return state
+
+    def _unusual_spend(self, rated: pl.DataFrame) -> None:
+        """The month's charges the calls add (issue 25), and the ``unusual_spend`` alert at
+        the first call of a month that takes them above its limit (rating.ledger.spend_limit)."""
+        percent = self.catalog.rules.unusual_spend_percent
+        charged = rated.filter(
+            pl.col("account_id").is_in(list(self.books)) & (pl.col("amount") > 0)
+        ).with_columns(month=pl.col("local_day").dt.strftime("%Y-%m"))
+        if charged.height == 0:
+            return
+        limits = []
+        for account, month, amount in (
+            charged.group_by("account_id", "month", maintain_order=True).agg(pl.col("amount").sum()).iter_rows()
+        ):
+            book = self.books[account]
+            if month in book.closed_months or not book.remembers(month):
+                continue  # a closed month's charges are as its close left them
+            before = book.spend.get(month, 0)
+            limit = spend_limit(book, month, percent)
+            book.spend[month] = before + amount
+            if limit is not None and before + amount > limit:
+                limits.append((account, month, before, limit))
+                book.unusual_months.append(month)
+        if not limits:
+            return
+        judged = charged.join(
+            pl.DataFrame(limits, schema={"account_id": pl.String, "month": pl.String, "before": pl.Int64,
+                                         "limit": pl.Int64}, orient="row"),
+            on=["account_id", "month"],
+            maintain_order="left",
+        ).with_columns(running=pl.col("before") + pl.col("amount").cum_sum().over("account_id", "month"))
+        first = judged.filter(pl.col("running") > pl.col("limit")).group_by(
+            "account_id", "month", maintain_order=True
+        ).first()
+        origin = [c for c in ("source", "ingest_id", "topic", "partition", "offset", _KEY_INDEX) if c in first.columns]
+        self._call_alerts.append(
+            first.select("account_id", pl.lit("unusual_spend").alias("kind"), "cdr_id", "balance", "line",
+                         "local_day", *origin)
+        )
 
     def _number_usage(self, rated: pl.DataFrame) -> None:
         """The month's usage per 400 number of accounts with floors per number (issue 23)."""
@@ -214,6 +320,12 @@ class LedgerFold:
             position = (int(row["partition"]), int(row["offset"])) if "offset" in row else (-1, -1)
             invoicing.record_event(book.billing, event, terms.plan.zone, position[1])
             self._record(_Events([event]), index, position, terms)
+
+    def took_forward(self, account: str, forward_id: str) -> None:
+        """Remember a forwarded chunk this account's log took (issue 25): a copy is skipped."""
+        book = self.books.get(account)
+        if book is not None:
+            book.forwards = [*book.forwards, forward_id][-FORWARDS_KEPT:]
 
     # --------------------------------------------------------------- commands
     def apply(self, state: RatingState, index: int, message: SourceMessage, command: LedgerCommand) -> RatingState:
@@ -306,9 +418,9 @@ class LedgerFold:
         return pl.DataFrame(self.events, schema=_EVENT_SCHEMA)
 
     def alert_frames(self) -> list[pl.DataFrame]:
-        frames = list(self._corrected_alerts)
+        frames = [*self._call_alerts, *self._corrected_alerts]
         if self.alerts:
-            frames.insert(0, pl.DataFrame(self.alerts).with_columns(pl.col(_KEY_INDEX).cast(pl.Int32)))
+            frames.insert(len(self._call_alerts), pl.DataFrame(self.alerts).with_columns(pl.col(_KEY_INDEX).cast(pl.Int32)))
         return frames
 
     def status_messages(self) -> list[OutputMessage]:
@@ -328,6 +440,8 @@ class LedgerFold:
                 self._plans[book.plan_id].zone if book is not None and book.plan_id in self._plans else timezone.utc
             ).isoformat(),
             "state": book.shown_state() if book is not None and book.lifecycle else "active",
+            **_next_step(book, self._plans[book.plan_id].zone if book is not None and book.plan_id in self._plans
+                         else timezone.utc),
             "plan_id": (book.plan_id if book is not None and book.plan_id else (known or {}).get("plan_id", "")),
             "updated_time": self.latest.get(account, datetime(1970, 1, 1, tzinfo=timezone.utc)),
             "version": offset,
@@ -346,7 +460,7 @@ class LedgerFold:
         if plan is None:
             return None
         threshold = known["low_balance_threshold"] if known else DEFAULT_LOW_BALANCE
-        return Terms(account, plan, threshold)
+        return Terms(account, plan, threshold, self.catalog.rules.unusual_spend_percent)
 
     def _balance(self, state: RatingState, account: str) -> int:
         if account in self._pending:
@@ -443,6 +557,15 @@ class LedgerFold:
             account_id=command.account_id,
         )
         self.refusals.append(row)
+
+
+def _next_step(book: Book | None, zone: Any) -> dict[str, str]:
+    """The lifecycle's next deadline for ``account show`` (issue 25): what, and when in
+    the plan's timezone."""
+    step = None if book is None else book.next_step()
+    if step is None:
+        return {"next_step": "", "next_step_at": ""}
+    return {"next_step": step[0], "next_step_at": step[1].astimezone(zone).isoformat()}
 
 
 @dataclasses.dataclass

@@ -15,7 +15,9 @@ import polars as pl
 
 from schemas.messages import frame_value
 
-OutputKind = Literal["rated", "rejected", "alerts", "ledger", "balances", "status"]
+#: ``forward``: calls of a transferred number for the log of the account that held it
+#: then (issue 25), put on ``cdr.raw`` keyed by that account.
+OutputKind = Literal["rated", "rejected", "alerts", "ledger", "balances", "status", "forward"]
 
 
 #: Rows per output message: a large account batch is cut so that a message stays well

@@ -40,6 +40,7 @@ from rating.clock import month_key
 from rating.state import (
     ALLOWANCE_SCHEMA,
     BALANCES_SCHEMA,
+    BURSTS_SCHEMA,
     CHARGED_SCHEMA,
     CREDITS_SCHEMA,
     DAILY_SCHEMA,
@@ -169,10 +170,12 @@ class Core:
     parts: list[bytes] = field(default_factory=list)
     #: package credit (issue 23): [amount, end (ISO 8601, UTC), refund]; None: none
     credit: list[Any] | None = None
+    #: the unusual_calls rule's last counted charge times (issue 25), ISO 8601 UTC, log order
+    bursts: list[str] | None = None
 
     def encode(self) -> bytes:
         value: dict[str, Any] = {"v": 2, "applied_offset": self.applied_offset}
-        for name in ("balance", "latest_month", "ledger", "blocked", "credit"):
+        for name in ("balance", "latest_month", "ledger", "blocked", "credit", "bursts"):
             if getattr(self, name) is not None:
                 value[name] = getattr(self, name)
         value["parts"] = [name.decode() for name in sorted(self.parts)]
@@ -191,6 +194,7 @@ class Core:
             blocked=raw.get("blocked"),
             parts=[name.encode() for name in raw.get("parts", [])],
             credit=raw.get("credit"),
+            bursts=raw.get("bursts"),
         )
 
 
@@ -200,6 +204,7 @@ def core_of(records: AccountRecords | None) -> Core:
     return Core(
         core.applied_offset, core.balance, core.latest_month, core.ledger, core.blocked, list(core.parts),
         None if core.credit is None else list(core.credit),
+        None if core.bursts is None else list(core.bursts),
     )
 
 
@@ -226,7 +231,7 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
     together from each segment's, so a batch pays for the records of its accounts, not
     for parsing them again.
     """
-    balances, latest, allowance, charged, credits = [], [], [], [], []
+    balances, latest, allowance, charged, credits, bursts = [], [], [], [], [], []
     day_owners: list[tuple[str, int]] = []  # account, days in its month record
     day_texts: list[str] = []
     day_values: list[list[Any]] = []
@@ -242,6 +247,8 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
             credits.append((account, int(amount), datetime.fromisoformat(ends), bool(refund)))
         if core.latest_month is not None:
             latest.append((account, core.latest_month))
+        if core.bursts:
+            bursts.extend((account, datetime.fromisoformat(at)) for at in core.bursts)
         for name, record in records.items():
             if name.startswith(b"m"):
                 month_key = parse_month_name(name)
@@ -262,6 +269,7 @@ def rating_state(accounts: Mapping[str, AccountRecords | None]) -> RatingState:
         seen=_seen_frame(segments),
         latest=pl.DataFrame(latest, schema=LATEST_SCHEMA, orient="row"),
         credits=pl.DataFrame(credits, schema=CREDITS_SCHEMA, orient="row"),
+        bursts=pl.DataFrame(bursts, schema=BURSTS_SCHEMA, orient="row"),
     )
     return state
 

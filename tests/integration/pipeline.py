@@ -28,6 +28,8 @@ from clickhouse_driver import Client
 from kafka import KafkaAdminClient
 
 from rating import Catalog
+from rating.fields import with_typed_fields
+from rating.ownership import owner_at, owners_frame
 from schemas.cdr_csv import parse_csv
 from schemas.messages import CDR_CHUNK_LINES, cdr_chunk_value
 from schemas.topics import TOPICS
@@ -201,6 +203,14 @@ class Pipeline:
                 pl.col("called").fill_null("")
             )
         )
+        owners = owners_frame(tariffs.owners())
+        if owners.height:  # a transferred number: the account that held it at the charge time (as ingest routes)
+            times = with_typed_fields(batch).select("called", pl.coalesce("answer", "start").alias("charge"))
+            held = owner_at(times, owners)
+            keyed = keyed.with_columns(
+                held.get_column("owner").fill_null("").zip_with(held.get_column("owned"), keyed.get_column("_key"))
+                .alias("_key")
+            )
         messages = []
         for (key,), lines in keyed.partition_by("_key", maintain_order=True, as_dict=True).items():
             for start in range(0, lines.height, chunk_lines):
