@@ -10,6 +10,7 @@ offset) and returns the events it produced.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -26,6 +27,8 @@ from streams.clickhouse.query import query_client as client  # noqa: F401 - the 
 from streams.kafka.client import BrokerError, encode_json, make_producer, topic_name
 from streams.settings import Settings
 from tariffs import Tariffs
+
+log = logging.getLogger(__name__)
 
 WAIT_S: Final[float] = 120.0
 
@@ -284,25 +287,44 @@ def grade_fees(settings: Settings) -> Any:
 # ---------------------------------------------------------------------------- publish
 
 
+#: Tries of a publish the broker refused whole (see :func:`publish`).
+PUBLISH_TRIES: Final[int] = 3
+
+
 def publish(settings: Settings, commands: list[LedgerCommand]) -> list[Published]:
-    """Send commands to their accounts' logs; their (partition, offset) once acknowledged."""
+    """Send commands to their accounts' logs; their (partition, offset) once acknowledged.
+
+    A publish whose every record the broker refused stored none of them, so it is sent
+    again (up to :data:`PUBLISH_TRIES` times): the embedded broker refuses one of two
+    producers that write one partition at the same moment (docs/infra.md), e.g. two
+    `cdrflow invoice` runs at once. A publish refused in part is not sent again (the
+    records taken would be there twice): the error says so and the operator runs it again.
+    """
     topic_prefix = settings.topic_prefix
     producer = make_producer(settings)
     try:
-        futures = [
-            (c, producer.send(topic_name(CDR_RAW, topic_prefix), key=c.account_id.encode(), value=encode_json(c.message_value())))
-            for c in commands
-        ]
-        producer.flush(timeout=60)
-        out = []
-        for command, future in futures:
-            metadata = future.get(timeout=60)
-            out.append(Published(command, metadata.partition, metadata.offset))
-        return out
+        attempt = 1
+        while True:
+            futures = [
+                (c, producer.send(topic_name(CDR_RAW, topic_prefix), key=c.account_id.encode(), value=encode_json(c.message_value())))
+                for c in commands
+            ]
+            producer.flush(timeout=60)
+            refused = [future.exception for _, future in futures if future.failed()]
+            if not refused or len(refused) < len(futures) or attempt == PUBLISH_TRIES:
+                return [Published(command, *_where(future)) for command, future in futures]
+            log.warning("the broker refused every ledger command of this publish (%r); sending them again", refused[0])
+            time.sleep(0.5 * attempt)
+            attempt += 1
     except Exception as error:
         raise BrokerError(f"could not publish the ledger command(s): {error}") from None
     finally:
         producer.close()
+
+
+def _where(future: Any) -> tuple[int, int]:
+    metadata = future.get(timeout=60)
+    return metadata.partition, metadata.offset
 
 
 def publish_account(settings: Settings, value: dict[str, Any]) -> None:
