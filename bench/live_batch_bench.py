@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,6 +41,7 @@ import polars as pl  # noqa: E402
 from rating import Catalog  # noqa: E402
 from schemas.cdr_csv import parse_csv  # noqa: E402
 from schemas.messages import cdr_chunk_value  # noqa: E402
+from streams.cdr_files import stamped  # noqa: E402
 from streams.offline.generate import generate_dataset  # noqa: E402
 from streams.worker.batch import rate_messages  # noqa: E402
 from streams.worker.messages import SourceMessage  # noqa: E402
@@ -51,8 +53,10 @@ PARTITIONS = 4
 
 def live_messages(cdrs: pl.DataFrame, owner: dict[str, str], rate: int) -> list[SourceMessage]:
     """The lines in time order, a message per account and ``rate`` lines (a second of the
-    feed), each account on one partition, offsets in order."""
-    lines = cdrs.sort("end_time", maintain_order=True).with_columns(
+    feed), each account on one partition, offsets in order, with ``read_at`` as the tail
+    sends them."""
+    # Stamped with read_at, as `ingest --tail` stamps the lines it reads (rating.bounds).
+    lines = stamped(cdrs.sort("end_time", maintain_order=True), datetime(2026, 4, 1, tzinfo=UTC)).with_columns(
         _key=pl.col("called").replace_strict(owner, default="", return_dtype=pl.String)
     )
     offsets = [0] * PARTITIONS
