@@ -298,7 +298,7 @@ def publish(settings: Settings, commands: list[LedgerCommand]) -> list[Published
     again (up to :data:`PUBLISH_TRIES` times): the embedded broker refuses one of two
     producers that write one partition at the same moment (docs/infra.md), e.g. two
     `cdrflow invoice` runs at once. A publish refused in part is not sent again (the
-    records taken would be there twice): the error says so and the operator runs it again.
+    records taken would be there twice): the error names the commands refused.
     """
     topic_prefix = settings.topic_prefix
     producer = make_producer(settings)
@@ -310,10 +310,16 @@ def publish(settings: Settings, commands: list[LedgerCommand]) -> list[Published
                 for c in commands
             ]
             producer.flush(timeout=60)
-            refused = [future.exception for _, future in futures if future.failed()]
-            if not refused or len(refused) < len(futures) or attempt == PUBLISH_TRIES:
+            refused = [(command, future.exception) for command, future in futures if future.failed()]
+            if refused and len(refused) < len(futures):
+                names = ", ".join(f"{c.kind} {c.command_id} of {c.account_id}" for c, _ in refused)
+                raise BrokerError(
+                    f"the broker took {len(futures) - len(refused)} of {len(futures)} commands and refused {names} "
+                    f"({refused[0][1]}); run only those again"
+                )
+            if not refused or attempt == PUBLISH_TRIES:
                 return [Published(command, *_where(future)) for command, future in futures]
-            log.warning("the broker refused every ledger command of this publish (%r); sending them again", refused[0])
+            log.warning("the broker refused every ledger command of this publish (%r); sending them again", refused[0][1])
             time.sleep(0.5 * attempt)
             attempt += 1
     except Exception as error:
