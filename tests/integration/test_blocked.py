@@ -54,74 +54,77 @@ def _cdrflow(pipeline: Pipeline, *args: str, env: dict[str, str] | None = None) 
 def test_a_poison_message_is_parked_retried_skipped_and_a_replay_does_the_same(stack, tmp_path: Path) -> None:
     data = generate_dataset(tmp_path / "month", cdrs=2_400, accounts=24, month="2026-03", seed=11, hot_share=0.75)
     pipeline = Pipeline(stack, tmp_path / "pipeline")
-    pipeline.tariffs = pipeline.load_catalog(data.root)
-    messages = pipeline.cdr_messages(data.cdrs_file, pipeline.tariffs, ingest_id=pipeline.name, chunk_lines=50)
-    lines_of: dict[bytes, int] = {}
-    for key, value in messages:
-        lines_of[key] = lines_of.get(key, 0) + len(json.loads(value)["line"])
-    total = sum(lines_of.values())
-    hot = max(lines_of, key=lambda k: lines_of[k])
-    account = hot.decode()
-    third = [i for i, (key, _) in enumerate(messages) if key == hot][2]
-    messages.insert(third + 1, (hot, _poison(account)))  # three chunks rated, then the poison
-
-    worker = pipeline.start_worker()
-    wait_for_log(worker, "resumed ", timeout_s=120)
-    pipeline.produce(messages)
-    wait_for_log(worker, "blocked", timeout_s=120)
-    # Nobody else waits: every other account's lines land while it is blocked.
-    pipeline.wait_until(
-        lambda c: c["rated_calls"] + c["rejected_cdrs"] >= total - lines_of[hot], timeout_s=180, what="the others"
-    )
-
-    listed = _cdrflow(pipeline, "blocked", "--json")
-    assert listed.returncode == 3, listed.stderr
-    note = json.loads(listed.stdout)["blocked"][account]
-    assert "not a number" in note["error"], note
-
-    retried = _cdrflow(pipeline, "blocked", "retry", account, "--json")
-    assert retried.returncode == 3, retried.stdout + retried.stderr  # the limit is still there
-    answer = json.loads(retried.stdout)
-    assert answer["outcome"] == "blocked" and answer["blocked"]["offset"] == note["offset"]
-
-    skipped = _cdrflow(pipeline, "blocked", "skip", account, "--reason", "broken correction part, OPS-42", "--json")
-    assert skipped.returncode == 0, skipped.stdout + skipped.stderr
-    assert json.loads(skipped.stdout)["outcome"] == "unblocked"
-    assert json.loads(skipped.stdout)["skipped_offset"] == note["offset"]
-
-    pipeline.wait_until(lambda c: c["rated_calls"] + c["rejected_cdrs"] >= total + 1, timeout_s=180, what="everything")
-    client = pipeline.client()
     try:
-        reasons = dict(client.execute(
-            "SELECT reason, count() FROM rejected_cdrs FINAL WHERE account_id = %(a)s GROUP BY reason", {"a": account}
-        ))
-        rated = client.execute("SELECT count() FROM rated_calls FINAL WHERE account_id = %(a)s", {"a": account})[0][0]
-        events = client.execute(
-            "SELECT reference, detail FROM billing_events FINAL WHERE account_id = %(a)s AND kind = 'InputSkipped'",
-            {"a": account},
-        )
-    finally:
-        client.disconnect()
-    assert reasons.get("skipped") == 1  # the command, kept as a rejection (line 0)
-    assert rated > 0
-    landed = pipeline.landed()  # each line once (malformed ones have no account), and the command
-    assert landed["rated_calls"] + landed["rejected_cdrs"] == total + 1, landed
-    assert [ref for ref, _ in events] == [f"{pipeline.topic('cdr.raw')}[{note['partition']}]@{note['offset']}"]
-    assert "OPS-42" in events[0][1]
-    assert _cdrflow(pipeline, "blocked").returncode == 0
-    before = pipeline.export(tmp_path / "before")
-    counts = pipeline.landed()
-    worker.stop()
+        pipeline.tariffs = pipeline.load_catalog(data.root)
+        messages = pipeline.cdr_messages(data.cdrs_file, pipeline.tariffs, ingest_id=pipeline.name, chunk_lines=50)
+        lines_of: dict[bytes, int] = {}
+        for key, value in messages:
+            lines_of[key] = lines_of.get(key, 0) + len(json.loads(value)["line"])
+        total = sum(lines_of.values())
+        hot = max(lines_of, key=lambda k: lines_of[k])
+        account = hot.decode()
+        third = [i for i, (key, _) in enumerate(messages) if key == hot][2]
+        messages.insert(third + 1, (hot, _poison(account)))  # three chunks rated, then the poison
 
-    # A replay from offset 0 by a new consumer group, with the same limit: the same result.
-    group = f"{pipeline.settings.app_id}-replay"
-    replay = pipeline.start_worker(env={"CDRFLOW_APP_ID": group})
-    wait_for_log(replay, "trying ", timeout_s=180)
-    _wait_replayed(pipeline, group, replay.process.pid)
-    after = pipeline.export(tmp_path / "after")
-    for name in ("rated.csv", "rejected.csv", "alerts.csv"):
-        assert (after / name).read_bytes() == (before / name).read_bytes(), name
-    assert pipeline.landed()["rejected_cdrs"] == counts["rejected_cdrs"]
+        worker = pipeline.start_worker()
+        wait_for_log(worker, "resumed ", timeout_s=120)
+        pipeline.produce(messages)
+        wait_for_log(worker, "blocked", timeout_s=120)
+        # Nobody else waits: every other account's lines land while it is blocked.
+        pipeline.wait_until(
+            lambda c: c["rated_calls"] + c["rejected_cdrs"] >= total - lines_of[hot], timeout_s=180, what="the others"
+        )
+
+        listed = _cdrflow(pipeline, "blocked", "--json")
+        assert listed.returncode == 3, listed.stderr
+        note = json.loads(listed.stdout)["blocked"][account]
+        assert "not a number" in note["error"], note
+
+        retried = _cdrflow(pipeline, "blocked", "retry", account, "--json")
+        assert retried.returncode == 3, retried.stdout + retried.stderr  # the limit is still there
+        answer = json.loads(retried.stdout)
+        assert answer["outcome"] == "blocked" and answer["blocked"]["offset"] == note["offset"]
+
+        skipped = _cdrflow(pipeline, "blocked", "skip", account, "--reason", "broken correction part, OPS-42", "--json")
+        assert skipped.returncode == 0, skipped.stdout + skipped.stderr
+        assert json.loads(skipped.stdout)["outcome"] == "unblocked"
+        assert json.loads(skipped.stdout)["skipped_offset"] == note["offset"]
+
+        pipeline.wait_until(lambda c: c["rated_calls"] + c["rejected_cdrs"] >= total + 1, timeout_s=180, what="everything")
+        client = pipeline.client()
+        try:
+            reasons = dict(client.execute(
+                "SELECT reason, count() FROM rejected_cdrs FINAL WHERE account_id = %(a)s GROUP BY reason", {"a": account}
+            ))
+            rated = client.execute("SELECT count() FROM rated_calls FINAL WHERE account_id = %(a)s", {"a": account})[0][0]
+            events = client.execute(
+                "SELECT reference, detail FROM billing_events FINAL WHERE account_id = %(a)s AND kind = 'InputSkipped'",
+                {"a": account},
+            )
+        finally:
+            client.disconnect()
+        assert reasons.get("skipped") == 1  # the command, kept as a rejection (line 0)
+        assert rated > 0
+        landed = pipeline.landed()  # each line once (malformed ones have no account), and the command
+        assert landed["rated_calls"] + landed["rejected_cdrs"] == total + 1, landed
+        assert [ref for ref, _ in events] == [f"{pipeline.topic('cdr.raw')}[{note['partition']}]@{note['offset']}"]
+        assert "OPS-42" in events[0][1]
+        assert _cdrflow(pipeline, "blocked").returncode == 0
+        before = pipeline.export(tmp_path / "before")
+        counts = pipeline.landed()
+        worker.stop()
+
+        # A replay from offset 0 by a new consumer group, with the same limit: the same result.
+        group = f"{pipeline.settings.app_id}-replay"
+        replay = pipeline.start_worker(env={"CDRFLOW_APP_ID": group})
+        wait_for_log(replay, "trying ", timeout_s=180)
+        _wait_replayed(pipeline, group, replay.process.pid)
+        after = pipeline.export(tmp_path / "after")
+        for name in ("rated.csv", "rejected.csv", "alerts.csv"):
+            assert (after / name).read_bytes() == (before / name).read_bytes(), name
+        assert pipeline.landed()["rejected_cdrs"] == counts["rejected_cdrs"]
+    finally:
+        pipeline.stop_workers()  # the replay's too: this test has its own pipeline, not the fixture's
 
 
 def _wait_replayed(pipeline: Pipeline, group: str, pid: int, timeout_s: float = 240.0) -> None:
