@@ -102,6 +102,7 @@ def make_producer(settings: Settings, *, linger_ms: int = 20) -> KafkaProducer:
             enable_idempotence=False,
             max_in_flight_requests_per_connection=1,
             linger_ms=linger_ms,
+            compression_type="zstd",
             # Under real Kafka's default message.max.bytes (1 MB), which bounds a batch.
             batch_size=512 * 1024,
             max_request_size=1024 * 1024,

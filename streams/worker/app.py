@@ -118,6 +118,7 @@ def build_app(settings: Settings, *, topic_prefix: str = "") -> faust.App:
         # it as one record batch, not hundreds (tansu's s3 store reads back ~15 record
         # batches a fetch, so the sinks fell minutes behind at 2,000 lines/s; docs/streaming.md).
         producer_linger=0.05,
+        producer_compression_type="zstd",
         producer_max_request_size=settings.producer_max_request_bytes,
         consumer_max_fetch_size=16 * 1024 * 1024,
         web_enabled=False,
