@@ -110,11 +110,18 @@ def status(settings: Settings, *, timeout_s: float = 5.0) -> dict[str, Any]:
             answer["notes"].extend(f"feed {source}: {warning}" for warning in said.get("warnings", []))
     if answer["servers"]["clickhouse"]["state"] == "up":
         try:
-            answer["clickhouse_tables"] = _clickhouse_tables(settings)
-            if "rejected_cdrs" in answer["clickhouse_tables"]:
-                answer["rejects_by_reason"] = _rejects_by_reason(settings)
-            if "dead_letters" in answer["clickhouse_tables"]:
-                answer["dead_letters"] = _dead_letters(settings)
+            # One connection for the three reads (a fresh one each was three handshakes).
+            params = settings.clickhouse_params()
+            client = Client(**{**params, "database": ""}, connect_timeout=2, send_receive_timeout=10)
+            try:
+                database = params["database"]
+                answer["clickhouse_tables"] = _clickhouse_tables(client, database)
+                if "rejected_cdrs" in answer["clickhouse_tables"]:
+                    answer["rejects_by_reason"] = _rejects_by_reason(client, database)
+                if "dead_letters" in answer["clickhouse_tables"]:
+                    answer["dead_letters"] = _dead_letters(client, database)
+            finally:
+                client.disconnect()
         except Exception as error:
             answer["errors"].append(f"clickhouse: {error}")
     if settings.embedded_clickhouse and finance_password(settings) is not None:
@@ -249,65 +256,40 @@ def _kafka_status(settings: Settings, timeout_s: float) -> tuple[dict[str, Any],
     return topics, groups
 
 
-def _clickhouse_tables(settings: Settings) -> dict[str, Any]:
-    params = settings.clickhouse_params()
-    client = Client(**{**params, "database": ""}, connect_timeout=2, send_receive_timeout=10)
-    try:
-        database = {"database": params["database"]}
-        tables = client.execute(
-            "SELECT name, engine FROM system.tables WHERE database = %(database)s ORDER BY name",
-            database,
+def _clickhouse_tables(client: Client, database: str) -> dict[str, Any]:
+    where = {"database": database}
+    tables = client.execute(
+        "SELECT name, engine FROM system.tables WHERE database = %(database)s ORDER BY name", where
+    )
+    # Rows stored in active parts: replays not yet collapsed by a merge count here.
+    part_rows = dict(
+        client.execute(
+            "SELECT table, sum(rows) FROM system.parts WHERE database = %(database)s AND active GROUP BY table",
+            where,
         )
-        # Rows stored in active parts: replays not yet collapsed by a merge count here.
-        part_rows = dict(
-            client.execute(
-                "SELECT table, sum(rows) FROM system.parts "
-                "WHERE database = %(database)s AND active GROUP BY table",
-                database,
-            )
-        )
-        answer = {}
-        for name, engine in tables:
-            if engine.endswith("MergeTree"):
-                rows: int | None = int(part_rows.get(name, 0))
-            elif engine in ("View", "MaterializedView"):
-                rows = None  # a view holds nothing itself (MV ... TO keeps rows elsewhere)
-            else:
-                rows = client.execute(
-                    f"SELECT count() FROM {_quote_identifier(params['database'])}."
-                    f"{_quote_identifier(name)}"
-                )[0][0]
-            answer[name] = {"engine": engine, "rows": rows}
-        return answer
-    finally:
-        client.disconnect()
+    )
+    answer = {}
+    for name, engine in tables:
+        if engine.endswith("MergeTree"):
+            rows: int | None = int(part_rows.get(name, 0))
+        elif engine in ("View", "MaterializedView"):
+            rows = None  # a view holds nothing itself (MV ... TO keeps rows elsewhere)
+        else:
+            rows = client.execute(f"SELECT count() FROM {_quote_identifier(database)}.{_quote_identifier(name)}")[0][0]
+        answer[name] = {"engine": engine, "rows": rows}
+    return answer
 
 
-def _dead_letters(settings: Settings) -> dict[str, dict[str, Any]]:
-    params = settings.clickhouse_params()
-    client = Client(**{**params, "database": ""}, connect_timeout=2, send_receive_timeout=10)
-    try:
-        rows = client.execute(
-            "SELECT kind, count(), sum(rows), argMax(reason, landed_time) FROM "
-            f"{_quote_identifier(params['database'])}.dead_letters FINAL GROUP BY kind ORDER BY kind"
-        )
-        return {
-            kind: {"messages": int(count), "rows": int(lines), "latest_reason": reason}
-            for kind, count, lines, reason in rows
-        }
-    finally:
-        client.disconnect()
+def _dead_letters(client: Client, database: str) -> dict[str, dict[str, Any]]:
+    rows = client.execute(
+        "SELECT kind, count(), sum(rows), argMax(reason, landed_time) FROM "
+        f"{_quote_identifier(database)}.dead_letters FINAL GROUP BY kind ORDER BY kind"
+    )
+    return {kind: {"messages": int(count), "rows": int(lines), "latest_reason": reason} for kind, count, lines, reason in rows}
 
 
-def _rejects_by_reason(settings: Settings) -> dict[str, int]:
-    params = settings.clickhouse_params()
-    client = Client(**{**params, "database": ""}, connect_timeout=2, send_receive_timeout=10)
-    try:
-        rows = client.execute(
-            "SELECT reason, count() FROM "
-            f"{_quote_identifier(params['database'])}.rejected_cdrs FINAL "
-            "GROUP BY reason ORDER BY reason"
-        )
-        return {reason: int(count) for reason, count in rows}
-    finally:
-        client.disconnect()
+def _rejects_by_reason(client: Client, database: str) -> dict[str, int]:
+    rows = client.execute(
+        f"SELECT reason, count() FROM {_quote_identifier(database)}.rejected_cdrs FINAL GROUP BY reason ORDER BY reason"
+    )
+    return {reason: int(count) for reason, count in rows}
