@@ -58,12 +58,13 @@ from kafka.errors import TopicAlreadyExistsError  # noqa: E402
 from streams.offline.generate import generate_dataset  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.stack import servers as stack  # noqa: E402
+from streams.stack.processes import _live_record  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TARGET_SINK_ROWS_PER_S = 500_000
 #: The raw round trip's own topic (not cdr.raw: see the module's docstring).
 ROUND_TRIP_TOPIC = "bench.round-trip"
-#: The servers of the stack whose CPU is counted, by their pid files (STATE/run/NAME.json).
+#: The servers of the stack whose CPU is counted, by the names of their pid files.
 _PROCESSES = ("worker", "kafka", "clickhouse", "s3")
 
 
@@ -296,10 +297,12 @@ def _cpu_of_servers(state_dir: Path) -> dict[str, float]:
     ticks = os.sysconf("SC_CLK_TCK")
     used = {}
     for name in _PROCESSES:
+        record = _live_record(state_dir, name)  # the stack's pid file, if its process runs
+        if record is None:
+            continue
         try:
-            pid = json.loads((state_dir / "run" / f"{name}.json").read_text())["pid"]
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, ValueError, KeyError):
+            fields = Path(f"/proc/{record['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended since
             continue
         used[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return used
