@@ -53,17 +53,18 @@ _UNITS_PER_MS: Final[dict[str, int]] = {"ms": 1, "us": 1_000, "ns": 1_000_000}
 
 def _optional_series(value: dict[str, object], lines: int) -> list[pl.Series]:
     """The optional columns of a decoded chunk (nulls where absent or not as expected)."""
-    series = []
-    for name, dtype in OPTIONAL_CHUNK_COLUMNS.items():
-        column = value.get(name)
-        if isinstance(column, list) and len(column) == lines:
-            try:
-                series.append(_typed_optional(name, column))
-                continue
-            except (TypeError, OverflowError, pl.exceptions.PolarsError):
-                pass
-        series.append(pl.Series(name, [None] * lines, dtype=dtype))
-    return series
+    return [_optional_of(value, lines, name) for name in OPTIONAL_CHUNK_COLUMNS]
+
+
+def _optional_of(value: dict[str, object], lines: int, name: str) -> pl.Series:
+    """One optional column of a decoded chunk (nulls where absent or not as expected)."""
+    column = value.get(name)
+    if isinstance(column, list) and len(column) == lines:
+        try:
+            return _typed_optional(name, column)
+        except (TypeError, OverflowError, pl.exceptions.PolarsError):
+            pass
+    return pl.Series(name, [None] * lines, dtype=OPTIONAL_CHUNK_COLUMNS[name])
 
 
 def _typed_optional(name: str, values: list[object]) -> pl.Series:
@@ -206,9 +207,9 @@ def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
     sources: list[str] = []
     ingest_ids: list[str] = []
     # The optional columns' values over all messages (nulls for a message without one),
-    # and the chunks that had any, should one hold a value of the wrong type.
+    # and every decoded chunk, should one of them hold a value of the wrong type.
     optional: dict[str, list[object]] = {name: [] for name in OPTIONAL_CHUNK_COLUMNS}
-    with_optional: list[tuple[dict[str, object], int]] = []
+    decoded: list[tuple[dict[str, object], int]] = []
     heights: list[int] = []
     errors: dict[int, Exception] = {}
     for index, raw in enumerate(values):
@@ -227,7 +228,7 @@ def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
                 gathered.extend(column)
             else:
                 gathered.extend([None] * height)
-        with_optional.append((value, height))
+        decoded.append((value, height))
         source, ingest_id = value.get("source"), value.get("ingest_id")
         sources.append(source if isinstance(source, str) else "")
         ingest_ids.append(ingest_id if isinstance(ingest_id, str) else "")
@@ -250,7 +251,7 @@ def cdr_chunks_frame(values: Sequence[bytes | None]) -> ChunkBatch:
         if kept
         else pl.Series("ingest_id", [], dtype=pl.String),
     )
-    extra = [_optional_column(name, gathered, with_optional) for name, gathered in optional.items()]
+    extra = [_optional_column(name, gathered, decoded) for name, gathered in optional.items()]
     return ChunkBatch(frame=frame.with_columns(extra), heights=heights, errors=errors)
 
 
@@ -261,8 +262,7 @@ def _optional_column(name: str, values: list[object], chunks: list[tuple[dict[st
     try:
         return _typed_optional(name, values)
     except (TypeError, OverflowError, pl.exceptions.PolarsError):
-        position = list(OPTIONAL_CHUNK_COLUMNS).index(name)
-        parts = [_optional_series(value, height)[position] for value, height in chunks]
+        parts = [_optional_of(value, height, name) for value, height in chunks]
         return pl.concat(parts) if parts else pl.Series(name, [], dtype=OPTIONAL_CHUNK_COLUMNS[name])
 
 
