@@ -365,6 +365,7 @@ def _stages(settings: Settings, source: str, appended: dict[int, float], landed:
     import orjson
 
     from streams.kafka.client import read_to_end
+    from streams.worker.sinks import read_output
 
     to_monotonic = time.monotonic() - time.time()  # CreateTime is wall-clock ms
     raw_sent: dict[int, float] = {}
@@ -375,8 +376,10 @@ def _stages(settings: Settings, source: str, appended: dict[int, float], landed:
                 raw_sent.setdefault(line, record.timestamp / 1000 + to_monotonic)
     rated_sent: dict[int, float] = {}
     for record in read_to_end(settings, "billing.events", timeout_s=300):
-        rows = orjson.loads(record.value).get("rows", {})
-        for row_source, line in zip(rows.get("source", ()), rows.get("line", ())):
+        rows = read_output(record.value, "rated")  # Arrow IPC (schemas.messages.frame_bytes)
+        if "source" not in rows.columns or "line" not in rows.columns:
+            continue  # ledger events
+        for row_source, line in rows.select("source", "line").iter_rows():
             if row_source == source:
                 rated_sent.setdefault(line, record.timestamp / 1000 + to_monotonic)
     timed = [n for n in landed if n in raw_sent and n in rated_sent]

@@ -106,6 +106,38 @@ def test_output_messages_decoded_at_once_equal_read_output_one_by_one() -> None:
     assert [isinstance(r, Exception) for r in decoded] == [False, True, False, True, False, True]
 
 
+def test_an_arrow_output_message_reads_as_its_json_form() -> None:
+    from datetime import date
+
+    from schemas.messages import frame_bytes, frame_value, frames_from_values
+    from streams.worker.sinks import OUTPUT_SCHEMAS
+
+    schema = OUTPUT_SCHEMAS["alerts"]
+    frame = pl.DataFrame(
+        {
+            "account_id": ["A1", None],
+            "kind": ["low_balance", "arrears"],
+            "cdr_id": ["c1", "c2"],
+            "balance": [100, -(2**62)],  # money beyond a float's exact range stays exact
+            "line": [2, 3],
+            "local_day": [date(2026, 3, 1), date(2026, 3, 2)],
+            "not_a_column": ["x", "y"],
+        }
+    )
+    values = [
+        frame_bytes(frame),
+        json.dumps(frame_value(frame)).encode(),
+        frame_bytes(frame.with_columns(pl.col("line").cast(pl.Int32))),  # a narrower type: cast
+        frame_bytes(frame.with_columns(pl.col("balance").cast(pl.String) + "x")),  # no integer: refused
+        frame_bytes(frame)[: len(frame_bytes(frame)) // 2],  # cut short
+    ]
+    arrow, text, narrow, wrong, short = frames_from_values(values, schema)
+    assert isinstance(arrow, pl.DataFrame) and arrow.equals(text) and arrow.schema == text.schema
+    assert "not_a_column" not in arrow.columns and arrow.get_column("balance").to_list() == [100, -(2**62)]
+    assert isinstance(narrow, pl.DataFrame) and narrow.equals(arrow)
+    assert isinstance(wrong, Exception) and isinstance(short, Exception)
+
+
 def _with_optional(first_line: int, lines: int, **columns: list[object]) -> bytes:
     value = json.loads(_chunk(first_line, lines))
     value.update(columns)

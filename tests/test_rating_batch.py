@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import polars as pl
@@ -9,7 +10,7 @@ import pytest
 
 from rating import Catalog, RatingState, rate
 from schemas.cdr_csv import parse_csv
-from schemas.messages import cdr_chunk_value
+from schemas.messages import ARROW_STREAM_MARK, cdr_chunk_value
 from streams.worker.batch import BatchOutcome, rate_messages
 from streams.worker.messages import OUTPUT_ROWS, SourceMessage
 from streams.worker.sinks import OUTPUT_SCHEMAS, read_output
@@ -185,9 +186,14 @@ def test_outputs_are_grouped_by_source_partition_and_cut_into_bounded_messages(c
 def test_output_schemas_read_back_every_column_the_engine_gives() -> None:
     catalog, batch, owner = _vector("basic")
     outcome = rate_messages(_messages(batch, owner, chunk_lines=500), {}, catalog, TOPIC)
+    assert {message.kind for message in outcome.outputs} >= {"rated", "rejected", "balances"}
     for message in outcome.outputs:
-        sent = json.loads(message.value)["rows"]
-        assert set(sent) <= set(OUTPUT_SCHEMAS[message.kind]), set(sent) - set(OUTPUT_SCHEMAS[message.kind])
+        # The rows travel as Arrow IPC (schemas.messages.frame_bytes), with their types.
+        assert message.value.startswith(ARROW_STREAM_MARK), message.kind
+        sent = pl.read_ipc_stream(io.BytesIO(message.value)).schema
+        schema = OUTPUT_SCHEMAS[message.kind]
+        assert set(sent) <= set(schema), set(sent) - set(schema)
+        assert {name: dtype for name, dtype in sent.items() if dtype != schema[name]} == {}, message.kind
 
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -12,7 +13,7 @@ import polars as pl
 import pytest
 from clickhouse_driver import errors as clickhouse_errors
 
-from schemas.messages import frame_value
+from schemas.messages import ARROW_STREAM_MARK, frame_bytes, frame_value
 from streams.clickhouse import tables
 from streams.clickhouse.insert import ClickHouseUnavailable, table_columns
 from streams.worker import sinks
@@ -31,12 +32,16 @@ class _Event:
     message: _Message
 
 
-def _alert(cdr_id: str, day: str = "2026-03-02") -> bytes:
+def _json(frame: pl.DataFrame) -> bytes:
+    return orjson.dumps(frame_value(frame))
+
+
+def _alert(cdr_id: str, day: str = "2026-03-02", encode: Callable[[pl.DataFrame], bytes] = _json) -> bytes:
     frame = pl.DataFrame(
         {"account_id": ["A001"], "kind": ["low_balance"], "cdr_id": [cdr_id], "balance": [100], "line": [2],
          "local_day": [datetime.fromisoformat(day).date()]},
     )  # fmt: skip
-    return orjson.dumps(frame_value(frame))
+    return encode(frame)
 
 
 class _ClickHouse:
@@ -57,19 +62,27 @@ class _ClickHouse:
         return frame.height
 
 
-def test_a_refused_message_goes_to_dead_letters_and_the_others_land(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("encode", [_json, frame_bytes], ids=["json", "arrow"])
+def test_a_refused_message_goes_to_dead_letters_and_the_others_land(
+    monkeypatch: pytest.MonkeyPatch, encode: Callable[[pl.DataFrame], bytes]
+) -> None:
     clickhouse = _ClickHouse()
     letters: list[pl.DataFrame] = []
     monkeypatch.setattr(sinks.inserts, "insert", lambda client, table, frame, **_: letters.append(frame) or frame.height)
-    events = [_Event(_Message("alerts", 0, n, _alert(cdr))) for n, cdr in enumerate(["c1", "bad2", "c3"])]
+    events = [_Event(_Message("alerts", 0, n, _alert(cdr, encode=encode))) for n, cdr in enumerate(["c1", "bad2", "c3"])]
     events.append(_Event(_Message("alerts", 0, 3, b"not json")))
+    # Bytes that start as an Arrow stream does and are none: no crash, a dead letter.
+    events.append(_Event(_Message("alerts", 0, 4, ARROW_STREAM_MARK + b"\x10\x00\x00\x00garbage")))
     landings = sinks._landings(events, "alerts")
     dead = sinks._insert_until_done(object(), clickhouse.insert, landings, "alerts", threading.Event())
-    assert dead == 2
+    assert dead == 3
     assert [f.get_column("cdr_id").to_list() for f in clickhouse.taken["alerts"]] == [["c1"], ["c3"]]
     letter = pl.concat(letters)
-    assert letter.select("offset", "kind", "rows").rows() == [(3, "alerts", 0), (1, "alerts", 1)]
-    assert "expected type" in letter.get_column("reason")[1] and "bad2" in letter.get_column("message")[1]
+    assert letter.select("offset", "kind", "rows").rows() == [(3, "alerts", 0), (4, "alerts", 0), (1, "alerts", 1)]
+    assert "expected type" in letter.get_column("reason")[2]
+    # The refused message is kept readable, whatever its encoding: an Arrow one as its rows' JSON.
+    kept = orjson.loads(letter.get_column("message")[2])
+    assert kept["rows"]["cdr_id"] == ["bad2"] and kept["rows"]["local_day"] == ["2026-03-02"]
     # the row the sink writes is one dead_letters takes
     names, _ = table_columns(tables.DEAD_LETTERS, letter)
     assert names[:4] == ["kind", "topic", "partition", "offset"]

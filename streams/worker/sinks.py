@@ -15,7 +15,7 @@ import orjson
 import polars as pl
 from clickhouse_driver import errors as clickhouse_errors
 
-from schemas.messages import frame_from_value, frames_from_values
+from schemas.messages import ARROW_STREAM_MARK, frame_value, frames_from_values
 from streams.clickhouse import insert as inserts
 from streams.clickhouse import tables
 from streams.worker.messages import OutputKind
@@ -45,10 +45,10 @@ def read_output(value: bytes, kind: OutputKind) -> pl.DataFrame:
 
     Raises ``ValueError`` (or another error of json/polars) for a message that is none.
     """
-    decoded = orjson.loads(value)
-    schema = OUTPUT_SCHEMAS[kind]
-    rows = decoded["rows"] if isinstance(decoded, dict) and isinstance(decoded.get("rows"), dict) else {}
-    return frame_from_value(decoded, {name: schema[name] for name in rows if name in schema})
+    (frame,) = frames_from_values([value], OUTPUT_SCHEMAS[kind])
+    if isinstance(frame, Exception):
+        raise frame
+    return frame
 
 
 def _frames(events: Iterable[faust.EventT], kind: OutputKind) -> list[pl.DataFrame]:
@@ -180,7 +180,7 @@ def _dead_letter(client: Any, letter: Landing, kind: OutputKind, stopping: threa
             "offset": [letter.offset],
             "reason": [letter.problem[:2000]],
             "rows": [rows],
-            "message": [letter.value.decode("utf-8", errors="replace")],
+            "message": [_readable(letter)],
         },
         schema=dict(tables.DEAD_LETTERS.schema),
     )
@@ -193,6 +193,14 @@ def _dead_letter(client: Any, letter: Landing, kind: OutputKind, stopping: threa
             raise
         log.error("the dead letter of %s[%d]@%d was refused too, left out: %s", letter.topic, letter.partition,
                   letter.offset, _first_line(error))  # fmt: skip
+
+
+def _readable(letter: Landing) -> str:
+    """The message as people read it: an Arrow message's rows as the JSON frame value
+    (which the sinks read too), any other message's bytes as text."""
+    if letter.frame is not None and letter.value[:4] == ARROW_STREAM_MARK:
+        return orjson.dumps(frame_value(letter.frame)).decode()
+    return letter.value.decode("utf-8", errors="replace")
 
 
 def _first_line(error: BaseException) -> str:

@@ -17,6 +17,7 @@ import orjson
 import polars as pl
 
 from streams.kafka.client import read_to_end
+from streams.worker.sinks import read_output
 from streams.offline.compare import compare_outputs
 from tests.conftest import CDRFLOW
 from tests.integration.pipeline import Pipeline
@@ -163,10 +164,11 @@ def edge_output(pipeline: Pipeline) -> EdgeOutput:
         raw_rows += [(record.partition, record.offset, account, value["source"], n) for n in value["line"]]
     rejected_rows: list[tuple[str, int, str, str]] = []
     for record in read_to_end(pipeline.settings, pipeline.topic("cdr.rejected")):
-        rows = orjson.loads(record.value)["rows"]
+        # The feeds' rejections are JSON, the worker's Arrow: read_output reads both.
+        rows = read_output(record.value, "rejected")
         rejected_rows += [
             row
-            for row in zip(rows["source"], rows["line"], rows["reason"], rows["ingest_id"], strict=True)
+            for row in rows.select("source", "line", "reason", "ingest_id").iter_rows()
             if row[2] in EDGE_REASONS  # the worker's own rejections (duplicate, no_rate, ...) go there too
         ]
     return EdgeOutput(
