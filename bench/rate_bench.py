@@ -13,6 +13,10 @@ in the same run measures:
 
 Targets: rate/floor ratio <= 2.0, >= 400k CDRs/s, peak memory < 3 GB (wall clock, best run).
 
+Also measured, to say how much of the ratio is start-up (not targets): ``cdrflow rate`` of
+the file's first line alone with the same plans and accounts (``start_up_s``), and a fresh
+``python`` process doing the floor's read and write (``process_floor_s``).
+
 Both are also given in CPU seconds (user + system, all threads): on a machine shared with
 other work the wall clock of a run moves with the load, its CPU time much less, so the
 CPU ratio is the figure to compare between runs. ``--phases`` adds where the time of a
@@ -104,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         rate = _time_rate(data, root / "rated", repeat=args.repeat, timeout_s=args.timeout)
         figures |= rate
 
+        say(f"start-up: cdrflow rate of the file's first line, and a process doing the floor, best of {args.repeat} ...")
+        figures |= _start_up(data, root, repeat=args.repeat, timeout_s=args.timeout)
+
         if args.phases:
             say("phases of a rating run, one after the other in one process ...")
             figures["phases"] = _phases(data, root / "phased", timeout_s=args.timeout)
@@ -162,6 +169,42 @@ def _io_floor(source: Path, target: Path) -> tuple[float, float]:
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     target.unlink()
     return elapsed, cpu
+
+
+def _start_up(data: GeneratedDataset, root: Path, *, repeat: int, timeout_s: float) -> dict[str, object]:
+    """What a run costs before its CDRs: ``cdrflow rate`` of the file's header and first line
+    with the same plans and accounts (process start, imports, loading the accounts), and a
+    process that starts, imports polars and does the floor's read and write.
+
+    The floor above is measured inside this (already started) interpreter; a ``cdrflow
+    rate`` run is a process of its own. The two figures say how much of the ratio is that.
+    """
+    cdrflow = Path(sys.executable).with_name("cdrflow")
+    one = root / "one-line.csv"
+    with data.cdrs_file.open("rb") as handle:
+        one.write_bytes(handle.readline() + handle.readline())
+    rate_command = [
+        str(cdrflow), "rate", str(one), "--plans", str(data.plans_dir), "--accounts", str(data.accounts_file),
+        "--out", str(root / "one-line"),
+    ]  # fmt: skip
+    floor_script = (
+        "import sys, polars as pl; pl.read_csv(sys.argv[1], infer_schema=False).write_csv(sys.argv[2])"
+    )
+    floor_command = [sys.executable, "-c", floor_script, str(data.cdrs_file), str(root / "process-floor.csv")]
+
+    def best(command: list[str]) -> float | None:
+        runs = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            done = subprocess.run(command, capture_output=True, timeout=timeout_s)
+            if done.returncode != 0:
+                return None
+            runs.append(time.perf_counter() - started)
+        return round(min(runs), 3)
+
+    start_up, process_floor = best(rate_command), best(floor_command)
+    (root / "process-floor.csv").unlink(missing_ok=True)
+    return {"start_up_s": start_up, "process_floor_s": process_floor}
 
 
 def _children_cpu() -> float:
@@ -325,6 +368,16 @@ def _print_report(figures: dict[str, object]) -> None:
         print(f"CDRs/s        {figures['cdrs_per_s']:,}")
         print(f"ratio         {figures['ratio']:.2f} x floor (wall clock); {figures['cpu_ratio']:.2f} x in CPU time")
         print(f"peak memory   {figures['peak_mb']:,.0f} MB")
+        if figures.get("start_up_s") is not None and figures.get("process_floor_s") is not None:
+            ratio = figures["rate_s"] / figures["process_floor_s"]
+            print(
+                f"start-up      {figures['start_up_s']:.3f} s  (cdrflow rate of one line: process, imports, "
+                f"the accounts) = {figures['start_up_s'] / figures['floor_s']:.1f} x the floor before a CDR is read"
+            )
+            print(
+                f"process floor {figures['process_floor_s']:.3f} s  (a python process: import polars, read + write); "
+                f"rate is {ratio:.2f} x it"
+            )
         accounted = figures.get("lines_accounted")
         if isinstance(accounted, dict):
             total = sum(accounted.values())

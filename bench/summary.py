@@ -65,10 +65,18 @@ def _rate(figures: dict[str, Any]) -> list[Row]:
             floor=figures["floor_s"], ratio=ratio, target="ratio <= 2.0 (issue 26: 2.5)", met=ratio is not None and ratio <= 2.0),
         Row("rate", "cdrflow rate, CPU", figures["rate_cpu_s"], "s", floor=figures["floor_cpu_s"],
             ratio=figures.get("cpu_ratio")),
+        Row("rate", "start-up: cdrflow rate of one line", figures.get("start_up_s"), "s", floor=figures["floor_s"],
+            ratio=_ratio(figures.get("start_up_s"), figures["floor_s"])),
+        Row("rate", "cdrflow rate against a process doing the floor", figures["rate_s"], "s",
+            floor=figures.get("process_floor_s"), ratio=_ratio(figures["rate_s"], figures.get("process_floor_s"))),
         Row("rate", "CDRs/s", figures.get("cdrs_per_s"), "/s", target=">= 400,000",
             met=(figures.get("cdrs_per_s") or 0) >= 400_000, higher_is_better=True),
         Row("rate", "peak memory", figures.get("peak_mb"), "MB", target="< 3,072", met=(figures.get("peak_mb") or 1e9) < 3072),
     ]
+
+
+def _ratio(value: float | None, floor: float | None) -> float | None:
+    return round(value / floor, 2) if value is not None and floor else None
 
 
 def _pipeline(figures: dict[str, Any]) -> list[Row]:
