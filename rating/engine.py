@@ -742,9 +742,16 @@ def _next_state(
     )
     account_floors = floors(moved, catalog.horizon_months)
     if account_floors.height:
+        lowest_floor = account_floors.get_column("floor").min()
         for name, month in _MONTH_OF.items():
             table = tables[name]
             if table.height == 0:
+                continue
+            # Nothing is forgotten while the table's oldest month is within every moved
+            # account's horizon: the usual batch, whose calls moved a watermark within a
+            # month (a minimum is far cheaper than the join of keep_mask).
+            oldest = table.select(month.min()).item()
+            if oldest is not None and lowest_floor is not None and oldest >= lowest_floor:
                 continue
             keep = keep_mask(table, month, account_floors)
             if not keep.all():
