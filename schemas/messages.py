@@ -1,9 +1,10 @@
 """Kafka message formats: what ingest, load, the rating agent and the sink exchange.
 
 Values are JSON (UTF-8), but for the worker's output rows, which are Arrow IPC streams
-(:func:`frame_bytes`; readers take both). Keys are the account id as UTF-8 bytes on every account topic,
-so one partition holds one account's whole log in order (docs/architecture.md) and a Faust table
-keyed the same way (``key_serializer="raw"``) lives in the same partition number.
+(:func:`frame_bytes`; readers take both). Keys are the account id as UTF-8 bytes on every
+account topic, so one partition holds one account's whole log in order
+(docs/architecture.md) and a Faust table keyed the same way (``key_serializer="raw"``)
+lives in the same partition number.
 
 Measured (docs/infra.md): one message per CDR caps a Faust agent under 10k lines/s;
 a message carrying a chunk of one account's lines, in log order, goes far beyond. So a

@@ -4,6 +4,7 @@ them, or, when it refuses a message's rows for what they hold, put in ``dead_let
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -196,10 +197,13 @@ def _dead_letter(client: Any, letter: Landing, kind: OutputKind, stopping: threa
 
 
 def _readable(letter: Landing) -> str:
-    """The message as people read it: an Arrow message's rows as the JSON frame value
-    (which the sinks read too), any other message's bytes as text."""
-    if letter.frame is not None and letter.value[:4] == ARROW_STREAM_MARK:
-        return orjson.dumps(frame_value(letter.frame)).decode()
+    """The message as people read it: an Arrow message's rows, every column of them, as
+    the JSON frame value (which the sinks read too); any other message's bytes as text."""
+    if letter.value[:4] == ARROW_STREAM_MARK:
+        try:
+            return orjson.dumps(frame_value(pl.read_ipc_stream(io.BytesIO(letter.value)))).decode()
+        except Exception:  # noqa: BLE001 (bytes no writer made, or values JSON cannot hold)
+            pass
     return letter.value.decode("utf-8", errors="replace")
 
 
