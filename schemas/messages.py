@@ -352,13 +352,22 @@ def frame_bytes(frame: pl.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def read_frame_bytes(raw: bytes) -> pl.DataFrame:
+    """The rows of a :func:`frame_bytes` message, every column as it was written.
+
+    Raises an ``Exception`` (never polars' ``PanicException``, a ``BaseException``) for
+    bytes that are no Arrow stream.
+    """
+    try:
+        return pl.read_ipc_stream(io.BytesIO(raw))
+    except pl.exceptions.PanicException as panic:  # bytes no writer made
+        raise ValueError(f"not an Arrow IPC stream: {panic}") from None
+
+
 def _frame_from_bytes(raw: bytes, schema: pl.Schema | dict[str, pl.DataType]) -> pl.DataFrame:
     """The rows of a :func:`frame_bytes` message, with the columns ``schema`` knows, cast
     to its types (strictly: a value that does not fit fails)."""
-    try:
-        frame = pl.read_ipc_stream(io.BytesIO(raw))
-    except pl.exceptions.PanicException as panic:  # a BaseException: bytes no writer made
-        raise ValueError(f"not an Arrow IPC stream: {panic}") from None
+    frame = read_frame_bytes(raw)
     return frame.select(pl.col(name).cast(schema[name], strict=True) for name in frame.columns if name in schema)
 
 

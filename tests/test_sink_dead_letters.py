@@ -119,3 +119,15 @@ def test_a_charge_time_clickhouse_cannot_store_is_refused_not_retried() -> None:
     with pytest.raises(pl.exceptions.PolarsError) as raised:
         frame.select(pl.col("charge_time").dt.epoch("s").cast(pl.UInt32, strict=True))
     assert sinks.refused(raised.value)
+
+
+def test_bytes_that_make_polars_panic_are_a_dead_letter_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # polars' PanicException is a BaseException: a reader that let it through would stop the sink.
+    def panics(_source: object) -> pl.DataFrame:
+        raise pl.exceptions.PanicException("index out of bounds")
+
+    monkeypatch.setattr(pl, "read_ipc_stream", panics)
+    value = ARROW_STREAM_MARK + b"\x10\x00\x00\x00garbage"
+    (landing,) = sinks._landings([_Event(_Message("alerts", 0, 7, value))], "alerts")
+    assert landing.frame is None and "not an Arrow IPC stream" in landing.problem
+    assert sinks._readable(landing) == value.decode("utf-8", errors="replace")

@@ -4,7 +4,6 @@ them, or, when it refuses a message's rows for what they hold, put in ``dead_let
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -16,7 +15,7 @@ import orjson
 import polars as pl
 from clickhouse_driver import errors as clickhouse_errors
 
-from schemas.messages import ARROW_STREAM_MARK, frame_value, frames_from_values
+from schemas.messages import ARROW_STREAM_MARK, frame_value, frames_from_values, read_frame_bytes
 from streams.clickhouse import insert as inserts
 from streams.clickhouse import tables
 from streams.worker.messages import OutputKind
@@ -201,7 +200,7 @@ def _readable(letter: Landing) -> str:
     the JSON frame value (which the sinks read too); any other message's bytes as text."""
     if letter.value[:4] == ARROW_STREAM_MARK:
         try:
-            return orjson.dumps(frame_value(pl.read_ipc_stream(io.BytesIO(letter.value)))).decode()
+            return orjson.dumps(frame_value(read_frame_bytes(letter.value))).decode()
         except Exception:  # noqa: BLE001 (bytes no writer made, or values JSON cannot hold)
             pass
     return letter.value.decode("utf-8", errors="replace")
